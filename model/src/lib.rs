@@ -1,0 +1,17 @@
+//! The SBI data model of the testbed: serde types for the JSON bodies the SMF and the AF (SMO)
+//! exchange, exactly as the 3GPP Release 16 OpenAPI files in `shared/3gpp/` define them.
+//!
+//! * [`nsmf_event_exposure`]: TS 29.508 Nsmf_EventExposure (subscriptions and `UP_PATH_CH`
+//!   notifications).
+//! * [`common`]: the TS 29.571 common data types those bodies use.
+//! * [`problem`]: `ProblemDetails`, the `application/problem+json` error body.
+//! * `schema` (feature `schema`): validation of any JSON body against the OpenAPI files, for
+//!   tests.
+//!
+//! The crate does no I/O (except `schema`, which reads the OpenAPI files).
+
+pub mod common;
+pub mod nsmf_event_exposure;
+pub mod problem;
+#[cfg(feature = "schema")]
+pub mod schema;
