@@ -1,0 +1,8 @@
+//! The testbed: topology specifications and planning, bring-up and tear-down of the two-site (or
+//! larger) 5G edge deployment in network namespaces, status, and the environment doctor.
+
+pub mod doctor;
+pub mod plan;
+pub mod spec;
+pub mod state;
+pub mod topo;

@@ -1,0 +1,287 @@
+//! `testbed`: bring the 5G edge service-mobility testbed up, inspect it, run programs in it, tear it down.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use testbed::plan::Plan;
+use testbed::spec::TopologySpec;
+use testbed::state::State;
+use testbed::{doctor, topo};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "testbed",
+    version,
+    about = "Two-site 5G edge service-mobility testbed"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check that this machine can run the testbed; prints what is missing and how to fix it.
+    Doctor {
+        /// Print the checks as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a topology up: a built-in one by name (two-site, three-site) or one from a TOML file.
+    Up {
+        /// Built-in topology.
+        #[arg(default_value = "two-site", conflicts_with = "topology")]
+        builtin: String,
+        /// A topology file (TOML) instead of a built-in one.
+        #[arg(long, value_name = "FILE.toml")]
+        topology: Option<PathBuf>,
+        /// Number of UEs (overrides the topology's).
+        #[arg(long)]
+        ues: Option<u16>,
+    },
+    /// Show each node: namespace, interfaces and addresses, OVS bridges, processes.
+    Status {
+        /// The testbed (default: the one that is up).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a program inside a node's network namespace, e.g. `testbed exec ue1 -- ping 20.0.0.10`.
+    Exec {
+        /// The testbed (default: the one that is up).
+        #[arg(long)]
+        name: Option<String>,
+        /// Node name (ue1, gnb-a, site-a, core, dn, edge-x, fabric, …).
+        node: String,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the planned topology (nodes, links, addresses, flows) without making anything.
+    Plan {
+        #[arg(default_value = "two-site", conflicts_with = "topology")]
+        builtin: String,
+        #[arg(long, value_name = "FILE.toml")]
+        topology: Option<PathBuf>,
+    },
+    /// Remove everything `up` made (also after a crash half-way).
+    Down {
+        /// The testbed (default: every testbed that has state, or `two-site`).
+        #[arg(long)]
+        name: Option<String>,
+        /// Also remove namespaces with this prefix (default: from the state, else `tb`).
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("testbed: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_spec(builtin: &str, topology: Option<&PathBuf>) -> Result<TopologySpec> {
+    match topology {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            TopologySpec::from_toml(&text).with_context(|| format!("in {}", path.display()))
+        }
+        None => Ok(TopologySpec::builtin(builtin)?),
+    }
+}
+
+/// The testbed a command is about: the one named, else the only one up.
+fn current(name: Option<String>) -> Result<String> {
+    if let Some(n) = name {
+        return Ok(n);
+    }
+    let up = State::list();
+    match up.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("no testbed is up (start one with `testbed up two-site`)"),
+        many => bail!(
+            "several testbeds are up ({}); pick one with --name",
+            many.join(", ")
+        ),
+    }
+}
+
+fn require_root() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("this command must run as root (network namespaces, Open vSwitch)");
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Doctor { json } => {
+            let checks = doctor::run();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&checks)?);
+            } else {
+                print!("{}", doctor::table(&checks));
+            }
+            let missing = checks.iter().filter(|c| !c.ok).count();
+            if missing > 0 {
+                if !json {
+                    println!("\n{missing} check(s) failed.");
+                }
+                return Ok(ExitCode::FAILURE);
+            }
+            if !json {
+                println!("\nall checks passed: this machine can run the testbed.");
+            }
+        }
+        Command::Plan { builtin, topology } => {
+            let spec = load_spec(&builtin, topology.as_ref())?;
+            println!("{}", serde_json::to_string_pretty(&Plan::new(&spec))?);
+        }
+        Command::Up {
+            builtin,
+            topology,
+            ues,
+        } => {
+            require_root()?;
+            let mut spec = load_spec(&builtin, topology.as_ref())?;
+            if let Some(n) = ues {
+                spec.ues = n;
+                spec.validate()?;
+            }
+            let t = std::time::Instant::now();
+            let plan = topo::up(&spec)?;
+            println!(
+                "testbed `{}` is up ({} namespaces, {} links, {} Open vSwitch instances) in {:.1} s",
+                plan.name,
+                plan.nodes.len(),
+                plan.links.len(),
+                plan.switches.len(),
+                t.elapsed().as_secs_f64()
+            );
+            println!("  state: {}", plan.state_dir.display());
+            println!("  try:   testbed status; testbed exec ue1 -- ip addr; testbed down");
+        }
+        Command::Status { name, json } => {
+            let name = current(name)?;
+            let Some(st) = topo::status(&name)? else {
+                bail!("testbed `{name}` is not up");
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print_status(&st);
+            }
+        }
+        Command::Exec { name, node, cmd } => {
+            let name = current(name)?;
+            let state = State::load(&State::dir(&name))?
+                .with_context(|| format!("testbed `{name}` is not up"))?;
+            let plan = Plan::new(&state.spec);
+            let Some(n) = plan.node(&node) else {
+                let known: Vec<_> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
+                bail!("no node `{node}` in `{name}` (nodes: {})", known.join(", "));
+            };
+            let err = std::process::Command::new("ip")
+                .args(["netns", "exec", &n.netns])
+                .args(&cmd)
+                .exec();
+            bail!("cannot run {:?} in {}: {err}", cmd, n.netns);
+        }
+        Command::Down { name, prefix } => {
+            require_root()?;
+            let names = match name {
+                Some(n) => vec![n],
+                None => {
+                    let up = State::list();
+                    if up.is_empty() {
+                        vec!["two-site".to_owned()]
+                    } else {
+                        up
+                    }
+                }
+            };
+            let mut ok = true;
+            for n in names {
+                let r = topo::down(&n, prefix.as_deref());
+                println!(
+                    "testbed `{n}` is down: {} process(es) ended, {} namespace(s) removed",
+                    r.processes_ended.len(),
+                    r.netns_removed.len()
+                );
+                for p in &r.processes_ended {
+                    println!("  ended {p}");
+                }
+                for p in &r.problems {
+                    ok = false;
+                    println!("  problem: {p}");
+                }
+            }
+            if !ok {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(st: &topo::Status) {
+    println!(
+        "testbed `{}` (namespaces {}-*){}",
+        st.name,
+        st.prefix,
+        if st.complete {
+            ""
+        } else {
+            "  [bring-up incomplete]"
+        }
+    );
+    for n in &st.nodes {
+        let mark = if n.present { "up" } else { "MISSING" };
+        println!(
+            "\n{:<8} {:<7} {} [{mark}]",
+            n.name,
+            format!("{:?}", n.role).to_lowercase(),
+            n.netns
+        );
+        for i in n.interfaces.iter().filter(|i| i.name != "lo") {
+            let state = if i.up { "UP" } else { "down" };
+            println!(
+                "    {:<12} {:<4} {:<17} {}",
+                i.name,
+                state,
+                i.mac.as_deref().unwrap_or("-"),
+                i.addrs.join(" ")
+            );
+        }
+        for b in &n.bridges {
+            println!(
+                "    ovs {} ports [{}], {} flows",
+                b.name,
+                b.ports.join(", "),
+                b.flows
+            );
+        }
+        for p in &n.processes {
+            let alive = if p.alive { "alive" } else { "DEAD" };
+            println!("    process {} pid {} {alive}", p.name, p.pid);
+        }
+    }
+}

@@ -1,0 +1,361 @@
+//! Bringing a planned topology up, reporting its status, and tearing it down.
+
+use netkit::link::{self, End, IfaceInfo};
+use netkit::ovs::{OvsError, OvsInstance};
+use netkit::process::{self, Started};
+use netkit::{CmdError, Netns};
+use serde::Serialize;
+use std::time::Duration;
+
+use crate::plan::{Plan, Role, MTU};
+use crate::spec::TopologySpec;
+use crate::state::{NodeProcess, State, StateError};
+
+/// Why `up` failed (everything it made has been removed again).
+#[derive(Debug, thiserror::Error)]
+pub enum UpError {
+    #[error("testbed `{name}` is already up (state in {dir}); run `testbed down` first")]
+    AlreadyUp { name: String, dir: String },
+    #[error("namespaces with prefix `{prefix}-` are left from an earlier run ({list}); run `testbed down` to remove them")]
+    Leftovers { prefix: String, list: String },
+    #[error("{step}")]
+    Step {
+        step: String,
+        #[source]
+        source: StepError,
+    },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The failure of one bring-up step.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Cmd(#[from] CmdError),
+    #[error(transparent)]
+    Ovs(#[from] OvsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+fn step<E: Into<StepError>>(what: impl Into<String>) -> impl FnOnce(E) -> UpError {
+    let step = what.into();
+    move |e| UpError::Step {
+        step,
+        source: e.into(),
+    }
+}
+
+/// Brings the topology of `spec` up. On failure, everything made so far is torn down again.
+pub fn up(spec: &TopologySpec) -> Result<Plan, UpError> {
+    let plan = Plan::new(spec);
+    if State::load(&plan.state_dir)?.is_some() {
+        return Err(UpError::AlreadyUp {
+            name: plan.name.clone(),
+            dir: plan.state_dir.display().to_string(),
+        });
+    }
+    let left = Netns::list_with_prefix(&format!("{}-", plan.prefix));
+    if !left.is_empty() {
+        return Err(UpError::Leftovers {
+            prefix: plan.prefix.clone(),
+            list: left.iter().map(Netns::name).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let mut state = State::new(spec.clone());
+    state.save(&plan.state_dir)?;
+    match build(&plan, &mut state) {
+        Ok(()) => {
+            state.complete = true;
+            state.save(&plan.state_dir)?;
+            Ok(plan)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "bring-up failed; removing what was made");
+            down(&plan.name, Some(&plan.prefix));
+            Err(e)
+        }
+    }
+}
+
+fn build(plan: &Plan, state: &mut State) -> Result<(), UpError> {
+    let dir = plan.state_dir.clone();
+    for n in &plan.nodes {
+        let ns = Netns::new(&n.netns);
+        ns.create()
+            .map_err(step(format!("create namespace {ns}")))?;
+        state.netns.push(n.netns.clone());
+        state.save(&dir)?;
+        // Keep the namespaces quiet: no IPv6 router solicitations or DAD on the segments.
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")
+            .and_then(|()| ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1"))
+            .map_err(step(format!("configure {ns}")))?;
+    }
+    let fabric = Netns::new(plan.netns("fabric"));
+    for s in &plan.segments {
+        link::create_bridge(&fabric, &s.bridge)
+            .map_err(step(format!("create bridge {} in {fabric}", s.bridge)))?;
+    }
+    for l in &plan.links {
+        let a = End {
+            netns: plan.netns(&l.a.node),
+            ifname: l.a.ifname.clone(),
+        };
+        let b = End {
+            netns: plan.netns(&l.b.node),
+            ifname: l.b.ifname.clone(),
+        };
+        let what = format!("link {}:{} - {}:{}", l.a.node, a.ifname, l.b.node, b.ifname);
+        link::create_veth(&a, &b, MTU).map_err(step(format!("create {what}")))?;
+        if l.a.ovs || l.b.ovs {
+            for e in [&a, &b] {
+                link::tx_checksum_off(&Netns::new(&e.netns), &e.ifname)
+                    .map_err(step(format!("checksum offload off on {what}")))?;
+            }
+        }
+        for (e, le) in [(&a, &l.a), (&b, &l.b)] {
+            if let Some(br) = &le.bridge {
+                link::attach_to_bridge(&Netns::new(&e.netns), &e.ifname, br)
+                    .map_err(step(format!("attach {what} to {br}")))?;
+            }
+        }
+    }
+    for sw in &plan.switches {
+        let ovs = OvsInstance::new(&sw.netns, &sw.dir);
+        let mut started = Vec::new();
+        let res = ovs.start(|p| started.push(p));
+        record(state, &sw.node, started);
+        state.save(&dir)?;
+        res.map_err(step(format!("start Open vSwitch in {}", sw.netns)))?;
+        let ns = Netns::new(&sw.netns);
+        ovs.add_bridge(&sw.bridge)
+            .map_err(step(format!("add bridge {}", sw.bridge)))?;
+        for l in &plan.links {
+            for e in [&l.a, &l.b] {
+                if e.ovs && e.node == sw.node {
+                    ovs.add_port(&sw.bridge, &e.ifname)
+                        .map_err(step(format!("add port {} to {}", e.ifname, sw.bridge)))?;
+                }
+            }
+        }
+        for p in &sw.internal_ports {
+            ovs.add_internal_port(&sw.bridge, p)
+                .map_err(step(format!("add internal port {p} to {}", sw.bridge)))?;
+        }
+        for ifname in std::iter::once(&sw.bridge).chain(&sw.internal_ports) {
+            link::set_up(&ns, ifname).map_err(step(format!("bring {ifname} up in {ns}")))?;
+        }
+        ovs.del_flows(&sw.bridge, "")
+            .map_err(step(format!("clear flows of {}", sw.bridge)))?;
+        ovs.add_flows(&sw.bridge, &sw.base_flows)
+            .map_err(step(format!("install base flows on {}", sw.bridge)))?;
+    }
+    for n in &plan.nodes {
+        let ns = Netns::new(&n.netns);
+        for (ifname, mac) in &n.macs {
+            link::set_mac(&ns, ifname, mac)
+                .map_err(step(format!("set MAC of {}:{ifname}", n.name)))?;
+        }
+        for a in &n.addresses {
+            link::add_addr(&ns, &a.ifname, a.addr).map_err(step(format!(
+                "address {} on {}:{}",
+                a.addr, n.name, a.ifname
+            )))?;
+        }
+        for r in &n.routes {
+            link::add_route(&ns, r.dst, r.via, r.dev.as_deref())
+                .map_err(step(format!("route {} in {}", r.dst, n.name)))?;
+        }
+        if n.forwarding {
+            ns.sysctl("net.ipv4.ip_forward", "1")
+                .map_err(step(format!("enable forwarding in {}", n.name)))?;
+        }
+    }
+    Ok(())
+}
+
+fn record(state: &mut State, node: &str, started: Vec<Started>) {
+    state
+        .processes
+        .extend(started.into_iter().map(|process| NodeProcess {
+            node: node.to_owned(),
+            process,
+        }));
+}
+
+/// What `down` removed.
+#[derive(Debug, Default, Serialize)]
+pub struct DownReport {
+    pub processes_ended: Vec<String>,
+    pub netns_removed: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Removes everything testbed `name` made: the processes it recorded (by PID, after checking they are
+/// still the ones it started), any other process still inside its namespaces, its namespaces (from its
+/// state and from its naming prefix), and its state directory. Safe to run at any time, repeatedly.
+pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
+    let dir = State::dir(name);
+    let mut report = DownReport::default();
+    let state = match State::load(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            report.problems.push(format!("{e}; removing by prefix"));
+            None
+        }
+    };
+    let prefix = state
+        .as_ref()
+        .map(|s| s.spec.prefix.clone())
+        .or_else(|| prefix_hint.map(str::to_owned))
+        .unwrap_or_else(|| "tb".to_owned());
+    let grace = Duration::from_secs(3);
+    if let Some(s) = &state {
+        for p in s.processes.iter().rev() {
+            if process::terminate(&p.process, grace) {
+                report.processes_ended.push(format!(
+                    "{} (pid {}, {})",
+                    p.process.name, p.process.pid, p.node
+                ));
+            }
+        }
+    }
+    let mut namespaces: Vec<Netns> = Netns::list_with_prefix(&format!("{prefix}-"));
+    if let Some(s) = &state {
+        for n in &s.netns {
+            let ns = Netns::new(n);
+            if ns.exists() && !namespaces.contains(&ns) {
+                namespaces.push(ns);
+            }
+        }
+    }
+    let me = std::process::id() as i32;
+    for ns in &namespaces {
+        // Anything still running inside the testbed's namespaces was started in them by the testbed
+        // (or by `testbed exec`); end it by PID so the namespace really goes away.
+        if let Some(inode) = ns.inode() {
+            for pid in process::pids_in_netns(inode) {
+                if pid == me {
+                    continue;
+                }
+                let what = process::cmdline(pid).unwrap_or_default();
+                process::signal_and_wait(pid, grace);
+                report
+                    .processes_ended
+                    .push(format!("{what} (pid {pid}, in {ns})"));
+            }
+        }
+    }
+    for ns in &namespaces {
+        match ns.delete() {
+            Ok(()) => report.netns_removed.push(ns.name().to_owned()),
+            Err(e) => report.problems.push(e.to_string()),
+        }
+    }
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            report
+                .problems
+                .push(format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+    report
+}
+
+/// The live status of a testbed.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub name: String,
+    pub prefix: String,
+    pub complete: bool,
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node's live status.
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: Role,
+    pub netns: String,
+    pub present: bool,
+    pub interfaces: Vec<IfaceInfo>,
+    pub bridges: Vec<BridgeStatus>,
+    pub processes: Vec<ProcessStatus>,
+}
+
+/// An Open vSwitch bridge of an edge cloud.
+#[derive(Debug, Serialize)]
+pub struct BridgeStatus {
+    pub name: String,
+    pub ports: Vec<String>,
+    pub flows: usize,
+}
+
+/// A process the testbed started.
+#[derive(Debug, Serialize)]
+pub struct ProcessStatus {
+    pub name: String,
+    pub pid: i32,
+    pub alive: bool,
+}
+
+/// Reads the live status of testbed `name`; `None` when it is not up.
+pub fn status(name: &str) -> Result<Option<Status>, StateError> {
+    let Some(state) = State::load(&State::dir(name))? else {
+        return Ok(None);
+    };
+    let plan = Plan::new(&state.spec);
+    let nodes = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            let ns = Netns::new(&n.netns);
+            let present = ns.exists();
+            let bridges = plan
+                .switch(&n.name)
+                .filter(|_| present)
+                .map(|sw| {
+                    let ovs = OvsInstance::new(&sw.netns, &sw.dir);
+                    ovs.bridges()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|b| BridgeStatus {
+                            ports: ovs.ports(&b).unwrap_or_default(),
+                            flows: ovs.dump_flows(&b).map(|f| f.len()).unwrap_or(0),
+                            name: b,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            NodeStatus {
+                name: n.name.clone(),
+                role: n.role,
+                netns: n.netns.clone(),
+                present,
+                interfaces: if present {
+                    link::list_ifaces(&ns).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                bridges,
+                processes: state
+                    .processes
+                    .iter()
+                    .filter(|p| p.node == n.name)
+                    .map(|p| ProcessStatus {
+                        name: p.process.name.clone(),
+                        pid: p.process.pid,
+                        alive: p.process.is_running(),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(Some(Status {
+        name: plan.name,
+        prefix: plan.prefix,
+        complete: state.complete,
+        nodes,
+    }))
+}
