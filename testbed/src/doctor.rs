@@ -238,10 +238,10 @@ fn free_space(dir: &str) -> Result<String, (String, String)> {
 /// Renders the checks as a table.
 pub fn table(checks: &[Check]) -> String {
     let w = checks.iter().map(|c| c.name.len()).max().unwrap_or(4);
-    let mut out = format!("{:w$}  {:4}  DETAIL\n", "CHECK", "OK");
+    let mut out = format!("{:w$}  {:7}  DETAIL\n", "CHECK", "OK");
     for c in checks {
         let ok = if c.ok { "ok" } else { "MISSING" };
-        out.push_str(&format!("{:w$}  {ok:4}  {}", c.name, c.detail));
+        out.push_str(&format!("{:w$}  {ok:7}  {}", c.name, c.detail));
         if let Some(fix) = &c.fix {
             out.push_str(&format!("  -> fix: {fix}"));
         }
