@@ -4,6 +4,7 @@
 //! * [`nsmf_event_exposure`]: TS 29.508 Nsmf_EventExposure (subscriptions and `UP_PATH_CH`
 //!   notifications).
 //! * [`common`]: the TS 29.571 common data types those bodies use.
+//! * [`ran`]: the testbed's own RAN/core signalling where 3GPP has no JSON form (radio, N2, Xn, LR).
 //! * [`problem`]: `ProblemDetails`, the `application/problem+json` error body.
 //! * `schema` (feature `schema`): validation of any JSON body against the OpenAPI files, for
 //!   tests.
@@ -13,5 +14,6 @@
 pub mod common;
 pub mod nsmf_event_exposure;
 pub mod problem;
+pub mod ran;
 #[cfg(feature = "schema")]
 pub mod schema;

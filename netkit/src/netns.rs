@@ -72,6 +72,24 @@ impl Netns {
         std::fs::metadata(self.path()).ok().map(|m| m.ino())
     }
 
+    /// Runs `f` on a new thread that has entered this namespace, and returns its result. Sockets
+    /// `f` creates live in the namespace, so a process in the root namespace can talk to addresses
+    /// that only exist inside it (e.g. a gNB's control API).
+    pub fn run_in<F, R>(&self, f: F) -> std::io::Result<R>
+    where
+        F: FnOnce() -> R + Send + 'static,
+        R: Send + 'static,
+    {
+        let file = std::fs::File::open(self.path())?;
+        std::thread::spawn(move || {
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("thread in namespace panicked"))?
+    }
+
     /// The names of all namespaces that start with `prefix`.
     pub fn list_with_prefix(prefix: &str) -> Vec<Netns> {
         let mut names: Vec<String> = std::fs::read_dir(NETNS_DIR)

@@ -41,6 +41,33 @@ enum Command {
         /// Number of UEs (overrides the topology's).
         #[arg(long)]
         ues: Option<u16>,
+        /// Build only the network (namespaces, links, Open vSwitch); start no network functions.
+        #[arg(long)]
+        network_only: bool,
+    },
+    /// Hand a UE over to another site (Xn handover with UPF relocation) and print the timeline.
+    Handover {
+        #[arg(long)]
+        name: Option<String>,
+        /// The UE, e.g. ue1.
+        #[arg(long)]
+        ue: String,
+        /// The target site, e.g. site-b.
+        #[arg(long)]
+        to: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask a UE for its status, or for the downlink gaps it recorded (the UE-side downtime probe).
+    Ue {
+        #[arg(long)]
+        name: Option<String>,
+        /// The UE, e.g. ue1.
+        ue: String,
+        /// `status` or `gaps`.
+        #[arg(default_value = "status")]
+        what: String,
     },
     /// Show each node: namespace, interfaces and addresses, OVS bridges, processes.
     Status {
@@ -159,6 +186,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             builtin,
             topology,
             ues,
+            network_only,
         } => {
             require_root()?;
             let mut spec = load_spec(&builtin, topology.as_ref())?;
@@ -167,7 +195,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 spec.validate()?;
             }
             let t = std::time::Instant::now();
-            let plan = topo::up(&spec)?;
+            let plan = topo::up(
+                &spec,
+                topo::UpOptions {
+                    network_functions: !network_only,
+                },
+            )?;
             println!(
                 "testbed `{}` is up ({} namespaces, {} links, {} Open vSwitch instances) in {:.1} s",
                 plan.name,
@@ -177,7 +210,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.elapsed().as_secs_f64()
             );
             println!("  state: {}", plan.state_dir.display());
-            println!("  try:   testbed status; testbed exec ue1 -- ip addr; testbed down");
+            println!("  try:   testbed status; testbed exec ue1 -- ping -c 3 10.60.0.100; testbed handover --ue ue1 --to site-b; testbed down");
         }
         Command::Status { name, json } => {
             let name = current(name)?;
@@ -204,6 +237,52 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .args(&cmd)
                 .exec();
             bail!("cannot run {:?} in {}: {err}", cmd, n.netns);
+        }
+        Command::Handover { name, ue, to, json } => {
+            let name = current(name)?;
+            let state = State::load(&State::dir(&name))?
+                .with_context(|| format!("testbed `{name}` is not up"))?;
+            let token = state.token.clone().context(
+                "this testbed runs no network functions (it was brought up with --network-only)",
+            )?;
+            let plan = Plan::new(&state.spec);
+            let report = testbed::handover::handover(&plan, &token, &ue, &to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "handover of {} ({}, {}) from {} to {}: {} downlink packet(s) forwarded over Xn",
+                    ue,
+                    report.supi,
+                    report.ue_ipv4,
+                    report.source_gnb,
+                    report.target_gnb,
+                    report.forwarded_packets
+                );
+                println!("  {:>9}  {:>9}  step", "at ms", "took ms");
+                for s in &report.timeline {
+                    println!(
+                        "  {:>9.2}  {:>9.2}  {}",
+                        s.at_us as f64 / 1e3,
+                        s.took_us as f64 / 1e3,
+                        s.step
+                    );
+                }
+            }
+        }
+        Command::Ue { name, ue, what } => {
+            let name = current(name)?;
+            let state = State::load(&State::dir(&name))?
+                .with_context(|| format!("testbed `{name}` is not up"))?;
+            let plan = Plan::new(&state.spec);
+            let path = match what.as_str() {
+                "status" => "/ue/v1/status",
+                "gaps" => "/ue/v1/gaps",
+                other => bail!("unknown `{other}`: use status or gaps"),
+            };
+            let v: serde_json::Value =
+                testbed::handover::ue_get(&testbed::nf::ue_socket(&plan, &ue), path)?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Command::Down { name, prefix } => {
             require_root()?;

@@ -28,6 +28,9 @@ pub struct State {
     pub netns: Vec<String>,
     /// Processes started so far.
     pub processes: Vec<NodeProcess>,
+    /// The deployment's SBI bearer token (absent when no network functions run).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 /// A failure reading or writing state.
@@ -60,6 +63,7 @@ impl State {
             complete: false,
             netns: Vec::new(),
             processes: Vec::new(),
+            token: None,
         }
     }
 
@@ -93,6 +97,11 @@ impl State {
             source,
         };
         std::fs::create_dir_all(dir).map_err(io)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The state holds the deployment's token: root only.
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
         let tmp = dir.join("state.json.tmp");
         let text = serde_json::to_string_pretty(self).map_err(|source| StateError::Corrupt {
             path: path.clone(),

@@ -26,6 +26,8 @@ pub enum UpError {
     },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Launch(#[from] crate::nf::LaunchError),
 }
 
 /// The failure of one bring-up step.
@@ -37,6 +39,8 @@ pub enum StepError {
     Ovs(#[from] OvsError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Launch(#[from] crate::nf::LaunchError),
 }
 
 fn step<E: Into<StepError>>(what: impl Into<String>) -> impl FnOnce(E) -> UpError {
@@ -47,8 +51,23 @@ fn step<E: Into<StepError>>(what: impl Into<String>) -> impl FnOnce(E) -> UpErro
     }
 }
 
+/// What `up` starts besides the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpOptions {
+    /// Start the 5G network functions (LR, SMF, UPFs, IAPs, gNBs, UEs) and the probe servers.
+    pub network_functions: bool,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        Self {
+            network_functions: true,
+        }
+    }
+}
+
 /// Brings the topology of `spec` up. On failure, everything made so far is torn down again.
-pub fn up(spec: &TopologySpec) -> Result<Plan, UpError> {
+pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
     let plan = Plan::new(spec);
     if State::load(&plan.state_dir)?.is_some() {
         return Err(UpError::AlreadyUp {
@@ -65,7 +84,14 @@ pub fn up(spec: &TopologySpec) -> Result<Plan, UpError> {
     }
     let mut state = State::new(spec.clone());
     state.save(&plan.state_dir)?;
-    match build(&plan, &mut state) {
+    let built = build(&plan, &mut state).and_then(|()| {
+        if opts.network_functions {
+            start_functions(&plan, &mut state)
+        } else {
+            Ok(())
+        }
+    });
+    match built {
         Ok(()) => {
             state.complete = true;
             state.save(&plan.state_dir)?;
@@ -170,6 +196,39 @@ fn build(plan: &Plan, state: &mut State) -> Result<(), UpError> {
         if n.forwarding {
             ns.sysctl("net.ipv4.ip_forward", "1")
                 .map_err(step(format!("enable forwarding in {}", n.name)))?;
+        }
+        if n.role == Role::Site {
+            // Uplink leaves the UPF's TUN and downlink for the same UE enters the IAP's TUN:
+            // asymmetric by design, so reverse-path filtering must be off.
+            for key in ["all", "default"] {
+                ns.sysctl(&format!("net.ipv4.conf.{key}.rp_filter"), "0")
+                    .map_err(step(format!("rp_filter off in {}", n.name)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts every network function and probe, each after the previous one is ready.
+fn start_functions(plan: &Plan, state: &mut State) -> Result<(), UpError> {
+    let token = crate::nf::new_token();
+    state.token = Some(token.clone());
+    state.save(&plan.state_dir)?;
+    let bins = crate::nf::bin_dir();
+    for l in crate::nf::launches(plan, &token) {
+        let netns = plan.netns(&l.node);
+        let s = crate::nf::spawn(&l, &netns, &plan.state_dir, &bins)?;
+        state.processes.push(NodeProcess {
+            node: l.node.clone(),
+            process: Started {
+                name: l.name.clone(),
+                pid: s.pid,
+                marker: s.marker.clone(),
+            },
+        });
+        state.save(&plan.state_dir)?;
+        if l.waits_ready {
+            crate::nf::wait_ready(&l.name, &s, &plan.state_dir, Duration::from_secs(30))?;
         }
     }
     Ok(())

@@ -52,7 +52,13 @@ fn up(spec: &TopologySpec) -> (Plan, Guard) {
         name: spec.name.clone(),
         prefix: spec.prefix.clone(),
     };
-    let plan = topo::up(spec).expect("testbed up");
+    let plan = topo::up(
+        spec,
+        topo::UpOptions {
+            network_functions: false,
+        },
+    )
+    .expect("testbed up");
     (plan, guard)
 }
 
@@ -240,7 +246,13 @@ fn two_site_links_carry_traffic_edges_are_isolated_and_down_removes_everything()
     assert!(edge_x.bridges[0].ports.contains(&"bh".to_owned()));
 
     // A second `up` refuses clearly and changes nothing.
-    let err = topo::up(&spec).expect_err("second up must refuse");
+    let err = topo::up(
+        &spec,
+        topo::UpOptions {
+            network_functions: false,
+        },
+    )
+    .expect_err("second up must refuse");
     assert!(err.to_string().contains("already up"), "{err}");
     assert!(reach(&plan, "site-a", "20.0.0.10"));
 
@@ -264,7 +276,13 @@ fn down_cleans_up_after_a_crash_without_state() {
     // A crash that lost the state file: down must still find everything by the naming prefix,
     // including the OVS daemons inside the namespaces.
     std::fs::remove_dir_all(&plan.state_dir).expect("remove state");
-    let err = topo::up(&spec).expect_err("leftovers must be refused");
+    let err = topo::up(
+        &spec,
+        topo::UpOptions {
+            network_functions: false,
+        },
+    )
+    .expect_err("leftovers must be refused");
     assert!(
         err.to_string().contains("left from an earlier run"),
         "{err}"
@@ -316,7 +334,7 @@ fn three_sites_from_a_file_and_the_cli_round_trip_twice() {
     };
     let path = file.display().to_string();
     for round in 0..2 {
-        run(&["up", "--topology", &path]);
+        run(&["up", "--network-only", "--topology", &path]);
         let status = run(&["status", "--name", "ci-three"]);
         for node in ["edge-z", "site-c", "gnb-c", "ue2"] {
             assert!(

@@ -1,0 +1,504 @@
+//! Nsmf_EventExposure subscriptions with no I/O: validation, storage, and which notifications a
+//! user-plane path change owes to whom.
+//!
+//! What this SMF supports of TS 29.508 (anything else is refused with 400 and says why):
+//! * the UE: `anyUeInd: true`, or `supi`, or `gpsi` (the testbed's UEs have no GPSI, so a
+//!   GPSI-only subscription is accepted but matches no UE); not `groupId`;
+//! * events: only `UP_PATH_CH`, each with `dnaiChgType` `EARLY`, `LATE` or `EARLY_LATE`;
+//! * `notifMethod` `ON_EVENT_DETECTION` (default) or `ONE_TIME`; `maxReportNbr` and `expiry`
+//!   end a subscription; `pduSeId` restricts it to that PDU session (the testbed's is 1);
+//!   `dnn`, `snssai`, `ImmeRep` and the alternative notification addresses are stored and
+//!   otherwise ignored.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::SystemTime;
+
+use model::common::{DateTime, DnaiChangeType, RouteToLocation, Supi};
+use model::nsmf_event_exposure::{
+    EventNotification, NotificationMethod, NsmfEventExposure, NsmfEventExposureNotification,
+    SmfEvent, SubscriptionId,
+};
+use model::problem::{cause, InvalidParam};
+
+/// A request the subscription store refuses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubscriptionError {
+    #[error("{detail}")]
+    Invalid {
+        detail: String,
+        /// Application error cause (TS 29.500).
+        cause: &'static str,
+        invalid_params: Vec<InvalidParam>,
+    },
+    #[error("no subscription {0}")]
+    NotFound(SubscriptionId),
+}
+
+/// Which notification of a path change: before (`EARLY`) or after (`LATE`) the new path is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Timing {
+    Early,
+    Late,
+}
+
+impl Timing {
+    fn wanted_by(self, subscribed: &DnaiChangeType) -> bool {
+        matches!(
+            (self, subscribed),
+            (_, DnaiChangeType::EarlyLate)
+                | (Timing::Early, DnaiChangeType::Early)
+                | (Timing::Late, DnaiChangeType::Late)
+        )
+    }
+
+    fn change_type(self) -> DnaiChangeType {
+        match self {
+            Timing::Early => DnaiChangeType::Early,
+            Timing::Late => DnaiChangeType::Late,
+        }
+    }
+}
+
+/// A user-plane path change of one UE (a UPF relocation).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpPathChange {
+    pub supi: String,
+    pub pdu_session_id: u8,
+    /// The UE's address (kept on both paths).
+    pub ue_ipv4: Ipv4Addr,
+    /// Routing at the source DNAI (the source UPF's N9 end).
+    pub source: RouteToLocation,
+    /// Routing at the target DNAI (the target UPF's N9 end).
+    pub target: RouteToLocation,
+}
+
+/// One notification to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delivery {
+    pub sub_id: SubscriptionId,
+    pub notif_uri: String,
+    pub body: NsmfEventExposureNotification,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    subscription: NsmfEventExposure,
+    reports: u64,
+}
+
+/// The Individual SMF Notification Subscriptions.
+#[derive(Debug, Default)]
+pub struct Subscriptions {
+    entries: BTreeMap<SubscriptionId, Entry>,
+    next: u64,
+}
+
+/// Checks that this SMF can serve `s` (see the module documentation).
+pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), SubscriptionError> {
+    let mut params = Vec::new();
+    let mut first_cause = None;
+    let mut bad = |c: &'static str, param: String, reason: &str| {
+        first_cause.get_or_insert(c);
+        params.push(InvalidParam::new(param, reason));
+    };
+    if s.group_id.is_some() {
+        bad(
+            cause::OPTIONAL_IE_INCORRECT,
+            "/groupId".into(),
+            "group subscriptions are not supported",
+        );
+    }
+    let single_ue = s.supi.is_some() || s.gpsi.is_some();
+    match (s.is_any_ue(), single_ue) {
+        (true, true) => bad(
+            cause::OPTIONAL_IE_INCORRECT,
+            "/anyUeInd".into(),
+            "anyUeInd: true cannot be combined with supi or gpsi",
+        ),
+        (false, false) if s.group_id.is_none() => bad(
+            cause::MANDATORY_IE_MISSING,
+            "/supi".into(),
+            "one of supi, gpsi or anyUeInd: true is required",
+        ),
+        _ => {}
+    }
+    let uri_ok = reqwest::Url::parse(&s.notif_uri)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !uri_ok {
+        bad(
+            cause::MANDATORY_IE_INCORRECT,
+            "/notifUri".into(),
+            "not an http(s) URI",
+        );
+    }
+    for (i, e) in s.event_subs.iter().enumerate() {
+        if e.event != SmfEvent::UpPathCh {
+            bad(
+                cause::MANDATORY_IE_INCORRECT,
+                format!("/eventSubs/{i}/event"),
+                "only UP_PATH_CH is supported",
+            );
+            continue;
+        }
+        match &e.dnai_chg_type {
+            None => bad(
+                cause::MANDATORY_IE_MISSING,
+                format!("/eventSubs/{i}/dnaiChgType"),
+                "UP_PATH_CH needs dnaiChgType",
+            ),
+            Some(DnaiChangeType::Other(_)) => bad(
+                cause::MANDATORY_IE_INCORRECT,
+                format!("/eventSubs/{i}/dnaiChgType"),
+                "dnaiChgType must be EARLY, LATE or EARLY_LATE",
+            ),
+            Some(_) => {}
+        }
+    }
+    match &s.notif_method {
+        None | Some(NotificationMethod::OnEventDetection | NotificationMethod::OneTime) => {}
+        Some(_) => bad(
+            cause::OPTIONAL_IE_INCORRECT,
+            "/notifMethod".into(),
+            "only ON_EVENT_DETECTION and ONE_TIME are supported",
+        ),
+    }
+    if s.expiry.is_some_and(|e| e <= DateTime::from(now)) {
+        bad(
+            cause::OPTIONAL_IE_INCORRECT,
+            "/expiry".into(),
+            "expiry is in the past",
+        );
+    }
+    match first_cause {
+        None => Ok(()),
+        Some(cause) => Err(SubscriptionError::Invalid {
+            detail: params
+                .iter()
+                .map(|p| format!("{}: {}", p.param, p.reason.as_deref().unwrap_or("invalid")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            cause,
+            invalid_params: params,
+        }),
+    }
+}
+
+impl Subscriptions {
+    /// Stores a new subscription; returns it with its `subId`.
+    pub fn create(
+        &mut self,
+        mut s: NsmfEventExposure,
+        now: SystemTime,
+    ) -> Result<NsmfEventExposure, SubscriptionError> {
+        validate(&s, now)?;
+        self.next += 1;
+        let id = SubscriptionId::new(format!("sub-{}", self.next));
+        s.sub_id = Some(id.clone());
+        self.entries.insert(
+            id,
+            Entry {
+                subscription: s.clone(),
+                reports: 0,
+            },
+        );
+        Ok(s)
+    }
+
+    /// The subscription `id`.
+    pub fn get(&self, id: &SubscriptionId) -> Result<NsmfEventExposure, SubscriptionError> {
+        self.entries
+            .get(id)
+            .map(|e| e.subscription.clone())
+            .ok_or_else(|| SubscriptionError::NotFound(id.clone()))
+    }
+
+    /// Replaces the subscription `id` (its report count starts again).
+    pub fn replace(
+        &mut self,
+        id: &SubscriptionId,
+        mut s: NsmfEventExposure,
+        now: SystemTime,
+    ) -> Result<NsmfEventExposure, SubscriptionError> {
+        let entry = self
+            .entries
+            .get_mut(id)
+            .ok_or_else(|| SubscriptionError::NotFound(id.clone()))?;
+        validate(&s, now)?;
+        s.sub_id = Some(id.clone());
+        *entry = Entry {
+            subscription: s.clone(),
+            reports: 0,
+        };
+        Ok(s)
+    }
+
+    /// Removes the subscription `id`.
+    pub fn delete(&mut self, id: &SubscriptionId) -> Result<(), SubscriptionError> {
+        self.entries
+            .remove(id)
+            .map(drop)
+            .ok_or_else(|| SubscriptionError::NotFound(id.clone()))
+    }
+
+    /// Number of subscriptions.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when there is no subscription.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The notifications owed for the `timing` notification of `change`, counted as reports:
+    /// subscriptions that expired are dropped first, and those that reach their last report
+    /// (`ONE_TIME`, `maxReportNbr`) end here.
+    pub fn up_path_change(
+        &mut self,
+        timing: Timing,
+        change: &UpPathChange,
+        now: SystemTime,
+    ) -> Vec<Delivery> {
+        let now_dt = DateTime::from(now);
+        self.entries
+            .retain(|_, e| e.subscription.expiry.is_none_or(|x| x > now_dt));
+        let supi = Supi::new(change.supi.as_str());
+        let mut deliveries = Vec::new();
+        let mut ended = Vec::new();
+        for (id, e) in &mut self.entries {
+            let s = &e.subscription;
+            let ue_matches = s.is_any_ue() || s.supi.as_ref() == Some(&supi);
+            let session_matches = s.pdu_se_id.is_none_or(|p| p == change.pdu_session_id);
+            let wanted = s.event_subs.iter().any(|ev| {
+                ev.event == SmfEvent::UpPathCh
+                    && ev
+                        .dnai_chg_type
+                        .as_ref()
+                        .is_some_and(|t| timing.wanted_by(t))
+            });
+            if !(ue_matches && session_matches && wanted) {
+                continue;
+            }
+            let mut event = EventNotification::up_path_change(
+                timing.change_type(),
+                change.ue_ipv4,
+                change.source.clone(),
+                change.target.clone(),
+                now_dt,
+            );
+            event.supi = Some(supi.clone());
+            event.gpsi = s.gpsi.clone();
+            event.pdu_se_id = Some(change.pdu_session_id);
+            deliveries.push(Delivery {
+                sub_id: id.clone(),
+                notif_uri: s.notif_uri.clone(),
+                body: NsmfEventExposureNotification::new(s.notif_id.clone(), vec![event]),
+            });
+            e.reports += 1;
+            let limit = match s.notif_method {
+                Some(NotificationMethod::OneTime) => Some(1),
+                _ => s.max_report_nbr.filter(|n| *n > 0),
+            };
+            if limit.is_some_and(|n| e.reports >= n) {
+                ended.push(id.clone());
+            }
+        }
+        for id in ended {
+            self.entries.remove(&id);
+        }
+        deliveries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::nsmf_event_exposure::EventSubscription;
+    use std::time::Duration;
+
+    fn now() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn sub(timing: DnaiChangeType) -> NsmfEventExposure {
+        let mut s = NsmfEventExposure::new(
+            "n-1",
+            "http://10.100.0.41:8080/af/v1/notifications",
+            vec![EventSubscription::up_path_change(timing)],
+        );
+        s.any_ue_ind = Some(true);
+        s
+    }
+
+    fn change() -> UpPathChange {
+        UpPathChange {
+            supi: "imsi-001010000000001".into(),
+            pdu_session_id: 1,
+            ue_ipv4: [192, 168, 1, 2].into(),
+            source: RouteToLocation::new("edge-x", [10, 90, 0, 2].into(), 2152),
+            target: RouteToLocation::new("edge-y", [10, 90, 0, 3].into(), 2152),
+        }
+    }
+
+    fn params(e: SubscriptionError) -> Vec<String> {
+        match e {
+            SubscriptionError::Invalid { invalid_params, .. } => {
+                invalid_params.into_iter().map(|p| p.param).collect()
+            }
+            other => panic!("not invalid: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn create_assigns_ids_and_crud_works() {
+        let mut subs = Subscriptions::default();
+        let a = subs.create(sub(DnaiChangeType::Early), now()).expect("a");
+        assert_eq!(a.sub_id, Some(SubscriptionId::new("sub-1")));
+        let id = SubscriptionId::new("sub-1");
+        assert_eq!(subs.get(&id), Ok(a));
+        let mut late = sub(DnaiChangeType::Late);
+        late.sub_id = Some(SubscriptionId::new("ignored"));
+        let replaced = subs.replace(&id, late, now()).expect("replace");
+        assert_eq!(replaced.sub_id, Some(id.clone()));
+        assert_eq!(subs.get(&id).map(|s| s.event_subs), Ok(replaced.event_subs));
+        assert_eq!(subs.delete(&id), Ok(()));
+        assert_eq!(
+            subs.delete(&id),
+            Err(SubscriptionError::NotFound(id.clone()))
+        );
+        assert!(matches!(subs.get(&id), Err(SubscriptionError::NotFound(_))));
+        assert!(matches!(
+            subs.replace(&id, sub(DnaiChangeType::Late), now()),
+            Err(SubscriptionError::NotFound(_))
+        ));
+        let b = subs.create(sub(DnaiChangeType::Early), now()).expect("b");
+        assert_eq!(
+            b.sub_id,
+            Some(SubscriptionId::new("sub-2")),
+            "ids are not reused"
+        );
+    }
+
+    #[test]
+    fn unsupported_subscriptions_are_refused_with_the_parameters_at_fault() {
+        let mut s = sub(DnaiChangeType::Early);
+        s.event_subs
+            .push(EventSubscription::new(SmfEvent::PduSesEst));
+        s.event_subs
+            .push(EventSubscription::new(SmfEvent::UpPathCh));
+        s.event_subs
+            .push(EventSubscription::up_path_change(DnaiChangeType::Other(
+                "SOON".into(),
+            )));
+        s.notif_method = Some(NotificationMethod::Periodic);
+        s.supi = Some(Supi::new("imsi-1"));
+        s.notif_uri = "nowhere".into();
+        s.expiry = Some(DateTime::from(now() - Duration::from_secs(1)));
+        assert_eq!(
+            params(validate(&s, now()).expect_err("invalid")),
+            [
+                "/anyUeInd",
+                "/notifUri",
+                "/eventSubs/1/event",
+                "/eventSubs/2/dnaiChgType",
+                "/eventSubs/3/dnaiChgType",
+                "/notifMethod",
+                "/expiry"
+            ]
+        );
+        let mut nobody = sub(DnaiChangeType::Early);
+        nobody.any_ue_ind = None;
+        let e = validate(&nobody, now()).expect_err("no ue");
+        assert!(matches!(
+            &e,
+            SubscriptionError::Invalid {
+                cause: "MANDATORY_IE_MISSING",
+                ..
+            }
+        ));
+        let mut group = nobody.clone();
+        group.group_id = Some("g-1".into());
+        assert_eq!(
+            params(validate(&group, now()).expect_err("group")),
+            ["/groupId"]
+        );
+        let mut gpsi = nobody;
+        gpsi.gpsi = Some("msisdn-1".into());
+        assert_eq!(validate(&gpsi, now()), Ok(()));
+    }
+
+    #[test]
+    fn early_and_late_reach_the_right_subscribers() {
+        let mut subs = Subscriptions::default();
+        subs.create(sub(DnaiChangeType::Early), now())
+            .expect("early");
+        subs.create(sub(DnaiChangeType::Late), now()).expect("late");
+        subs.create(sub(DnaiChangeType::EarlyLate), now())
+            .expect("both");
+        let mut mine = sub(DnaiChangeType::Early);
+        mine.any_ue_ind = None;
+        mine.supi = Some(Supi::new("imsi-001010000000001"));
+        mine.notif_id = "mine".into();
+        subs.create(mine, now()).expect("mine");
+        let mut other = sub(DnaiChangeType::EarlyLate);
+        other.any_ue_ind = None;
+        other.supi = Some(Supi::new("imsi-001010000000002"));
+        subs.create(other, now()).expect("other ue");
+        let mut other_session = sub(DnaiChangeType::EarlyLate);
+        other_session.pdu_se_id = Some(5);
+        subs.create(other_session, now()).expect("other session");
+
+        let ids = |d: &[Delivery]| d.iter().map(|d| d.sub_id.0.clone()).collect::<Vec<_>>();
+        let early = subs.up_path_change(Timing::Early, &change(), now());
+        assert_eq!(ids(&early), ["sub-1", "sub-3", "sub-4"]);
+        let late = subs.up_path_change(Timing::Late, &change(), now());
+        assert_eq!(ids(&late), ["sub-2", "sub-3"]);
+
+        let e = &early[2];
+        assert_eq!(e.body.notif_id.as_str(), "mine");
+        let [n] = &e.body.event_notifs[..] else {
+            panic!("one event");
+        };
+        assert_eq!(n.event, SmfEvent::UpPathCh);
+        assert_eq!(n.dnai_chg_type, Some(DnaiChangeType::Early));
+        assert_eq!(n.source_dnai.as_ref().map(|d| d.as_str()), Some("edge-x"));
+        assert_eq!(n.target_dnai.as_ref().map(|d| d.as_str()), Some("edge-y"));
+        assert_eq!(n.target_tra_routing, Some(change().target));
+        assert_eq!(n.source_ue_ipv4_addr, Some([192, 168, 1, 2].into()));
+        assert_eq!(n.supi, Some(Supi::new("imsi-001010000000001")));
+        assert_eq!(n.pdu_se_id, Some(1));
+        assert_eq!(n.time_stamp, DateTime::from(now()));
+        assert_eq!(
+            late[1].body.event_notifs[0].dnai_chg_type,
+            Some(DnaiChangeType::Late)
+        );
+    }
+
+    #[test]
+    fn one_time_max_reports_and_expiry_end_subscriptions() {
+        let mut subs = Subscriptions::default();
+        let mut once = sub(DnaiChangeType::EarlyLate);
+        once.notif_method = Some(NotificationMethod::OneTime);
+        subs.create(once, now()).expect("once");
+        let mut twice = sub(DnaiChangeType::Early);
+        twice.max_report_nbr = Some(2);
+        subs.create(twice, now()).expect("twice");
+        let mut soon = sub(DnaiChangeType::Early);
+        soon.expiry = Some(DateTime::from(now() + Duration::from_secs(10)));
+        subs.create(soon, now()).expect("soon");
+
+        assert_eq!(
+            subs.up_path_change(Timing::Early, &change(), now()).len(),
+            3
+        );
+        assert_eq!(subs.len(), 2, "the one-time subscription ended");
+        assert!(subs
+            .up_path_change(Timing::Late, &change(), now())
+            .is_empty());
+        let later = now() + Duration::from_secs(20);
+        let d = subs.up_path_change(Timing::Early, &change(), later);
+        assert_eq!(d.len(), 1, "the expired one is gone");
+        assert!(subs.is_empty(), "the second report was the last");
+    }
+}

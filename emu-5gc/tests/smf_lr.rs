@@ -1,0 +1,1120 @@
+//! In-process tests of the Location Registry and the SMF on 127.0.0.1: the LR for real, fakes for
+//! the UPFs (UDP sockets speaking `wire::pfcp`), the IAPs and the AF (h2c servers via
+//! `sbi::serve`). A shared log records what every fake received, in order.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::Router;
+use emu_5gc::smf::{GnbSite, SmfConfig, UpfPeer};
+use model::common::DnaiChangeType;
+use model::nsmf_event_exposure::{EventSubscription, NsmfEventExposure};
+use model::ran::lr::{LrSubscription, UeLocation};
+use model::ran::n2::{
+    PathSwitchAck, PathSwitchRequest, PduSessionSetupRequest, PduSessionSetupResponse,
+};
+use model::ran::{TimelineStep, TunnelEndpoint};
+use model::schema::{names, SchemaSet};
+use sbi::nf::{Ready, Shutdown};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, UdpSocket};
+use wire::gtpu::Teid;
+use wire::pfcp::{
+    ApplyAction, AssociationSetup, Cause, FSeid, FarId, Heartbeat, Interface, Message, NodeId,
+    OuterHeaderCreation, OuterHeaderRemoval, PdrId, SessionEstablishmentResponse, SessionResponse,
+    UeIpAddress,
+};
+
+const TOKEN: &str = "test-token";
+const SUPI: &str = "imsi-001010000000001";
+
+/// What the fakes received, in order.
+#[derive(Debug, Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn push(&self, entry: String) {
+        self.0.lock().expect("log").push(entry);
+    }
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().expect("log"))
+    }
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let a = l.local_addr().expect("addr");
+    (l, a)
+}
+
+/// A client speaking h2c like the NFs, with or without the token.
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+async fn call(
+    method: reqwest::Method,
+    url: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut r = http().request(method, url);
+    if let Some(t) = token {
+        r = r.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        r = r
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = r.send().await.expect("send");
+    let status = StatusCode::from_u16(resp.status().as_u16()).expect("status");
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, headers, value)
+}
+
+async fn send_json(
+    method: reqwest::Method,
+    url: &str,
+    body: &impl serde::Serialize,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let text = serde_json::to_string(body).expect("json");
+    call(method, url, Some(TOKEN), Some(&text)).await
+}
+
+/// Runs the LR on 127.0.0.1:0; returns its base URL.
+async fn start_lr() -> (String, tokio::sync::watch::Sender<bool>) {
+    let (l, a) = listener().await;
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(emu_5gc::lr::run_on(
+        l,
+        Some(TOKEN.into()),
+        Ready::none(),
+        shutdown,
+    ));
+    (format!("http://{a}"), stop)
+}
+
+/// A fake IAP: records every push (after `delay`) and answers 204.
+async fn fake_iap(
+    name: &'static str,
+    log: Log,
+    delay: Duration,
+) -> (String, Arc<Mutex<Vec<UeLocation>>>) {
+    let pushes: Arc<Mutex<Vec<UeLocation>>> = Arc::default();
+    let state = (name, log, pushes.clone(), delay);
+    type S = (&'static str, Log, Arc<Mutex<Vec<UeLocation>>>, Duration);
+    let app = Router::new()
+        .route(
+            "/iap/v1/locations",
+            post(
+                |State((name, log, pushes, delay)): State<S>,
+                 sbi::Json(l): sbi::Json<UeLocation>| async move {
+                    tokio::time::sleep(delay).await;
+                    log.push(format!("{name} push site {} version {}", l.site, l.version));
+                    pushes.lock().expect("pushes").push(l);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(state);
+    let (l, a) = listener().await;
+    tokio::spawn(sbi::serve(
+        l,
+        app,
+        Some(TOKEN.into()),
+        std::future::pending(),
+    ));
+    (format!("http://{a}/iap/v1/locations"), pushes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// LR
+
+fn location(ue: Ipv4Addr, site: &str, version: u64) -> UeLocation {
+    UeLocation {
+        ue_ipv4: ue,
+        site: site.into(),
+        dnai: format!("edge-{site}"),
+        upf_tunnel: TunnelEndpoint {
+            ipv4: Ipv4Addr::new(10, 90, 0, 2),
+            teid: 0x10,
+        },
+        version,
+    }
+}
+
+#[tokio::test]
+async fn lr_stores_versions_and_pushes_before_answering() {
+    let (lr, _stop) = start_lr().await;
+    let log = Log::default();
+    let (iap_a, pushes_a) = fake_iap("iap-a", log.clone(), Duration::from_millis(300)).await;
+    let (iap_b, pushes_b) = fake_iap("iap-b", log.clone(), Duration::ZERO).await;
+    let subs = format!("{lr}/lr/v1/subscriptions");
+    let mut locations = Vec::new();
+    for uri in [&iap_a, &iap_b] {
+        let (status, headers, body) = send_json(
+            reqwest::Method::POST,
+            &subs,
+            &LrSubscription {
+                notify_uri: uri.clone(),
+            },
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        assert_eq!(body["notifyUri"], uri.as_str());
+        let loc = headers["location"].to_str().expect("location").to_owned();
+        assert!(loc.starts_with("/lr/v1/subscriptions/"), "{loc}");
+        locations.push(loc);
+    }
+
+    let ue = Ipv4Addr::new(192, 168, 1, 2);
+    let url = format!("{lr}/lr/v1/ues/{ue}");
+    let started = Instant::now();
+    let (status, _, body) = send_json(reqwest::Method::PUT, &url, &location(ue, "a", 77)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered before the slow push"
+    );
+    let stored: UeLocation = serde_json::from_value(body).expect("location");
+    assert_eq!(stored.version, 1, "the LR assigns versions");
+    // Both subscribers have it by the time the PUT answered.
+    assert_eq!(
+        pushes_a.lock().expect("a").as_slice(),
+        std::slice::from_ref(&stored)
+    );
+    assert_eq!(
+        pushes_b.lock().expect("b").as_slice(),
+        std::slice::from_ref(&stored)
+    );
+
+    let (status, _, body) = send_json(reqwest::Method::PUT, &url, &location(ue, "b", 0)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["version"], 2);
+    assert_eq!(body["site"], "b");
+    let (status, _, body) = call(reqwest::Method::GET, &url, Some(TOKEN), None).await;
+    assert_eq!(
+        (status, body["version"].clone(), body["site"].clone()),
+        (StatusCode::OK, json!(2), json!("b"))
+    );
+
+    let other = Ipv4Addr::new(192, 168, 1, 3);
+    let other_url = format!("{lr}/lr/v1/ues/{other}");
+    assert_eq!(
+        send_json(reqwest::Method::PUT, &other_url, &location(other, "a", 0))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, _, list) = call(
+        reqwest::Method::GET,
+        &format!("{lr}/lr/v1/ues"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let list: Vec<UeLocation> = serde_json::from_value(list).expect("list");
+    assert_eq!(
+        list.iter()
+            .map(|l| (l.ue_ipv4, l.version))
+            .collect::<Vec<_>>(),
+        [(ue, 2), (other, 1)]
+    );
+
+    // Unsubscribing iap-a stops its pushes.
+    assert_eq!(pushes_a.lock().expect("a").len(), 3);
+    let (status, _, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{lr}{}", locations[0]),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, body) = call(
+        reqwest::Method::DELETE,
+        &format!("{lr}{}", locations[0]),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["status"], 404);
+    assert_eq!(
+        send_json(reqwest::Method::PUT, &url, &location(ue, "a", 0))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        pushes_a.lock().expect("a").len(),
+        3,
+        "no push after unsubscribing"
+    );
+    assert_eq!(pushes_b.lock().expect("b").len(), 4);
+    assert_eq!(
+        pushes_b.lock().expect("b").last().map(|l| l.version),
+        Some(3)
+    );
+
+    // DELETE, then 404.
+    let (status, _, _) = call(reqwest::Method::DELETE, &url, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (status, headers, body) = call(method, &url, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(body["status"], 404);
+    }
+}
+
+#[tokio::test]
+async fn lr_refuses_bad_requests_and_survives_dead_subscribers() {
+    let (lr, _stop) = start_lr().await;
+    let ue = Ipv4Addr::new(192, 168, 1, 2);
+    let url = format!("{lr}/lr/v1/ues/{ue}");
+    let good = serde_json::to_string(&location(ue, "a", 0)).expect("json");
+
+    // No token: 401, nothing stored.
+    let (status, _, body) = call(reqwest::Method::PUT, &url, None, Some(&good)).await;
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::UNAUTHORIZED, json!(401))
+    );
+    let (status, _, _) = call(reqwest::Method::PUT, &url, Some("wrong"), Some(&good)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        call(reqwest::Method::GET, &url, Some(TOKEN), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Bad bodies and paths: 400 problem+json.
+    let mismatch =
+        serde_json::to_string(&location(Ipv4Addr::new(192, 168, 1, 9), "a", 0)).expect("json");
+    let mut unknown_field: Value = serde_json::from_str(&good).expect("json");
+    unknown_field["extra"] = json!(1);
+    let unknown_field = unknown_field.to_string();
+    for (url, body) in [
+        (url.as_str(), "{not json"),
+        (url.as_str(), r#"{"ueIpv4":"192.168.1.2"}"#),
+        (url.as_str(), mismatch.as_str()),
+        (url.as_str(), unknown_field.as_str()),
+        (&format!("{lr}/lr/v1/ues/not-an-ip") as &str, good.as_str()),
+    ] {
+        let (status, headers, problem) =
+            call(reqwest::Method::PUT, url, Some(TOKEN), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url} {body}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(problem["status"], 400);
+    }
+    let subs = format!("{lr}/lr/v1/subscriptions");
+    let (status, _, _) = call(
+        reqwest::Method::POST,
+        &subs,
+        Some(TOKEN),
+        Some(r#"{"notifyUri":"nowhere"}"#),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{subs}/sub-99"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A subscriber that never answers, one that is not there: the PUT answers within ~1 s.
+    let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let silent_uri = format!(
+        "http://{}/iap/v1/locations",
+        silent.local_addr().expect("addr")
+    );
+    let gone = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let gone_uri = format!(
+        "http://{}/iap/v1/locations",
+        gone.local_addr().expect("addr")
+    );
+    drop(gone);
+    for uri in [silent_uri, gone_uri] {
+        let (status, _, _) = send_json(
+            reqwest::Method::POST,
+            &subs,
+            &LrSubscription { notify_uri: uri },
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let started = Instant::now();
+    let (status, _, body) = call(reqwest::Method::PUT, &url, Some(TOKEN), Some(&good)).await;
+    assert_eq!(
+        (status, body["version"].clone()),
+        (StatusCode::OK, json!(1))
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+    drop(silent);
+}
+
+// ---------------------------------------------------------------------------------------------
+// SMF
+
+/// A fake UPF: answers association, heartbeat and session messages; records the session ones.
+#[derive(Debug, Clone)]
+struct FakeUpf {
+    addr: SocketAddrV4,
+    received: Arc<Mutex<Vec<Message>>>,
+    associated: Arc<AtomicBool>,
+    reject_establishment: Arc<AtomicBool>,
+}
+
+impl FakeUpf {
+    async fn start(name: &'static str, log: Log, seid_base: u64) -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let addr = match socket.local_addr().expect("addr") {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => panic!("v6"),
+        };
+        let upf = FakeUpf {
+            addr,
+            received: Arc::default(),
+            associated: Arc::default(),
+            reject_establishment: Arc::default(),
+        };
+        let me = upf.clone();
+        let next_seid = AtomicU64::new(seid_base);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let (len, from) = socket.recv_from(&mut buf).await.expect("recv");
+                let m = Message::parse(&buf[..len]).expect("the smf sends valid pfcp");
+                let node_id = NodeId::Ipv4(Ipv4Addr::LOCALHOST);
+                let answer = match &m {
+                    Message::AssociationSetupRequest(r) => {
+                        me.associated.store(true, Ordering::SeqCst);
+                        Message::AssociationSetupResponse(AssociationSetup {
+                            seq: r.seq,
+                            node_id,
+                            cause: Some(Cause::ACCEPTED),
+                            recovery_time_stamp: 1,
+                        })
+                    }
+                    Message::HeartbeatRequest(r) => Message::HeartbeatResponse(Heartbeat {
+                        seq: r.seq,
+                        recovery_time_stamp: 1,
+                    }),
+                    Message::SessionEstablishmentRequest(r) => {
+                        let reject = me.reject_establishment.load(Ordering::SeqCst);
+                        log.push(format!("{name} establishment"));
+                        Message::SessionEstablishmentResponse(SessionEstablishmentResponse {
+                            seid: r.cp_f_seid.seid,
+                            seq: r.seq,
+                            node_id,
+                            cause: if reject {
+                                Cause::REJECTED
+                            } else {
+                                Cause::ACCEPTED
+                            },
+                            up_f_seid: (!reject).then(|| FSeid {
+                                seid: next_seid.fetch_add(1, Ordering::SeqCst),
+                                ipv4: Ipv4Addr::LOCALHOST,
+                            }),
+                        })
+                    }
+                    Message::SessionModificationRequest(r) => {
+                        log.push(format!("{name} modification"));
+                        Message::SessionModificationResponse(SessionResponse {
+                            seid: 1,
+                            seq: r.seq,
+                            cause: Cause::ACCEPTED,
+                        })
+                    }
+                    Message::SessionDeletionRequest(r) => {
+                        log.push(format!("{name} deletion"));
+                        Message::SessionDeletionResponse(SessionResponse {
+                            seid: 1,
+                            seq: r.seq,
+                            cause: Cause::ACCEPTED,
+                        })
+                    }
+                    other => panic!("unexpected {other:?}"),
+                };
+                if !matches!(
+                    m,
+                    Message::AssociationSetupRequest(_) | Message::HeartbeatRequest(_)
+                ) {
+                    me.received.lock().expect("received").push(m);
+                }
+                let bytes = answer.to_vec().expect("encode");
+                socket.send_to(&bytes, from).await.expect("send");
+            }
+        });
+        upf
+    }
+
+    fn take(&self) -> Vec<Message> {
+        std::mem::take(&mut *self.received.lock().expect("received"))
+    }
+}
+
+/// A fake AF: records every notification body and answers 204.
+async fn fake_af(log: Log) -> (String, Arc<Mutex<Vec<Value>>>) {
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    type S = (Log, Arc<Mutex<Vec<Value>>>);
+    let app = Router::new()
+        .route(
+            "/af/v1/notifications",
+            post(
+                |State((log, bodies)): State<S>, sbi::Json(v): sbi::Json<Value>| async move {
+                    let kind = v["eventNotifs"][0]["dnaiChgType"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .to_owned();
+                    log.push(format!(
+                        "af {kind} {}",
+                        v["notifId"].as_str().unwrap_or("?")
+                    ));
+                    bodies.lock().expect("bodies").push(v);
+                    StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state((log, bodies.clone()));
+    let (l, a) = listener().await;
+    tokio::spawn(sbi::serve(
+        l,
+        app,
+        Some(TOKEN.into()),
+        std::future::pending(),
+    ));
+    (format!("http://{a}/af/v1/notifications"), bodies)
+}
+
+struct Testbed {
+    smf: String,
+    lr: String,
+    upf_a: FakeUpf,
+    upf_b: FakeUpf,
+    af_uri: String,
+    af: Arc<Mutex<Vec<Value>>>,
+    iap: Arc<Mutex<Vec<UeLocation>>>,
+    log: Log,
+    schemas: SchemaSet,
+    _stops: Vec<tokio::sync::watch::Sender<bool>>,
+}
+
+const N3_A: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 102);
+const N3_B: Ipv4Addr = Ipv4Addr::new(10, 30, 0, 103);
+const N9_A: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 2);
+const N9_B: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 3);
+
+async fn testbed() -> Testbed {
+    let log = Log::default();
+    let (lr, lr_stop) = start_lr().await;
+    let (iap_uri, iap) = fake_iap("iap", log.clone(), Duration::ZERO).await;
+    let (status, _, _) = send_json(
+        reqwest::Method::POST,
+        &format!("{lr}/lr/v1/subscriptions"),
+        &LrSubscription {
+            notify_uri: iap_uri,
+        },
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let upf_a = FakeUpf::start("upf-a", log.clone(), 0xa000).await;
+    let upf_b = FakeUpf::start("upf-b", log.clone(), 0xb000).await;
+    let (af_uri, af) = fake_af(log.clone()).await;
+    let (sbi, smf_addr) = listener().await;
+    let pfcp = UdpSocket::bind("127.0.0.1:0").await.expect("bind pfcp");
+    let peer = |name: &str, site: &str, upf: &FakeUpf, n3, n9| UpfPeer {
+        name: name.into(),
+        site: site.into(),
+        dnai: format!("edge-{site}"),
+        pfcp: upf.addr,
+        n3,
+        n9,
+    };
+    let gnb = |name: &str, site: &str| GnbSite {
+        name: name.into(),
+        site: site.into(),
+    };
+    let config = SmfConfig {
+        sbi_addr: "127.0.0.1:0".parse().expect("addr"),
+        pfcp_addr: "127.0.0.1:0".parse().expect("addr"),
+        token: Some(TOKEN.into()),
+        lr_url: lr.clone(),
+        ue_pool: "192.168.1.0/24".parse().expect("pool"),
+        qfi: 9,
+        upfs: vec![
+            peer("upf-a", "a", &upf_a, N3_A, N9_A),
+            peer("upf-b", "b", &upf_b, N3_B, N9_B),
+        ],
+        gnbs: vec![gnb("gnb-a", "a"), gnb("gnb-a2", "a"), gnb("gnb-b", "b")],
+    };
+    let (smf_stop, shutdown) = Shutdown::new();
+    tokio::spawn(emu_5gc::smf::run_on(
+        config,
+        sbi,
+        pfcp,
+        Ready::none(),
+        shutdown,
+    ));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(upf_a.associated.load(Ordering::SeqCst) && upf_b.associated.load(Ordering::SeqCst)) {
+        assert!(
+            Instant::now() < deadline,
+            "the smf did not associate with both upfs"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let schemas = SchemaSet::load(SchemaSet::default_dir()).expect("3gpp schemas");
+    Testbed {
+        smf: format!("http://{smf_addr}"),
+        lr,
+        upf_a,
+        upf_b,
+        af_uri,
+        af,
+        iap,
+        log,
+        schemas,
+        _stops: vec![lr_stop, smf_stop],
+    }
+}
+
+impl Testbed {
+    fn check(&self, schema: &str, value: &Value) {
+        if let Err(errors) = self.schemas.validate(schema, value) {
+            panic!("{value} does not match {schema}: {errors:#?}");
+        }
+    }
+
+    /// Subscribes (validating the request and the 201 body); returns the subscription's URL.
+    async fn subscribe(
+        &self,
+        notif_id: &str,
+        timing: DnaiChangeType,
+        supi: Option<&str>,
+    ) -> String {
+        let mut s = NsmfEventExposure::new(
+            notif_id,
+            self.af_uri.as_str(),
+            vec![EventSubscription::up_path_change(timing)],
+        );
+        match supi {
+            Some(supi) => s.supi = Some(supi.into()),
+            None => s.any_ue_ind = Some(true),
+        }
+        let request = serde_json::to_value(&s).expect("json");
+        self.check(names::NSMF_EVENT_EXPOSURE, &request);
+        let url = format!("{}/nsmf-event-exposure/v1/subscriptions", self.smf);
+        let (status, headers, body) = send_json(reqwest::Method::POST, &url, &request).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        self.check(names::NSMF_EVENT_EXPOSURE, &body);
+        let location = headers["location"].to_str().expect("location").to_owned();
+        let sub_id = body["subId"].as_str().expect("subId");
+        assert_eq!(location, format!("{url}/{sub_id}"));
+        location
+    }
+
+    async fn setup(&self, supi: &str, gnb: &str, teid: u32) -> PduSessionSetupResponse {
+        let request = PduSessionSetupRequest {
+            supi: supi.into(),
+            gnb: gnb.into(),
+            gnb_tunnel: gnb_tunnel(gnb, teid),
+        };
+        let (status, _, body) = send_json(
+            reqwest::Method::POST,
+            &format!("{}/n2-lite/v1/pdu-sessions", self.smf),
+            &request,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        serde_json::from_value(body).expect("setup response")
+    }
+
+    async fn path_switch(&self, ue: Ipv4Addr, gnb: &str, teid: u32) -> (StatusCode, Value) {
+        let request = PathSwitchRequest {
+            supi: SUPI.into(),
+            ue_ipv4: ue,
+            gnb: gnb.into(),
+            gnb_tunnel: gnb_tunnel(gnb, teid),
+        };
+        let (status, _, body) = send_json(
+            reqwest::Method::POST,
+            &format!("{}/n2-lite/v1/path-switch", self.smf),
+            &request,
+        )
+        .await;
+        (status, body)
+    }
+
+    async fn lr_location(&self, ue: Ipv4Addr) -> UeLocation {
+        let (status, _, body) = call(
+            reqwest::Method::GET,
+            &format!("{}/lr/v1/ues/{ue}", self.lr),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).expect("location")
+    }
+
+    /// Every notification received since the last call, each validated against the schema.
+    fn notifications(&self) -> Vec<Value> {
+        let bodies = std::mem::take(&mut *self.af.lock().expect("af"));
+        for b in &bodies {
+            self.check(names::NSMF_EVENT_EXPOSURE_NOTIFICATION, b);
+        }
+        bodies
+    }
+}
+
+fn gnb_tunnel(gnb: &str, teid: u32) -> TunnelEndpoint {
+    let last = match gnb {
+        "gnb-a" | "gnb-a2" => 2,
+        _ => 3,
+    };
+    TunnelEndpoint {
+        ipv4: Ipv4Addr::new(10, 30, 0, last),
+        teid,
+    }
+}
+
+/// The session establishment in `messages`; checks it against the contract.
+fn check_establishment(
+    messages: &[Message],
+    ue: Ipv4Addr,
+    n3: Ipv4Addr,
+    n9: Ipv4Addr,
+    gnb: TunnelEndpoint,
+) -> (u32, u32) {
+    let [Message::SessionEstablishmentRequest(r)] = messages else {
+        panic!("expected one establishment, got {messages:?}");
+    };
+    assert_eq!(r.seid, 0);
+    assert_eq!(r.node_id, NodeId::Ipv4(Ipv4Addr::LOCALHOST));
+    assert_eq!(r.cp_f_seid.ipv4, Ipv4Addr::LOCALHOST);
+    let [ul, dl] = &r.create_pdrs[..] else {
+        panic!("two pdrs: {r:?}");
+    };
+    assert_eq!(
+        (ul.pdr_id, ul.precedence, ul.far_id),
+        (PdrId(1), 100, Some(FarId(1)))
+    );
+    assert_eq!(ul.pdi.source_interface, Interface::ACCESS);
+    let ul_teid = ul.pdi.f_teid.expect("uplink f-teid");
+    assert_eq!(ul_teid.ipv4, n3);
+    assert_eq!(ul.pdi.ue_ip_address, None);
+    assert_eq!(
+        ul.outer_header_removal,
+        Some(OuterHeaderRemoval::GTPU_UDP_IPV4)
+    );
+    assert_eq!(
+        (dl.pdr_id, dl.precedence, dl.far_id),
+        (PdrId(2), 100, Some(FarId(2)))
+    );
+    assert_eq!(dl.pdi.source_interface, Interface::CORE);
+    let dl_teid = dl.pdi.f_teid.expect("downlink f-teid");
+    assert_eq!(dl_teid.ipv4, n9);
+    assert_eq!(
+        dl.pdi.ue_ip_address,
+        Some(UeIpAddress {
+            ipv4: ue,
+            destination: true
+        })
+    );
+    assert_eq!(
+        dl.outer_header_removal,
+        Some(OuterHeaderRemoval::GTPU_UDP_IPV4)
+    );
+    assert_ne!(ul_teid.teid, dl_teid.teid);
+    let [far1, far2] = &r.create_fars[..] else {
+        panic!("two fars: {r:?}");
+    };
+    assert_eq!(
+        (far1.far_id, far1.apply_action),
+        (FarId(1), Some(ApplyAction::FORW))
+    );
+    let fp1 = far1
+        .forwarding_parameters
+        .as_ref()
+        .expect("far 1 forwarding");
+    assert_eq!(
+        (fp1.destination_interface, fp1.outer_header_creation),
+        (Some(Interface::CORE), None)
+    );
+    assert_eq!(
+        (far2.far_id, far2.apply_action),
+        (FarId(2), Some(ApplyAction::FORW))
+    );
+    let fp2 = far2
+        .forwarding_parameters
+        .as_ref()
+        .expect("far 2 forwarding");
+    assert_eq!(fp2.destination_interface, Some(Interface::ACCESS));
+    assert_eq!(
+        fp2.outer_header_creation,
+        Some(OuterHeaderCreation {
+            teid: Teid(gnb.teid),
+            ipv4: gnb.ipv4
+        })
+    );
+    assert!(!fp2.send_end_marker);
+    (ul_teid.teid.0, dl_teid.teid.0)
+}
+
+/// The Update FAR 2 with SNDEM in a modification of `seid`, pointing at `gnb`.
+fn check_switch(m: &Message, seid: u64, gnb: TunnelEndpoint) {
+    let Message::SessionModificationRequest(r) = m else {
+        panic!("not a modification: {m:?}");
+    };
+    assert_eq!(r.seid, seid);
+    let [far] = &r.update_fars[..] else {
+        panic!("one update far: {r:?}");
+    };
+    assert_eq!(far.far_id, FarId(2));
+    let fp = far
+        .forwarding_parameters
+        .as_ref()
+        .expect("update forwarding parameters");
+    assert!(fp.send_end_marker, "SNDEM");
+    assert_eq!(
+        fp.outer_header_creation,
+        Some(OuterHeaderCreation {
+            teid: Teid(gnb.teid),
+            ipv4: gnb.ipv4
+        })
+    );
+    assert!(r.create_pdrs.is_empty() && r.create_fars.is_empty() && r.remove_pdrs.is_empty());
+}
+
+fn step_names(timeline: &[TimelineStep]) -> Vec<&str> {
+    timeline.iter().map(|s| s.step.as_str()).collect()
+}
+
+#[tokio::test]
+async fn pdu_session_and_handover_with_upf_relocation() {
+    let tb = testbed().await;
+    let early = tb.subscribe("early-any", DnaiChangeType::Early, None).await;
+    tb.subscribe("late-any", DnaiChangeType::Late, None).await;
+    let mine = tb
+        .subscribe("both-mine", DnaiChangeType::EarlyLate, Some(SUPI))
+        .await;
+    tb.subscribe(
+        "other-ue",
+        DnaiChangeType::EarlyLate,
+        Some("imsi-001010000000099"),
+    )
+    .await;
+
+    // PDU session at gnb-a → upf-a.
+    let setup = tb.setup(SUPI, "gnb-a", 0x51).await;
+    let ue = Ipv4Addr::new(192, 168, 1, 2);
+    assert_eq!((setup.ue_ipv4, setup.pdu_session_id, setup.qfi), (ue, 1, 9));
+    let (ul_a, dl_a) =
+        check_establishment(&tb.upf_a.take(), ue, N3_A, N9_A, gnb_tunnel("gnb-a", 0x51));
+    assert_eq!(
+        setup.upf_tunnel,
+        TunnelEndpoint {
+            ipv4: N3_A,
+            teid: ul_a
+        }
+    );
+    let at_a = tb.lr_location(ue).await;
+    assert_eq!(
+        (at_a.site.as_str(), at_a.dnai.as_str(), at_a.version),
+        ("a", "edge-a", 1)
+    );
+    assert_eq!(
+        at_a.upf_tunnel,
+        TunnelEndpoint {
+            ipv4: N9_A,
+            teid: dl_a
+        }
+    );
+    assert_eq!(
+        tb.iap.lock().expect("iap").last(),
+        Some(&at_a),
+        "the iap got the push"
+    );
+    assert!(tb.upf_b.take().is_empty());
+    assert!(tb.notifications().is_empty(), "no notification at setup");
+    tb.log.take();
+
+    // Handover to gnb-b: relocation to upf-b.
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let log = tb.log.take();
+    assert_eq!(
+        log,
+        [
+            // EARLY notifications (concurrent: any order among themselves) …
+            log[0].clone(),
+            log[1].clone(),
+            "upf-b establishment".into(),
+            "iap push site b version 2".into(),
+            "upf-a modification".into(),
+            "upf-a deletion".into(),
+            log[6].clone(),
+            log[7].clone(),
+        ],
+        "order of the relocation"
+    );
+    let mut early_log = log[..2].to_vec();
+    early_log.sort();
+    assert_eq!(early_log, ["af EARLY both-mine", "af EARLY early-any"]);
+    let mut late_log = log[6..].to_vec();
+    late_log.sort();
+    assert_eq!(late_log, ["af LATE both-mine", "af LATE late-any"]);
+
+    let (ul_b, dl_b) =
+        check_establishment(&tb.upf_b.take(), ue, N3_B, N9_B, gnb_tunnel("gnb-b", 0x61));
+    assert_eq!(ack.upf, "upf-b");
+    assert_eq!(
+        ack.upf_tunnel,
+        TunnelEndpoint {
+            ipv4: N3_B,
+            teid: ul_b
+        }
+    );
+    let at_a_msgs = tb.upf_a.take();
+    let [modification, deletion] = &at_a_msgs[..] else {
+        panic!("modification and deletion at upf-a: {at_a_msgs:?}");
+    };
+    let seid_a = 0xa000; // the fake's first session
+    check_switch(modification, seid_a, gnb_tunnel("gnb-b", 0x61));
+    assert!(
+        matches!(deletion, Message::SessionDeletionRequest(d) if d.seid == seid_a),
+        "{deletion:?}"
+    );
+    let at_b = tb.lr_location(ue).await;
+    assert_eq!(
+        (at_b.site.as_str(), at_b.dnai.as_str(), at_b.version),
+        ("b", "edge-b", 2)
+    );
+    assert_eq!(
+        at_b.upf_tunnel,
+        TunnelEndpoint {
+            ipv4: N9_B,
+            teid: dl_b
+        }
+    );
+
+    assert_eq!(
+        step_names(&ack.timeline),
+        [
+            "early up_path_ch notifications (2 subscriptions)",
+            "pfcp session establishment at upf-b",
+            "lr update (site b, after pushes to iaps)",
+            "pfcp session modification (end marker) at upf-a",
+            "pfcp session deletion at upf-a",
+            "late up_path_ch notifications (2 subscriptions)",
+        ]
+    );
+    assert!(ack
+        .timeline
+        .windows(2)
+        .all(|w| w[0].at_us + w[0].took_us <= w[1].at_us + 1));
+
+    // The notifications: schema-valid (checked in `notifications`), and their content.
+    let notifications = tb.notifications();
+    assert_eq!(notifications.len(), 4);
+    for n in &notifications {
+        let [e] = n["eventNotifs"].as_array().expect("eventNotifs").as_slice() else {
+            panic!("one event: {n}");
+        };
+        assert_eq!(e["event"], "UP_PATH_CH");
+        assert_eq!(e["sourceDnai"], "edge-a");
+        assert_eq!(e["targetDnai"], "edge-b");
+        assert_eq!(e["sourceUeIpv4Addr"], "192.168.1.2");
+        assert_eq!(e["targetUeIpv4Addr"], "192.168.1.2");
+        assert_eq!(
+            e["sourceTraRouting"],
+            json!({"dnai": "edge-a", "routeInfo": {"ipv4Addr": "10.90.0.2", "portNumber": 2152}})
+        );
+        assert_eq!(
+            e["targetTraRouting"],
+            json!({"dnai": "edge-b", "routeInfo": {"ipv4Addr": "10.90.0.3", "portNumber": 2152}})
+        );
+        assert_eq!(e["supi"], SUPI);
+        assert_eq!(e["pduSeId"], 1);
+        let kind = e["dnaiChgType"].as_str().expect("dnaiChgType");
+        let id = n["notifId"].as_str().expect("notifId");
+        assert!(
+            matches!(
+                (kind, id),
+                ("EARLY", "early-any" | "both-mine") | ("LATE", "late-any" | "both-mine")
+            ),
+            "{kind} {id}"
+        );
+    }
+
+    // Change the subscriptions: delete the per-UE one, turn the EARLY one into LATE.
+    let (status, _, _) = call(reqwest::Method::DELETE, &mine, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let mut replaced = NsmfEventExposure::new(
+        "early-now-late",
+        tb.af_uri.as_str(),
+        vec![EventSubscription::up_path_change(DnaiChangeType::Late)],
+    );
+    replaced.any_ue_ind = Some(true);
+    let (status, _, body) = send_json(reqwest::Method::PUT, &early, &replaced).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tb.check(names::NSMF_EVENT_EXPOSURE, &body);
+
+    // And back to gnb-a: relocation to upf-a again.
+    let (status, body) = tb.path_switch(ue, "gnb-a", 0x52).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let back: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let (ul_a2, _) =
+        check_establishment(&tb.upf_a.take(), ue, N3_A, N9_A, gnb_tunnel("gnb-a", 0x52));
+    assert_ne!(ul_a2, ul_a, "fresh teids");
+    assert_eq!(
+        (back.upf.as_str(), back.upf_tunnel),
+        (
+            "upf-a",
+            TunnelEndpoint {
+                ipv4: N3_A,
+                teid: ul_a2
+            }
+        )
+    );
+    let at_b_msgs = tb.upf_b.take();
+    assert_eq!(at_b_msgs.len(), 2);
+    check_switch(&at_b_msgs[0], 0xb000, gnb_tunnel("gnb-a", 0x52));
+    assert_eq!(tb.lr_location(ue).await.site, "a");
+    let mut ids: Vec<String> = tb
+        .notifications()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n["eventNotifs"][0]["dnaiChgType"].as_str().unwrap_or("?"),
+                n["notifId"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        ["LATE early-now-late", "LATE late-any"],
+        "no notification for the deleted subscription"
+    );
+    assert_eq!(
+        back.timeline[0].step,
+        "early up_path_ch notifications (0 subscriptions)"
+    );
+
+    // Handover to another gNB of the same site: only FAR 2 changes, with an End Marker.
+    tb.log.take();
+    let (status, body) = tb.path_switch(ue, "gnb-a2", 0x53).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let same: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(
+        (same.upf.as_str(), same.upf_tunnel),
+        ("upf-a", back.upf_tunnel)
+    );
+    assert_eq!(
+        step_names(&same.timeline),
+        ["pfcp session modification (end marker) at upf-a"]
+    );
+    let msgs = tb.upf_a.take();
+    assert_eq!(msgs.len(), 1);
+    check_switch(&msgs[0], 0xa001, gnb_tunnel("gnb-a2", 0x53));
+    assert_eq!(
+        tb.log.take(),
+        ["upf-a modification"],
+        "no lr update, no notification"
+    );
+    assert!(tb.notifications().is_empty());
+
+    // Re-attach keeps the address; another UE gets the next one.
+    let again = tb.setup(SUPI, "gnb-b", 0x62).await;
+    assert_eq!(again.ue_ipv4, ue);
+    assert_eq!(again.upf_tunnel.ipv4, N3_B);
+    let other = tb.setup("imsi-001010000000002", "gnb-a", 0x54).await;
+    assert_eq!(other.ue_ipv4, Ipv4Addr::new(192, 168, 1, 3));
+}
+
+#[tokio::test]
+async fn failed_relocation_leaves_the_session_at_the_source() {
+    let tb = testbed().await;
+    tb.subscribe("both", DnaiChangeType::EarlyLate, None).await;
+    let setup = tb.setup(SUPI, "gnb-a", 0x51).await;
+    let ue = setup.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+
+    tb.upf_b.reject_establishment.store(true, Ordering::SeqCst);
+    let (status, problem) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    assert_eq!(problem["cause"], "SYSTEM_FAILURE");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("upf-b")),
+        "{problem}"
+    );
+    assert_eq!(
+        tb.log.take(),
+        ["af EARLY both", "upf-b establishment"],
+        "nothing at upf-a, no lr update, no LATE"
+    );
+    assert!(tb.upf_a.take().is_empty());
+    assert_eq!(tb.lr_location(ue).await.site, "a");
+    assert_eq!(tb.notifications().len(), 1);
+
+    // The session is still at upf-a: a retry works once upf-b accepts.
+    tb.upf_b.reject_establishment.store(false, Ordering::SeqCst);
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["upf"], "upf-b");
+
+    // Unknown UE, wrong address, unknown gNB.
+    let (status, problem) = tb
+        .path_switch(Ipv4Addr::new(192, 168, 1, 9), "gnb-a", 1)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let (status, _) = tb.path_switch(ue, "gnb-z", 1).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let request = PathSwitchRequest {
+        supi: "imsi-001010000000777".into(),
+        ue_ipv4: ue,
+        gnb: "gnb-a".into(),
+        gnb_tunnel: gnb_tunnel("gnb-a", 1),
+    };
+    let (status, _, problem) = send_json(
+        reqwest::Method::POST,
+        &format!("{}/n2-lite/v1/path-switch", tb.smf),
+        &request,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+}

@@ -1,0 +1,492 @@
+//! The network functions `testbed up` starts inside the topology: their configs (derived from the
+//! plan, nothing else), their launch order, readiness, and the probe servers.
+
+use emu_5gc::iap::IapConfig;
+use emu_5gc::lr::LrConfig;
+use emu_5gc::smf::{GnbSite, SmfConfig, UpfPeer};
+use emu_5gc::upf::UpfConfig;
+use emu_ran::gnb::{GnbConfig, GnbPeer};
+use emu_ran::ue::UeConfig;
+use serde::Serialize;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::plan::{Plan, Role, UE_POOL};
+
+/// Port of the SMF's SBI.
+pub const SMF_PORT: u16 = 8000;
+/// Port of the LR's SBI.
+pub const LR_PORT: u16 = 8001;
+/// Port of each IAP's SBI (LR pushes).
+pub const IAP_PORT: u16 = 8010;
+/// PFCP.
+pub const PFCP_PORT: u16 = 8805;
+/// GTP-U.
+pub const GTPU_PORT: u16 = 2152;
+/// Radio (UE ↔ gNB).
+pub const RADIO_PORT: u16 = model::ran::radio::PORT;
+/// gNB Xn + control API.
+pub const GNB_HTTP_PORT: u16 = model::ran::xn::PORT;
+/// The probe servers' TCP stream and UDP echo port.
+pub const PROBE_PORT: u16 = 5000;
+/// The default QFI of every PDU session.
+pub const QFI: u8 = 9;
+
+/// One process to start in a node.
+#[derive(Debug, Clone, Serialize)]
+pub struct Launch {
+    /// Short name, unique in the testbed: `lr`, `smf`, `upf-a`, `iap-a`, `gnb-a`, `ue1`, `probe-dn`.
+    pub name: String,
+    /// The node whose namespace it runs in.
+    pub node: String,
+    /// The binary.
+    pub bin: &'static str,
+    /// Its JSON config (network functions) or its arguments (probes).
+    pub config: Option<serde_json::Value>,
+    pub args: Vec<String>,
+    /// Whether `up` waits for its ready file.
+    pub waits_ready: bool,
+}
+
+fn addr(plan: &Plan, node: &str, ifname: &str) -> Ipv4Addr {
+    plan.node(node)
+        .and_then(|n| n.addr(ifname))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED)
+}
+
+fn json<T: Serialize>(v: &T) -> Option<serde_json::Value> {
+    serde_json::to_value(v).ok()
+}
+
+/// The SUPI of UE number `n`.
+pub fn supi(n: u16) -> String {
+    format!("imsi-00101{n:010}")
+}
+
+/// The unix socket of UE `name`'s control API.
+pub fn ue_socket(plan: &Plan, name: &str) -> PathBuf {
+    plan.state_dir.join(format!("{name}.sock"))
+}
+
+/// Every process of the testbed, in launch order: LR, UPFs, IAPs, SMF, gNBs, UEs, probes.
+pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
+    let token = Some(token.to_owned());
+    let core_sbi = addr(plan, "core", "sbi");
+    let lr_url = format!("http://{core_sbi}:{LR_PORT}");
+    let sites: Vec<&crate::plan::Node> =
+        plan.nodes.iter().filter(|n| n.role == Role::Site).collect();
+    let gnbs: Vec<&crate::plan::Node> = plan.nodes.iter().filter(|n| n.role == Role::Gnb).collect();
+    let site_of = |n: &crate::plan::Node| n.site.clone().unwrap_or_default();
+    let mut out = vec![nf(
+        "lr",
+        "core",
+        "lr",
+        json(&LrConfig {
+            sbi_addr: SocketAddrV4::new(core_sbi, LR_PORT),
+            token: token.clone(),
+        }),
+    )];
+    for (i, s) in sites.iter().enumerate() {
+        let site = site_of(s);
+        let i = u8::try_from(i).unwrap_or(0);
+        out.push(nf(
+            &format!("upf-{site}"),
+            &s.name,
+            "upf",
+            json(&UpfConfig {
+                name: format!("upf-{site}"),
+                pfcp_addr: SocketAddrV4::new(addr(plan, &s.name, "sbi"), PFCP_PORT),
+                n3_addr: addr(plan, &s.name, "n3"),
+                n9_addr: addr(plan, &s.name, "n9"),
+                gtpu_bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, GTPU_PORT),
+                tun: "upf0".into(),
+                tun_addr: Ipv4Addr::new(10, 255, 0, 1 + i),
+            }),
+        ));
+    }
+    for (i, s) in sites.iter().enumerate() {
+        let site = site_of(s);
+        let i = u8::try_from(i).unwrap_or(0);
+        out.push(nf(
+            &format!("iap-{site}"),
+            &s.name,
+            "iap",
+            json(&IapConfig {
+                name: format!("iap-{site}"),
+                site: site.clone(),
+                sbi_addr: SocketAddrV4::new(addr(plan, &s.name, "sbi"), IAP_PORT),
+                lr_url: lr_url.clone(),
+                token: token.clone(),
+                tun: "iap0".into(),
+                tun_addr: Ipv4Addr::new(10, 255, 1, 1 + i),
+                ue_pool: UE_POOL,
+                qfi: QFI,
+            }),
+        ));
+    }
+    let upfs = sites
+        .iter()
+        .map(|s| {
+            let site = site_of(s);
+            let dnai = plan
+                .switches
+                .iter()
+                .find(|sw| {
+                    plan.node(&sw.node).and_then(|n| n.site.as_deref()) == Some(site.as_str())
+                })
+                .map(|sw| sw.dnai.clone())
+                .unwrap_or_default();
+            UpfPeer {
+                name: format!("upf-{site}"),
+                site: site.clone(),
+                dnai,
+                pfcp: SocketAddrV4::new(addr(plan, &s.name, "sbi"), PFCP_PORT),
+                n3: addr(plan, &s.name, "n3"),
+                n9: addr(plan, &s.name, "n9"),
+            }
+        })
+        .collect();
+    out.push(nf(
+        "smf",
+        "core",
+        "smf",
+        json(&SmfConfig {
+            sbi_addr: SocketAddrV4::new(core_sbi, SMF_PORT),
+            pfcp_addr: SocketAddrV4::new(core_sbi, PFCP_PORT),
+            token: token.clone(),
+            lr_url: lr_url.clone(),
+            ue_pool: UE_POOL,
+            qfi: QFI,
+            upfs,
+            gnbs: gnbs
+                .iter()
+                .map(|g| GnbSite {
+                    name: g.name.clone(),
+                    site: site_of(g),
+                })
+                .collect(),
+        }),
+    ));
+    for g in &gnbs {
+        out.push(nf(
+            &g.name,
+            &g.name,
+            "gnb",
+            json(&GnbConfig {
+                name: g.name.clone(),
+                site: site_of(g),
+                radio_addr: SocketAddrV4::new(addr(plan, &g.name, "air"), RADIO_PORT),
+                n3_addr: addr(plan, &g.name, "n3"),
+                xn_addr: addr(plan, &g.name, "xn"),
+                gtpu_bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, GTPU_PORT),
+                http_addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, GNB_HTTP_PORT),
+                smf_url: format!("http://{core_sbi}:{SMF_PORT}"),
+                token: token.clone(),
+                qfi: QFI,
+                peers: gnbs
+                    .iter()
+                    .filter(|p| p.name != g.name)
+                    .map(|p| GnbPeer {
+                        name: p.name.clone(),
+                        xn_url: format!("http://{}:{GNB_HTTP_PORT}", addr(plan, &p.name, "xn")),
+                    })
+                    .collect(),
+            }),
+        ));
+    }
+    let first_gnb = gnbs
+        .first()
+        .map(|g| addr(plan, &g.name, "air"))
+        .unwrap_or(Ipv4Addr::UNSPECIFIED);
+    for (n, ue) in plan.nodes.iter().filter(|n| n.role == Role::Ue).enumerate() {
+        let n = u16::try_from(n + 1).unwrap_or(u16::MAX);
+        out.push(nf(
+            &ue.name,
+            &ue.name,
+            "ue",
+            json(&UeConfig {
+                name: ue.name.clone(),
+                supi: supi(n),
+                gnb_radio: SocketAddrV4::new(first_gnb, RADIO_PORT),
+                radio_bind: SocketAddrV4::new(addr(plan, &ue.name, "air"), 0),
+                tun: "ue0".into(),
+                mtu: 1400,
+                control_socket: ue_socket(plan, &ue.name),
+            }),
+        ));
+    }
+    for n in plan
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.role, Role::Dn | Role::Edge))
+    {
+        out.push(Launch {
+            name: format!("probe-{}", n.name),
+            node: n.name.clone(),
+            bin: "tbprobe",
+            config: None,
+            args: vec![
+                "serve".into(),
+                format!("--tcp=0.0.0.0:{PROBE_PORT}"),
+                format!("--udp=0.0.0.0:{PROBE_PORT}"),
+            ],
+            waits_ready: false,
+        });
+    }
+    out
+}
+
+fn nf(name: &str, node: &str, bin: &'static str, config: Option<serde_json::Value>) -> Launch {
+    Launch {
+        name: name.to_owned(),
+        node: node.to_owned(),
+        bin,
+        config,
+        args: Vec::new(),
+        waits_ready: true,
+    }
+}
+
+/// Where the testbed's binaries are: `$TESTBED_BIN_DIR`, else next to the running executable
+/// (`target/<profile>/`, also when the executable is a test in `target/<profile>/deps/`).
+pub fn bin_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("TESTBED_BIN_DIR") {
+        return PathBuf::from(d);
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+/// Why a network function did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("binary {0} not found (build it: cargo build --release --workspace, or set TESTBED_BIN_DIR)")]
+    NoBinary(PathBuf),
+    #[error("cannot write {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start {name}: {detail}")]
+    Spawn { name: String, detail: String },
+    #[error("{name} exited before it was ready; last log lines:\n{log}")]
+    Died { name: String, log: String },
+    #[error("{name} not ready after {secs} s; last log lines:\n{log}")]
+    NotReady {
+        name: String,
+        secs: u64,
+        log: String,
+    },
+}
+
+/// A started process: its PID and the marker its command line carries.
+#[derive(Debug, Clone)]
+pub struct Spawned {
+    pub pid: i32,
+    pub marker: String,
+    pub log: PathBuf,
+}
+
+/// Starts one launch in namespace `netns`, detached (its parent exits at once, so it is not left a
+/// zombie of the caller), with stdout and stderr in `<state>/<name>.log`.
+pub fn spawn(
+    l: &Launch,
+    netns: &str,
+    state_dir: &Path,
+    bins: &Path,
+) -> Result<Spawned, LaunchError> {
+    let bin = bins.join(l.bin);
+    if !bin.is_file() {
+        return Err(LaunchError::NoBinary(bin));
+    }
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| LaunchError::Io { path, source }
+    };
+    let log = state_dir.join(format!("{}.log", l.name));
+    let mut args: Vec<String> = Vec::new();
+    let marker;
+    if let Some(cfg) = &l.config {
+        let cfg_path = state_dir.join(format!("{}.json", l.name));
+        let text = serde_json::to_string_pretty(cfg).unwrap_or_default();
+        std::fs::write(&cfg_path, text).map_err(io(&cfg_path))?;
+        restrict(&cfg_path);
+        let ready = ready_file(state_dir, &l.name);
+        let _ = std::fs::remove_file(&ready);
+        args.extend([
+            "--config".into(),
+            cfg_path.display().to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+        ]);
+        marker = cfg_path.display().to_string();
+    } else {
+        args.extend(l.args.iter().cloned());
+        marker = format!("{} {}", l.bin, l.args.join(" "));
+    }
+    let mut line = format!(
+        "exec ip netns exec {} {}",
+        sh_quote(netns),
+        sh_quote(&bin.display().to_string())
+    );
+    for a in &args {
+        line.push(' ');
+        line.push_str(&sh_quote(a));
+    }
+    let script = format!(
+        "({line}) </dev/null >>{} 2>&1 & echo $!",
+        sh_quote(&log.display().to_string())
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env(
+            "RUST_LOG",
+            std::env::var("TESTBED_NF_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .output()
+        .map_err(|e| LaunchError::Spawn {
+            name: l.name.clone(),
+            detail: e.to_string(),
+        })?;
+    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| LaunchError::Spawn {
+            name: l.name.clone(),
+            detail: "no pid".into(),
+        })?;
+    Ok(Spawned { pid, marker, log })
+}
+
+/// The ready file of NF `name`.
+pub fn ready_file(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join(format!("{name}.ready"))
+}
+
+/// Waits until NF `name` wrote its ready file, failing early if it died.
+pub fn wait_ready(
+    name: &str,
+    s: &Spawned,
+    state_dir: &Path,
+    limit: Duration,
+) -> Result<(), LaunchError> {
+    let ready = ready_file(state_dir, name);
+    let start = Instant::now();
+    loop {
+        if ready.exists() {
+            return Ok(());
+        }
+        if !netkit::process::is_alive(s.pid) {
+            return Err(LaunchError::Died {
+                name: name.to_owned(),
+                log: tail(&s.log, 15),
+            });
+        }
+        if start.elapsed() > limit {
+            return Err(LaunchError::NotReady {
+                name: name.to_owned(),
+                secs: limit.as_secs(),
+                log: tail(&s.log, 15),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn restrict(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// A fresh bearer token for a deployment (128 random bits, hex).
+pub fn new_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::TopologySpec;
+
+    #[test]
+    fn two_site_launches_every_function_in_order_with_consistent_addresses() {
+        let plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let l = launches(&plan, "tok");
+        let names: Vec<&str> = l.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "lr",
+                "upf-a",
+                "upf-b",
+                "iap-a",
+                "iap-b",
+                "smf",
+                "gnb-a",
+                "gnb-b",
+                "ue1",
+                "probe-dn",
+                "probe-edge-x",
+                "probe-edge-y"
+            ]
+        );
+        let cfg = |n: &str| {
+            l.iter()
+                .find(|l| l.name == n)
+                .and_then(|l| l.config.clone())
+                .expect(n)
+        };
+        let smf = cfg("smf");
+        assert_eq!(smf["sbiAddr"], "10.100.0.10:8000");
+        assert_eq!(smf["token"], "tok");
+        assert_eq!(smf["upfs"][1]["name"], "upf-b");
+        assert_eq!(smf["upfs"][1]["dnai"], "edge-y");
+        assert_eq!(smf["upfs"][1]["pfcp"], "10.100.0.22:8805");
+        assert_eq!(smf["upfs"][1]["n3"], "10.30.0.102");
+        assert_eq!(smf["upfs"][1]["n9"], "10.90.0.2");
+        assert_eq!(cfg("upf-a")["pfcpAddr"], "10.100.0.21:8805");
+        assert_eq!(cfg("iap-b")["sbiAddr"], "10.100.0.22:8010");
+        assert_eq!(cfg("gnb-b")["radioAddr"], "10.10.0.2:4997");
+        assert_eq!(cfg("gnb-a")["peers"][0]["xnUrl"], "http://10.40.0.2:38422");
+        assert_eq!(cfg("ue1")["gnbRadio"], "10.10.0.1:4997");
+        assert_eq!(cfg("ue1")["supi"], "imsi-001010000000001");
+        assert_eq!(new_token().len(), 32);
+    }
+
+    #[test]
+    fn configs_parse_back_into_the_functions_config_types() {
+        let plan = Plan::new(&TopologySpec::builtin("three-site").expect("builtin"));
+        for l in launches(&plan, "tok") {
+            let Some(c) = l.config else { continue };
+            let ok = match l.bin {
+                "lr" => serde_json::from_value::<LrConfig>(c).is_ok(),
+                "smf" => serde_json::from_value::<SmfConfig>(c).is_ok(),
+                "upf" => serde_json::from_value::<UpfConfig>(c).is_ok(),
+                "iap" => serde_json::from_value::<IapConfig>(c).is_ok(),
+                "gnb" => serde_json::from_value::<GnbConfig>(c).is_ok(),
+                "ue" => serde_json::from_value::<UeConfig>(c).is_ok(),
+                other => panic!("unexpected binary {other}"),
+            };
+            assert!(ok, "{} config does not parse back", l.name);
+        }
+    }
+}

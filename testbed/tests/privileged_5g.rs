@@ -1,0 +1,390 @@
+//! Privileged end-to-end tests of the 5G stand-ins in the real topology: UE traffic through GTP-U
+//! (checked with tshark), a TCP stream and a 10 ms ping across Xn handovers with UPF relocation, and
+//! UP_PATH_CH notifications to a subscriber in an edge cloud.
+//!
+//! `#[ignore]`d (a plain `cargo test` counts them as skipped); `scripts/test` runs them as root.
+
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use testbed::plan::Plan;
+use testbed::spec::TopologySpec;
+use testbed::state::State;
+use testbed::topo;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Guard(String, String);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        topo::down(&self.0, Some(&self.1));
+    }
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "privileged test: needs root (namespaces, TUN, OVS); run `sudo scripts/test`"
+    );
+}
+
+fn up(name: &str, prefix: &str) -> (Plan, String, Guard) {
+    let mut spec = TopologySpec::builtin("two-site").expect("builtin");
+    spec.name = name.into();
+    spec.prefix = prefix.into();
+    topo::down(name, Some(prefix));
+    let guard = Guard(name.into(), prefix.into());
+    let plan =
+        topo::up(&spec, topo::UpOptions::default()).expect("testbed up with network functions");
+    let token = State::load(&plan.state_dir)
+        .expect("state")
+        .and_then(|s| s.token)
+        .expect("token");
+    (plan, token, guard)
+}
+
+fn in_ns(plan: &Plan, node: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", &plan.netns(node)]).args(args);
+    c
+}
+
+fn ok(mut c: Command) -> (bool, String) {
+    let out = c.output().expect("run");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Ends a tcpdump with SIGINT, so it writes out everything it captured.
+fn stop_capture(c: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+    let _ = c.wait();
+}
+
+/// Standard output only (tshark warns on stderr when run as root).
+fn stdout_of(mut c: Command) -> String {
+    String::from_utf8_lossy(&c.output().expect("run").stdout).into_owned()
+}
+
+fn reach(plan: &Plan, node: &str, dst: &str) -> bool {
+    (0..3).any(|_| {
+        ok(in_ns(
+            plan,
+            node,
+            &["ping", "-c", "1", "-W", "1", "-q", dst],
+        ))
+        .0
+    })
+}
+
+fn handover(plan: &Plan, token: &str, to: &str) -> model::ran::xn::HandoverReport {
+    testbed::handover::handover(plan, token, "ue1", to).unwrap_or_else(|e| {
+        let logs: String = ["gnb-a", "gnb-b", "smf", "upf-a", "upf-b", "ue1"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}\n",
+                    testbed::nf::tail(&plan.state_dir.join(format!("{n}.log")), 12)
+                )
+            })
+            .collect();
+        panic!("handover to {to} failed: {e}\n{logs}")
+    })
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn ue_traffic_crosses_gtpu_and_a_stream_survives_handovers() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = up("ci-5g", "tb5g");
+
+    // The UE got its address from the SMF and reaches the central DN and edge X through GTP-U.
+    let (_, addr) = ok(in_ns(
+        &plan,
+        "ue1",
+        &["ip", "-4", "-o", "addr", "show", "ue0"],
+    ));
+    assert!(
+        addr.contains("192.168.1."),
+        "ue0 has no PDU session address: {addr}"
+    );
+    let pcap = plan.state_dir.join("n3.pcap");
+    let mut capture = in_ns(
+        &plan,
+        "fabric",
+        &[
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            "br-n3",
+            "-U",
+            "-w",
+        ],
+    )
+    .arg(&pcap)
+    .arg("udp port 2152")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("tcpdump");
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        reach(&plan, "ue1", "10.60.0.100"),
+        "ue1 cannot reach the central DN"
+    );
+    assert!(reach(&plan, "ue1", "20.0.0.10"), "ue1 cannot reach edge X");
+    std::thread::sleep(Duration::from_millis(300));
+    stop_capture(&mut capture);
+    let decoded = stdout_of({
+        let mut c = Command::new("tshark");
+        c.arg("-r").arg(&pcap).args([
+            "-d",
+            "udp.port==2152,gtp",
+            "-T",
+            "fields",
+            "-e",
+            "gtp.teid",
+            "-e",
+            "gtp.ext_hdr.pdu_ses_con.qos_flow_id",
+            "-e",
+            "ip.dst",
+        ]);
+        c
+    });
+    let lines: Vec<&str> = decoded.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() >= 4,
+        "tshark decoded too few G-PDUs:\n{decoded}"
+    );
+    for l in &lines {
+        let f: Vec<&str> = l.split('\t').collect();
+        assert!(
+            f.len() >= 2 && f[0].starts_with("0x") && f[1] == "9",
+            "not a G-PDU with QFI 9: {l}"
+        );
+    }
+
+    // A TCP stream from the central DN survives A→B and B→A with no reconnect and no missing byte.
+    let stream = in_ns(&plan, "ue1", &[])
+        .arg(testbed::nf::bin_dir().join("tbprobe"))
+        .args(["stream", "10.60.0.100:5000", "--seconds", "9"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stream");
+    std::thread::sleep(Duration::from_secs(2));
+    let n4 = plan.state_dir.join("n4.pcap");
+    let mut n4_capture = in_ns(
+        &plan,
+        "fabric",
+        &[
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            "br-sbi",
+            "-U",
+            "-w",
+        ],
+    )
+    .arg(&n4)
+    .arg("udp port 8805")
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("tcpdump n4");
+    std::thread::sleep(Duration::from_secs(1));
+    let to_b = handover(&plan, &token, "site-b");
+    std::thread::sleep(Duration::from_millis(200));
+    stop_capture(&mut n4_capture);
+    let pfcp = stdout_of({
+        let mut c = Command::new("tshark");
+        c.arg("-r").arg(&n4).args([
+            "-T",
+            "fields",
+            "-e",
+            "pfcp.msg_type",
+            "-e",
+            "_ws.expert.severity",
+        ]);
+        c
+    });
+    for (msg, name) in [
+        ("50", "establishment"),
+        ("51", "establishment response"),
+        ("52", "modification"),
+        ("54", "deletion"),
+    ] {
+        assert!(
+            pfcp.lines().any(|l| l.split('\t').next() == Some(msg)),
+            "no PFCP session {name} ({msg}) decoded on N4 during the handover:\n{pfcp}"
+        );
+    }
+    assert_eq!(to_b.target_gnb, "gnb-b");
+    assert!(!to_b.timeline.is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    let to_a = handover(&plan, &token, "site-a");
+    assert_eq!(to_a.target_gnb, "gnb-a");
+    let out = stream.wait_with_output().expect("stream output");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stream report: {e}: {:?}", out));
+    assert_eq!(
+        report["intact"], true,
+        "stream broken across handovers: {report}"
+    );
+    assert!(report["records"].as_u64().unwrap_or(0) > 500, "{report}");
+    eprintln!("stream across two handovers: {report}");
+
+    // A 10 ms ping across a handover loses at most one packet.
+    let ping = in_ns(
+        &plan,
+        "ue1",
+        &["ping", "-i", "0.01", "-c", "300", "-q", "10.60.0.100"],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("ping");
+    std::thread::sleep(Duration::from_millis(800));
+    handover(&plan, &token, "site-b");
+    let out = ping.wait_with_output().expect("ping output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let received: u32 = text
+        .split(", ")
+        .find_map(|p| p.strip_suffix(" received").and_then(|n| n.parse().ok()))
+        .unwrap_or(0);
+    eprintln!(
+        "10 ms ping across a handover: {}",
+        text.lines().rev().nth(1).unwrap_or("")
+    );
+    assert!(
+        received >= 299,
+        "lost {} of 300 pings across a handover:\n{text}",
+        300 - received
+    );
+    // Now served at site B: edge Y is the local edge cloud.
+    assert!(
+        reach(&plan, "ue1", "20.0.0.20"),
+        "ue1 at site B cannot reach edge Y"
+    );
+    drop(guard);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn smf_sends_early_and_late_up_path_change_to_a_subscriber_in_edge_x() {
+    use axum::routing::post;
+    use model::common::DnaiChangeType;
+    use model::nsmf_event_exposure::{EventSubscription, NsmfEventExposure};
+
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = up("ci-ee", "tbee");
+    let edge = netkit::Netns::new(plan.netns("edge-x"));
+    let af = plan
+        .node("edge-x")
+        .and_then(|n| n.addr("sbi"))
+        .expect("edge-x sbi");
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    let tok = token.clone();
+    let subscriber = std::thread::spawn(move || {
+        edge.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async move {
+                let (ntx, mut nrx) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+                let router = axum::Router::new().route(
+                    "/notify",
+                    post(move |sbi::Json(v): sbi::Json<serde_json::Value>| {
+                        let ntx = ntx.clone();
+                        async move {
+                            let _ = ntx.send(v);
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind((af, 9999))
+                    .await
+                    .expect("bind af");
+                tokio::spawn(sbi::serve(
+                    listener,
+                    router,
+                    Some(tok.clone()),
+                    std::future::pending(),
+                ));
+                let client = sbi::Client::new(Some(tok), Duration::from_secs(5));
+                let url = "http://10.100.0.10:8000/nsmf-event-exposure/v1/subscriptions";
+                for (id, chg) in [
+                    ("early", DnaiChangeType::Early),
+                    ("late", DnaiChangeType::Late),
+                ] {
+                    let mut sub = NsmfEventExposure::new(
+                        id,
+                        format!("http://{af}:9999/notify"),
+                        vec![EventSubscription::up_path_change(chg)],
+                    );
+                    sub.any_ue_ind = Some(true);
+                    let created: serde_json::Value =
+                        client.post(url, &sub).await.expect("subscribe");
+                    assert!(created["subId"].is_string(), "{created}");
+                }
+                let _ = subscribed_tx.send(());
+                let mut got = Vec::new();
+                while got.len() < 2 {
+                    match tokio::time::timeout(Duration::from_secs(20), nrx.recv()).await {
+                        Ok(Some(v)) => got.push(v),
+                        _ => break,
+                    }
+                }
+                got
+            })
+        })
+        .expect("run in edge-x")
+    });
+    subscribed_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("subscribed");
+    let report = handover(&plan, &token, "site-b");
+    let notifs = subscriber.join().expect("subscriber thread");
+    assert_eq!(notifs.len(), 2, "{notifs:?}");
+    let schemas = model::schema::SchemaSet::load(model::schema::SchemaSet::default_dir())
+        .expect("3GPP schemas");
+    let mut kinds = Vec::new();
+    for n in &notifs {
+        schemas
+            .validate(model::schema::names::NSMF_EVENT_EXPOSURE_NOTIFICATION, n)
+            .unwrap_or_else(|e| panic!("notification not schema-valid: {e:?}\n{n}"));
+        let e = &n["eventNotifs"][0];
+        assert_eq!(e["event"], "UP_PATH_CH");
+        assert_eq!(e["sourceDnai"], "edge-x");
+        assert_eq!(e["targetDnai"], "edge-y");
+        assert_eq!(e["sourceUeIpv4Addr"], report.ue_ipv4.to_string());
+        assert_eq!(e["targetUeIpv4Addr"], report.ue_ipv4.to_string());
+        kinds.push((
+            n["notifId"].as_str().unwrap_or("").to_owned(),
+            e["dnaiChgType"].as_str().unwrap_or("").to_owned(),
+        ));
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("early".into(), "EARLY".into()),
+            ("late".into(), "LATE".into())
+        ]
+    );
+    drop(guard);
+}
