@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-use common::icmp_echo;
+use common::{establishment, icmp_echo, UE};
 use netkit::link::{self, End};
 use netkit::Netns;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -18,17 +18,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wire::gtpu::{self, GtpuRepr, PduSessionInfo, Qfi, Teid};
-use wire::pfcp::{
-    ApplyAction, AssociationSetup, Cause, CreatePdr, FSeid, FTeid, Far, FarId,
-    ForwardingParameters, Interface, Message, NodeId, OuterHeaderCreation, OuterHeaderRemoval, Pdi,
-    PdrId, SessionEstablishmentRequest, UeIpAddress,
-};
+use wire::pfcp::{AssociationSetup, Cause, Message, NodeId};
 
 const SITE: &str = "t3u-site";
 const DN: &str = "t3u-dn";
 const SITE_DN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 222, 0, 1);
 const DN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 222, 0, 2);
-const UE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Removes everything the test made: the UPF process, the namespaces (and with them the veth and
@@ -160,61 +155,6 @@ fn request(socket: &UdpSocket, to: SocketAddr, msg: &Message) -> Message {
     Message::parse(&buf[..n]).unwrap()
 }
 
-fn establishment() -> Message {
-    let pdr = |id, source, teid, far| CreatePdr {
-        pdr_id: PdrId(id),
-        precedence: 100,
-        pdi: Pdi {
-            source_interface: source,
-            f_teid: Some(FTeid {
-                teid: Teid(teid),
-                ipv4: LOCALHOST,
-            }),
-            network_instance: None,
-            ue_ip_address: (source == Interface::CORE).then_some(UeIpAddress {
-                ipv4: UE,
-                destination: true,
-            }),
-        },
-        outer_header_removal: Some(OuterHeaderRemoval::GTPU_UDP_IPV4),
-        far_id: Some(FarId(far)),
-    };
-    let far = |id, dest, ohc| Far {
-        far_id: FarId(id),
-        apply_action: Some(ApplyAction::FORW),
-        forwarding_parameters: Some(ForwardingParameters {
-            destination_interface: Some(dest),
-            network_instance: None,
-            outer_header_creation: ohc,
-            send_end_marker: false,
-        }),
-    };
-    Message::SessionEstablishmentRequest(SessionEstablishmentRequest {
-        seid: 0,
-        seq: 2,
-        node_id: NodeId::Ipv4(LOCALHOST),
-        cp_f_seid: FSeid {
-            seid: 0x77,
-            ipv4: LOCALHOST,
-        },
-        create_pdrs: vec![
-            pdr(1, Interface::ACCESS, 0x100, 1),
-            pdr(2, Interface::CORE, 0x200, 2),
-        ],
-        create_fars: vec![
-            far(1, Interface::CORE, None),
-            far(
-                2,
-                Interface::ACCESS,
-                Some(OuterHeaderCreation {
-                    teid: Teid(0xa1),
-                    ipv4: LOCALHOST,
-                }),
-            ),
-        ],
-    })
-}
-
 #[test]
 #[ignore = "privileged: needs root"]
 fn uplink_g_pdu_reaches_the_dn_through_the_upf_tun() {
@@ -280,7 +220,7 @@ fn uplink_g_pdu_reaches_the_dn_through_the_upf_tun() {
         matches!(answer, Message::AssociationSetupResponse(a) if a.cause == Some(Cause::ACCEPTED)),
         "{answer:?}"
     );
-    let answer = request(&smf, pfcp, &establishment());
+    let answer = request(&smf, pfcp, &establishment(2, 0xa1));
     assert!(
         matches!(answer, Message::SessionEstablishmentResponse(e) if e.cause == Cause::ACCEPTED),
         "{answer:?}"

@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::Router;
-use common::icmp_echo;
+use common::{establishment, icmp_echo, UE};
 use emu_5gc::iap::{self, IapConfig, IapStatus};
 use emu_5gc::upf::port::{ChannelPort, ChannelPortPeer};
 use emu_5gc::upf::{Upf, UpfConfig, UpfHandle, UpfStatus};
@@ -23,15 +23,12 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use wire::gtpu::{self, Direction, GtpuRepr, MessageType, PduSessionInfo, Qfi, Teid};
 use wire::pfcp::{
-    ApplyAction, AssociationSetup, Cause, CreatePdr, FSeid, FTeid, Far, FarId,
-    ForwardingParameters, Heartbeat, Interface, Message, NodeId, OuterHeaderCreation,
-    OuterHeaderRemoval, Pdi, PdrId, SessionDeletionRequest, SessionEstablishmentRequest,
-    SessionModificationRequest, UeIpAddress,
+    AssociationSetup, Cause, Far, FarId, ForwardingParameters, Heartbeat, Message, NodeId,
+    OuterHeaderCreation, SessionDeletionRequest, SessionModificationRequest,
 };
 
 const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
 const GNB_B: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
-const UE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const WAIT: Duration = Duration::from_secs(3);
 const QUIET: Duration = Duration::from_millis(200);
 
@@ -131,61 +128,6 @@ impl Smf {
             .unwrap();
         Message::parse(&recv(&self.socket).await).unwrap()
     }
-}
-
-fn establishment(seq: u32, gnb_port_teid: u32) -> Message {
-    let pdr = |id, source, teid, far| CreatePdr {
-        pdr_id: PdrId(id),
-        precedence: 100,
-        pdi: Pdi {
-            source_interface: source,
-            f_teid: Some(FTeid {
-                teid: Teid(teid),
-                ipv4: LOCALHOST,
-            }),
-            network_instance: None,
-            ue_ip_address: (source == Interface::CORE).then_some(UeIpAddress {
-                ipv4: UE,
-                destination: true,
-            }),
-        },
-        outer_header_removal: Some(OuterHeaderRemoval::GTPU_UDP_IPV4),
-        far_id: Some(FarId(far)),
-    };
-    let far = |id, dest, ohc: Option<OuterHeaderCreation>| Far {
-        far_id: FarId(id),
-        apply_action: Some(ApplyAction::FORW),
-        forwarding_parameters: Some(ForwardingParameters {
-            destination_interface: Some(dest),
-            network_instance: None,
-            outer_header_creation: ohc,
-            send_end_marker: false,
-        }),
-    };
-    Message::SessionEstablishmentRequest(SessionEstablishmentRequest {
-        seid: 0,
-        seq,
-        node_id: NodeId::Ipv4(LOCALHOST),
-        cp_f_seid: FSeid {
-            seid: 0x77,
-            ipv4: LOCALHOST,
-        },
-        create_pdrs: vec![
-            pdr(1, Interface::ACCESS, 0x100, 1),
-            pdr(2, Interface::CORE, 0x200, 2),
-        ],
-        create_fars: vec![
-            far(1, Interface::CORE, None),
-            far(
-                2,
-                Interface::ACCESS,
-                Some(OuterHeaderCreation {
-                    teid: Teid(gnb_port_teid),
-                    ipv4: LOCALHOST,
-                }),
-            ),
-        ],
-    })
 }
 
 fn g_pdu(teid: u32, container: Option<PduSessionInfo>, inner: &[u8]) -> Vec<u8> {

@@ -174,7 +174,7 @@ mod tests {
         assert!(rep.intact, "{rep:?}");
         assert_eq!(rep.first_seq, Some(0));
         assert!(rep.records >= 20, "{rep:?}");
-        assert_eq!(rep.bytes % 64, rep.bytes % 64);
+        assert_eq!(rep.bytes / 64, rep.records, "{rep:?}");
         assert!(rep.max_gap_ms < 200.0, "{rep:?}");
     }
 
