@@ -119,6 +119,13 @@ mod tests {
             .spawn()
             .expect("spawn sleep");
         let pid = child.id() as i32;
+        // Until the child has exec'd, its command line is still the test binary's.
+        let start = Instant::now();
+        while !cmdline(pid).is_some_and(|c| c.contains("sleep 30"))
+            && start.elapsed() < Duration::from_secs(5)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let wrong = Started {
             name: "sleep".into(),
             pid,
