@@ -5,6 +5,8 @@
 //!   notifications).
 //! * [`common`]: the TS 29.571 common data types those bodies use.
 //! * [`ran`]: the testbed's own RAN/core signalling where 3GPP has no JSON form (radio, N2, Xn, LR).
+//! * [`smo`]: the SMO's own messages (service-mobility API, module callbacks, peer protocol,
+//!   relocation records).
 //! * [`problem`]: `ProblemDetails`, the `application/problem+json` error body.
 //! * `schema` (feature `schema`): validation of any JSON body against the OpenAPI files, for
 //!   tests.
@@ -17,3 +19,4 @@ pub mod problem;
 pub mod ran;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod smo;
