@@ -1,0 +1,411 @@
+//! The SMO's HTTP API (described in `smo/openapi.yaml`): handlers only parse, hand the request to
+//! the component that owns the state (the [`Negotiator`] or the [`EventForwarder`]), and map
+//! errors to ProblemDetails — in one place, [`problem`].
+//!
+//! | route | module |
+//! |---|---|
+//! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked, then forwarded over HTTP to the negotiator |
+//! | `POST /application-function/v1/notifications` | negotiator, 5GC interface (starts relocations) |
+//! | `GET /application-function/v1/relocations[/{relocationId}]` | negotiator, stopwatch |
+//! | `POST /smo-peer/v1/relocations` | negotiator, peer interface (target side) |
+//! | `/service-mobility/v1/service-modules[/{moduleId}]`, `GET /service-mobility/v1/services` | negotiator, service-mobility API |
+//! | `GET /metrics`, `GET /openapi.yaml` | observability, description |
+//!
+//! [`sbi::serve`] adds the bearer token check (401) and ProblemDetails for unknown paths (404)
+//! and wrong methods (405); [`sbi::Json`] answers malformed bodies with 400.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::Router;
+use model::nsmf_event_exposure::NsmfEventExposureNotification;
+use model::problem::{cause, InvalidParam, ProblemDetails};
+use model::smo::{
+    PeerRelocationAnswer, PeerRelocationMessage, RelocationRecord, ServiceModule,
+    ServiceModuleRegistration,
+};
+use sbi::{ApiError, ClientError, Json};
+
+use crate::events::{chain, validate_notification, EventForwarder, InvalidNotification};
+use crate::metrics;
+use crate::negotiator::{Backends, Negotiator, NegotiatorError};
+use crate::routing::FlowProgrammer;
+use crate::store::HostedService;
+
+/// The API's paths.
+pub mod paths {
+    /// The SMF's callback (the `notifUri` of the SMO's subscription).
+    pub const EVENT_NOTIFICATIONS: &str = "/event-signalling/v1/notifications";
+    /// The handover negotiator's 5GC interface (thesis: the AF's fixed URI).
+    pub const AF_NOTIFICATIONS: &str = "/application-function/v1/notifications";
+    /// The relocation records.
+    pub const AF_RELOCATIONS: &str = "/application-function/v1/relocations";
+    /// The peer protocol (target side).
+    pub const PEER_RELOCATIONS: &str = "/smo-peer/v1/relocations";
+    /// Service-module registrations.
+    pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
+    /// The service database.
+    pub const SERVICES: &str = "/service-mobility/v1/services";
+    /// Prometheus metrics.
+    pub const METRICS: &str = "/metrics";
+    /// This API's OpenAPI description.
+    pub const OPENAPI: &str = "/openapi.yaml";
+}
+
+/// Every route the router serves: method and path template (OpenAPI spelling). `smo/openapi.yaml`
+/// describes exactly these (checked by a test).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/event-signalling/v1/notifications"),
+    ("POST", "/application-function/v1/notifications"),
+    ("GET", "/application-function/v1/relocations"),
+    ("GET", "/application-function/v1/relocations/{relocationId}"),
+    ("POST", "/smo-peer/v1/relocations"),
+    ("POST", "/service-mobility/v1/service-modules"),
+    ("GET", "/service-mobility/v1/service-modules"),
+    ("GET", "/service-mobility/v1/service-modules/{moduleId}"),
+    ("PUT", "/service-mobility/v1/service-modules/{moduleId}"),
+    ("DELETE", "/service-mobility/v1/service-modules/{moduleId}"),
+    ("GET", "/service-mobility/v1/services"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.yaml"),
+];
+
+/// The OpenAPI description served at [`paths::OPENAPI`].
+pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
+
+/// Longest relocation id the peer protocol accepts.
+pub const MAX_RELOCATION_ID_LEN: usize = 64;
+
+/// What the handlers share.
+struct Api<B, F> {
+    negotiator: Negotiator<B, F>,
+    events: EventForwarder,
+    /// `http://host:port`, for `Location` headers.
+    api_root: Arc<str>,
+}
+
+impl<B, F> Clone for Api<B, F> {
+    fn clone(&self) -> Self {
+        Self {
+            negotiator: self.negotiator.clone(),
+            events: self.events.clone(),
+            api_root: self.api_root.clone(),
+        }
+    }
+}
+
+/// The SMO's routes. `events` forwards the SMF's notifications to the negotiator (normally at
+/// this same API); `api_root` (`http://10.100.0.41:8090`) prefixes `Location` headers.
+pub fn router<B: Backends, F: FlowProgrammer>(
+    negotiator: Negotiator<B, F>,
+    events: EventForwarder,
+    api_root: &str,
+) -> Router {
+    let api = Api {
+        negotiator,
+        events,
+        api_root: api_root.trim_end_matches('/').into(),
+    };
+    Router::new()
+        .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<B, F>))
+        .route(paths::AF_NOTIFICATIONS, post(af_notification::<B, F>))
+        .route(paths::AF_RELOCATIONS, get(relocations::<B, F>))
+        .route(
+            &format!("{}/{{relocationId}}", paths::AF_RELOCATIONS),
+            get(relocation::<B, F>),
+        )
+        .route(paths::PEER_RELOCATIONS, post(peer_message::<B, F>))
+        .route(
+            paths::SERVICE_MODULES,
+            post(register::<B, F>).get(modules::<B, F>),
+        )
+        .route(
+            &format!("{}/{{moduleId}}", paths::SERVICE_MODULES),
+            get(module::<B, F>)
+                .put(update::<B, F>)
+                .delete(deregister::<B, F>),
+        )
+        .route(paths::SERVICES, get(services::<B, F>))
+        .route(paths::METRICS, get(metrics_text::<B, F>))
+        .route(paths::OPENAPI, get(openapi))
+        .with_state(api)
+}
+
+// ----- the one place errors become ProblemDetails -----
+
+/// What a handler can fail with.
+enum Failure {
+    Negotiator(NegotiatorError),
+    Notification(InvalidNotification),
+    Forward(ClientError),
+    BadPath(PathRejection),
+    BadRelocationId(String),
+    NoRelocation(String),
+}
+
+/// Fields of a registration, as [`NegotiatorError::Invalid`] names them first in its text.
+const REGISTRATION_FIELDS: [&str; 4] = [
+    "getServiceNotifUri",
+    "servedServiceNotifUri",
+    "executeNotifUri",
+    "notifAddress",
+];
+
+fn with_cause(status: StatusCode, cause: &str, detail: String) -> ApiError {
+    let ApiError(p) = ApiError::status(status, detail);
+    ApiError(p.with_cause(cause))
+}
+
+/// Maps every handler failure to its status and ProblemDetails.
+fn problem(f: Failure) -> ApiError {
+    match f {
+        Failure::Negotiator(NegotiatorError::NoModule(id)) => {
+            ApiError::not_found(format!("no service module `{id}`"))
+        }
+        Failure::Negotiator(NegotiatorError::Invalid(detail)) => {
+            let params = REGISTRATION_FIELDS
+                .iter()
+                .find(|f| detail.starts_with(**f))
+                .map(|f| vec![InvalidParam::new(format!("/{f}"), detail.clone())])
+                .unwrap_or_default();
+            ApiError(
+                ProblemDetails::bad_request(detail, params)
+                    .with_cause(cause::MANDATORY_IE_INCORRECT),
+            )
+        }
+        Failure::Negotiator(e @ NegotiatorError::Store(_)) => {
+            let detail = chain(&e);
+            tracing::error!(error = %detail, "store failure");
+            with_cause(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
+        }
+        Failure::Notification(InvalidNotification {
+            detail,
+            cause,
+            invalid_params,
+        }) => ApiError(ProblemDetails::bad_request(detail, invalid_params).with_cause(cause)),
+        Failure::Forward(e) => {
+            let detail = format!("cannot forward to the handover negotiator: {}", chain(&e));
+            tracing::warn!(error = %detail, "notification not forwarded");
+            match e {
+                // Not reached at all: the negotiator is not serving (yet).
+                ClientError::Transport { .. } => {
+                    ApiError::status(StatusCode::SERVICE_UNAVAILABLE, detail)
+                }
+                // It answered, with an error.
+                _ => ApiError::status(StatusCode::BAD_GATEWAY, detail),
+            }
+        }
+        Failure::BadPath(r) => ApiError::bad_request(r.body_text(), None),
+        Failure::BadRelocationId(reason) => ApiError(
+            ProblemDetails::bad_request(
+                format!("relocationId: {reason}"),
+                vec![InvalidParam::new("/relocationId", reason)],
+            )
+            .with_cause(cause::MANDATORY_IE_INCORRECT),
+        ),
+        Failure::NoRelocation(id) => ApiError::not_found(format!("no relocation `{id}`")),
+    }
+}
+
+impl From<Failure> for ApiError {
+    fn from(f: Failure) -> Self {
+        problem(f)
+    }
+}
+
+fn path(p: Result<Path<String>, PathRejection>) -> Result<String, Failure> {
+    p.map(|Path(s)| s).map_err(Failure::BadPath)
+}
+
+/// Checks a relocation id: 1 to 64 characters of `[A-Za-z0-9._-]` (it names files and cookies).
+pub fn check_relocation_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if id.len() > MAX_RELOCATION_ID_LEN {
+        return Err(format!(
+            "longer than {MAX_RELOCATION_ID_LEN} characters ({})",
+            id.len()
+        ));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!(
+            "character {c:?} is not allowed (only A-Z, a-z, 0-9, '.', '_', '-')"
+        ));
+    }
+    Ok(())
+}
+
+// ----- event signalling -----
+
+async fn event_notification<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    Json(n): Json<NsmfEventExposureNotification>,
+) -> Result<StatusCode, ApiError> {
+    validate_notification(&n).map_err(Failure::Notification)?;
+    api.events.forward(&n).await.map_err(Failure::Forward)?;
+    tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), "notification forwarded to the handover negotiator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ----- handover negotiator: 5GC interface and stopwatch -----
+
+async fn af_notification<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    Json(n): Json<NsmfEventExposureNotification>,
+) -> Result<StatusCode, ApiError> {
+    validate_notification(&n).map_err(Failure::Notification)?;
+    let started = api.negotiator.on_notification(&n);
+    tracing::info!(notif_id = %n.notif_id, relocations = ?started, "notification received");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn relocations<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+) -> Json<Vec<RelocationRecord>> {
+    Json(api.negotiator.relocations())
+}
+
+async fn relocation<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<RelocationRecord>, ApiError> {
+    let id = path(id)?;
+    match api.negotiator.relocation(&id) {
+        Some(r) => Ok(Json(r)),
+        None => Err(Failure::NoRelocation(id).into()),
+    }
+}
+
+// ----- handover negotiator: peer interface -----
+
+async fn peer_message<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    Json(msg): Json<PeerRelocationMessage>,
+) -> Result<Json<PeerRelocationAnswer>, ApiError> {
+    check_relocation_id(&msg.relocation_id).map_err(Failure::BadRelocationId)?;
+    let answer = api.negotiator.on_peer_message(&msg).await;
+    tracing::info!(
+        relocation = %msg.relocation_id,
+        phase = %msg.relocation_phase,
+        result = ?answer.result,
+        cause = ?answer.cause,
+        "peer message answered"
+    );
+    Ok(Json(answer))
+}
+
+// ----- service-mobility API -----
+
+async fn register<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    Json(reg): Json<ServiceModuleRegistration>,
+) -> Result<impl IntoResponse, ApiError> {
+    let m = api.negotiator.register(reg).map_err(Failure::Negotiator)?;
+    tracing::info!(module = %m.module_id, relocation_type = %m.registration.relocation_type, "service module registered");
+    let location = format!("{}{}/{}", api.api_root, paths::SERVICE_MODULES, m.module_id);
+    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(m)))
+}
+
+async fn modules<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+) -> Json<Vec<ServiceModule>> {
+    Json(api.negotiator.modules())
+}
+
+async fn module<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<ServiceModule>, ApiError> {
+    let id = path(id)?;
+    match api.negotiator.module(&id) {
+        Some(m) => Ok(Json(m)),
+        None => Err(Failure::Negotiator(NegotiatorError::NoModule(id)).into()),
+    }
+}
+
+async fn update<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    id: Result<Path<String>, PathRejection>,
+    Json(reg): Json<ServiceModuleRegistration>,
+) -> Result<Json<ServiceModule>, ApiError> {
+    let id = path(id)?;
+    let m = api
+        .negotiator
+        .update(&id, reg)
+        .map_err(Failure::Negotiator)?;
+    tracing::info!(module = %m.module_id, "service module updated");
+    Ok(Json(m))
+}
+
+async fn deregister<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = path(id)?;
+    api.negotiator
+        .deregister(&id)
+        .map_err(Failure::Negotiator)?;
+    tracing::info!(module = %id, "service module deregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn services<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+) -> Json<Vec<HostedService>> {
+    Json(api.negotiator.hosted_services())
+}
+
+// ----- observability and description -----
+
+async fn metrics_text<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+) -> impl IntoResponse {
+    let n = &api.negotiator;
+    let relocations = n.relocations();
+    let text = metrics::render(&metrics::Snapshot {
+        smo_id: n.smo_id(),
+        relocations: &relocations,
+        notifications_skipped: n.skipped(),
+        service_modules: n.modules().len(),
+        hosted_services: n.hosted_services().len(),
+    });
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relocation_ids_are_checked() {
+        assert_eq!(check_relocation_id("smo-x-12"), Ok(()));
+        assert_eq!(check_relocation_id("a.b_C-9"), Ok(()));
+        assert!(check_relocation_id("").is_err());
+        assert!(check_relocation_id(&"a".repeat(65)).is_err());
+        assert_eq!(check_relocation_id(&"a".repeat(64)), Ok(()));
+        let e = check_relocation_id("../etc").expect_err("slash");
+        assert!(e.contains("'/'"), "{e}");
+        assert!(check_relocation_id("sp ace").is_err());
+        assert!(check_relocation_id("é").is_err());
+    }
+
+    #[test]
+    fn routes_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in ROUTES {
+            assert!(seen.insert(r), "duplicate route {r:?}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The SMO process: `smo --config smo.json [--ready-file PATH]` (see `smo::config::SmoConfig`).
+//!
+//! Opens the store, connects to the edge's Open vSwitch bridge (a missing bridge is only a
+//! warning: the programmer connects again on first use), serves the API, resumes interrupted
+//! relocations, subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best
+//! effort) and stops.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use smo::api;
+use smo::config::SmoConfig;
+use smo::events::{self, EventForwarder};
+use smo::http::HttpBackends;
+use smo::negotiator::{Clock, Negotiator};
+use smo::routing::ovs::OvsProgrammer;
+use smo::store::Store;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Bound on connecting to the switch and on each flow set.
+const OVS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the SMO keeps trying to subscribe while the SMF is not up.
+const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(10);
+/// Bound on forwarding one notification to the negotiator (the SMF waits 1 s per notification).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on each subscription request.
+const SMF_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn main() -> ExitCode {
+    sbi::nf::main::<SmoConfig, _, _>("smo", run)
+}
+
+async fn run(
+    config: SmoConfig,
+    ready: sbi::nf::Ready,
+    shutdown: sbi::nf::Shutdown,
+) -> Result<(), BoxError> {
+    let api_root = config.api_root();
+    let store = Store::open(&config.state_dir)?;
+    let flows = OvsProgrammer::new(config.ovs_mgmt.clone(), OVS_TIMEOUT);
+    match flows.connect().await {
+        Ok(()) => {
+            tracing::info!(socket = %config.ovs_mgmt.display(), "connected to the edge switch")
+        }
+        Err(e) => tracing::warn!(
+            socket = %config.ovs_mgmt.display(),
+            error = %e,
+            "edge switch not reachable yet; connecting on first use"
+        ),
+    }
+    let backends = HttpBackends::new(config.token.clone(), &config.timeouts);
+    let negotiator = Negotiator::new(&config, backends, flows, store, Clock::Wall)?;
+    let forwarder = EventForwarder::new(
+        sbi::Client::new(config.token.clone(), FORWARD_TIMEOUT),
+        &api_root,
+    );
+    let router = api::router(negotiator.clone(), forwarder, &api_root);
+
+    let listener = tokio::net::TcpListener::bind(config.api_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.api_addr))?;
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(sbi::serve(
+        listener,
+        router,
+        config.token.clone(),
+        async move {
+            let _ = server_stopped.await;
+        },
+    ));
+    tracing::info!(smo = %config.smo_id, dnai = %config.dnai, api = %api_root, peers = config.peers.len(), "serving");
+
+    let resumed = negotiator.resume();
+    if resumed > 0 {
+        tracing::info!(resumed, "resuming relocations of the previous run");
+    }
+
+    let smf = sbi::Client::new(config.token.clone(), SMF_TIMEOUT);
+    let subscription = match &config.smf_url {
+        Some(smf_url) => {
+            let body = events::subscription(
+                &events::notif_id(&config.smo_id),
+                &events::notif_uri(&api_root),
+                config.notify_when,
+            );
+            let subscribed = tokio::select! {
+                r = events::subscribe(&smf, smf_url, &body, SUBSCRIBE_PATIENCE) => r,
+                () = shutdown.clone().wait() => {
+                    tracing::info!("stopped before the subscription was made");
+                    let _ = stop_server.send(());
+                    server.await??;
+                    return Ok(());
+                }
+            };
+            let location =
+                subscribed.map_err(|e| format!("cannot subscribe at {smf_url}: {}", chain(&e)))?;
+            tracing::info!(%location, when = ?config.notify_when, "subscribed to UP_PATH_CH");
+            Some(location)
+        }
+        None => {
+            tracing::info!("no smf_url: not subscribing (notifications may still be posted)");
+            None
+        }
+    };
+
+    ready.ready();
+    shutdown.wait().await;
+
+    if let Some(location) = subscription {
+        match events::unsubscribe(&smf, &location).await {
+            Ok(()) => tracing::info!(%location, "unsubscribed"),
+            Err(e) => tracing::warn!(%location, error = %chain(&e), "cannot unsubscribe"),
+        }
+    }
+    let _ = stop_server.send(());
+    server.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// An error and its sources, `a: b: c`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

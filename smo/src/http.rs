@@ -1,0 +1,137 @@
+//! [`HttpBackends`]: the negotiator's calls to peer SMOs and service modules, over HTTP/2 (h2c)
+//! with the deployment's bearer token.
+//!
+//! * peer: `POST {apiRoot}/smo-peer/v1/relocations` `PeerRelocationMessage` → 200
+//!   `PeerRelocationAnswer`;
+//! * module: `GET {servedServiceNotifUri}?ueIpv4Addr=A` → 200 `Service` or 404;
+//!   `GET {getServiceNotifUri}` → `[Service]`; `POST {executeNotifUri}` `ExecuteRequest` → 200
+//!   `ExecuteReport`.
+//!
+//! The negotiator applies the time limits of [`Timeouts`]; the client's own limit is only a
+//! backstop above the longest of them, so one client (one connection pool) serves every call.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use model::smo::{
+    ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage, Service,
+    ServiceModule,
+};
+use sbi::{Client, ClientError};
+
+use crate::api::paths;
+use crate::config::Timeouts;
+use crate::core::ExecuteFailure;
+use crate::events::chain;
+use crate::negotiator::Backends;
+
+/// What the client's backstop adds to the longest negotiator time limit.
+const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// Peer SMOs and service modules over HTTP.
+#[derive(Debug, Clone)]
+pub struct HttpBackends {
+    client: Client,
+}
+
+impl HttpBackends {
+    /// Backends that send `token` and give up on their own only after the longest of `timeouts`
+    /// (plus a margin): the negotiator cuts every call at its own limit first.
+    pub fn new(token: Option<String>, timeouts: &Timeouts) -> Self {
+        let longest = timeouts
+            .peer_ms
+            .max(timeouts.module_ms)
+            .max(timeouts.execute_ms);
+        Self {
+            client: Client::new(token, Duration::from_millis(longest) + BACKSTOP_MARGIN),
+        }
+    }
+
+    /// Backends over an existing client.
+    pub fn with_client(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// `uri` with `ueIpv4Addr=ue` added to its query.
+fn served_service_url(uri: &str, ue: Ipv4Addr) -> Result<String, String> {
+    let mut url = reqwest::Url::parse(uri).map_err(|e| format!("bad URI `{uri}`: {e}"))?;
+    url.query_pairs_mut()
+        .append_pair("ueIpv4Addr", &ue.to_string());
+    Ok(url.into())
+}
+
+impl Backends for HttpBackends {
+    async fn call_peer(
+        &self,
+        peer: &PeerInfo,
+        msg: &PeerRelocationMessage,
+    ) -> Result<PeerRelocationAnswer, String> {
+        let url = format!(
+            "{}{}",
+            peer.api_root.trim_end_matches('/'),
+            paths::PEER_RELOCATIONS
+        );
+        self.client.post(&url, msg).await.map_err(|e| chain(&e))
+    }
+
+    async fn served_service(
+        &self,
+        module: &ServiceModule,
+        ue: Ipv4Addr,
+    ) -> Result<Option<Service>, String> {
+        let url = served_service_url(&module.registration.served_service_notif_uri, ue)?;
+        match self.client.get(&url).await {
+            Ok(service) => Ok(Some(service)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(chain(&e)),
+        }
+    }
+
+    async fn services(&self, module: &ServiceModule) -> Result<Vec<Service>, String> {
+        self.client
+            .get(&module.registration.get_service_notif_uri)
+            .await
+            .map_err(|e| chain(&e))
+    }
+
+    async fn execute(
+        &self,
+        module: &ServiceModule,
+        req: &ExecuteRequest,
+    ) -> Result<ExecuteReport, ExecuteFailure> {
+        match self
+            .client
+            .post(&module.registration.execute_notif_uri, req)
+            .await
+        {
+            Ok(report) => Ok(report),
+            // The module answered that it failed: by contract the service still runs at the
+            // source.
+            Err(ClientError::Status { status, detail, .. }) => {
+                Err(ExecuteFailure::Refused(format!("{status}: {detail}")))
+            }
+            // No answer, or a success whose body we cannot read: where the service is must be
+            // checked.
+            Err(e) => Err(ExecuteFailure::Unknown(chain(&e))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ue_goes_into_the_query() {
+        assert_eq!(
+            served_service_url("http://10.0.1.2:9100/m/v1/served", [192, 168, 1, 2].into()),
+            Ok("http://10.0.1.2:9100/m/v1/served?ueIpv4Addr=192.168.1.2".to_owned())
+        );
+        assert_eq!(
+            served_service_url("http://m:1/s?kind=x", [10, 0, 0, 1].into()),
+            Ok("http://m:1/s?kind=x&ueIpv4Addr=10.0.0.1".to_owned())
+        );
+        assert!(served_service_url("not a uri", [10, 0, 0, 1].into()).is_err());
+    }
+}

@@ -1,0 +1,24 @@
+//! The Service Mobility Orchestrator (thesis chapters 3–4): one per edge cloud.
+//!
+//! * [`core`]: the relocation procedure as source and target state machines that do no I/O;
+//! * [`negotiator`]: the handover negotiator — databases, service modules, and the driver that
+//!   runs the machines against [`negotiator::Backends`] and a [`routing::FlowProgrammer`];
+//! * [`routing`]: rule generation per phase, the Open vSwitch programmer (a long-lived OpenFlow
+//!   1.3 connection) and a fake;
+//! * [`store`]: the embedded store (relocations persisted after every step);
+//! * [`config`]: the SMO's configuration file;
+//! * [`events`]: the event signalling module — subscription to the SMF's `UP_PATH_CH` events,
+//!   notification checks, forwarding to the negotiator over HTTP;
+//! * [`http`]: the negotiator's [`negotiator::Backends`] over HTTP/2 (peer SMOs, service modules);
+//! * [`api`]: the HTTP API (`smo/openapi.yaml`): handlers that parse and forward;
+//! * [`metrics`]: Prometheus text rendered from the relocation records.
+
+pub mod api;
+pub mod config;
+pub mod core;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod negotiator;
+pub mod routing;
+pub mod store;

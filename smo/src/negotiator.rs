@@ -1,0 +1,754 @@
+//! The handover negotiator (thesis §4.2.2): topology and service databases, registered service
+//! modules, and the driver that runs the relocation state machines of [`crate::core`] — one task
+//! per source relocation, target phases answered inline — performing their commands through
+//! [`Backends`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
+//! persisting every step in the [`Store`].
+
+use crate::config::{SmoConfig, Timeouts};
+use crate::core::{
+    candidates_for, ExecuteFailure, Local, SourceCommand, SourceEvent, SourceRelocation,
+    SourceStart, TargetContext, TargetEffect, TargetRelocation, TargetStep,
+};
+use crate::routing::FlowProgrammer;
+use crate::store::{HostedService, Store, StoreError, StoredRelocation};
+use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification, SmfEvent};
+use model::smo::{
+    ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
+    PeerResult, RelocationPhase, RelocationRecord, RelocationState, ResourceRequirements, Service,
+    ServiceModule, ServiceModuleRegistration,
+};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The calls a relocation makes to other processes. Time limits are applied by the negotiator,
+/// so implementations may simply wait.
+pub trait Backends: Send + Sync + 'static {
+    /// One peer-protocol message to `peer`.
+    fn call_peer(
+        &self,
+        peer: &PeerInfo,
+        msg: &PeerRelocationMessage,
+    ) -> impl Future<Output = Result<PeerRelocationAnswer, String>> + Send;
+    /// The module's ServedService callback: the service serving `ue`, if it hosts one.
+    fn served_service(
+        &self,
+        module: &ServiceModule,
+        ue: Ipv4Addr,
+    ) -> impl Future<Output = Result<Option<Service>, String>> + Send;
+    /// The module's GetServices callback.
+    fn services(
+        &self,
+        module: &ServiceModule,
+    ) -> impl Future<Output = Result<Vec<Service>, String>> + Send;
+    /// The module's Execute callback (the live migration). `Err(Refused)` only when the module
+    /// answered that it failed (the service then still runs at the source).
+    fn execute(
+        &self,
+        module: &ServiceModule,
+        req: &ExecuteRequest,
+    ) -> impl Future<Output = Result<ExecuteReport, ExecuteFailure>> + Send;
+}
+
+/// The negotiator's clock: µs, monotonic within a run; the wall clock in production (so
+/// persisted times stay meaningful across restarts), tokio's (pausable) clock in tests.
+#[derive(Debug, Clone)]
+pub enum Clock {
+    Wall,
+    /// µs since `base` on tokio's clock, plus `offset_us`.
+    Tokio {
+        base: tokio::time::Instant,
+        offset_us: u64,
+    },
+}
+
+impl Clock {
+    /// A tokio clock starting at `offset_us`.
+    pub fn tokio(offset_us: u64) -> Self {
+        Self::Tokio {
+            base: tokio::time::Instant::now(),
+            offset_us,
+        }
+    }
+
+    pub fn now_us(&self) -> u64 {
+        match self {
+            Self::Wall => model::ran::unix_now_us(),
+            Self::Tokio { base, offset_us } => {
+                offset_us + u64::try_from(base.elapsed().as_micros()).unwrap_or(u64::MAX)
+            }
+        }
+    }
+}
+
+/// A request the negotiator refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum NegotiatorError {
+    #[error("no service module `{0}`")]
+    NoModule(String),
+    #[error("bad request: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+enum Entry {
+    Source(Box<SourceRelocation>),
+    Target(Box<TargetRelocation>),
+}
+
+impl Entry {
+    fn record(&self) -> &RelocationRecord {
+        match self {
+            Self::Source(m) => m.record(),
+            Self::Target(m) => m.record(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Db {
+    modules: BTreeMap<String, ServiceModule>,
+    services: BTreeMap<String, HostedService>,
+    relocations: BTreeMap<String, Entry>,
+    /// Relocation ids in arrival order (for listing).
+    order: Vec<String>,
+}
+
+struct Inner<B, F> {
+    local: Local,
+    peers: Vec<PeerInfo>,
+    capacity: ResourceRequirements,
+    timeouts: Timeouts,
+    backends: B,
+    flows: F,
+    store: Store,
+    clock: Clock,
+    db: Mutex<Db>,
+    /// Target relocations are answered one message at a time each; this serialises them.
+    target_lock: tokio::sync::Mutex<()>,
+    next_id: AtomicU64,
+    skipped: AtomicU64,
+    /// Source relocation tasks spawned and not yet ended (see [`Negotiator::idle`]).
+    tasks: Arc<AtomicUsize>,
+}
+
+/// Counts one source relocation task from before it is spawned until it ends (or is dropped).
+struct TaskGuard(Arc<AtomicUsize>);
+
+impl TaskGuard {
+    fn new(tasks: &Arc<AtomicUsize>) -> Self {
+        tasks.fetch_add(1, Ordering::SeqCst);
+        Self(tasks.clone())
+    }
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The handover negotiator. Cheap to clone (shared state).
+pub struct Negotiator<B, F> {
+    inner: Arc<Inner<B, F>>,
+}
+
+impl<B, F> Clone for Negotiator<B, F> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<B, F> std::fmt::Debug for Negotiator<B, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Negotiator")
+            .field("smo_id", &self.inner.local.smo_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
+    /// A negotiator for `config`, loading registrations, services and relocations from `store`.
+    /// Call [`Negotiator::resume`] once the runtime runs to finish interrupted relocations.
+    pub fn new(
+        config: &SmoConfig,
+        backends: B,
+        flows: F,
+        store: Store,
+        clock: Clock,
+    ) -> Result<Self, StoreError> {
+        let mut db = Db::default();
+        let mut max_seq = 0;
+        for m in store.modules()? {
+            if let Some(seq) = m
+                .module_id
+                .strip_prefix("module-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                max_seq = max_seq.max(seq);
+            }
+            db.modules.insert(m.module_id.clone(), m);
+        }
+        for s in store.services()? {
+            db.services.insert(s.service.service_id.clone(), s);
+        }
+        let mut loaded: Vec<(u64, String, Entry)> = Vec::new();
+        for r in store.relocations()? {
+            let entry = match r {
+                StoredRelocation::Source(m) => Entry::Source(m),
+                StoredRelocation::Target(m) => Entry::Target(m),
+            };
+            let rec = entry.record();
+            if let Some(seq) = rec
+                .relocation_id
+                .strip_prefix(&format!("{}-", config.smo_id))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                max_seq = max_seq.max(seq);
+            }
+            loaded.push((rec.started_unix_us, rec.relocation_id.clone(), entry));
+        }
+        loaded.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        for (_, id, e) in loaded {
+            db.order.push(id.clone());
+            db.relocations.insert(id, e);
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                local: Local {
+                    smo_id: config.smo_id.clone(),
+                    dnai: config.dnai.clone(),
+                    api_root: config.api_root(),
+                    ports: config.ports.clone(),
+                },
+                peers: config.peers.clone(),
+                capacity: config.capacity,
+                timeouts: config.timeouts,
+                backends,
+                flows,
+                store,
+                clock,
+                db: Mutex::new(db),
+                target_lock: tokio::sync::Mutex::new(()),
+                next_id: AtomicU64::new(max_seq + 1),
+                skipped: AtomicU64::new(0),
+                tasks: Arc::new(AtomicUsize::new(0)),
+            }),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Db> {
+        // A panic while holding the lock would be a bug; keep serving with the data as it is.
+        self.inner
+            .db
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// This SMO's id.
+    pub fn smo_id(&self) -> &str {
+        &self.inner.local.smo_id
+    }
+
+    /// Finishes or fails every source relocation a previous run left running (one task each).
+    /// Returns how many it resumed.
+    pub fn resume(&self) -> usize {
+        let running: Vec<SourceRelocation> = self
+            .db()
+            .relocations
+            .values()
+            .filter_map(|e| match e {
+                Entry::Source(m) if !m.is_done() => Some((**m).clone()),
+                _ => None,
+            })
+            .collect();
+        let n = running.len();
+        for mut m in running {
+            let this = self.clone();
+            let task = TaskGuard::new(&self.inner.tasks);
+            tokio::spawn(async move {
+                let _task = task;
+                let now = this.inner.clock.now_us();
+                let cmds = m.resume(now);
+                tracing::info!(relocation = %m.record().relocation_id, "resuming after restart");
+                this.drive(m, cmds).await;
+            });
+        }
+        n
+    }
+
+    // ----- 5GC network interface -----
+
+    /// A notification forwarded by the event signalling module. Starts a source relocation for
+    /// every `UP_PATH_CH` event that moves a UE away from this SMO's DNAI; returns their ids
+    /// (the relocations run in the background).
+    pub fn on_notification(&self, n: &NsmfEventExposureNotification) -> Vec<String> {
+        let notified_us = self.inner.clock.now_us();
+        let notified_unix_us = model::ran::unix_now_us();
+        let mut ids = Vec::new();
+        for ev in &n.event_notifs {
+            if ev.event != SmfEvent::UpPathCh {
+                continue;
+            }
+            let (Some(src), Some(dst)) = (&ev.source_dnai, &ev.target_dnai) else {
+                continue;
+            };
+            if src != &self.inner.local.dnai || dst == src {
+                continue;
+            }
+            let Some(ue) = ev.source_ue_ipv4_addr.or(ev.target_ue_ipv4_addr) else {
+                continue;
+            };
+            let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = format!("{}-{seq}", self.inner.local.smo_id);
+            ids.push(id.clone());
+            let this = self.clone();
+            let ev = ev.clone();
+            let task = TaskGuard::new(&self.inner.tasks);
+            tokio::spawn(async move {
+                let _task = task;
+                this.run_source(id, ev, ue, notified_us, notified_unix_us)
+                    .await;
+            });
+        }
+        ids
+    }
+
+    async fn run_source(
+        &self,
+        id: String,
+        ev: EventNotification,
+        ue: Ipv4Addr,
+        notified_us: u64,
+        notified_unix_us: u64,
+    ) {
+        let Some((module, service)) = self.find_serving_service(ue).await else {
+            self.inner.skipped.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%ue, "no registered service serves this UE: nothing to relocate");
+            return;
+        };
+        if self.relocating(&service.service_id) {
+            tracing::warn!(service = %service.service_id, "already being relocated: ignoring");
+            return;
+        }
+        let target_dnai = ev.target_dnai.clone().unwrap_or_else(|| "".into());
+        let start = SourceStart {
+            relocation_id: id,
+            local: self.inner.local.clone(),
+            candidates: candidates_for(&self.inner.peers, &target_dnai),
+            notification: ev,
+            ue,
+            target_dnai,
+            module,
+            service,
+            notified_us,
+            notified_unix_us,
+        };
+        let (m, cmds) = SourceRelocation::start(self.inner.clock.now_us(), start);
+        {
+            let mut db = self.db();
+            let id = m.record().relocation_id.clone();
+            db.order.push(id.clone());
+            db.relocations
+                .insert(id, Entry::Source(Box::new(m.clone())));
+        }
+        self.drive(m, cmds).await;
+    }
+
+    fn relocating(&self, service_id: &str) -> bool {
+        self.db().relocations.values().any(|e| match e {
+            Entry::Source(m) => !m.is_done() && m.record().service.service_id == service_id,
+            Entry::Target(_) => false,
+        })
+    }
+
+    /// Asks every registered module (at once) for the service serving `ue`.
+    async fn find_serving_service(&self, ue: Ipv4Addr) -> Option<(ServiceModule, Service)> {
+        let modules: Vec<ServiceModule> = self.db().modules.values().cloned().collect();
+        let limit = ms(self.inner.timeouts.module_ms);
+        let asks = modules.into_iter().map(|m| async move {
+            match tokio::time::timeout(limit, self.inner.backends.served_service(&m, ue)).await {
+                Ok(Ok(Some(s))) => Some((m, s)),
+                Ok(Ok(None)) => None,
+                Ok(Err(e)) => {
+                    tracing::warn!(module = %m.module_id, "ServedService failed: {e}");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(module = %m.module_id, "ServedService timed out");
+                    None
+                }
+            }
+        });
+        let found = join_all(asks).await;
+        found.into_iter().flatten().next()
+    }
+
+    /// Runs the source machine's commands until it is done, persisting after every step.
+    async fn drive(&self, mut m: SourceRelocation, mut cmds: Vec<SourceCommand>) {
+        self.save_source(&m);
+        let t = self.inner.timeouts;
+        while !cmds.is_empty() {
+            let mut event = None;
+            for cmd in std::mem::take(&mut cmds) {
+                match cmd {
+                    SourceCommand::CallPeer { peer, message } => {
+                        let r = tokio::time::timeout(
+                            ms(t.peer_ms),
+                            self.inner.backends.call_peer(&peer, &message),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.peer_ms)));
+                        event = Some(SourceEvent::Peer(r));
+                    }
+                    SourceCommand::ApplyFlows(set) => {
+                        let r = self
+                            .inner
+                            .flows
+                            .apply(&set)
+                            .await
+                            .map_err(|e| e.to_string());
+                        if let Ok(rep) = &r {
+                            tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
+                        }
+                        event = Some(SourceEvent::Flows(r));
+                    }
+                    SourceCommand::Execute { module, request } => {
+                        let r = tokio::time::timeout(
+                            ms(t.execute_ms),
+                            self.inner.backends.execute(&module, &request),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(ExecuteFailure::Unknown(format!(
+                                "no answer within {} ms",
+                                t.execute_ms
+                            )))
+                        });
+                        event = Some(SourceEvent::Executed(r));
+                    }
+                    SourceCommand::CheckServiceLocal { module, service_id } => {
+                        let r = tokio::time::timeout(
+                            ms(t.module_ms),
+                            self.inner.backends.services(&module),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.module_ms)))
+                        .map(|list| list.iter().any(|s| s.service_id == service_id));
+                        event = Some(SourceEvent::ServiceLocal(r));
+                    }
+                    SourceCommand::ServiceMoved { service_id } => {
+                        self.db().services.remove(&service_id);
+                        if let Err(e) = self.inner.store.delete_service(&service_id) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                    SourceCommand::Done => {}
+                }
+            }
+            if let Some(ev) = event {
+                cmds = m.handle(self.inner.clock.now_us(), ev);
+            }
+            self.save_source(&m);
+        }
+        let r = m.record();
+        tracing::info!(
+            relocation = %r.relocation_id,
+            state = ?r.state,
+            total_us = ?r.total_us,
+            cause = ?r.cause,
+            "relocation ended"
+        );
+    }
+
+    fn save_source(&self, m: &SourceRelocation) {
+        self.save(
+            StoredRelocation::Source(Box::new(m.clone())),
+            Entry::Source(Box::new(m.clone())),
+        );
+    }
+
+    /// Persists a relocation, then makes it what the API shows.
+    fn save(&self, stored: StoredRelocation, entry: Entry) {
+        let id = entry.record().relocation_id.clone();
+        if let Err(e) = self.inner.store.put_relocation(&id, &stored) {
+            tracing::error!("{e}");
+        }
+        self.db().relocations.insert(id, entry);
+    }
+
+    // ----- peer network interface (target side) -----
+
+    /// One peer-protocol message from a source SMO; the answer to send back.
+    pub async fn on_peer_message(&self, msg: &PeerRelocationMessage) -> PeerRelocationAnswer {
+        let _one_at_a_time = self.inner.target_lock.lock().await;
+        let now = self.inner.clock.now_us();
+        let (modules, used) = {
+            let db = self.db();
+            let modules: Vec<ServiceModule> = db.modules.values().cloned().collect();
+            let used = db
+                .services
+                .values()
+                .fold(ResourceRequirements::default(), |a, s| {
+                    let r = s.service.resource_requirements;
+                    ResourceRequirements {
+                        cpu_millis: a.cpu_millis.saturating_add(r.cpu_millis),
+                        memory_mb: a.memory_mb.saturating_add(r.memory_mb),
+                        disk_mb: a.disk_mb.saturating_add(r.disk_mb),
+                    }
+                });
+            (modules, used)
+        };
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: self.inner.capacity,
+            used,
+        };
+        let existing = match self.db().relocations.get(&msg.relocation_id) {
+            Some(Entry::Target(m)) => Some(Ok((**m).clone())),
+            Some(Entry::Source(_)) => Some(Err(())),
+            None => None,
+        };
+        let (mut m, step) = match existing {
+            Some(Ok(mut m)) => {
+                let step = m.on_message(now, msg, ctx);
+                (m, step)
+            }
+            Some(Err(())) => {
+                return refuse(msg, "this SMO is the source of that relocation");
+            }
+            None if matches!(
+                msg.relocation_phase,
+                RelocationPhase::Initiate | RelocationPhase::Failure
+            ) =>
+            {
+                let (m, step) = TargetRelocation::start(
+                    now,
+                    model::ran::unix_now_us(),
+                    self.inner.local.clone(),
+                    msg,
+                    ctx,
+                );
+                let id = msg.relocation_id.clone();
+                self.db().order.push(id);
+                (m, step)
+            }
+            None => return refuse(msg, "unknown relocation"),
+        };
+        let answer = match step {
+            TargetStep::Answer(a) => a,
+            TargetStep::Apply(set) => {
+                self.save_target(&m);
+                let r = self
+                    .inner
+                    .flows
+                    .apply(&set)
+                    .await
+                    .map_err(|e| e.to_string());
+                let (a, effects) = m.on_flows(self.inner.clock.now_us(), r);
+                for e in effects {
+                    match e {
+                        TargetEffect::ServiceArrived { module_id, service } => {
+                            let hs = HostedService { module_id, service };
+                            if let Err(e) = self.inner.store.put_service(&hs) {
+                                tracing::error!("{e}");
+                            }
+                            self.db().services.insert(hs.service.service_id.clone(), hs);
+                        }
+                    }
+                }
+                a
+            }
+        };
+        self.save_target(&m);
+        answer
+    }
+
+    fn save_target(&self, m: &TargetRelocation) {
+        self.save(
+            StoredRelocation::Target(Box::new(m.clone())),
+            Entry::Target(Box::new(m.clone())),
+        );
+    }
+
+    // ----- service-mobility API (service modules) -----
+
+    /// Registers a module; its id.
+    pub fn register(
+        &self,
+        reg: ServiceModuleRegistration,
+    ) -> Result<ServiceModule, NegotiatorError> {
+        check_registration(&reg)?;
+        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let m = ServiceModule {
+            module_id: format!("module-{seq}"),
+            registration: reg,
+        };
+        self.inner.store.put_module(&m)?;
+        self.db().modules.insert(m.module_id.clone(), m.clone());
+        Ok(m)
+    }
+
+    /// Replaces a module's registration.
+    pub fn update(
+        &self,
+        id: &str,
+        reg: ServiceModuleRegistration,
+    ) -> Result<ServiceModule, NegotiatorError> {
+        check_registration(&reg)?;
+        if !self.db().modules.contains_key(id) {
+            return Err(NegotiatorError::NoModule(id.into()));
+        }
+        let m = ServiceModule {
+            module_id: id.into(),
+            registration: reg,
+        };
+        self.inner.store.put_module(&m)?;
+        self.db().modules.insert(id.into(), m.clone());
+        Ok(m)
+    }
+
+    /// De-registers a module (its services leave the service database).
+    pub fn deregister(&self, id: &str) -> Result<(), NegotiatorError> {
+        if !self.db().modules.contains_key(id) {
+            return Err(NegotiatorError::NoModule(id.into()));
+        }
+        self.inner.store.delete_module(id)?;
+        let gone: Vec<String> = {
+            let mut db = self.db();
+            db.modules.remove(id);
+            let gone = db
+                .services
+                .values()
+                .filter(|s| s.module_id == id)
+                .map(|s| s.service.service_id.clone())
+                .collect::<Vec<_>>();
+            for s in &gone {
+                db.services.remove(s);
+            }
+            gone
+        };
+        for s in gone {
+            self.inner.store.delete_service(&s)?;
+        }
+        Ok(())
+    }
+
+    pub fn module(&self, id: &str) -> Option<ServiceModule> {
+        self.db().modules.get(id).cloned()
+    }
+
+    pub fn modules(&self) -> Vec<ServiceModule> {
+        self.db().modules.values().cloned().collect()
+    }
+
+    /// The service database.
+    pub fn hosted_services(&self) -> Vec<HostedService> {
+        self.db().services.values().cloned().collect()
+    }
+
+    // ----- stopwatch -----
+
+    /// Every relocation this SMO took part in, oldest first.
+    pub fn relocations(&self) -> Vec<RelocationRecord> {
+        let db = self.db();
+        db.order
+            .iter()
+            .filter_map(|id| db.relocations.get(id).map(|e| e.record().clone()))
+            .collect()
+    }
+
+    pub fn relocation(&self, id: &str) -> Option<RelocationRecord> {
+        self.db().relocations.get(id).map(|e| e.record().clone())
+    }
+
+    /// Notifications that found no service to relocate.
+    pub fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until no source relocation is running (tests, shutdown), including those whose
+    /// notification arrived but whose task has not recorded them yet.
+    pub async fn idle(&self) {
+        loop {
+            let running = self.inner.tasks.load(Ordering::SeqCst) > 0
+                || self.db().relocations.values().any(|e| {
+                    matches!(e, Entry::Source(m) if m.record().state == RelocationState::Running)
+                });
+            if !running {
+                return;
+            }
+            tokio::time::sleep(ms(5)).await;
+        }
+    }
+}
+
+fn refuse(msg: &PeerRelocationMessage, cause: &str) -> PeerRelocationAnswer {
+    PeerRelocationAnswer {
+        relocation_id: msg.relocation_id.clone(),
+        relocation_phase: msg.relocation_phase,
+        result: PeerResult::Fail,
+        cause: Some(cause.into()),
+        target_module_address: None,
+        took_us: 0,
+        flow_install_us: None,
+    }
+}
+
+fn check_registration(reg: &ServiceModuleRegistration) -> Result<(), NegotiatorError> {
+    for (name, uri) in [
+        ("getServiceNotifUri", &reg.get_service_notif_uri),
+        ("servedServiceNotifUri", &reg.served_service_notif_uri),
+        ("executeNotifUri", &reg.execute_notif_uri),
+    ] {
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.len() < 10 {
+            return Err(NegotiatorError::Invalid(format!(
+                "{name} must be an http:// or https:// URI, got `{uri}`"
+            )));
+        }
+    }
+    if reg.notif_address.trim().is_empty() {
+        return Err(NegotiatorError::Invalid(
+            "notifAddress must not be empty".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Awaits all futures concurrently (no extra dependency for one use).
+async fn join_all<T, Fut: Future<Output = T>>(futs: impl IntoIterator<Item = Fut>) -> Vec<T> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<T>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
+}
