@@ -2,10 +2,12 @@
 //! larger) 5G edge deployment in network namespaces, status, and the environment doctor.
 
 pub mod doctor;
+pub mod fake_module;
 pub mod handover;
 pub mod nf;
 pub mod plan;
 pub mod probe;
+pub mod relocations;
 pub mod spec;
 pub mod state;
 pub mod topo;

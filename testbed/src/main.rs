@@ -59,6 +59,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every SMO's service relocations, merged (source + target record): phases, times, flow installs.
+    Relocations {
+        /// The testbed (default: the one that is up).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the merged records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Ask a UE for its status, or for the downlink gaps it recorded (the UE-side downtime probe).
     Ue {
         #[arg(long)]
@@ -268,6 +277,35 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         s.step
                     );
                 }
+            }
+        }
+        Command::Relocations { name, json } => {
+            let name = current(name)?;
+            let state = State::load(&State::dir(&name))?
+                .with_context(|| format!("testbed `{name}` is not up"))?;
+            let token = state.token.clone().context(
+                "this testbed runs no network functions (it was brought up with --network-only)",
+            )?;
+            let plan = Plan::new(&state.spec);
+            let mut records = Vec::new();
+            let mut unreachable = 0;
+            for a in testbed::relocations::collect(&plan, &token) {
+                match a.records {
+                    Ok(r) => records.extend(r),
+                    Err(e) => {
+                        unreachable += 1;
+                        eprintln!("testbed: {}: {e}", a.smo);
+                    }
+                }
+            }
+            let merged = testbed::relocations::merge(records);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&merged)?);
+            } else {
+                print!("{}", testbed::relocations::table(&merged));
+            }
+            if unreachable > 0 {
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Ue { name, ue, what } => {

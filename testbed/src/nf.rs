@@ -7,7 +7,11 @@ use emu_5gc::smf::{GnbSite, SmfConfig, UpfPeer};
 use emu_5gc::upf::UpfConfig;
 use emu_ran::gnb::{GnbConfig, GnbPeer};
 use emu_ran::ue::UeConfig;
+use model::smo::PeerInfo;
+use netkit::ovs::OvsInstance;
 use serde::Serialize;
+use smo::config::{NotifyWhen, SmoConfig, Timeouts};
+use smo::routing::rules::EdgePorts;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,6 +32,8 @@ pub const GTPU_PORT: u16 = 2152;
 pub const RADIO_PORT: u16 = model::ran::radio::PORT;
 /// gNB Xn + control API.
 pub const GNB_HTTP_PORT: u16 = model::ran::xn::PORT;
+/// Port of each edge cloud's SMO API (on the edge's SBI address).
+pub const SMO_PORT: u16 = 8090;
 /// The probe servers' TCP stream and UDP echo port.
 pub const PROBE_PORT: u16 = 5000;
 /// The default QFI of every PDU session.
@@ -69,7 +75,8 @@ pub fn ue_socket(plan: &Plan, name: &str) -> PathBuf {
     plan.state_dir.join(format!("{name}.sock"))
 }
 
-/// Every process of the testbed, in launch order: LR, UPFs, IAPs, SMF, gNBs, UEs, probes.
+/// Every process of the testbed, in launch order: LR, UPFs, IAPs, SMF, SMOs (one per edge cloud),
+/// gNBs, UEs, probes.
 pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
     let token = Some(token.to_owned());
     let core_sbi = addr(plan, "core", "sbi");
@@ -78,6 +85,7 @@ pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
         plan.nodes.iter().filter(|n| n.role == Role::Site).collect();
     let gnbs: Vec<&crate::plan::Node> = plan.nodes.iter().filter(|n| n.role == Role::Gnb).collect();
     let site_of = |n: &crate::plan::Node| n.site.clone().unwrap_or_default();
+    let smf_url = format!("http://{core_sbi}:{SMF_PORT}");
     let mut out = vec![nf(
         "lr",
         "core",
@@ -168,6 +176,9 @@ pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
                 .collect(),
         }),
     ));
+    for (node, cfg) in smo_configs(plan, token.as_deref().unwrap_or_default(), &smf_url) {
+        out.push(nf(&cfg.smo_id.clone(), &node, "smo", json(&cfg)));
+    }
     for g in &gnbs {
         out.push(nf(
             &g.name,
@@ -181,7 +192,7 @@ pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
                 xn_addr: addr(plan, &g.name, "xn"),
                 gtpu_bind: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, GTPU_PORT),
                 http_addr: SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, GNB_HTTP_PORT),
-                smf_url: format!("http://{core_sbi}:{SMF_PORT}"),
+                smf_url: smf_url.clone(),
                 token: token.clone(),
                 qfi: QFI,
                 peers: gnbs
@@ -235,6 +246,68 @@ pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
         });
     }
     out
+}
+
+/// The SMO of edge node `edge` (`edge-x` → `smo-x`).
+pub fn smo_name(edge: &str) -> String {
+    format!("smo-{}", edge.strip_prefix("edge-").unwrap_or(edge))
+}
+
+/// The API root of the SMO of edge node `edge`: `http://<edge's SBI address>:8090`.
+pub fn smo_api_root(plan: &Plan, edge: &str) -> String {
+    format!("http://{}:{SMO_PORT}", addr(plan, edge, "sbi"))
+}
+
+/// The name of the edge's OVS port on segment `segment` (`bh`, `n6`), as the plan gives it.
+fn ovs_port(plan: &Plan, edge: &str, segment: &str) -> String {
+    plan.links
+        .iter()
+        .filter(|l| l.segment == segment)
+        .flat_map(|l| [&l.a, &l.b])
+        .find(|e| e.ovs && e.node == edge)
+        .map(|e| e.ifname.clone())
+        .unwrap_or_else(|| segment.to_owned())
+}
+
+/// One SMO per edge cloud, with the edge node it runs in: its DNAI is the edge switch's, its peers
+/// every other edge's SMO, its flows go to the edge bridge's OpenFlow management socket.
+pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoConfig)> {
+    let peer = |sw: &crate::plan::Switch| PeerInfo {
+        smo_id: smo_name(&sw.node),
+        dnai: sw.dnai.as_str().into(),
+        api_root: smo_api_root(plan, &sw.node),
+        cost: 0,
+    };
+    plan.switches
+        .iter()
+        .map(|sw| {
+            let name = smo_name(&sw.node);
+            let of = OvsInstance::new(&sw.netns, &sw.dir).of_target(&sw.bridge);
+            let cfg = SmoConfig {
+                smo_id: name.clone(),
+                dnai: sw.dnai.as_str().into(),
+                api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
+                token: Some(token.to_owned()),
+                smf_url: Some(smf_url.to_owned()),
+                notify_when: NotifyWhen::Late,
+                peers: plan
+                    .switches
+                    .iter()
+                    .filter(|p| p.node != sw.node)
+                    .map(peer)
+                    .collect(),
+                ovs_mgmt: PathBuf::from(of.strip_prefix("unix:").unwrap_or(&of)),
+                ports: EdgePorts {
+                    backhaul: ovs_port(plan, &sw.node, "bh"),
+                    n6: ovs_port(plan, &sw.node, "n6"),
+                },
+                capacity: smo::config::default_capacity(),
+                state_dir: plan.state_dir.join(&name),
+                timeouts: Timeouts::default(),
+            };
+            (sw.node.clone(), cfg)
+        })
+        .collect()
 }
 
 fn nf(name: &str, node: &str, bin: &'static str, config: Option<serde_json::Value>) -> Launch {
@@ -441,6 +514,8 @@ mod tests {
                 "iap-a",
                 "iap-b",
                 "smf",
+                "smo-x",
+                "smo-y",
                 "gnb-a",
                 "gnb-b",
                 "ue1",
@@ -484,9 +559,73 @@ mod tests {
                 "iap" => serde_json::from_value::<IapConfig>(c).is_ok(),
                 "gnb" => serde_json::from_value::<GnbConfig>(c).is_ok(),
                 "ue" => serde_json::from_value::<UeConfig>(c).is_ok(),
+                "smo" => serde_json::from_value::<SmoConfig>(c).is_ok(),
                 other => panic!("unexpected binary {other}"),
             };
             assert!(ok, "{} config does not parse back", l.name);
+        }
+    }
+
+    #[test]
+    fn each_edge_gets_an_smo_whose_peers_point_at_each_other() {
+        let plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let l = launches(&plan, "tok");
+        let smos: Vec<&Launch> = l.iter().filter(|l| l.bin == "smo").collect();
+        assert_eq!(smos.len(), 2);
+        let smf = l.iter().position(|l| l.name == "smf").expect("smf");
+        let first_smo = l.iter().position(|l| l.bin == "smo").expect("smo");
+        assert!(smf < first_smo, "the SMOs start after the SMF");
+        let cfg = |n: &str| -> SmoConfig {
+            let launch = l.iter().find(|l| l.name == n).expect(n);
+            assert!(launch.waits_ready);
+            serde_json::from_value(launch.config.clone().expect("config")).expect("SmoConfig")
+        };
+        let x = cfg("smo-x");
+        let y = cfg("smo-y");
+        assert_eq!(smos[0].node, "edge-x");
+        assert_eq!(smos[1].node, "edge-y");
+        assert_eq!(x.smo_id, "smo-x");
+        assert_eq!(x.dnai.as_str(), "edge-x");
+        assert_eq!(y.dnai.as_str(), "edge-y");
+        assert_eq!(x.api_addr.to_string(), "10.100.0.41:8090");
+        assert_eq!(y.api_addr.to_string(), "10.100.0.42:8090");
+        assert_eq!(x.token.as_deref(), Some("tok"));
+        assert_eq!(x.smf_url.as_deref(), Some("http://10.100.0.10:8000"));
+        assert_eq!(x.notify_when, NotifyWhen::Late);
+        assert_eq!(
+            x.peers,
+            [PeerInfo {
+                smo_id: "smo-y".into(),
+                dnai: "edge-y".into(),
+                api_root: "http://10.100.0.42:8090".into(),
+                cost: 0,
+            }]
+        );
+        assert_eq!(y.peers[0].smo_id, "smo-x");
+        assert_eq!(y.peers[0].api_root, x.api_root());
+        assert_eq!(x.peers[0].api_root, y.api_root());
+        assert_eq!(
+            x.ovs_mgmt,
+            PathBuf::from("/run/testbed/two-site/ovs-edge-x/br-x.mgmt")
+        );
+        assert_eq!(x.ports, EdgePorts::testbed());
+        assert_eq!(x.state_dir, PathBuf::from("/run/testbed/two-site/smo-x"));
+        assert_eq!(x.timeouts, Timeouts::default());
+        assert!(x.capacity.cpu_millis > 0 && x.capacity.memory_mb > 0);
+    }
+
+    #[test]
+    fn three_sites_give_each_smo_two_peers() {
+        let plan = Plan::new(&TopologySpec::builtin("three-site").expect("builtin"));
+        let smos = smo_configs(&plan, "tok", "http://10.100.0.10:8000");
+        assert_eq!(smos.len(), 3);
+        for (node, cfg) in &smos {
+            assert_eq!(cfg.smo_id, smo_name(node));
+            assert_eq!(cfg.peers.len(), 2);
+            assert!(cfg.peers.iter().all(|p| p.smo_id != cfg.smo_id));
+            assert!(cfg
+                .ovs_mgmt
+                .starts_with(plan.switch(node).expect("switch").dir.as_path()));
         }
     }
 }

@@ -7,6 +7,8 @@
 use serde::Serialize;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Smallest record: the sequence number.
@@ -97,11 +99,48 @@ pub struct StreamReport {
     pub intact: bool,
 }
 
+/// A live view of a running stream check, shared with another thread: how much has arrived so far,
+/// and a way to end the check early.
+#[derive(Debug, Clone, Default)]
+pub struct StreamWatch {
+    records: Arc<AtomicU64>,
+    corrupt: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl StreamWatch {
+    /// Complete records received so far.
+    pub fn records(&self) -> u64 {
+        self.records.load(Ordering::Relaxed)
+    }
+
+    /// Records received so far that were out of sequence or had wrong bytes.
+    pub fn corrupt(&self) -> u64 {
+        self.corrupt.load(Ordering::Relaxed)
+    }
+
+    /// Ends the check at its next read (within 200 ms).
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Connects once and checks the stream for `duration`. Never reconnects.
 pub fn check_stream(
     addr: SocketAddr,
     record_bytes: usize,
     duration: Duration,
+) -> std::io::Result<StreamReport> {
+    check_stream_watched(addr, record_bytes, duration, &StreamWatch::default())
+}
+
+/// [`check_stream`], reporting progress to `watch` as records arrive and ending early when it is
+/// told to stop.
+pub fn check_stream_watched(
+    addr: SocketAddr,
+    record_bytes: usize,
+    duration: Duration,
+    watch: &StreamWatch,
 ) -> std::io::Result<StreamReport> {
     let record_bytes = record_bytes.max(MIN_RECORD);
     let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
@@ -112,7 +151,7 @@ pub fn check_stream(
     let mut filled = 0;
     let start = Instant::now();
     let mut last_arrival: Option<Instant> = None;
-    while start.elapsed() < duration {
+    while start.elapsed() < duration && !watch.stop.load(Ordering::Relaxed) {
         match conn.read(&mut buf[filled..]) {
             Ok(0) => {
                 rep.disconnected = Some("connection closed by the server".into());
@@ -139,10 +178,12 @@ pub fn check_stream(
                 record(expected, &mut want);
                 if seq != expected || buf != want {
                     rep.corrupt_records += 1;
+                    watch.corrupt.fetch_add(1, Ordering::Relaxed);
                 }
                 rep.first_seq.get_or_insert(seq);
                 rep.last_seq = Some(seq);
                 rep.records += 1;
+                watch.records.fetch_add(1, Ordering::Relaxed);
             }
             Err(e)
                 if e.kind() == std::io::ErrorKind::WouldBlock
@@ -176,6 +217,33 @@ mod tests {
         assert!(rep.records >= 20, "{rep:?}");
         assert_eq!(rep.bytes / 64, rep.records, "{rep:?}");
         assert!(rep.max_gap_ms < 200.0, "{rep:?}");
+    }
+
+    #[test]
+    fn a_watched_stream_reports_progress_and_stops_when_told() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            if let Some(Ok(c)) = listener.incoming().next() {
+                stream_to(c, 32, Duration::from_millis(5));
+            }
+        });
+        let watch = StreamWatch::default();
+        let w = watch.clone();
+        let t = std::thread::spawn(move || {
+            check_stream_watched(addr, 32, Duration::from_secs(30), &w).expect("stream")
+        });
+        let start = Instant::now();
+        while watch.records() < 10 {
+            assert!(start.elapsed() < Duration::from_secs(5), "no progress");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        watch.stop();
+        let rep = t.join().expect("join");
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(rep.intact, "{rep:?}");
+        assert_eq!(rep.records, watch.records());
+        assert_eq!(watch.corrupt(), 0);
     }
 
     #[test]

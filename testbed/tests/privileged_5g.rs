@@ -9,41 +9,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use testbed::plan::Plan;
-use testbed::spec::TopologySpec;
-use testbed::state::State;
-use testbed::topo;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-struct Guard(String, String);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        topo::down(&self.0, Some(&self.1));
-    }
-}
-
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "privileged test: needs root (namespaces, TUN, OVS); run `sudo scripts/test`"
-    );
-}
-
-fn up(name: &str, prefix: &str) -> (Plan, String, Guard) {
-    let mut spec = TopologySpec::builtin("two-site").expect("builtin");
-    spec.name = name.into();
-    spec.prefix = prefix.into();
-    topo::down(name, Some(prefix));
-    let guard = Guard(name.into(), prefix.into());
-    let plan =
-        topo::up(&spec, topo::UpOptions::default()).expect("testbed up with network functions");
-    let token = State::load(&plan.state_dir)
-        .expect("state")
-        .and_then(|s| s.token)
-        .expect("token");
-    (plan, token, guard)
-}
+mod common;
+use common::{require_root, up};
 
 fn in_ns(plan: &Plan, node: &str, args: &[&str]) -> Command {
     let mut c = Command::new("ip");
