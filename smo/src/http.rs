@@ -106,8 +106,14 @@ impl Backends for HttpBackends {
             .await
         {
             Ok(report) => Ok(report),
-            // The module answered that it failed: by contract the service still runs at the
-            // source.
+            // 504: the module itself does not know where the service ended up (commit sent, never
+            // confirmed): as good as no answer.
+            Err(ClientError::Status {
+                status: 504,
+                detail,
+                ..
+            }) => Err(ExecuteFailure::Unknown(format!("504: {detail}"))),
+            // Any other error status: by contract the service still runs at the source.
             Err(ClientError::Status { status, detail, .. }) => {
                 Err(ExecuteFailure::Refused(format!("{status}: {detail}")))
             }

@@ -1,0 +1,806 @@
+//! The service-module daemon (`svcmod --config FILE.json --ready-file PATH`): one per edge cloud,
+//! started by `testbed up` inside the edge's namespace. In order:
+//!
+//! 1. (binary, single-threaded) leave the private mount namespace of `ip netns exec`
+//!    ([`crate::mount_ns`]) so the service namespaces it makes are visible to the host;
+//! 2. bind the callbacks on `api_addr` and the migration receiver on `migration_addr` (plainly
+//!    when it runs in the edge's namespace, else inside it with [`transfer::listen_in`]);
+//! 3. create the configured services — a failure is fatal and removes what was made;
+//! 4. serve the callbacks ([`crate::api`]) and receive migrations ([`crate::run_receiver`]);
+//! 5. register with the SMO (`POST {smo_url}/service-mobility/v1/service-modules`), retrying every
+//!    200 ms for up to 10 s; a 4xx answer is fatal at start. When the SMO does not answer in that
+//!    window the daemon warns, goes on, and keeps registering in the background every 2 s;
+//! 6. ready (the ready file) once registered or the window is over;
+//! 7. on SIGTERM: stop registering, de-register (`DELETE` the registration's `Location`), stop
+//!    accepting callbacks and migrations and let the running ones end, remove every service it
+//!    hosts (processes by PID, OVS port, namespace) and its work directory.
+//!
+//! [`run_with`] is the daemon over any [`Backend`] and pre-bound listeners (the tests run it with
+//! a fake backend on loopback); [`run`] is the CRIU daemon from a [`ModuleConfig`].
+
+use crate::api::{self, chain, Module};
+use crate::container::{self, EdgeSite};
+use crate::criu_backend::DEFAULT_WORK_ROOT;
+use crate::mount_ns::{MountNamespace, MountNsError};
+use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
+use model::smo::{RelocationType, ServiceModule, ServiceModuleRegistration};
+use netkit::Netns;
+use sbi::{Client, ClientError};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+/// The SMO's service-module collection.
+pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
+
+/// `svcmod --config FILE.json --ready-file PATH`: one service module of one edge cloud (JSON,
+/// snake_case, unknown fields refused; checked when parsed, so a bad config exits with 64).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "snake_case",
+    try_from = "ModuleConfigFields"
+)]
+pub struct ModuleConfig {
+    /// The module's name in logs, e.g. `svcmod-x`.
+    pub name: String,
+    /// Base URL of this edge's SMO, e.g. `http://10.100.0.41:8090`.
+    pub smo_url: String,
+    /// The deployment's bearer token: required on the callbacks, sent to the SMO.
+    pub token: Option<String>,
+    /// Where the callbacks listen, e.g. `10.100.0.41:9100` (0.0.0.0: the SMO is told 127.0.0.1).
+    pub api_addr: SocketAddrV4,
+    /// The migration receiver's backhaul address, e.g. `10.0.1.1:9200`: the registration's
+    /// `notifAddress` (and, for lazy pages, where this module's page servers listen).
+    pub migration_addr: SocketAddrV4,
+    /// The testbed's namespace prefix, e.g. `tb`: service namespaces are `<prefix>-svc-<id>-<edge>`.
+    pub prefix: String,
+    /// The edge cloud: `{"edge", "netns", "bridge", "ovs_dir"}` (see [`EdgeSite`]).
+    pub site: EdgeSite,
+    /// Images and CRIU logs (tmpfs; removed at shutdown). Default
+    /// `/dev/shm/testbed-svcmod/<prefix>-<edge>`.
+    pub work_dir: Option<PathBuf>,
+    /// How services move: `stop-and-copy` (default) or `lazy-pages` (`stop_and_copy` /
+    /// `lazy_pages` accepted too).
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Services created at start, in this module's edge.
+    #[serde(default)]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// [`ModuleConfig`] as parsed, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+struct ModuleConfigFields {
+    name: String,
+    smo_url: String,
+    token: Option<String>,
+    api_addr: SocketAddrV4,
+    migration_addr: SocketAddrV4,
+    prefix: String,
+    site: EdgeSite,
+    work_dir: Option<PathBuf>,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    services: Vec<ServiceSpec>,
+}
+
+impl TryFrom<ModuleConfigFields> for ModuleConfig {
+    type Error = String;
+
+    fn try_from(f: ModuleConfigFields) -> Result<Self, String> {
+        let cfg = ModuleConfig {
+            name: f.name,
+            smo_url: f.smo_url,
+            token: f.token,
+            api_addr: f.api_addr,
+            migration_addr: f.migration_addr,
+            prefix: f.prefix,
+            site: f.site,
+            work_dir: f.work_dir,
+            strategy: f.strategy,
+            services: f.services,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+impl ModuleConfig {
+    /// Checks what serde cannot: names, URL, addresses, paths, the services. The error names
+    /// the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("name: empty".into());
+        }
+        match reqwest::Url::parse(&self.smo_url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => return Err(format!("smo_url: `{}` is not an http(s) URL", self.smo_url)),
+        }
+        if self.token.as_deref().is_some_and(str::is_empty) {
+            return Err("token: empty (leave it out for none)".into());
+        }
+        if self.migration_addr.ip().is_unspecified() || self.migration_addr.port() == 0 {
+            return Err(format!(
+                "migration_addr: {} is no address another module can reach",
+                self.migration_addr
+            ));
+        }
+        if self.api_addr == self.migration_addr {
+            return Err("api_addr and migration_addr are the same".into());
+        }
+        if self.prefix.is_empty()
+            || !self
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(format!("prefix: `{}` (want a-z, 0-9, -)", self.prefix));
+        }
+        if let Some(w) = &self.work_dir {
+            if !w.is_absolute() || w.parent().is_none() {
+                return Err(format!(
+                    "work_dir: `{}` (want an absolute path below /)",
+                    w.display()
+                ));
+            }
+        }
+        let (mut ids, mut ips) = (HashSet::new(), HashSet::new());
+        for (i, s) in self.services.iter().enumerate() {
+            let at = |e: &dyn std::fmt::Display| format!("services[{i}]: {e}");
+            container::validate_service_id(&s.service_id).map_err(|e| at(&e))?;
+            container::validate_mac(&s.mac_addr).map_err(|e| at(&e))?;
+            if s.command.is_empty() {
+                return Err(at(&"empty command"));
+            }
+            if !ids.insert(s.service_id.as_str()) {
+                return Err(at(&format_args!("service id {} twice", s.service_id)));
+            }
+            if !ips.insert(s.ipv4_addr) {
+                return Err(at(&format_args!("address {} twice", s.ipv4_addr)));
+            }
+        }
+        Ok(())
+    }
+
+    /// The CRIU backend's configuration: defaults of [`CriuConfig::new`], the configured work
+    /// directory and strategy, page servers on the migration address.
+    pub fn criu_config(&self) -> CriuConfig {
+        let mut c = CriuConfig::new(self.prefix.clone(), self.site.clone());
+        if let Some(w) = &self.work_dir {
+            c.work_dir = w.clone();
+        }
+        c.strategy = self.strategy;
+        c.backhaul_addr = Some(*self.migration_addr.ip());
+        c
+    }
+
+    /// What [`run_with`] needs from the config.
+    pub fn settings(&self) -> Settings {
+        Settings {
+            name: self.name.clone(),
+            smo_url: self.smo_url.clone(),
+            token: self.token.clone(),
+            services: self.services.clone(),
+            register: RegisterPolicy::default(),
+        }
+    }
+}
+
+/// How the daemon registers with its SMO.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterPolicy {
+    /// Pause between attempts during start-up.
+    pub attempt_every: Duration,
+    /// How long start-up waits for the SMO before going on without it (a warning).
+    pub patience: Duration,
+    /// Pause between attempts after that (in the background).
+    pub retry_every: Duration,
+    /// Time limit of one call to the SMO.
+    pub call_limit: Duration,
+}
+
+impl Default for RegisterPolicy {
+    fn default() -> Self {
+        Self {
+            attempt_every: Duration::from_millis(200),
+            patience: Duration::from_secs(10),
+            retry_every: Duration::from_secs(2),
+            call_limit: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The backend-independent part of the daemon's configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The module's name in logs.
+    pub name: String,
+    pub smo_url: String,
+    pub token: Option<String>,
+    /// Created at start.
+    pub services: Vec<ServiceSpec>,
+    pub register: RegisterPolicy,
+}
+
+/// A failure that ends the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("bad config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    MountNamespace(#[from] MountNsError),
+    #[error("cannot listen for {what} on {addr}")]
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot prepare the work directory {path}")]
+    WorkDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create service {service_id} (the services made before it were removed)")]
+    CreateService {
+        service_id: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error("the SMO at {url} refused the registration")]
+    Registration {
+        url: String,
+        #[source]
+        source: ClientError,
+    },
+    #[error("the callback server stopped: {0}")]
+    Serve(String),
+    #[error("shutdown left things behind: {0}")]
+    Cleanup(String),
+}
+
+/// Where the SMO finds this module.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub module_id: String,
+    /// The registration's URL (the `Location` of the 201), de-registered with `DELETE`.
+    pub location: String,
+}
+
+/// The registration of a module whose callbacks listen on `api` and whose migration receiver
+/// listens on `notif`.
+pub fn registration(
+    relocation_type: RelocationType,
+    api: SocketAddr,
+    notif: SocketAddr,
+) -> ServiceModuleRegistration {
+    let base = format!("http://{api}");
+    ServiceModuleRegistration {
+        relocation_type,
+        // The module itself asks nothing of the edge; its services carry their requirements.
+        resource_requirements: Default::default(),
+        get_service_notif_uri: format!("{base}{}", api::SERVICES),
+        served_service_notif_uri: format!("{base}{}", api::SERVED_SERVICE),
+        execute_notif_uri: format!("{base}{}", api::EXECUTE),
+        notif_address: notif.to_string(),
+    }
+}
+
+/// The address the SMO should call back on: the listening address, with an unspecified IP
+/// replaced by loopback (the SMO runs in the same edge namespace).
+pub fn callback_addr(local: SocketAddr) -> SocketAddr {
+    match local {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => {
+            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+        }
+        other => other,
+    }
+}
+
+/// Whether this thread runs in namespace `netns`.
+fn runs_in(netns: &Netns) -> bool {
+    let own = std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|m| m.ino())
+        .ok();
+    own.is_some() && own == netns.inode()
+}
+
+/// Binds `addr` in the edge's namespace: plainly when the daemon runs there (as `testbed up`
+/// starts it), else inside it with [`transfer::listen_in`].
+pub async fn bind_in(
+    netns: &Netns,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<TcpListener, DaemonError> {
+    let listen = |source| DaemonError::Listen { what, addr, source };
+    if runs_in(netns) {
+        return TcpListener::bind(addr).await.map_err(listen);
+    }
+    tracing::info!(%netns, %addr, what, "not running in the edge's namespace: binding inside it");
+    transfer::listen_in(netns, addr)
+        .await
+        .map_err(|e| listen(std::io::Error::other(chain(&e))))
+}
+
+/// The CRIU service-module daemon of `cfg` (the `svcmod` binary's body). `mount_ns` is what
+/// [`crate::mount_ns::join_host_mount_namespace`] did before the runtime started.
+pub async fn run(
+    cfg: ModuleConfig,
+    mount_ns: Result<MountNamespace, MountNsError>,
+    on_ready: impl FnOnce() + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    cfg.validate().map_err(DaemonError::Config)?;
+    if let MountNamespace::Joined { pid } = mount_ns? {
+        tracing::info!(
+            host_pid = pid,
+            "left the private mount namespace of `ip netns exec`: service namespaces are made in the host's"
+        );
+    }
+    let criu = cfg.criu_config();
+    let work_dir = criu.work_dir.clone();
+    std::fs::create_dir_all(&work_dir).map_err(|source| DaemonError::WorkDir {
+        path: work_dir.clone(),
+        source,
+    })?;
+    let result = async {
+        let api = bind_in(&cfg.site.netns, cfg.api_addr.into(), "callbacks").await?;
+        let migration = bind_in(&cfg.site.netns, cfg.migration_addr.into(), "migrations").await?;
+        tracing::info!(
+            module = %cfg.name, edge = %cfg.site.edge, api = %cfg.api_addr,
+            migration = %cfg.migration_addr, strategy = %cfg.strategy,
+            work_dir = %work_dir.display(), services = cfg.services.len(),
+            "CRIU service module starting"
+        );
+        run_with(
+            Arc::new(CriuBackend::new(criu)),
+            cfg.settings(),
+            api,
+            migration,
+            on_ready,
+            shutdown,
+        )
+        .await
+    }
+    .await;
+    let removed = remove_work_dir(&work_dir);
+    result.and(removed)
+}
+
+/// `e` with all its causes, for the binary's last words.
+pub fn error_chain(e: &DaemonError) -> String {
+    chain(e)
+}
+
+/// Removes the work directory, and the default root above it when that is left empty.
+fn remove_work_dir(dir: &Path) -> Result<(), DaemonError> {
+    let removed = match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DaemonError::Cleanup(format!(
+            "cannot remove {}: {e}",
+            dir.display()
+        ))),
+        _ => Ok(()),
+    };
+    if dir.parent() == Some(Path::new(DEFAULT_WORK_ROOT)) {
+        let _ = std::fs::remove_dir(DEFAULT_WORK_ROOT);
+    }
+    removed
+}
+
+/// The daemon over `backend` with its listeners bound: creates the services, serves the
+/// callbacks on `api` and migrations on `migration`, registers, calls `on_ready`, and runs until
+/// `shutdown` resolves; then de-registers, stops, and removes the services (see the module docs).
+pub async fn run_with<B: Backend>(
+    backend: Arc<B>,
+    settings: Settings,
+    api: TcpListener,
+    migration: TcpListener,
+    on_ready: impl FnOnce() + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), DaemonError> {
+    let local = |l: &TcpListener, what| {
+        l.local_addr().map_err(|source| DaemonError::Listen {
+            what,
+            addr: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            source,
+        })
+    };
+    let api_addr = callback_addr(local(&api, "callbacks")?);
+    let notif = local(&migration, "migrations")?;
+    create_services(&*backend, &settings.services).await?;
+
+    let (serve_stop_tx, serve_stop) = watch::channel(false);
+    let receiver = tokio::spawn(crate::run_receiver(
+        Arc::clone(&backend),
+        migration,
+        stopped(serve_stop.clone()),
+    ));
+    let module = Arc::new(Module::new(Arc::clone(&backend), notif));
+    let mut server = tokio::spawn(sbi::serve(
+        api,
+        api::router(module),
+        settings.token.clone(),
+        stopped(serve_stop),
+    ));
+
+    let client = Client::new(settings.token.clone(), settings.register.call_limit);
+    let url = format!(
+        "{}{SERVICE_MODULES}",
+        settings.smo_url.trim_end_matches('/')
+    );
+    let reg = registration(backend.relocation_type(), api_addr, notif);
+    let (reg_stop_tx, reg_stop) = watch::channel(false);
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let registrar = tokio::spawn(register(
+        client.clone(),
+        url.clone(),
+        reg,
+        settings.register,
+        events_tx,
+        reg_stop,
+    ));
+
+    tokio::pin!(shutdown);
+    let mut outcome = Ok(());
+    let mut server_ended = false;
+    let started = tokio::select! {
+        biased;
+        () = &mut shutdown => false,
+        r = &mut server => {
+            server_ended = true;
+            outcome = Err(server_stopped(r));
+            false
+        }
+        event = events.recv() => match event {
+            Some(Registration::Refused(source)) => {
+                outcome = Err(DaemonError::Registration { url: url.clone(), source });
+                false
+            }
+            Some(Registration::Unanswered(error)) => {
+                tracing::warn!(
+                    module = %settings.name, smo = %url, %error,
+                    patience_s = settings.register.patience.as_secs(),
+                    retry_every_s = settings.register.retry_every.as_secs(),
+                    "the SMO did not answer: serving anyway, registering in the background"
+                );
+                true
+            }
+            Some(Registration::Done) | None => true,
+        },
+    };
+    if started {
+        tracing::info!(module = %settings.name, callbacks = %api_addr, migrations = %notif, "ready");
+        on_ready();
+        tokio::select! {
+            biased;
+            () = &mut shutdown => tracing::info!(module = %settings.name, "shutting down"),
+            r = &mut server => {
+                server_ended = true;
+                outcome = Err(server_stopped(r));
+            }
+        }
+    }
+
+    // 1. No more registrations; de-register.
+    let _ = reg_stop_tx.send(true);
+    if let Some(r) = registrar.await.ok().flatten() {
+        match client.delete(&r.location).await {
+            Ok(()) => {
+                tracing::info!(module = %r.module_id, location = %r.location, "de-registered")
+            }
+            Err(e) => {
+                tracing::warn!(module = %r.module_id, error = %chain(&e), "cannot de-register")
+            }
+        }
+    }
+    // 2. No more callbacks or migrations; the running ones end.
+    let _ = serve_stop_tx.send(true);
+    if !server_ended {
+        match server.await {
+            Ok(Ok(())) => {}
+            other => tracing::warn!(result = ?other, "the callback server ended badly"),
+        }
+    }
+    let _ = receiver.await;
+    // 3. The services go.
+    let removed = remove_services(&*backend).await;
+    outcome.and(removed)
+}
+
+fn server_stopped(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> DaemonError {
+    DaemonError::Serve(match r {
+        Ok(Ok(())) => "it ended by itself".into(),
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    })
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Creates `specs` in order; on a failure removes the ones made (newest first).
+async fn create_services<B: Backend>(
+    backend: &B,
+    specs: &[ServiceSpec],
+) -> Result<(), DaemonError> {
+    let mut made: Vec<String> = Vec::new();
+    for spec in specs {
+        match backend.create(spec.clone()).await {
+            Ok(s) => {
+                tracing::info!(
+                    service = %s.service_id, ip = %s.ipv4_addr, mac = %s.mac_addr,
+                    port = %s.ovs_port, "service started"
+                );
+                made.push(s.service_id);
+            }
+            Err(source) => {
+                tracing::error!(service = %spec.service_id, error = %chain(&source), "cannot create service");
+                for id in made.iter().rev() {
+                    if let Err(e) = backend.remove(id).await {
+                        tracing::warn!(service = %id, error = %chain(&e), "cannot remove service");
+                    }
+                }
+                return Err(DaemonError::CreateService {
+                    service_id: spec.service_id.clone(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes every service the backend hosts; tries them all.
+async fn remove_services<B: Backend>(backend: &B) -> Result<(), DaemonError> {
+    let services = backend
+        .services()
+        .await
+        .map_err(|e| DaemonError::Cleanup(format!("cannot list the services: {}", chain(&e))))?;
+    let mut failed = Vec::new();
+    for s in services {
+        match backend.remove(&s.service_id).await {
+            Ok(()) => tracing::info!(service = %s.service_id, "service removed"),
+            Err(e) => failed.push(format!("{}: {}", s.service_id, chain(&e))),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(DaemonError::Cleanup(failed.join("; ")))
+    }
+}
+
+/// What start-up learns from the registrar.
+#[derive(Debug)]
+enum Registration {
+    Done,
+    /// The SMO did not answer within the patience (the last error); retrying in the background.
+    Unanswered(String),
+    /// The SMO answered 4xx: the registration or the token is wrong.
+    Refused(ClientError),
+}
+
+/// Whether an SMO answer means "this registration will never be accepted".
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { status, .. }
+        if (400..500).contains(status) && *status != 408 && *status != 429)
+}
+
+/// Registers until it succeeds, the SMO refuses, or `stop`: every `attempt_every` during the
+/// start-up window, then every `retry_every`. Tells start-up how it went, once. An attempt
+/// running when `stop` comes is finished (bounded by the call limit), so a registration the SMO
+/// made is never forgotten.
+async fn register(
+    client: Client,
+    url: String,
+    reg: ServiceModuleRegistration,
+    policy: RegisterPolicy,
+    events: mpsc::UnboundedSender<Registration>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<Registered> {
+    let start = tokio::time::Instant::now();
+    let mut starting = true;
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        match register_once(&client, &url, &reg).await {
+            Ok(r) => {
+                tracing::info!(module = %r.module_id, location = %r.location, smo = %url, "registered with the SMO");
+                let _ = events.send(Registration::Done);
+                return Some(r);
+            }
+            Err(e) if is_refusal(&e) => {
+                tracing::error!(smo = %url, error = %chain(&e), "the SMO refused the registration");
+                let _ = events.send(Registration::Refused(e));
+                return None;
+            }
+            Err(e) => {
+                tracing::debug!(smo = %url, error = %chain(&e), "SMO not answering yet");
+                let pause = if !starting {
+                    policy.retry_every
+                } else if start.elapsed() >= policy.patience {
+                    starting = false;
+                    let _ = events.send(Registration::Unanswered(chain(&e)));
+                    policy.retry_every
+                } else {
+                    policy.attempt_every
+                };
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return None,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One registration: `POST`, then the `Location` (resolved against `url`) or, without one,
+/// `url/{moduleId}`.
+async fn register_once(
+    client: &Client,
+    url: &str,
+    reg: &ServiceModuleRegistration,
+) -> Result<Registered, ClientError> {
+    let resp = client.send(reqwest::Method::POST, url, Some(reg)).await?;
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let module: ServiceModule = resp.json().await.map_err(|source| ClientError::Body {
+        url: url.to_owned(),
+        source,
+    })?;
+    let location = location
+        .and_then(|l| reqwest::Url::parse(url).ok()?.join(&l).ok())
+        .map(String::from)
+        .unwrap_or_else(|| format!("{}/{}", url.trim_end_matches('/'), module.module_id));
+    Ok(Registered {
+        module_id: module.module_id,
+        location,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_json() -> serde_json::Value {
+        serde_json::json!({
+            "name": "svcmod-x",
+            "smo_url": "http://10.100.0.41:8090",
+            "token": "t0k",
+            "api_addr": "10.100.0.41:9100",
+            "migration_addr": "10.0.1.1:9200",
+            "prefix": "tb",
+            "site": {"edge": "x", "netns": "tb-edge-x", "bridge": "br-x",
+                     "ovs_dir": "/run/testbed/two-site/ovs-x"},
+            "work_dir": null,
+            "strategy": "stop_and_copy",
+            "services": [{
+                "service_id": "video1", "ipv4_addr": "20.0.0.50", "mac_addr": "02:00:00:00:00:50",
+                "command": ["/usr/local/bin/tbprobe", "serve", "--tcp=0.0.0.0:5000"],
+                "resource_requirements": {"cpuMillis": 100}
+            }]
+        })
+    }
+
+    #[test]
+    fn the_config_parses_and_round_trips() {
+        let cfg: ModuleConfig = serde_json::from_value(config_json()).expect("config");
+        assert_eq!(cfg.site.edge, "x");
+        assert_eq!(cfg.strategy, Strategy::StopAndCopy);
+        assert_eq!(cfg.services[0].resource_requirements.cpu_millis, 100);
+        let back: ModuleConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
+        assert_eq!(back, cfg);
+        let criu = cfg.criu_config();
+        assert_eq!(
+            criu.work_dir,
+            Path::new("/dev/shm/testbed-svcmod/tb-x"),
+            "the backend's default"
+        );
+        assert_eq!(criu.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
+        // Optional fields may be left out.
+        let mut minimal = config_json();
+        for f in ["token", "work_dir", "strategy", "services"] {
+            minimal.as_object_mut().map(|o| o.remove(f));
+        }
+        let m: ModuleConfig = serde_json::from_value(minimal).expect("minimal");
+        assert!(m.token.is_none() && m.services.is_empty());
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: [(&str, serde_json::Value, &str); 9] = [
+            ("bogus", serde_json::json!(1), "unknown field"),
+            ("smo_url", serde_json::json!("10.0.0.1:8090"), "smo_url"),
+            (
+                "migration_addr",
+                serde_json::json!("0.0.0.0:9200"),
+                "migration_addr",
+            ),
+            ("api_addr", serde_json::json!("10.0.1.1:9200"), "same"),
+            ("prefix", serde_json::json!("TB"), "prefix"),
+            ("work_dir", serde_json::json!("images"), "work_dir"),
+            ("strategy", serde_json::json!("copy"), "unknown variant"),
+            ("token", serde_json::json!(""), "token"),
+            ("name", serde_json::json!(" "), "name"),
+        ];
+        for (field, value, want) in cases {
+            let mut j = config_json();
+            j[field] = value;
+            let e = serde_json::from_value::<ModuleConfig>(j).expect_err(field);
+            assert!(e.to_string().contains(want), "{field}: {e}");
+        }
+        let mut twice = config_json();
+        let s = twice["services"][0].clone();
+        twice["services"] = serde_json::json!([s.clone(), s]);
+        let e = serde_json::from_value::<ModuleConfig>(twice).expect_err("twice");
+        assert!(e.to_string().contains("services[1]"), "{e}");
+        let mut bad_service = config_json();
+        bad_service["services"][0]["extra"] = serde_json::json!(true);
+        assert!(serde_json::from_value::<ModuleConfig>(bad_service).is_err());
+        let mut bad_id = config_json();
+        bad_id["services"][0]["service_id"] = serde_json::json!("Video_1");
+        let e = serde_json::from_value::<ModuleConfig>(bad_id).expect_err("id");
+        assert!(e.to_string().contains("services[0]"), "{e}");
+    }
+
+    #[test]
+    fn the_registration_points_at_the_callbacks() {
+        let r = registration(
+            RelocationType::Criu,
+            "10.100.0.41:9100".parse().expect("addr"),
+            "10.0.1.1:9200".parse().expect("addr"),
+        );
+        assert_eq!(
+            r.get_service_notif_uri,
+            "http://10.100.0.41:9100/svcmod/v1/services"
+        );
+        assert_eq!(
+            r.served_service_notif_uri,
+            "http://10.100.0.41:9100/svcmod/v1/served-service"
+        );
+        assert_eq!(
+            r.execute_notif_uri,
+            "http://10.100.0.41:9100/svcmod/v1/execute"
+        );
+        assert_eq!(r.notif_address, "10.0.1.1:9200");
+        assert_eq!(r.relocation_type, RelocationType::Criu);
+        assert_eq!(
+            callback_addr("0.0.0.0:9100".parse().expect("addr")).to_string(),
+            "127.0.0.1:9100"
+        );
+    }
+
+    #[test]
+    fn only_definite_answers_are_refusals() {
+        let status = |status| ClientError::Status {
+            url: "u".into(),
+            status,
+            detail: String::new(),
+            problem: None,
+        };
+        assert!(is_refusal(&status(400)));
+        assert!(is_refusal(&status(401)));
+        assert!(!is_refusal(&status(408)));
+        assert!(!is_refusal(&status(429)));
+        assert!(!is_refusal(&status(500)));
+        assert!(!is_refusal(&status(503)));
+    }
+}

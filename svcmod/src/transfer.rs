@@ -1,0 +1,533 @@
+//! The migration connection between two service modules: one TCP connection on the backhaul,
+//! opened from the source module's edge namespace to the target module's `notifAddress`. It carries
+//! the control messages of one migration and the image files, in frames:
+//!
+//! ```text
+//! 'M' len:u32 json                    a control message (Message)
+//! 'F' name_len:u16 name len:u64 bytes  one image file
+//! 'E' files:u32 bytes:u64              end of the image files (count and total, checked)
+//! ```
+//!
+//! All integers big endian. File names are single path components (no `/`, not `.`/`..`), so the
+//! receiver only ever writes inside its own directory. Every byte written and read is counted.
+
+use model::smo::Service;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufStream};
+use tokio::net::{TcpListener, TcpStream};
+
+use netkit::Netns;
+
+/// Largest control message accepted.
+pub const MAX_MESSAGE: u32 = 1 << 20;
+/// Largest total of image files accepted in one migration.
+pub const MAX_IMAGE_BYTES: u64 = 16 << 30;
+
+/// A control message of the migration protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Message {
+    /// Source → target: make the service's namespace (carrier down) and get ready for images.
+    Prepare {
+        relocation_id: String,
+        service: Service,
+    },
+    /// Target → source: ready; how long preparing took.
+    Prepared { took_us: u64 },
+    /// Target → source: cannot take the service (nothing was stopped).
+    Refused { cause: String },
+    /// Source → target: the images are all sent; restore them.
+    Restore {
+        /// Lazy pages: where the source's page server listens (`ip:port` on the backhaul).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        page_server: Option<String>,
+    },
+    /// Target → source: every task is restored and stopped, carrier still down.
+    Restored { restore_us: u64 },
+    /// Target → source: the restore failed (the target holds nothing of the service).
+    Failed { cause: String },
+    /// Source → target: go live (the point of no return).
+    Commit,
+    /// Target → source: the service runs at the target.
+    Done { resume_us: u64 },
+}
+
+impl Message {
+    /// The message's name, for errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Prepare { .. } => "prepare",
+            Self::Prepared { .. } => "prepared",
+            Self::Refused { .. } => "refused",
+            Self::Restore { .. } => "restore",
+            Self::Restored { .. } => "restored",
+            Self::Failed { .. } => "failed",
+            Self::Commit => "commit",
+            Self::Done { .. } => "done",
+        }
+    }
+}
+
+/// A failure on the migration connection.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("migration connection: {what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("migration protocol: {0}")]
+    Protocol(String),
+    #[error("migration connection: no {what} within {limit_ms} ms")]
+    Timeout { what: String, limit_ms: u64 },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TransferError {
+    let what = what.into();
+    move |source| TransferError::Io { what, source }
+}
+
+/// What one image transfer moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageStats {
+    pub files: u32,
+    /// Bytes of file contents.
+    pub image_bytes: u64,
+}
+
+/// Whether `name` is a safe single file name.
+pub fn valid_file_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0')
+}
+
+/// One end of a migration connection (any byte stream; a TCP socket in real use).
+#[derive(Debug)]
+pub struct Conn<S = TcpStream> {
+    stream: BufStream<S>,
+    sent: u64,
+    received: u64,
+}
+
+impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
+    /// Wraps a connected stream.
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream: BufStream::with_capacity(256 << 10, 256 << 10, stream),
+            sent: 0,
+            received: 0,
+        }
+    }
+
+    /// Bytes written so far (frames included).
+    pub fn bytes_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Bytes read so far (frames included).
+    pub fn bytes_received(&self) -> u64 {
+        self.received
+    }
+
+    /// Sends one control message and flushes.
+    pub async fn send(&mut self, msg: &Message) -> Result<(), TransferError> {
+        let json = serde_json::to_vec(msg)
+            .map_err(|e| TransferError::Protocol(format!("cannot encode {}: {e}", msg.kind())))?;
+        let len = u32::try_from(json.len())
+            .ok()
+            .filter(|l| *l <= MAX_MESSAGE)
+            .ok_or_else(|| TransferError::Protocol(format!("{} too large", msg.kind())))?;
+        let what = format!("sending {}", msg.kind());
+        let s = &mut self.stream;
+        s.write_u8(b'M').await.map_err(io(&what))?;
+        s.write_u32(len).await.map_err(io(&what))?;
+        s.write_all(&json).await.map_err(io(&what))?;
+        s.flush().await.map_err(io(&what))?;
+        self.sent += 5 + u64::from(len);
+        Ok(())
+    }
+
+    /// Receives one control message.
+    pub async fn recv(&mut self) -> Result<Message, TransferError> {
+        let tag = self
+            .stream
+            .read_u8()
+            .await
+            .map_err(io("reading a message"))?;
+        if tag != b'M' {
+            return Err(TransferError::Protocol(format!(
+                "expected a message, got frame {:?}",
+                char::from(tag)
+            )));
+        }
+        self.read_message_body().await
+    }
+
+    async fn read_message_body(&mut self) -> Result<Message, TransferError> {
+        let len = self
+            .stream
+            .read_u32()
+            .await
+            .map_err(io("reading a message"))?;
+        if len > MAX_MESSAGE {
+            return Err(TransferError::Protocol(format!(
+                "message of {len} bytes is too large"
+            )));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.stream
+            .read_exact(&mut buf)
+            .await
+            .map_err(io("reading a message"))?;
+        self.received += 5 + u64::from(len);
+        serde_json::from_slice(&buf)
+            .map_err(|e| TransferError::Protocol(format!("bad message: {e}")))
+    }
+
+    /// Receives one control message within `limit`.
+    pub async fn recv_within(
+        &mut self,
+        limit: Duration,
+        what: &str,
+    ) -> Result<Message, TransferError> {
+        tokio::time::timeout(limit, self.recv())
+            .await
+            .map_err(|_| TransferError::Timeout {
+                what: what.to_owned(),
+                limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            })?
+    }
+
+    /// Sends every regular file directly in `dir`, then the end frame.
+    pub async fn send_images(&mut self, dir: &Path) -> Result<ImageStats, TransferError> {
+        let mut names = Vec::new();
+        let mut entries = tokio::fs::read_dir(dir)
+            .await
+            .map_err(io(format!("listing {}", dir.display())))?;
+        while let Some(e) = entries
+            .next_entry()
+            .await
+            .map_err(io(format!("listing {}", dir.display())))?
+        {
+            let meta = e.metadata().await.map_err(io("reading image metadata"))?;
+            if meta.is_file() {
+                if let Some(name) = e.file_name().to_str().filter(|n| valid_file_name(n)) {
+                    names.push((name.to_owned(), meta.len()));
+                }
+            }
+        }
+        names.sort();
+        let mut stats = ImageStats::default();
+        for (name, len) in names {
+            let what = format!("sending image {name}");
+            let path = dir.join(&name);
+            let mut file = tokio::fs::File::open(&path).await.map_err(io(&what))?;
+            let s = &mut self.stream;
+            s.write_u8(b'F').await.map_err(io(&what))?;
+            s.write_u16(u16::try_from(name.len()).unwrap_or(u16::MAX))
+                .await
+                .map_err(io(&what))?;
+            s.write_all(name.as_bytes()).await.map_err(io(&what))?;
+            s.write_u64(len).await.map_err(io(&what))?;
+            let copied = copy_exact(&mut file, s, len).await.map_err(io(&what))?;
+            if copied != len {
+                return Err(TransferError::Protocol(format!(
+                    "image {name} shrank while sending ({copied} of {len} bytes)"
+                )));
+            }
+            self.sent += 1 + 2 + name.len() as u64 + 8 + len;
+            stats.files += 1;
+            stats.image_bytes += len;
+        }
+        let s = &mut self.stream;
+        s.write_u8(b'E').await.map_err(io("ending images"))?;
+        s.write_u32(stats.files)
+            .await
+            .map_err(io("ending images"))?;
+        s.write_u64(stats.image_bytes)
+            .await
+            .map_err(io("ending images"))?;
+        s.flush().await.map_err(io("ending images"))?;
+        self.sent += 13;
+        Ok(stats)
+    }
+
+    /// Receives image files into `dir` (which must exist) until the end frame, checking names,
+    /// lengths, the count and the total against `max_bytes`.
+    pub async fn recv_images(
+        &mut self,
+        dir: &Path,
+        max_bytes: u64,
+    ) -> Result<ImageStats, TransferError> {
+        let mut stats = ImageStats::default();
+        loop {
+            let tag = self.stream.read_u8().await.map_err(io("reading images"))?;
+            match tag {
+                b'F' => {
+                    let name_len = self.stream.read_u16().await.map_err(io("reading images"))?;
+                    let mut name = vec![0u8; usize::from(name_len)];
+                    self.stream
+                        .read_exact(&mut name)
+                        .await
+                        .map_err(io("reading images"))?;
+                    let name = String::from_utf8(name)
+                        .ok()
+                        .filter(|n| valid_file_name(n))
+                        .ok_or_else(|| TransferError::Protocol("bad image file name".into()))?;
+                    let len = self.stream.read_u64().await.map_err(io("reading images"))?;
+                    if stats.image_bytes.saturating_add(len) > max_bytes {
+                        return Err(TransferError::Protocol(format!(
+                            "images exceed {max_bytes} bytes"
+                        )));
+                    }
+                    let what = format!("receiving image {name}");
+                    let path: PathBuf = dir.join(&name);
+                    let mut file = tokio::fs::File::create(&path).await.map_err(io(&what))?;
+                    let copied = copy_exact(&mut self.stream, &mut file, len)
+                        .await
+                        .map_err(io(&what))?;
+                    if copied != len {
+                        return Err(TransferError::Protocol(format!(
+                            "image {name} cut short ({copied} of {len} bytes)"
+                        )));
+                    }
+                    file.flush().await.map_err(io(&what))?;
+                    self.received += 1 + 2 + u64::from(name_len) + 8 + len;
+                    stats.files += 1;
+                    stats.image_bytes += len;
+                }
+                b'E' => {
+                    let files = self.stream.read_u32().await.map_err(io("reading images"))?;
+                    let bytes = self.stream.read_u64().await.map_err(io("reading images"))?;
+                    self.received += 13;
+                    if files != stats.files || bytes != stats.image_bytes {
+                        return Err(TransferError::Protocol(format!(
+                            "sender announced {files} files / {bytes} bytes, got {} / {}",
+                            stats.files, stats.image_bytes
+                        )));
+                    }
+                    return Ok(stats);
+                }
+                b'M' => {
+                    let msg = self.read_message_body().await?;
+                    return Err(TransferError::Protocol(format!(
+                        "expected images, got {}",
+                        msg.kind()
+                    )));
+                }
+                other => {
+                    return Err(TransferError::Protocol(format!(
+                        "unknown frame {:?}",
+                        char::from(other)
+                    )))
+                }
+            }
+        }
+    }
+}
+
+/// Copy chunk: large, because every `tokio::fs` read or write is a hop to the blocking pool.
+const CHUNK: usize = 1 << 20;
+
+/// Copies up to `len` bytes from `from` to `to` in large chunks; returns how many were copied
+/// (fewer only when `from` ended early).
+async fn copy_exact<R, W>(from: &mut R, to: &mut W, len: u64) -> std::io::Result<u64>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; CHUNK.min(usize::try_from(len).unwrap_or(CHUNK)).max(1)];
+    let mut copied = 0u64;
+    while copied < len {
+        let want = usize::try_from(len - copied)
+            .unwrap_or(CHUNK)
+            .min(buf.len());
+        let n = from.read(&mut buf[..want]).await?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buf[..n]).await?;
+        copied += n as u64;
+    }
+    Ok(copied)
+}
+
+/// Binds a TCP listener inside namespace `ns` (the socket stays in that namespace).
+pub async fn listen_in(ns: &Netns, addr: SocketAddr) -> Result<TcpListener, TransferError> {
+    let ns = ns.clone();
+    let what = format!("listening on {addr} in {ns}");
+    let std_listener = tokio::task::spawn_blocking(move || {
+        ns.run_in(move || {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+    })
+    .await
+    .map_err(|e| io(&what)(std::io::Error::other(e)))?
+    .and_then(|r| r)
+    .map_err(io(&what))?;
+    TcpListener::from_std(std_listener).map_err(io(&what))
+}
+
+/// Connects to `addr` from inside namespace `ns`.
+pub async fn connect_in(
+    ns: &Netns,
+    addr: SocketAddr,
+    limit: Duration,
+) -> Result<TcpStream, TransferError> {
+    let ns = ns.clone();
+    let what = format!("connecting to {addr} from {ns}");
+    let stream = tokio::task::spawn_blocking(move || {
+        ns.run_in(move || {
+            let s = std::net::TcpStream::connect_timeout(&addr, limit)?;
+            s.set_nonblocking(true)?;
+            s.set_nodelay(true)?;
+            Ok::<_, std::io::Error>(s)
+        })
+    })
+    .await
+    .map_err(|e| io(&what)(std::io::Error::other(e)))?
+    .and_then(|r| r)
+    .map_err(io(&what))?;
+    TcpStream::from_std(stream).map_err(io(&what))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use model::smo::RelocationType;
+    use std::net::Ipv4Addr;
+
+    fn service() -> Service {
+        Service {
+            service_id: "p50".into(),
+            ipv4_addr: Ipv4Addr::new(20, 0, 0, 50),
+            mac_addr: "02:00:00:00:00:50".into(),
+            ovs_port: "s-p50".into(),
+            relocation_type: RelocationType::Criu,
+            resource_requirements: Default::default(),
+            ue_ipv4_addrs: vec![],
+        }
+    }
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("svcmod-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("temp dir");
+        d
+    }
+
+    #[test]
+    fn messages_are_tagged_camel_case_json() {
+        let v = serde_json::to_value(Message::Prepared { took_us: 5 }).expect("json");
+        assert_eq!(v, serde_json::json!({"type": "prepared", "tookUs": 5}));
+        let v = serde_json::to_value(Message::Restore { page_server: None }).expect("json");
+        assert_eq!(v, serde_json::json!({"type": "restore"}));
+        assert_eq!(
+            serde_json::to_value(Message::Commit).expect("json"),
+            serde_json::json!({"type": "commit"})
+        );
+    }
+
+    #[test]
+    fn file_names_stay_in_their_directory() {
+        assert!(valid_file_name("pages-1.img"));
+        for bad in ["", ".", "..", "a/b", "/etc", "x\0y"] {
+            assert!(!valid_file_name(bad), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn messages_and_images_round_trip_with_byte_counts() {
+        let src = temp_dir("tx-src");
+        let dst = temp_dir("tx-dst");
+        std::fs::write(src.join("core-1.img"), vec![7u8; 100_000]).expect("write");
+        std::fs::write(src.join("inventory.img"), b"inv").expect("write");
+        std::fs::create_dir_all(src.join("subdir")).expect("subdir is skipped");
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut tx, mut rx) = (Conn::new(a), Conn::new(b));
+        let sender = {
+            let src = src.clone();
+            tokio::spawn(async move {
+                tx.send(&Message::Prepare {
+                    relocation_id: "r1".into(),
+                    service: service(),
+                })
+                .await?;
+                let stats = tx.send_images(&src).await?;
+                tx.send(&Message::Commit).await?;
+                Ok::<_, TransferError>((stats, tx.bytes_sent()))
+            })
+        };
+        let first = rx.recv().await.expect("prepare");
+        assert!(
+            matches!(first, Message::Prepare { ref relocation_id, .. } if relocation_id == "r1")
+        );
+        let got = rx.recv_images(&dst, MAX_IMAGE_BYTES).await.expect("images");
+        assert_eq!(rx.recv().await.expect("commit"), Message::Commit);
+        let (sent, sent_bytes) = sender.await.expect("join").expect("send");
+        assert_eq!(got, sent);
+        assert_eq!(got.files, 2);
+        assert_eq!(got.image_bytes, 100_003);
+        assert_eq!(rx.bytes_received(), sent_bytes);
+        assert!(sent_bytes > got.image_bytes);
+        assert_eq!(
+            std::fs::read(dst.join("core-1.img")).expect("read"),
+            vec![7u8; 100_000]
+        );
+        let _ = std::fs::remove_dir_all(&src);
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+
+    #[tokio::test]
+    async fn oversized_or_hostile_images_are_refused() {
+        let dst = temp_dir("tx-bad");
+        // A name that climbs out of the directory.
+        let (mut a, b) = tokio::io::duplex(4096);
+        let mut rx = Conn::new(b);
+        let mut frame = vec![b'F'];
+        frame.extend_from_slice(&5u16.to_be_bytes());
+        frame.extend_from_slice(b"../x1");
+        frame.extend_from_slice(&1u64.to_be_bytes());
+        frame.push(0);
+        a.write_all(&frame).await.expect("write");
+        let err = rx.recv_images(&dst, 10).await.expect_err("bad name");
+        assert!(err.to_string().contains("bad image file name"), "{err}");
+        // More bytes than allowed.
+        let (mut a, b) = tokio::io::duplex(4096);
+        let mut rx = Conn::new(b);
+        let mut frame = vec![b'F'];
+        frame.extend_from_slice(&1u16.to_be_bytes());
+        frame.extend_from_slice(b"x");
+        frame.extend_from_slice(&11u64.to_be_bytes());
+        a.write_all(&frame).await.expect("write");
+        let err = rx.recv_images(&dst, 10).await.expect_err("too large");
+        assert!(err.to_string().contains("exceed"), "{err}");
+        // A control message where images were expected.
+        let (a, b) = tokio::io::duplex(4096);
+        let (mut tx, mut rx) = (Conn::new(a), Conn::new(b));
+        tx.send(&Message::Failed { cause: "no".into() })
+            .await
+            .expect("send");
+        let err = rx.recv_images(&dst, 10).await.expect_err("message");
+        assert!(err.to_string().contains("got failed"), "{err}");
+        assert!(
+            !dst.join("x").exists()
+                && !dst.parent().map(|p| p.join("x1").exists()).unwrap_or(false)
+        );
+        let _ = std::fs::remove_dir_all(&dst);
+    }
+}
