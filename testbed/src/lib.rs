@@ -4,10 +4,14 @@
 pub mod doctor;
 pub mod fake_module;
 pub mod handover;
+pub mod migration;
 pub mod nf;
 pub mod plan;
 pub mod probe;
 pub mod relocations;
+pub mod report;
+pub mod results;
+pub mod scenario;
 pub mod spec;
 pub mod state;
 pub mod topo;

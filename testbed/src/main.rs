@@ -44,8 +44,13 @@ enum Command {
         /// Build only the network (namespaces, links, Open vSwitch); start no network functions.
         #[arg(long)]
         network_only: bool,
+        /// Start the service modules without their services (no `stream1` in edge cloud X).
+        #[arg(long)]
+        no_services: bool,
     },
-    /// Hand a UE over to another site (Xn handover with UPF relocation) and print the timeline.
+    /// Hand a UE over to another site (Xn handover with UPF relocation), print the timeline, then
+    /// wait for the service relocation it triggers and print its phases, the migration and the
+    /// UE-side downtime.
     Handover {
         #[arg(long)]
         name: Option<String>,
@@ -55,9 +60,15 @@ enum Command {
         /// The target site, e.g. site-b.
         #[arg(long)]
         to: String,
-        /// Print the report as JSON.
+        /// Print the report as JSON (the handover, the relocation's records, the UE-side downtime).
         #[arg(long)]
         json: bool,
+        /// Do not wait for the service relocation the handover triggers.
+        #[arg(long)]
+        no_wait: bool,
+        /// How long to wait for that relocation to end, in seconds.
+        #[arg(long, default_value_t = testbed::migration::DEFAULT_WAIT.as_secs_f64(), value_name = "S")]
+        wait_secs: f64,
     },
     /// Every SMO's service relocations, merged (source + target record): phases, times, flow installs.
     Relocations {
@@ -196,6 +207,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             topology,
             ues,
             network_only,
+            no_services,
         } => {
             require_root()?;
             let mut spec = load_spec(&builtin, topology.as_ref())?;
@@ -208,6 +220,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 &spec,
                 topo::UpOptions {
                     network_functions: !network_only,
+                    services: !no_services,
                 },
             )?;
             println!(
@@ -247,7 +260,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .exec();
             bail!("cannot run {:?} in {}: {err}", cmd, n.netns);
         }
-        Command::Handover { name, ue, to, json } => {
+        Command::Handover {
+            name,
+            ue,
+            to,
+            json,
+            no_wait,
+            wait_secs,
+        } => {
             let name = current(name)?;
             let state = State::load(&State::dir(&name))?
                 .with_context(|| format!("testbed `{name}` is not up"))?;
@@ -255,28 +275,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "this testbed runs no network functions (it was brought up with --network-only)",
             )?;
             let plan = Plan::new(&state.spec);
-            let report = testbed::handover::handover(&plan, &token, &ue, &to)?;
+            let wait = (!no_wait).then(|| std::time::Duration::from_secs_f64(wait_secs.max(0.0)));
+            let outcome = testbed::migration::handover_and_follow(&plan, &token, &ue, &to, wait)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
-                println!(
-                    "handover of {} ({}, {}) from {} to {}: {} downlink packet(s) forwarded over Xn",
-                    ue,
-                    report.supi,
-                    report.ue_ipv4,
-                    report.source_gnb,
-                    report.target_gnb,
-                    report.forwarded_packets
-                );
-                println!("  {:>9}  {:>9}  step", "at ms", "took ms");
-                for s in &report.timeline {
-                    println!(
-                        "  {:>9.2}  {:>9.2}  {}",
-                        s.at_us as f64 / 1e3,
-                        s.took_us as f64 / 1e3,
-                        s.step
-                    );
-                }
+                print!("{}", testbed::migration::text(&ue, &outcome));
             }
         }
         Command::Relocations { name, json } => {
@@ -345,6 +349,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
                 for p in &r.processes_ended {
                     println!("  ended {p}");
+                }
+                for d in &r.work_dirs_removed {
+                    println!("  removed {d}");
                 }
                 for p in &r.problems {
                     ok = false;

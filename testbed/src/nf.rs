@@ -16,7 +16,12 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use svcmod::container::EdgeSite;
+use svcmod::{ServiceSpec, Strategy};
+
 use crate::plan::{Plan, Role, UE_POOL};
+
+pub use svcmod::daemon::ModuleConfig;
 
 /// Port of the SMF's SBI.
 pub const SMF_PORT: u16 = 8000;
@@ -34,6 +39,11 @@ pub const RADIO_PORT: u16 = model::ran::radio::PORT;
 pub const GNB_HTTP_PORT: u16 = model::ran::xn::PORT;
 /// Port of each edge cloud's SMO API (on the edge's SBI address).
 pub const SMO_PORT: u16 = 8090;
+/// Port of each edge cloud's service module API (the SMO's callbacks; on the edge's SBI address).
+pub const SVCMOD_PORT: u16 = 9100;
+/// Port of each service module's migration connection (on the edge's backhaul address; the
+/// module's `notifAddress`).
+pub const MIGRATION_PORT: u16 = 9200;
 /// The probe servers' TCP stream and UDP echo port.
 pub const PROBE_PORT: u16 = 5000;
 /// The default QFI of every PDU session.
@@ -75,9 +85,34 @@ pub fn ue_socket(plan: &Plan, name: &str) -> PathBuf {
     plan.state_dir.join(format!("{name}.sock"))
 }
 
+/// What the launches depend on besides the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchOptions {
+    /// Where the testbed's binaries are (the services' commands name them).
+    pub bin_dir: PathBuf,
+    /// Whether the service modules start the plan's services.
+    pub services: bool,
+}
+
+impl LaunchOptions {
+    /// Binaries from [`bin_dir`], with services.
+    pub fn new() -> Self {
+        Self {
+            bin_dir: bin_dir(),
+            services: true,
+        }
+    }
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Every process of the testbed, in launch order: LR, UPFs, IAPs, SMF, SMOs (one per edge cloud),
-/// gNBs, UEs, probes.
-pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
+/// service modules (one per edge cloud, each after its SMO), gNBs, UEs, probes.
+pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
     let token = Some(token.to_owned());
     let core_sbi = addr(plan, "core", "sbi");
     let lr_url = format!("http://{core_sbi}:{LR_PORT}");
@@ -178,6 +213,9 @@ pub fn launches(plan: &Plan, token: &str) -> Vec<Launch> {
     ));
     for (node, cfg) in smo_configs(plan, token.as_deref().unwrap_or_default(), &smf_url) {
         out.push(nf(&cfg.smo_id.clone(), &node, "smo", json(&cfg)));
+    }
+    for (node, cfg) in svcmod_configs(plan, token.as_deref().unwrap_or_default(), opts) {
+        out.push(nf(&cfg.name.clone(), &node, "svcmod", json(&cfg)));
     }
     for g in &gnbs {
         out.push(nf(
@@ -304,6 +342,70 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 capacity: smo::config::default_capacity(),
                 state_dir: plan.state_dir.join(&name),
                 timeouts: Timeouts::default(),
+            };
+            (sw.node.clone(), cfg)
+        })
+        .collect()
+}
+
+/// The service module of edge node `edge` (`edge-x` → `svcmod-x`).
+pub fn svcmod_name(edge: &str) -> String {
+    format!("svcmod-{}", Plan::edge_short(edge))
+}
+
+/// The command of a streaming service: the probe server's TCP stream of sequence-numbered
+/// records and its UDP echo, both on port 5000.
+pub fn stream_service_command(bins: &Path) -> Vec<String> {
+    vec![
+        bins.join("tbprobe").display().to_string(),
+        "serve".into(),
+        format!("--tcp=0.0.0.0:{PROBE_PORT}"),
+        format!("--udp=0.0.0.0:{PROBE_PORT}"),
+    ]
+}
+
+/// One CRIU service module per edge cloud, with the edge node it runs in: registered with that
+/// edge's SMO, callbacks on the edge's SBI address, migrations on its backhaul address, containers
+/// on its switch; the first edge cloud's module starts the plan's services (unless
+/// `opts.services` is off).
+pub fn svcmod_configs(
+    plan: &Plan,
+    token: &str,
+    opts: &LaunchOptions,
+) -> Vec<(String, ModuleConfig)> {
+    plan.switches
+        .iter()
+        .map(|sw| {
+            let edge = Plan::edge_short(&sw.node).to_owned();
+            let services = plan
+                .services
+                .iter()
+                .filter(|s| opts.services && s.edge == sw.node)
+                .map(|s| ServiceSpec {
+                    service_id: s.service_id.clone(),
+                    ipv4_addr: s.ipv4_addr,
+                    mac_addr: s.mac_addr.clone(),
+                    command: stream_service_command(&opts.bin_dir),
+                    resource_requirements: Default::default(),
+                })
+                .collect();
+            let site = EdgeSite {
+                edge,
+                netns: netkit::Netns::new(&sw.netns),
+                ovs: OvsInstance::new(&sw.netns, &sw.dir),
+                bridge: sw.bridge.clone(),
+            };
+            let cfg = ModuleConfig {
+                name: svcmod_name(&sw.node),
+                smo_url: smo_api_root(plan, &sw.node),
+                token: Some(token.to_owned()),
+                api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SVCMOD_PORT),
+                migration_addr: SocketAddrV4::new(addr(plan, &sw.node, &sw.bridge), MIGRATION_PORT),
+                prefix: plan.prefix.clone(),
+                site,
+                work_dir: None,
+                strategy: Strategy::StopAndCopy,
+                services,
             };
             (sw.node.clone(), cfg)
         })
@@ -500,10 +602,17 @@ mod tests {
     use super::*;
     use crate::spec::TopologySpec;
 
+    fn opts() -> LaunchOptions {
+        LaunchOptions {
+            bin_dir: PathBuf::from("/opt/tb/bin"),
+            services: true,
+        }
+    }
+
     #[test]
     fn two_site_launches_every_function_in_order_with_consistent_addresses() {
         let plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
-        let l = launches(&plan, "tok");
+        let l = launches(&plan, "tok", &opts());
         let names: Vec<&str> = l.iter().map(|l| l.name.as_str()).collect();
         assert_eq!(
             names,
@@ -516,6 +625,8 @@ mod tests {
                 "smf",
                 "smo-x",
                 "smo-y",
+                "svcmod-x",
+                "svcmod-y",
                 "gnb-a",
                 "gnb-b",
                 "ue1",
@@ -550,7 +661,7 @@ mod tests {
     #[test]
     fn configs_parse_back_into_the_functions_config_types() {
         let plan = Plan::new(&TopologySpec::builtin("three-site").expect("builtin"));
-        for l in launches(&plan, "tok") {
+        for l in launches(&plan, "tok", &opts()) {
             let Some(c) = l.config else { continue };
             let ok = match l.bin {
                 "lr" => serde_json::from_value::<LrConfig>(c).is_ok(),
@@ -560,6 +671,7 @@ mod tests {
                 "gnb" => serde_json::from_value::<GnbConfig>(c).is_ok(),
                 "ue" => serde_json::from_value::<UeConfig>(c).is_ok(),
                 "smo" => serde_json::from_value::<SmoConfig>(c).is_ok(),
+                "svcmod" => serde_json::from_value::<ModuleConfig>(c).is_ok(),
                 other => panic!("unexpected binary {other}"),
             };
             assert!(ok, "{} config does not parse back", l.name);
@@ -569,7 +681,7 @@ mod tests {
     #[test]
     fn each_edge_gets_an_smo_whose_peers_point_at_each_other() {
         let plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
-        let l = launches(&plan, "tok");
+        let l = launches(&plan, "tok", &opts());
         let smos: Vec<&Launch> = l.iter().filter(|l| l.bin == "smo").collect();
         assert_eq!(smos.len(), 2);
         let smf = l.iter().position(|l| l.name == "smf").expect("smf");
@@ -627,5 +739,68 @@ mod tests {
                 .ovs_mgmt
                 .starts_with(plan.switch(node).expect("switch").dir.as_path()));
         }
+    }
+
+    #[test]
+    fn each_edge_gets_a_service_module_after_its_smo_and_edge_x_the_stream_service() {
+        let plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let l = launches(&plan, "tok", &opts());
+        let pos = |n: &str| l.iter().position(|l| l.name == n).expect(n);
+        assert!(pos("smo-x") < pos("svcmod-x") && pos("smo-y") < pos("svcmod-y"));
+        let cfg = |n: &str| -> ModuleConfig {
+            let launch = l.iter().find(|l| l.name == n).expect(n);
+            assert!(launch.waits_ready);
+            assert_eq!(launch.bin, "svcmod");
+            assert_eq!(launch.node, format!("edge-{}", &n[7..]));
+            serde_json::from_value(launch.config.clone().expect("config")).expect("ModuleConfig")
+        };
+        let (x, y) = (cfg("svcmod-x"), cfg("svcmod-y"));
+        assert_eq!(x.name, "svcmod-x");
+        assert_eq!(x.smo_url, "http://10.100.0.41:8090");
+        assert_eq!(y.smo_url, "http://10.100.0.42:8090");
+        assert_eq!(x.token.as_deref(), Some("tok"));
+        assert_eq!(x.api_addr.to_string(), "10.100.0.41:9100");
+        assert_eq!(y.api_addr.to_string(), "10.100.0.42:9100");
+        assert_eq!(x.migration_addr.to_string(), "10.0.1.1:9200");
+        assert_eq!(y.migration_addr.to_string(), "10.0.1.2:9200");
+        assert_eq!(x.prefix, "tb");
+        assert_eq!(x.strategy, Strategy::StopAndCopy);
+        assert_eq!(x.work_dir, None);
+        assert!(y.services.is_empty());
+        assert_eq!(x.services.len(), 1);
+        let s = &x.services[0];
+        assert_eq!(s.service_id, "stream1");
+        assert_eq!(s.ipv4_addr.to_string(), "20.0.0.100");
+        assert_eq!(s.mac_addr, "02:00:00:00:01:00");
+        assert_eq!(
+            s.command,
+            [
+                "/opt/tb/bin/tbprobe",
+                "serve",
+                "--tcp=0.0.0.0:5000",
+                "--udp=0.0.0.0:5000"
+            ]
+        );
+        let text = serde_json::to_value(&x).expect("json");
+        assert_eq!(
+            text["site"],
+            serde_json::json!({
+                "edge": "x",
+                "netns": "tb-edge-x",
+                "bridge": "br-x",
+                "ovs_dir": "/run/testbed/two-site/ovs-edge-x"
+            })
+        );
+        assert_eq!(
+            text["strategy"],
+            serde_json::to_value(Strategy::StopAndCopy).expect("json")
+        );
+        let without = LaunchOptions {
+            services: false,
+            ..opts()
+        };
+        let quiet = svcmod_configs(&plan, "tok", &without);
+        assert_eq!(quiet.len(), 2);
+        assert!(quiet.iter().all(|(_, c)| c.services.is_empty()));
     }
 }

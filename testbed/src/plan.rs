@@ -12,7 +12,7 @@
 //! | dn (sites ↔ central DN) | 10.60.0.0/24 | site *i* .1+i, DN server .100 |
 //! | sbi (control plane, HTTP/2; also N4 PFCP) | 10.100.0.0/24 | core .10, site *i* .21+i, gNB *i* .31+i, edge *i* .41+i |
 //! | bh (backhaul between edge clouds) | 10.0.1.0/24 | edge *i* .1+i (on its OVS bridge) |
-//! | n6 (site ↔ its edge cloud, through OVS) | 20.0.0.0/16 | gateway 20.0.0.1 (anycast MAC) at every site, edge *i* probe server 20.0.0.10(i+1) |
+//! | n6 (site ↔ its edge cloud, through OVS) | 20.0.0.0/16 | gateway 20.0.0.1 (anycast MAC) at every site, edge *i* probe server 20.0.0.10(i+1); migratable services from 20.0.0.100 (`stream1` in the first edge cloud) |
 //! | UEs | 192.168.1.0/24 | assigned by the SMF |
 
 use ipnet::Ipv4Net;
@@ -37,6 +37,13 @@ pub const GATEWAY_MAC: &str = "02:14:00:00:00:01";
 pub const BACKHAUL: Ipv4Net = net(10, 0, 1, 0, 24);
 /// The central data network's server.
 pub const DN_SERVER: Ipv4Addr = Ipv4Addr::new(10, 60, 0, 100);
+/// The migratable streaming service `up` starts in the first edge cloud (in its own namespace
+/// `<prefix>-svc-stream1-<edge>`, on OVS port `s-stream1`, run by that edge's service module).
+pub const STREAM_SERVICE_ID: &str = "stream1";
+/// Its address, kept wherever it moves.
+pub const STREAM_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(20, 0, 0, 100);
+/// Its MAC, kept wherever it moves.
+pub const STREAM_SERVICE_MAC: &str = "02:00:00:00:01:00";
 /// The OpenFlow cookie of the base flows `up` installs.
 pub const BASE_COOKIE: u64 = 0x1;
 /// MTU of every veth.
@@ -158,6 +165,17 @@ pub struct Switch {
     pub dnai: String,
 }
 
+/// A migratable service the edge cloud's service module starts at `up` (the module owns it from
+/// then on: it may move to another edge cloud).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EdgeService {
+    /// The edge node it starts in, e.g. `edge-x`.
+    pub edge: String,
+    pub service_id: String,
+    pub ipv4_addr: Ipv4Addr,
+    pub mac_addr: String,
+}
+
 /// Everything `testbed up` makes, in the order it makes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Plan {
@@ -168,6 +186,8 @@ pub struct Plan {
     pub segments: Vec<Segment>,
     pub links: Vec<Link>,
     pub switches: Vec<Switch>,
+    /// Services started by the edge clouds' service modules.
+    pub services: Vec<EdgeService>,
 }
 
 impl Plan {
@@ -182,6 +202,7 @@ impl Plan {
             segments: Vec::new(),
             links: Vec::new(),
             switches: Vec::new(),
+            services: Vec::new(),
         };
         for (name, third) in [
             ("air", 10),
@@ -267,6 +288,14 @@ impl Plan {
                 dnai: s.dnai.clone().unwrap_or_else(|| edge.clone()),
             });
         }
+        if let Some(first) = p.switches.first() {
+            p.services.push(EdgeService {
+                edge: first.node.clone(),
+                service_id: STREAM_SERVICE_ID.into(),
+                ipv4_addr: STREAM_SERVICE_IP,
+                mac_addr: STREAM_SERVICE_MAC.into(),
+            });
+        }
         for u in 1..=spec.ues {
             let ue = format!("ue{u}");
             p.add_node(&ue, Role::Ue, None);
@@ -284,6 +313,26 @@ impl Plan {
     /// A node by name.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// The short name of edge node `edge` (`edge-x` → `x`), as service namespaces use it.
+    pub fn edge_short(edge: &str) -> &str {
+        edge.strip_prefix("edge-").unwrap_or(edge)
+    }
+
+    /// The namespace of service `service_id` while it runs in edge node `edge`:
+    /// `<prefix>-svc-<id>-<edge short name>` (the service module makes it).
+    pub fn service_netns(&self, service_id: &str, edge: &str) -> String {
+        format!(
+            "{}-svc-{service_id}-{}",
+            self.prefix,
+            Self::edge_short(edge)
+        )
+    }
+
+    /// The OVS port of service `service_id`, the same at every edge cloud: `s-<id>`.
+    pub fn service_port(service_id: &str) -> String {
+        format!("s-{service_id}")
     }
 
     /// The switch of edge node `edge`.
@@ -528,5 +577,35 @@ mod tests {
             .base_flows
             .iter()
             .any(|f| f.contains("in_port=bh,actions=drop")));
+    }
+
+    #[test]
+    fn the_stream_service_starts_in_the_first_edge_cloud_outside_every_other_address() {
+        let p = Plan::new(&TopologySpec::builtin("three-site").expect("builtin"));
+        assert_eq!(
+            p.services,
+            [EdgeService {
+                edge: "edge-x".into(),
+                service_id: "stream1".into(),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, 100),
+                mac_addr: "02:00:00:00:01:00".into(),
+            }]
+        );
+        assert!(SERVICES.contains(&STREAM_SERVICE_IP));
+        for n in &p.nodes {
+            assert!(
+                n.addresses
+                    .iter()
+                    .all(|a| a.addr.addr() != STREAM_SERVICE_IP),
+                "{} holds the service address",
+                n.name
+            );
+            assert!(n.macs.iter().all(|(_, m)| m != STREAM_SERVICE_MAC));
+        }
+        assert_eq!(p.service_netns("stream1", "edge-y"), "tb3-svc-stream1-y");
+        assert!(p
+            .service_netns("stream1", "edge-x")
+            .starts_with(&format!("{}-", p.prefix)));
+        assert_eq!(Plan::service_port("stream1"), "s-stream1");
     }
 }

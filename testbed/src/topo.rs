@@ -5,6 +5,7 @@ use netkit::ovs::{OvsError, OvsInstance};
 use netkit::process::{self, Started};
 use netkit::{CmdError, Netns};
 use serde::Serialize;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::plan::{Plan, Role, MTU};
@@ -54,14 +55,19 @@ fn step<E: Into<StepError>>(what: impl Into<String>) -> impl FnOnce(E) -> UpErro
 /// What `up` starts besides the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpOptions {
-    /// Start the 5G network functions (LR, SMF, UPFs, IAPs, gNBs, UEs) and the probe servers.
+    /// Start the 5G network functions (LR, SMF, UPFs, IAPs, gNBs, UEs), the SMOs, the service
+    /// modules and the probe servers.
     pub network_functions: bool,
+    /// Have the service modules start the plan's services (the `stream1` streaming service in
+    /// the first edge cloud).
+    pub services: bool,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
         Self {
             network_functions: true,
+            services: true,
         }
     }
 }
@@ -86,7 +92,7 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
     state.save(&plan.state_dir)?;
     let built = build(&plan, &mut state).and_then(|()| {
         if opts.network_functions {
-            start_functions(&plan, &mut state)
+            start_functions(&plan, &mut state, opts)
         } else {
             Ok(())
         }
@@ -210,12 +216,16 @@ fn build(plan: &Plan, state: &mut State) -> Result<(), UpError> {
 }
 
 /// Starts every network function and probe, each after the previous one is ready.
-fn start_functions(plan: &Plan, state: &mut State) -> Result<(), UpError> {
+fn start_functions(plan: &Plan, state: &mut State, opts: UpOptions) -> Result<(), UpError> {
     let token = crate::nf::new_token();
     state.token = Some(token.clone());
     state.save(&plan.state_dir)?;
     let bins = crate::nf::bin_dir();
-    for l in crate::nf::launches(plan, &token) {
+    let launch = crate::nf::LaunchOptions {
+        bin_dir: bins.clone(),
+        services: opts.services,
+    };
+    for l in crate::nf::launches(plan, &token, &launch) {
         let netns = plan.netns(&l.node);
         let s = crate::nf::spawn(&l, &netns, &plan.state_dir, &bins)?;
         state.processes.push(NodeProcess {
@@ -248,12 +258,16 @@ fn record(state: &mut State, node: &str, started: Vec<Started>) {
 pub struct DownReport {
     pub processes_ended: Vec<String>,
     pub netns_removed: Vec<String>,
+    /// Service modules' work directories removed.
+    pub work_dirs_removed: Vec<String>,
     pub problems: Vec<String>,
 }
 
 /// Removes everything testbed `name` made: the processes it recorded (by PID, after checking they are
 /// still the ones it started), any other process still inside its namespaces, its namespaces (from its
-/// state and from its naming prefix), and its state directory. Safe to run at any time, repeatedly.
+/// state and from its naming prefix — service namespaces `<prefix>-svc-*` included), the service
+/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), and its state directory. Safe
+/// to run at any time, repeatedly.
 pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
     let dir = State::dir(name);
     let mut report = DownReport::default();
@@ -312,6 +326,11 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
             Err(e) => report.problems.push(e.to_string()),
         }
     }
+    remove_module_work_dirs(
+        Path::new(svcmod::criu_backend::DEFAULT_WORK_ROOT),
+        &prefix,
+        &mut report,
+    );
     if dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&dir) {
             report
@@ -320,6 +339,30 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
         }
     }
     report
+}
+
+/// Removes the service modules' work directories of testbed prefix `prefix` under `root`
+/// (`<root>/<prefix>-<edge>`: images and CRIU logs), and `root` itself once empty.
+fn remove_module_work_dirs(root: &Path, prefix: &str, report: &mut DownReport) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mine = format!("{prefix}-");
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        if !name.to_string_lossy().starts_with(&mine) {
+            continue;
+        }
+        let path = e.path();
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => report.work_dirs_removed.push(path.display().to_string()),
+            Err(err) => report
+                .problems
+                .push(format!("cannot remove {}: {err}", path.display())),
+        }
+    }
+    // Other testbeds may still use it: only an empty root goes.
+    let _ = std::fs::remove_dir(root);
 }
 
 /// The live status of a testbed.
@@ -417,4 +460,35 @@ pub fn status(name: &str) -> Result<Option<Status>, StateError> {
         complete: state.complete,
         nodes,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn down_removes_only_this_prefixs_module_work_dirs() {
+        let root = std::env::temp_dir().join(format!("tb-workdirs-test-{}", std::process::id()));
+        for d in ["tbq-x/m1", "tbq-y", "tbqq-x", "tb-x", "other"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(root.join("tbq-x/m1/pages-1.img"), b"x").expect("image");
+        let mut report = DownReport::default();
+        remove_module_work_dirs(&root, "tbq", &mut report);
+        let mut left: Vec<String> = std::fs::read_dir(&root)
+            .expect("root")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["other", "tb-x", "tbqq-x"]);
+        assert_eq!(report.work_dirs_removed.len(), 2, "{report:?}");
+        assert!(report.problems.is_empty(), "{report:?}");
+        for d in ["other", "tb-x", "tbqq-x"] {
+            std::fs::remove_dir(root.join(d)).expect("cleanup");
+        }
+        remove_module_work_dirs(&root, "tbq", &mut report);
+        assert!(!root.exists(), "an empty root goes too");
+        remove_module_work_dirs(&root, "tbq", &mut report);
+    }
 }

@@ -56,6 +56,7 @@ fn up(spec: &TopologySpec) -> (Plan, Guard) {
         spec,
         topo::UpOptions {
             network_functions: false,
+            services: false,
         },
     )
     .expect("testbed up");
@@ -250,6 +251,7 @@ fn two_site_links_carry_traffic_edges_are_isolated_and_down_removes_everything()
         &spec,
         topo::UpOptions {
             network_functions: false,
+            services: false,
         },
     )
     .expect_err("second up must refuse");
@@ -280,6 +282,7 @@ fn down_cleans_up_after_a_crash_without_state() {
         &spec,
         topo::UpOptions {
             network_functions: false,
+            services: false,
         },
     )
     .expect_err("leftovers must be refused");

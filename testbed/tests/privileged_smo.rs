@@ -73,7 +73,8 @@ fn logs(plan: &Plan, names: &[&str]) -> String {
 
 const ALL_LOGS: [&str; 6] = ["smo-x", "smo-y", "tbmodule-x", "tbmodule-y", "smf", "gnb-a"];
 
-/// Starts a fake service module in `edge`, registered with that edge's SMO.
+/// Starts a fake service module in `edge`, registered with that edge's SMO (beside the edge's
+/// real service module, which serves no UE here).
 fn start_module(plan: &Plan, token: &str, edge: &str, extra: &[String]) -> (ChildGuard, PathBuf) {
     let suffix = edge.strip_prefix("edge-").unwrap_or(edge);
     let sbi = plan
@@ -87,7 +88,11 @@ fn start_module(plan: &Plan, token: &str, edge: &str, extra: &[String]) -> (Chil
         .arg(testbed::nf::bin_dir().join("tbmodule"))
         .args(["--smo", &testbed::nf::smo_api_root(plan, edge)])
         .args(["--token", token])
-        .args(["--listen", &format!("{sbi}:9100")])
+        // The edge's real service module (svcmod) has SVCMOD_PORT; the fake takes the next one.
+        .args([
+            "--listen",
+            &format!("{sbi}:{}", testbed::nf::SVCMOD_PORT + 1),
+        ])
         .args(["--relocation-type", "TEST"])
         .arg("--ready-file")
         .arg(&ready)
