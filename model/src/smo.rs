@@ -162,6 +162,16 @@ pub struct ExecuteReport {
     pub steps: Vec<crate::ran::TimelineStep>,
 }
 
+/// `POST /service-mobility/v1/relocations/{relocationId}/arrival`: the target's service module
+/// tells its own SMO that the service of that relocation is about to resume here (sent after the
+/// source's commit, before the service's carrier comes up), so the SMO switches the data path
+/// before the service's first packet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceArrival {
+    pub service_id: String,
+}
+
 /// An SMO known to another (topology database entry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

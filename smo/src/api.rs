@@ -9,6 +9,7 @@
 //! | `GET /application-function/v1/relocations[/{relocationId}]` | negotiator, stopwatch |
 //! | `POST /smo-peer/v1/relocations` | negotiator, peer interface (target side) |
 //! | `/service-mobility/v1/service-modules[/{moduleId}]`, `GET /service-mobility/v1/services` | negotiator, service-mobility API |
+//! | `POST /service-mobility/v1/relocations/{relocationId}/arrival` | negotiator, service-mobility API: the target module's "the service resumes now" (the new path goes in before it does) |
 //! | `GET /metrics`, `GET /openapi.yaml` | observability, description |
 //!
 //! [`sbi::serve`] adds the bearer token check (401) and ProblemDetails for unknown paths (404)
@@ -25,7 +26,7 @@ use axum::Router;
 use model::nsmf_event_exposure::NsmfEventExposureNotification;
 use model::problem::{cause, InvalidParam, ProblemDetails};
 use model::smo::{
-    PeerRelocationAnswer, PeerRelocationMessage, RelocationRecord, ServiceModule,
+    PeerRelocationAnswer, PeerRelocationMessage, RelocationRecord, ServiceArrival, ServiceModule,
     ServiceModuleRegistration,
 };
 use sbi::{ApiError, ClientError, Json};
@@ -50,6 +51,8 @@ pub mod paths {
     pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
     /// The service database.
     pub const SERVICES: &str = "/service-mobility/v1/services";
+    /// Relocations as the service modules see them: `{RELOCATIONS}/{relocationId}/arrival`.
+    pub const RELOCATIONS: &str = "/service-mobility/v1/relocations";
     /// Prometheus metrics.
     pub const METRICS: &str = "/metrics";
     /// This API's OpenAPI description.
@@ -70,6 +73,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/service-mobility/v1/service-modules/{moduleId}"),
     ("DELETE", "/service-mobility/v1/service-modules/{moduleId}"),
     ("GET", "/service-mobility/v1/services"),
+    (
+        "POST",
+        "/service-mobility/v1/relocations/{relocationId}/arrival",
+    ),
     ("GET", "/metrics"),
     ("GET", "/openapi.yaml"),
 ];
@@ -130,6 +137,10 @@ pub fn router<B: Backends, F: FlowProgrammer>(
                 .delete(deregister::<B, F>),
         )
         .route(paths::SERVICES, get(services::<B, F>))
+        .route(
+            &format!("{}/{{relocationId}}/arrival", paths::RELOCATIONS),
+            post(arrival::<B, F>),
+        )
         .route(paths::METRICS, get(metrics_text::<B, F>))
         .route(paths::OPENAPI, get(openapi))
         .with_state(api)
@@ -176,6 +187,16 @@ fn problem(f: Failure) -> ApiError {
                 ProblemDetails::bad_request(detail, params)
                     .with_cause(cause::MANDATORY_IE_INCORRECT),
             )
+        }
+        Failure::Negotiator(NegotiatorError::NoTargetRelocation(id)) => {
+            ApiError::not_found(format!("no relocation `{id}` with this SMO as its target"))
+        }
+        Failure::Negotiator(NegotiatorError::Conflict(detail)) => {
+            ApiError::status(StatusCode::CONFLICT, detail)
+        }
+        Failure::Negotiator(NegotiatorError::Flows(detail)) => {
+            tracing::error!(error = %detail, "new path not installed");
+            with_cause(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
         }
         Failure::Negotiator(e @ NegotiatorError::Store(_)) => {
             let detail = chain(&e);
@@ -361,6 +382,20 @@ async fn services<B: Backends, F: FlowProgrammer>(
     State(api): State<Api<B, F>>,
 ) -> Json<Vec<HostedService>> {
     Json(api.negotiator.hosted_services())
+}
+
+async fn arrival<B: Backends, F: FlowProgrammer>(
+    State(api): State<Api<B, F>>,
+    id: Result<Path<String>, PathRejection>,
+    Json(body): Json<ServiceArrival>,
+) -> Result<StatusCode, ApiError> {
+    let id = path(id)?;
+    check_relocation_id(&id).map_err(Failure::BadRelocationId)?;
+    api.negotiator
+        .on_arrival(&id, &body)
+        .await
+        .map_err(Failure::Negotiator)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 // ----- observability and description -----

@@ -541,6 +541,13 @@ pub struct TargetRelocation {
     pending: Option<(Phase, u64)>,
     started_us: u64,
     new_path_installed: bool,
+    /// The target's module reported the service's arrival ([`TargetRelocation::on_arrival`]):
+    /// EXECUTE's flows were applied then, and the peer's EXECUTE only confirms them.
+    #[serde(default)]
+    arrived: bool,
+    /// The source's EXECUTE came: the source knows the service moved, so it will not roll back.
+    #[serde(default)]
+    peer_executed: bool,
 }
 
 impl TargetRelocation {
@@ -582,6 +589,8 @@ impl TargetRelocation {
             pending: None,
             started_us: now_us,
             new_path_installed: false,
+            arrived: false,
+            peer_executed: false,
         };
         let step = m.on_message(now_us, msg, ctx);
         (m, step)
@@ -615,8 +624,10 @@ impl TargetRelocation {
             self.note(format!("{interrupted} interrupted before it answered"));
         }
         if phase == Phase::Failure {
-            if self.new_path_installed || self.record.state == RelocationState::Completed {
+            if self.peer_executed || self.record.state == RelocationState::Completed {
                 // The service runs here: tromboning it back to the source would cut it off.
+                // (An arrival alone does not count: the module may still have rolled back to the
+                // source after reporting it, and then FAILURE is right to trombone again.)
                 return TargetStep::Answer(
                     self.reject(phase, "the service already arrived here".into()),
                 );
@@ -631,6 +642,17 @@ impl TargetRelocation {
                 phase,
                 format!("relocation already ended ({:?})", self.record.state),
             ));
+        }
+        if phase == Phase::Execute && self.arrived {
+            self.peer_executed = true;
+            // The module reported the arrival first: EXECUTE's flows are in (or failed then).
+            if self.new_path_installed {
+                return TargetStep::Answer(self.confirm_execute());
+            }
+            if self.record.phases.last().map(|t| t.phase) == Some(Phase::Execute) {
+                self.record.phases.pop();
+            }
+            return self.begin_apply(phase, now_us, self.new_path_set());
         }
         let expected_next = match self.record.phases.last() {
             None => Phase::Initiate,
@@ -687,8 +709,12 @@ impl TargetRelocation {
                 TargetStep::Answer(self.answer_now(phase, now_us, result))
             }
             Phase::Prepare => self.begin_apply(phase, now_us, self.trombone_set("trombone-target")),
-            Phase::Execute => self.begin_apply(phase, now_us, self.new_path_set()),
+            Phase::Execute => {
+                self.peer_executed = true;
+                self.begin_apply(phase, now_us, self.new_path_set())
+            }
             Phase::Complete => {
+                self.peer_executed = true;
                 let set = if self.new_path_installed {
                     FlowSet::default()
                 } else {
@@ -697,6 +723,70 @@ impl TargetRelocation {
                 self.begin_apply(phase, now_us, set)
             }
             Phase::Failure => TargetStep::Answer(self.answer_now(phase, now_us, Ok(()))),
+        }
+    }
+
+    /// The target's service module reports that the service is about to resume here (the source
+    /// committed the migration): EXECUTE begins now, with the new path's flows, so the UE's
+    /// packets reach the service from its first one instead of following the trombone back to
+    /// the source until the source's EXECUTE arrives. `Err` (nothing changed) when the service
+    /// cannot arrive now: before PREPARE completed, after the relocation failed, or for another
+    /// service. A repeated arrival (or one after the new path is in) is answered at once.
+    pub fn on_arrival(&mut self, now_us: u64, service_id: &str) -> Result<TargetStep, String> {
+        if service_id != self.record.service.service_id {
+            return Err(format!(
+                "relocation {} moves service {}, not {service_id}",
+                self.record.relocation_id, self.record.service.service_id
+            ));
+        }
+        if self.new_path_installed {
+            self.arrived = true;
+            return Ok(TargetStep::Answer(self.confirm_execute()));
+        }
+        if self.record.state != RelocationState::Running {
+            return Err(format!(
+                "relocation already ended ({:?})",
+                self.record.state
+            ));
+        }
+        if let Some((interrupted, _)) = self.pending.take() {
+            // As in `on_message`: one step at a time, so this one was interrupted.
+            self.note(format!("{interrupted} interrupted before it answered"));
+        }
+        match self.record.phases.last().map(|t| t.phase) {
+            Some(Phase::Prepare) => {
+                self.arrived = true;
+                Ok(self.begin_apply(Phase::Execute, now_us, self.new_path_set()))
+            }
+            // The arrival's flows failed: try again (the failed timing is replaced).
+            Some(Phase::Execute) if self.arrived => {
+                self.record.phases.pop();
+                Ok(self.begin_apply(Phase::Execute, now_us, self.new_path_set()))
+            }
+            Some(p) => Err(format!(
+                "the service cannot arrive after {p} (PREPARE must be the last phase)"
+            )),
+            None => Err("the service cannot arrive before PREPARE".into()),
+        }
+    }
+
+    /// EXECUTE's answer when the arrival already installed the new path: PROCEED with the
+    /// timing recorded then (no flows now, no second timing).
+    fn confirm_execute(&self) -> PeerRelocationAnswer {
+        let timing = self
+            .record
+            .phases
+            .iter()
+            .rev()
+            .find(|t| t.phase == Phase::Execute);
+        PeerRelocationAnswer {
+            relocation_id: self.record.relocation_id.clone(),
+            relocation_phase: Phase::Execute,
+            result: PeerResult::Proceed,
+            cause: None,
+            target_module_address: None,
+            took_us: timing.map_or(0, |t| t.took_us),
+            flow_install_us: timing.and_then(|t| t.flow_install_us),
         }
     }
 
@@ -1008,5 +1098,237 @@ mod tests {
             .handle(10, SourceEvent::Flows(Err("late".into())))
             .is_empty());
         assert_eq!(m, before);
+    }
+
+    // ----- target side: the module's arrival -----
+
+    fn target_module() -> ServiceModule {
+        ServiceModule {
+            module_id: "module-9".into(),
+            registration: model::smo::ServiceModuleRegistration {
+                relocation_type: RelocationType::Test,
+                resource_requirements: ResourceRequirements::default(),
+                get_service_notif_uri: "http://m.invalid/s".into(),
+                served_service_notif_uri: "http://m.invalid/ss".into(),
+                execute_notif_uri: "http://m.invalid/e".into(),
+                notif_address: "10.0.1.2:9100".into(),
+            },
+        }
+    }
+
+    fn peer_msg(phase: Phase) -> PeerRelocationMessage {
+        let at = model::common::DateTime::from_unix(0, 0).expect("epoch");
+        let mut n = EventNotification::new(SmfEvent::UpPathCh, at);
+        n.source_dnai = Some(Dnai::new("edge-x"));
+        n.target_dnai = Some(Dnai::new("edge-y"));
+        n.source_ue_ipv4_addr = Some(Ipv4Addr::new(192, 168, 1, 2));
+        PeerRelocationMessage {
+            relocation_id: "smo-x-1".into(),
+            relocation_type: RelocationType::Test,
+            relocation_phase: phase,
+            notif_uri: "http://smo-x.invalid/smo-peer/v1/relocations/smo-x-1".into(),
+            source_smo_id: "smo-x".into(),
+            notification: n,
+            service: Service {
+                service_id: "svc-1".into(),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
+                mac_addr: "02:00:00:00:00:0a".into(),
+                ovs_port: "svc1".into(),
+                relocation_type: RelocationType::Test,
+                resource_requirements: ResourceRequirements::default(),
+                ue_ipv4_addrs: Vec::new(),
+            },
+            cause: None,
+        }
+    }
+
+    fn flows_ok(mods: usize, us: u64) -> Result<FlowReport, String> {
+        Ok(FlowReport {
+            flow_mods: mods,
+            took: std::time::Duration::from_micros(us),
+        })
+    }
+
+    /// A target relocation through INITIATE and VALIDATE (and PREPARE when `prepare`).
+    fn target(prepare: bool) -> TargetRelocation {
+        let modules = [target_module()];
+        let ctx = || TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let local = Local {
+            smo_id: "smo-y".into(),
+            dnai: Dnai::new("edge-y"),
+            api_root: "http://smo-y.invalid".into(),
+            ports: EdgePorts::testbed(),
+        };
+        let (mut m, step) =
+            TargetRelocation::start(100, 0, local, &peer_msg(Phase::Initiate), ctx());
+        assert!(matches!(step, TargetStep::Answer(a) if a.result == PeerResult::Proceed));
+        let step = m.on_message(110, &peer_msg(Phase::Validate), ctx());
+        assert!(matches!(step, TargetStep::Answer(a) if a.result == PeerResult::Proceed));
+        if prepare {
+            let step = m.on_message(120, &peer_msg(Phase::Prepare), ctx());
+            assert!(matches!(step, TargetStep::Apply(s) if s.label == "trombone-target"));
+            let (a, _) = m.on_flows(130, flows_ok(4, 9));
+            assert_eq!(a.result, PeerResult::Proceed);
+        }
+        m
+    }
+
+    fn executes(m: &TargetRelocation) -> usize {
+        m.record()
+            .phases
+            .iter()
+            .filter(|t| t.phase == Phase::Execute)
+            .count()
+    }
+
+    #[test]
+    fn an_arrival_after_prepare_installs_the_new_path_and_execute_only_confirms_it() {
+        let modules = [target_module()];
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let mut m = target(true);
+        let step = m.on_arrival(1_000, "svc-1").expect("may arrive");
+        let TargetStep::Apply(set) = step else {
+            panic!("expected the new path, got {step:?}");
+        };
+        assert_eq!(set.label, "new-path-target");
+        let (a, effects) = m.on_flows(1_300, flows_ok(3, 250));
+        assert_eq!(
+            (a.relocation_phase, a.result),
+            (Phase::Execute, PeerResult::Proceed)
+        );
+        assert!(effects.is_empty());
+        assert!(m.new_path_installed);
+        let timing = m.record().phases.last().expect("EXECUTE timed").clone();
+        assert_eq!(
+            (timing.phase, timing.start_us, timing.took_us),
+            (Phase::Execute, 900, 300)
+        );
+        assert_eq!((timing.flow_install_us, timing.flow_mods), (Some(250), 3));
+
+        // A repeated arrival changes nothing.
+        let before = m.clone();
+        assert!(matches!(
+            m.on_arrival(1_400, "svc-1"),
+            Ok(TargetStep::Answer(a)) if a.result == PeerResult::Proceed
+        ));
+        assert_eq!(m, before);
+
+        // The source's EXECUTE: PROCEED at once with the arrival's timing, no flows.
+        let step = m.on_message(2_000, &peer_msg(Phase::Execute), ctx);
+        let TargetStep::Answer(a) = step else {
+            panic!("expected an answer, got {step:?}");
+        };
+        assert_eq!(
+            (a.relocation_phase, a.result, a.took_us, a.flow_install_us),
+            (Phase::Execute, PeerResult::Proceed, 300, Some(250))
+        );
+        assert_eq!(executes(&m), 1);
+
+        // FAILURE is refused now (the service runs here); COMPLETE proceeds as before.
+        let step = m.on_message(2_100, &peer_msg(Phase::Failure), ctx);
+        assert!(matches!(step, TargetStep::Answer(a) if a.result == PeerResult::Fail));
+        let step = m.on_message(2_200, &peer_msg(Phase::Complete), ctx);
+        let TargetStep::Apply(set) = step else {
+            panic!("expected COMPLETE's (empty) set, got {step:?}");
+        };
+        assert!(set.add.is_empty() && set.delete.is_empty());
+        let (a, effects) = m.on_flows(2_250, flows_ok(0, 1));
+        assert_eq!(a.result, PeerResult::Proceed);
+        assert_eq!(effects.len(), 1);
+        let r = m.record();
+        assert_eq!(r.state, RelocationState::Completed);
+        let phases: Vec<Phase> = r.phases.iter().map(|t| t.phase).collect();
+        assert_eq!(phases, Phase::SUCCESS_PATH);
+        assert_eq!(executes(&m), 1);
+        assert!(m.is_done());
+    }
+
+    #[test]
+    fn the_service_cannot_arrive_before_prepare_after_failure_or_under_another_name() {
+        let mut m = target(false);
+        let before = m.clone();
+        let e = m.on_arrival(500, "svc-1").expect_err("before PREPARE");
+        assert!(e.contains("VALIDATE"), "{e}");
+        assert_eq!(m, before);
+
+        let mut m = target(true);
+        let before = m.clone();
+        let e = m.on_arrival(500, "svc-2").expect_err("another service");
+        assert!(e.contains("svc-2"), "{e}");
+        assert_eq!(m, before);
+
+        // After FAILURE (the trombone stays): no arrival.
+        let modules = [target_module()];
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let step = m.on_message(600, &peer_msg(Phase::Failure), ctx);
+        assert!(matches!(step, TargetStep::Apply(s) if s.label == "failure-target"));
+        let _ = m.on_flows(610, flows_ok(4, 5));
+        assert_eq!(m.record().state, RelocationState::Failed);
+        let e = m.on_arrival(700, "svc-1").expect_err("failed");
+        assert!(e.contains("Failed"), "{e}");
+        assert!(!m.new_path_installed);
+    }
+
+    #[test]
+    fn when_the_arrivals_flows_fail_execute_applies_them_again() {
+        let modules = [target_module()];
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let mut m = target(true);
+        assert!(matches!(
+            m.on_arrival(1_000, "svc-1"),
+            Ok(TargetStep::Apply(_))
+        ));
+        let (a, _) = m.on_flows(1_100, Err("switch gone".into()));
+        assert_eq!(a.result, PeerResult::Fail);
+        assert!(!m.new_path_installed);
+        let step = m.on_message(2_000, &peer_msg(Phase::Execute), ctx);
+        assert!(matches!(step, TargetStep::Apply(s) if s.label == "new-path-target"));
+        let (a, _) = m.on_flows(2_100, flows_ok(3, 80));
+        assert_eq!(a.result, PeerResult::Proceed);
+        assert!(m.new_path_installed);
+        assert_eq!(executes(&m), 1);
+    }
+
+    #[test]
+    fn a_rollback_after_the_arrival_gets_the_trombone_back() {
+        // The module reported the arrival, then failed to resume at the target and rolled back to
+        // the source: the source's FAILURE must trombone again, not be refused.
+        let modules = [target_module()];
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let mut m = target(true);
+        assert!(matches!(
+            m.on_arrival(1_000, "svc-1"),
+            Ok(TargetStep::Apply(_))
+        ));
+        let _ = m.on_flows(1_100, flows_ok(3, 80));
+        assert!(m.new_path_installed);
+        let step = m.on_message(2_000, &peer_msg(Phase::Failure), ctx);
+        assert!(
+            matches!(&step, TargetStep::Apply(s) if s.label == "failure-target"),
+            "{step:?}"
+        );
+        let (a, _) = m.on_flows(2_100, flows_ok(4, 90));
+        assert_eq!(a.result, PeerResult::Proceed);
+        assert_eq!(m.record().state, RelocationState::Failed);
     }
 }

@@ -15,7 +15,7 @@ use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotificatio
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
     PeerResult, RelocationPhase, RelocationRecord, RelocationState, ResourceRequirements, Service,
-    ServiceModule, ServiceModuleRegistration,
+    ServiceArrival, ServiceModule, ServiceModuleRegistration,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -91,6 +91,14 @@ pub enum NegotiatorError {
     NoModule(String),
     #[error("bad request: {0}")]
     Invalid(String),
+    #[error("no relocation `{0}` with this SMO as its target")]
+    NoTargetRelocation(String),
+    /// The request does not fit the relocation's state (nothing changed).
+    #[error("{0}")]
+    Conflict(String),
+    /// The flows of the request could not be installed.
+    #[error("{0}")]
+    Flows(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -546,16 +554,31 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             }
             None => return refuse(msg, "unknown relocation"),
         };
-        let answer = match step {
+        let answer = self.target_step(&mut m, step).await;
+        self.save_target(&m);
+        answer
+    }
+
+    /// Performs a target step: the answer as it is, or the flows applied and their result fed
+    /// back (with its effects). The caller holds the target lock and saves `m` afterwards.
+    async fn target_step(
+        &self,
+        m: &mut TargetRelocation,
+        step: TargetStep,
+    ) -> PeerRelocationAnswer {
+        match step {
             TargetStep::Answer(a) => a,
             TargetStep::Apply(set) => {
-                self.save_target(&m);
+                self.save_target(m);
                 let r = self
                     .inner
                     .flows
                     .apply(&set)
                     .await
                     .map_err(|e| e.to_string());
+                if let Ok(rep) = &r {
+                    tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
+                }
                 let (a, effects) = m.on_flows(self.inner.clock.now_us(), r);
                 for e in effects {
                     match e {
@@ -570,9 +593,47 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                 }
                 a
             }
+        }
+    }
+
+    // ----- service-mobility API: the target module's arrival -----
+
+    /// The target's service module reports that the service of relocation `relocation_id` is
+    /// about to resume here: the new path is installed now (EXECUTE at the target, see
+    /// [`TargetRelocation::on_arrival`]). `Ok` once the bundle is committed.
+    pub async fn on_arrival(
+        &self,
+        relocation_id: &str,
+        arrival: &ServiceArrival,
+    ) -> Result<(), NegotiatorError> {
+        let _one_at_a_time = self.inner.target_lock.lock().await;
+        let existing = match self.db().relocations.get(relocation_id) {
+            Some(Entry::Target(m)) => Some((**m).clone()),
+            _ => None,
         };
+        let Some(mut m) = existing else {
+            return Err(NegotiatorError::NoTargetRelocation(relocation_id.into()));
+        };
+        let step = m
+            .on_arrival(self.inner.clock.now_us(), &arrival.service_id)
+            .map_err(NegotiatorError::Conflict)?;
+        let answer = self.target_step(&mut m, step).await;
         self.save_target(&m);
-        answer
+        tracing::info!(
+            relocation = %relocation_id,
+            service = %arrival.service_id,
+            result = ?answer.result,
+            took_us = answer.took_us,
+            "service arrival: new path"
+        );
+        match answer.result {
+            PeerResult::Proceed => Ok(()),
+            PeerResult::Fail => Err(NegotiatorError::Flows(
+                answer
+                    .cause
+                    .unwrap_or_else(|| "new path not installed".into()),
+            )),
+        }
     }
 
     fn save_target(&self, m: &TargetRelocation) {

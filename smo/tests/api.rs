@@ -1056,3 +1056,132 @@ async fn an_smf_that_never_comes_is_reported() {
     .expect_err("no smf");
     assert!(matches!(e, SubscribeError::Unreachable { .. }), "{e:?}");
 }
+
+// ----- the target module's arrival -----
+
+#[tokio::test]
+async fn the_arrival_is_checked_and_installs_the_new_path_once_prepare_is_done() {
+    let (_x, y) = two_smos().await;
+    let schemas = common::schemas();
+    let modules = format!("{}/service-mobility/v1/service-modules", y.root);
+    let peer = format!("{}/smo-peer/v1/relocations", y.root);
+    let arrival = |id: &str| format!("{}/service-mobility/v1/relocations/{id}/arrival", y.root);
+    let body = json!({"serviceId": service().service_id});
+    let problem = |a: &Answer, status: StatusCode, detail_has: &str| {
+        let p = a.problem(status);
+        schemas.check(names::PROBLEM_DETAILS, &p);
+        let detail = p["detail"].as_str().unwrap_or_default();
+        assert!(
+            detail.contains(detail_has),
+            "`{detail}` lacks `{detail_has}`"
+        );
+    };
+    assert_eq!(
+        post(&modules, &registration_json()).await.status,
+        StatusCode::CREATED
+    );
+
+    // 401 without (or with a wrong) token.
+    for token in [None, Some("wrong-token")] {
+        let a = call(
+            reqwest::Method::POST,
+            &arrival("smo-x-1"),
+            token,
+            Some(&body.to_string()),
+        )
+        .await;
+        problem(&a, StatusCode::UNAUTHORIZED, "");
+    }
+    // 400: malformed, unknown field, missing field, bad relocation id.
+    let raw = call(
+        reqwest::Method::POST,
+        &arrival("smo-x-1"),
+        Some(TOKEN),
+        Some("{nope"),
+    )
+    .await;
+    problem(&raw, StatusCode::BAD_REQUEST, "");
+    problem(
+        &post(&arrival("smo-x-1"), &json!({"serviceId": "a", "extra": 1})).await,
+        StatusCode::BAD_REQUEST,
+        "extra",
+    );
+    problem(
+        &post(&arrival("smo-x-1"), &json!({})).await,
+        StatusCode::BAD_REQUEST,
+        "serviceId",
+    );
+    problem(
+        &post(&arrival("bad%20id"), &body).await,
+        StatusCode::BAD_REQUEST,
+        "relocationId",
+    );
+    // 404: no such relocation here.
+    problem(
+        &post(&arrival("smo-x-1"), &body).await,
+        StatusCode::NOT_FOUND,
+        "smo-x-1",
+    );
+
+    // INITIATE, VALIDATE: the service cannot arrive yet (409, nothing installed).
+    for phase in ["INITIATE", "VALIDATE"] {
+        let mut m = peer_message_json("smo-x-1");
+        m["relocationPhase"] = json!(phase);
+        let a = post(&peer, &m).await;
+        assert_eq!(a.json()["result"], "PROCEED", "{phase}: {}", a.text);
+    }
+    problem(
+        &post(&arrival("smo-x-1"), &body).await,
+        StatusCode::CONFLICT,
+        "PREPARE",
+    );
+    assert!(y.flows.attempts().is_empty(), "{:?}", y.flows.attempts());
+    // Another service: 409.
+    let mut m = peer_message_json("smo-x-1");
+    m["relocationPhase"] = json!("PREPARE");
+    assert_eq!(post(&peer, &m).await.json()["result"], "PROCEED");
+    problem(
+        &post(&arrival("smo-x-1"), &json!({"serviceId": "other"})).await,
+        StatusCode::CONFLICT,
+        "other",
+    );
+
+    // After PREPARE: 204, the new path is in; the peer's EXECUTE only confirms it.
+    let a = post(&arrival("smo-x-1"), &body).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
+    assert_eq!(
+        y.flows.attempts(),
+        ["trombone-target", "new-path-target"],
+        "{:?}",
+        y.flows.attempts()
+    );
+    m["relocationPhase"] = json!("EXECUTE");
+    let a = post(&peer, &m).await;
+    assert_eq!(a.json()["result"], "PROCEED", "{}", a.text);
+    assert_eq!(y.flows.attempts().len(), 2, "no second install");
+    let r: RelocationRecord = get(&format!(
+        "{}/application-function/v1/relocations/smo-x-1",
+        y.root
+    ))
+    .await
+    .parse();
+    assert_eq!(
+        phases(&r.phases),
+        [
+            RelocationPhase::Initiate,
+            RelocationPhase::Validate,
+            RelocationPhase::Prepare,
+            RelocationPhase::Execute
+        ]
+    );
+
+    // A relocation that failed: 409.
+    let mut f = peer_message_json("smo-x-2");
+    f["relocationPhase"] = json!("FAILURE");
+    assert_eq!(post(&peer, &f).await.json()["result"], "PROCEED");
+    problem(
+        &post(&arrival("smo-x-2"), &body).await,
+        StatusCode::CONFLICT,
+        "ended",
+    );
+}

@@ -287,6 +287,12 @@ fn every_smo_type_matches_its_schema() {
         ("PhaseTiming", to_json(&timing(RelocationPhase::Prepare))),
         ("RelocationRecord", to_json(&record())),
         ("RelocationRecord", to_json(&minimal_record)),
+        (
+            "ServiceArrival",
+            to_json(&model::smo::ServiceArrival {
+                service_id: "video1".into(),
+            }),
+        ),
     ];
     for (name, value) in &cases {
         s.check(&smo_schema(name), value);
@@ -340,6 +346,9 @@ fn bodies_serde_refuses_the_schema_refuses_too() {
     bad_type["relocationType"] = json!("DOCKER");
     assert!(serde_json::from_value::<ServiceModuleRegistration>(bad_type.clone()).is_err());
     reject("ServiceModuleRegistration", bad_type);
+    let arrival_extra = json!({"serviceId": "video1", "relocationId": "smo-x-1"});
+    assert!(serde_json::from_value::<model::smo::ServiceArrival>(arrival_extra.clone()).is_err());
+    reject("ServiceArrival", arrival_extra);
     let mut bad_ip = to_json(&service());
     bad_ip["ipv4Addr"] = json!("20.0.0.300");
     assert!(serde_json::from_value::<Service>(bad_ip.clone()).is_err());

@@ -14,7 +14,8 @@ use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotificatio
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
     PeerResult, PhaseTiming, RelocationPhase as Phase, RelocationRecord, RelocationState,
-    RelocationType, ResourceRequirements, Service, ServiceModule, ServiceModuleRegistration,
+    RelocationType, ResourceRequirements, Service, ServiceArrival, ServiceModule,
+    ServiceModuleRegistration,
 };
 use smo::config::{SmoConfig, Timeouts};
 use smo::core::{cookie_for, ExecuteFailure, Local, TargetContext, TargetRelocation, TargetStep};
@@ -158,6 +159,12 @@ struct ModuleState {
     services_hang: bool,
     executed: Vec<ExecuteRequest>,
     hangs: usize,
+    /// The target module reports the service's arrival to this target SMO (with its switch)
+    /// before a successful migration answers, as the CRIU module does on `Commit`.
+    arrive_at: Option<(Smo, FakeProgrammer)>,
+    /// Per arrival reported: its result and the target's flow sets applied when Execute
+    /// answered.
+    arrivals: Vec<(Result<(), String>, Vec<String>)>,
 }
 
 /// The source's service module (a separate process: it survives SMO restarts).
@@ -172,6 +179,8 @@ impl FakeModule {
             services_hang: false,
             executed: Vec::new(),
             hangs: 0,
+            arrive_at: None,
+            arrivals: Vec::new(),
         })))
     }
 
@@ -196,6 +205,14 @@ impl FakeModule {
 
     fn set_services_hang(&self, hang: bool) {
         self.lock().services_hang = hang;
+    }
+
+    fn arrive_at(&self, target: Smo, flows: FakeProgrammer) {
+        self.lock().arrive_at = Some((target, flows));
+    }
+
+    fn arrivals(&self) -> Vec<(Result<(), String>, Vec<String>)> {
+        self.lock().arrivals.clone()
     }
 
     fn remove(&self, service_id: &str) {
@@ -329,6 +346,18 @@ impl Backends for FakeBackends {
         match migration {
             Migration::Succeeds(took) => {
                 tokio::time::sleep(took).await;
+                let arrive_at = self.module.lock().arrive_at.clone();
+                if let Some((target, flows)) = arrive_at {
+                    let arrival = ServiceArrival {
+                        service_id: id.clone(),
+                    };
+                    let r = target
+                        .on_arrival(&req.relocation_id, &arrival)
+                        .await
+                        .map_err(|e| e.to_string());
+                    let applied = labels(&flows);
+                    self.module.lock().arrivals.push((r, applied));
+                }
                 self.module.remove(id);
                 Ok(ExecuteReport {
                     took_us: u64::try_from(took.as_micros()).expect("fits"),
@@ -818,6 +847,77 @@ async fn happy_path_runs_every_phase_in_order_at_both_ends() {
     assert_eq!(arrived[0].module_id, "module-1");
     assert_eq!(w.source.smo.relocations().len(), 1);
     assert_eq!(w.target.smo.relocations().len(), 1);
+}
+
+// ----- the target module's arrival -----
+
+#[tokio::test(start_paused = true)]
+async fn the_arrival_installs_the_new_path_before_execute_returns() {
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    w.module
+        .arrive_at(w.target.smo.clone(), w.target.flows.clone());
+    let rec = w.relocate(1).await;
+    let id = rec.relocation_id.clone();
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.cause, None);
+
+    // The arrival came while the source still waited for Execute, and the new path was in
+    // before Execute answered.
+    assert_eq!(
+        w.module.arrivals(),
+        [(
+            Ok(()),
+            vec!["trombone-target".to_owned(), "new-path-target".to_owned()]
+        )]
+    );
+    // Once in all: the source's EXECUTE only confirmed it.
+    assert_eq!(
+        labels(&w.target.flows),
+        ["trombone-target", "new-path-target"]
+    );
+    assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
+    let sent: Vec<Phase> = w
+        .source
+        .backends
+        .sent()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(sent, Phase::SUCCESS_PATH);
+
+    // The target's EXECUTE is timed from the arrival (end of the 300 ms migration, 2 ms of
+    // flows), once; COMPLETE follows when the source's EXECUTE and COMPLETE come.
+    let t = w.target_record(&id);
+    assert_eq!(
+        t.phases,
+        [
+            timing(Phase::Initiate, 0, 0, None, 0),
+            timing(Phase::Validate, 0, 0, None, 0),
+            timing(Phase::Prepare, 1_000, 2_000, Some(2_000), 3),
+            timing(Phase::Execute, 303_000, 2_000, Some(2_000), 3),
+            timing(Phase::Complete, 306_000, 0, Some(0), 0),
+        ]
+    );
+    assert_eq!(
+        rec.peer_phases
+            .iter()
+            .find(|p| p.phase == Phase::Execute)
+            .cloned(),
+        Some(timing(Phase::Execute, 0, 2_000, Some(2_000), 0)),
+        "the peer's EXECUTE answer reports the arrival's timing"
+    );
+    assert_eq!(
+        rec.phases
+            .iter()
+            .find(|p| p.phase == Phase::Execute)
+            .cloned(),
+        Some(timing(Phase::Execute, 3_000, 302_000, None, 0))
+    );
+    assert_eq!(rec.total_us, Some(306_000));
+    let arrived = w.target.smo.hosted_services();
+    assert_eq!(arrived.len(), 1);
+    assert_eq!(arrived[0].service, service(1));
 }
 
 // ----- failure at every point -----

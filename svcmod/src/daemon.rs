@@ -23,7 +23,7 @@ use crate::container::{self, EdgeSite};
 use crate::criu_backend::DEFAULT_WORK_ROOT;
 use crate::mount_ns::{MountNamespace, MountNsError};
 use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
-use model::smo::{RelocationType, ServiceModule, ServiceModuleRegistration};
+use model::smo::{RelocationType, ServiceArrival, ServiceModule, ServiceModuleRegistration};
 use netkit::Netns;
 use sbi::{Client, ClientError};
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,8 @@ use tokio::sync::{mpsc, watch};
 
 /// The SMO's service-module collection.
 pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
+/// The SMO's relocations as modules see them: `{RELOCATIONS}/{relocationId}/arrival`.
+pub const RELOCATIONS: &str = "/service-mobility/v1/relocations";
 
 /// `svcmod --config FILE.json --ready-file PATH`: one service module of one edge cloud (JSON,
 /// snake_case, unknown fields refused; checked when parsed, so a bad config exits with 64).
@@ -181,6 +183,8 @@ impl ModuleConfig {
         }
         c.strategy = self.strategy;
         c.backhaul_addr = Some(*self.migration_addr.ip());
+        // Execute answers as soon as the service runs at the target.
+        c.background_cleanup = true;
         c
     }
 
@@ -426,6 +430,7 @@ pub async fn run_with<B: Backend>(
         migration,
         stopped(serve_stop.clone()),
     ));
+    backend.set_arrival_hook(arrival_hook(&settings));
     let module = Arc::new(Module::new(Arc::clone(&backend), notif));
     let mut server = tokio::spawn(sbi::serve(
         api,
@@ -513,9 +518,39 @@ pub async fn run_with<B: Backend>(
         }
     }
     let _ = receiver.await;
-    // 3. The services go.
+    // 3. The services go (after the source containers still being removed).
+    backend.settle().await;
     let removed = remove_services(&*backend).await;
     outcome.and(removed)
+}
+
+/// The [`crate::ArrivalHook`] of a daemon: `POST {smo_url}/service-mobility/v1/relocations/{id}/arrival`
+/// with the token, within [`crate::ARRIVAL_LIMIT`]; a failure is a warning (the service resumes
+/// anyway, and the SMO installs the new path when the source's EXECUTE comes).
+pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
+    let client = Client::new(settings.token.clone(), crate::ARRIVAL_LIMIT);
+    let base = format!("{}{RELOCATIONS}", settings.smo_url.trim_end_matches('/'));
+    Arc::new(move |relocation_id: String, service_id: String| {
+        let client = client.clone();
+        let url = format!("{base}/{relocation_id}/arrival");
+        Box::pin(async move {
+            let began = std::time::Instant::now();
+            let body = ServiceArrival {
+                service_id: service_id.clone(),
+            };
+            match client.post_no_content(&url, &body).await {
+                Ok(()) => tracing::info!(
+                    relocation = %relocation_id, service = %service_id,
+                    took_us = crate::us(began.elapsed()),
+                    "arrival reported: the SMO switched the path"
+                ),
+                Err(e) => tracing::warn!(
+                    relocation = %relocation_id, service = %service_id, error = %chain(&e),
+                    "cannot report the arrival to the SMO: resuming anyway"
+                ),
+            }
+        })
+    })
 }
 
 fn server_stopped(r: Result<std::io::Result<()>, tokio::task::JoinError>) -> DaemonError {

@@ -228,10 +228,25 @@ pub struct IncomingReport {
     pub image_bytes: u64,
 }
 
+/// What a target backend calls once the source committed a migration, just before the service
+/// resumes here: `(relocation id, service id)`. The daemon tells its SMO (`POST
+/// …/relocations/{id}/arrival`), which switches the data path to this edge before the service's
+/// first packet. The hook bounds its own time and never fails the migration; the backend waits
+/// for it (at most [`ARRIVAL_LIMIT`]) and resumes the service whatever happened.
+pub type ArrivalHook =
+    Arc<dyn Fn(String, String) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The longest a target backend waits for its [`ArrivalHook`] before resuming the service.
+pub const ARRIVAL_LIMIT: Duration = Duration::from_millis(500);
+
 /// A way of running and moving services. The service-module daemon is generic over it.
 pub trait Backend: Send + Sync + 'static {
     /// The relocation type the module registers with.
     fn relocation_type(&self) -> RelocationType;
+
+    /// Installs the hook called before an incoming service resumes (see [`ArrivalHook`]);
+    /// backends that cannot tell ignore it. Without one, services resume without it.
+    fn set_arrival_hook(&self, _hook: ArrivalHook) {}
 
     /// Creates and starts a service.
     fn create(
@@ -264,6 +279,12 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         request: &ExecuteRequest,
     ) -> impl Future<Output = Result<MigrationReport, MigrationError>> + Send;
+
+    /// Waits for work a migration left running after it answered (background removal of a
+    /// source container); the daemon calls it before removing its services at shutdown.
+    fn settle(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Takes in one service from a source module on an accepted migration connection.
     fn receive(

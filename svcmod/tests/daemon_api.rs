@@ -19,8 +19,8 @@ use svcmod::api::cause;
 use svcmod::daemon::{self, DaemonError, RegisterPolicy, Settings};
 use svcmod::transfer::TransferError;
 use svcmod::{
-    Backend, BackendError, IncomingReport, MigrationError, MigrationReport, ServiceSpec,
-    ServiceState, Stopwatch, Strategy,
+    ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
+    ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -56,7 +56,17 @@ struct FakeState {
 }
 
 #[derive(Debug, Default)]
-struct FakeBackend(Mutex<FakeState>);
+struct FakeBackend(Mutex<FakeState>, HookSlot);
+
+/// The daemon's arrival hook, called by the fake receive before the service "resumes".
+#[derive(Default)]
+struct HookSlot(Mutex<Option<ArrivalHook>>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookSlot")
+    }
+}
 
 impl FakeBackend {
     fn lock(&self) -> MutexGuard<'_, FakeState> {
@@ -132,6 +142,10 @@ fn report_for(req: &ExecuteRequest, s: Service) -> MigrationReport {
 impl Backend for FakeBackend {
     fn relocation_type(&self) -> RelocationType {
         RelocationType::Criu
+    }
+
+    fn set_arrival_hook(&self, hook: ArrivalHook) {
+        *self.1 .0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {
@@ -211,6 +225,11 @@ impl Backend for FakeBackend {
             })?;
         let s: Service =
             serde_json::from_str(&line).map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        // "Commit": the SMO hears of the arrival before the service resumes.
+        let hook = self.1 .0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook("incoming".into(), s.service_id.clone()).await;
+        }
         self.host(s.clone());
         Ok(IncomingReport {
             relocation_id: "incoming".into(),
@@ -539,6 +558,13 @@ async fn registers_serves_the_callbacks_and_deregisters_at_shutdown() {
         assert!(start.elapsed() < Duration::from_secs(5), "{list:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Before it "resumed", the SMO heard of its arrival (with the token; schema-valid).
+    let arrivals = smo.seen(|s| s.arrivals.clone());
+    assert_eq!(
+        arrivals,
+        [("incoming".to_owned(), serde_json::json!({"serviceId": "c"}))]
+    );
+    schemas.check(&smo_schema("ServiceArrival"), &arrivals[0].1);
 
     // Shutdown: de-registered (the Location), every hosted service removed.
     let api = d.url("/services");
@@ -757,6 +783,19 @@ async fn without_an_smo_the_daemon_serves_and_registers_in_the_background() {
     d.wait_ready(Duration::from_secs(5)).await;
     let list: Vec<Service> = client().get(&d.url("/services")).await.expect("services");
     assert_eq!(list.len(), 1);
+    // An incoming service arrives even though its arrival cannot be reported.
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut conn = TcpStream::connect(d.notif).await.expect("connect");
+        let mut line = serde_json::to_vec(&service("c", 52)).expect("json");
+        line.push(b'\n');
+        conn.write_all(&line).await.expect("send");
+    }
+    let start = tokio::time::Instant::now();
+    while !backend.ids().contains(&"c".to_owned()) {
+        assert!(start.elapsed() < Duration::from_secs(5), "not received");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The SMO comes later (and answers a relative Location).
     let smo = FakeSmo::start(
         TcpListener::bind(addr).await.expect("bind smo"),
@@ -776,7 +815,9 @@ async fn without_an_smo_the_daemon_serves_and_registers_in_the_background() {
         smo.seen(|s| s.deletions.clone()),
         ["/service-mobility/v1/service-modules/module-1"]
     );
-    assert_eq!(backend.lock().removed, ["a"]);
+    let mut removed = backend.lock().removed.clone();
+    removed.sort();
+    assert_eq!(removed, ["a", "c"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -336,6 +336,15 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
         .expect("served at y");
     assert_eq!(served_y.ipv4_addr, SERVICE_IP);
     assert_eq!(served_y.mac_addr, SERVICE_MAC);
+    // The source container goes in the background, right after Execute answered.
+    let removing = Instant::now();
+    while Netns::new(&svc_x).exists() && removing.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "source namespace removed {:.1} ms after Execute answered",
+        removing.elapsed().as_secs_f64() * 1e3
+    );
     assert!(!Netns::new(&svc_x).exists(), "source namespace removed");
     assert!(Netns::new(fabric.ns("svc-p50-y")).inode().is_some());
 

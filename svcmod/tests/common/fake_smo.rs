@@ -1,5 +1,6 @@
-//! A fake SMO: the service-mobility API's registration and de-registration, recording what it
-//! was sent (the registration bodies as raw JSON, the DELETEd paths).
+//! A fake SMO: the service-mobility API's registration, de-registration and arrival reports,
+//! recording what it was sent (the registration and arrival bodies as raw JSON, the DELETEd
+//! paths).
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{header, StatusCode};
@@ -13,6 +14,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
+pub const RELOCATIONS: &str = "/service-mobility/v1/relocations";
 
 /// How the fake answers registrations.
 #[derive(Debug, Clone, Copy, Default)]
@@ -29,6 +31,8 @@ pub struct Seen {
     pub registrations: Vec<serde_json::Value>,
     /// Paths of the DELETEs.
     pub deletions: Vec<String>,
+    /// Arrival reports: the relocation id of the path and the body, as sent.
+    pub arrivals: Vec<(String, serde_json::Value)>,
 }
 
 #[derive(Debug)]
@@ -59,6 +63,7 @@ impl FakeSmo {
         let app = Router::new()
             .route(SERVICE_MODULES, post(register))
             .route(&format!("{SERVICE_MODULES}/{{id}}"), delete(deregister))
+            .route(&format!("{RELOCATIONS}/{{id}}/arrival"), post(arrival))
             .with_state(Arc::clone(&inner));
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(sbi::serve(listener, app, token, async move {
@@ -127,5 +132,18 @@ async fn deregister(State(smo): State<Arc<Inner>>, UrlPath(id): UrlPath<String>)
         .unwrap_or_else(|p| p.into_inner())
         .deletions
         .push(format!("{SERVICE_MODULES}/{id}"));
+    StatusCode::NO_CONTENT
+}
+
+async fn arrival(
+    State(smo): State<Arc<Inner>>,
+    UrlPath(id): UrlPath<String>,
+    Json(body): Json<serde_json::Value>,
+) -> StatusCode {
+    smo.seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .arrivals
+        .push((id, body));
     StatusCode::NO_CONTENT
 }
