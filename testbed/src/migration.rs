@@ -234,6 +234,10 @@ pub fn wait_for_relocation(
 ) -> RelocationWait {
     let start = Instant::now();
     let mut last_error = String::new();
+    // The SMOs are asked one after the other, so a target asked before its source may show its
+    // state from before the source's last phase: once the source has ended, ask everyone once
+    // more (the target answered that phase before the source could end).
+    let mut source_ended = false;
     loop {
         let mut records = Vec::new();
         for a in relocations::collect(plan, token) {
@@ -253,8 +257,12 @@ pub fn wait_for_relocation(
                 .source
                 .as_ref()
                 .is_some_and(|r| r.state != RelocationState::Running);
-            if done {
+            if done && source_ended {
                 return RelocationWait::Ended(m);
+            }
+            if done {
+                source_ended = true;
+                continue;
             }
             if start.elapsed() >= limit {
                 return RelocationWait::Running(m);

@@ -24,6 +24,8 @@ const OVS_TIMEOUT: Duration = Duration::from_secs(2);
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(10);
 /// Bound on forwarding one notification to the negotiator (the SMF waits 1 s per notification).
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the SMO keeps trying to open its connections to peers that are not up yet.
+const PEER_WARM_UP_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on each subscription request.
 const SMF_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -50,6 +52,7 @@ async fn run(
         ),
     }
     let backends = HttpBackends::new(config.token.clone(), &config.timeouts);
+    let warm = backends.clone();
     let negotiator = Negotiator::new(&config, backends, flows, store, Clock::Wall)?;
     let forwarder = EventForwarder::new(
         sbi::Client::new(config.token.clone(), FORWARD_TIMEOUT),
@@ -70,6 +73,9 @@ async fn run(
         },
     ));
     tracing::info!(smo = %config.smo_id, dnai = %config.dnai, api = %api_root, peers = config.peers.len(), "serving");
+
+    let peers = config.peers.clone();
+    tokio::spawn(async move { warm.warm_up(&peers, PEER_WARM_UP_PATIENCE).await });
 
     let resumed = negotiator.resume();
     if resumed > 0 {
