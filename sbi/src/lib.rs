@@ -13,3 +13,40 @@ pub mod server;
 
 pub use client::{Client, ClientError};
 pub use server::{serve, ApiError, Json};
+
+/// An error and its sources on one line, `a: b: c` (for logs and ProblemDetails `detail`s).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_chain_joins_the_sources() {
+        let inner = std::io::Error::other("socket gone");
+        let outer = std::io::Error::other(Wrapped(inner));
+        assert_eq!(super::error_chain(&outer), "wrapped: socket gone");
+    }
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+}

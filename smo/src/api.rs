@@ -31,7 +31,7 @@ use model::smo::{
 };
 use sbi::{ApiError, ClientError, Json};
 
-use crate::events::{chain, validate_notification, EventForwarder, InvalidNotification};
+use crate::events::{validate_notification, EventForwarder, InvalidNotification};
 use crate::metrics;
 use crate::negotiator::{Backends, Negotiator, NegotiatorError};
 use crate::routing::FlowProgrammer;
@@ -199,7 +199,7 @@ fn problem(f: Failure) -> ApiError {
             with_cause(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
         }
         Failure::Negotiator(e @ NegotiatorError::Store(_)) => {
-            let detail = chain(&e);
+            let detail = sbi::error_chain(&e);
             tracing::error!(error = %detail, "store failure");
             with_cause(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
         }
@@ -209,7 +209,10 @@ fn problem(f: Failure) -> ApiError {
             invalid_params,
         }) => ApiError(ProblemDetails::bad_request(detail, invalid_params).with_cause(cause)),
         Failure::Forward(e) => {
-            let detail = format!("cannot forward to the handover negotiator: {}", chain(&e));
+            let detail = format!(
+                "cannot forward to the handover negotiator: {}",
+                sbi::error_chain(&e)
+            );
             tracing::warn!(error = %detail, "notification not forwarded");
             match e {
                 // Not reached at all: the negotiator is not serving (yet).

@@ -100,7 +100,7 @@ pub async fn subscribe(
                 source: error,
             });
         }
-        tracing::info!(url = %url, error = %chain(&error), retry_in = ?pause, "smf not ready for the subscription yet");
+        tracing::info!(url = %url, error = %sbi::error_chain(&error), retry_in = ?pause, "smf not ready for the subscription yet");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_BACKOFF);
     }
@@ -266,18 +266,6 @@ impl EventForwarder {
     pub async fn forward(&self, n: &NsmfEventExposureNotification) -> Result<(), ClientError> {
         self.client.post_no_content(&self.url, n).await
     }
-}
-
-/// Renders an error and its sources, `a: b: c`.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

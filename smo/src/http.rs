@@ -22,7 +22,7 @@ use sbi::{Client, ClientError};
 use crate::api::paths;
 use crate::config::Timeouts;
 use crate::core::ExecuteFailure;
-use crate::events::chain;
+
 use crate::negotiator::Backends;
 
 /// What the client's backstop adds to the longest negotiator time limit.
@@ -104,7 +104,10 @@ impl Backends for HttpBackends {
             peer.api_root.trim_end_matches('/'),
             paths::PEER_RELOCATIONS
         );
-        self.client.post(&url, msg).await.map_err(|e| chain(&e))
+        self.client
+            .post(&url, msg)
+            .await
+            .map_err(|e| sbi::error_chain(&e))
     }
 
     async fn served_service(
@@ -116,7 +119,7 @@ impl Backends for HttpBackends {
         match self.client.get(&url).await {
             Ok(service) => Ok(Some(service)),
             Err(ClientError::Status { status: 404, .. }) => Ok(None),
-            Err(e) => Err(chain(&e)),
+            Err(e) => Err(sbi::error_chain(&e)),
         }
     }
 
@@ -124,7 +127,7 @@ impl Backends for HttpBackends {
         self.client
             .get(&module.registration.get_service_notif_uri)
             .await
-            .map_err(|e| chain(&e))
+            .map_err(|e| sbi::error_chain(&e))
     }
 
     async fn execute(
@@ -151,7 +154,7 @@ impl Backends for HttpBackends {
             }
             // No answer, or a success whose body we cannot read: where the service is must be
             // checked.
-            Err(e) => Err(ExecuteFailure::Unknown(chain(&e))),
+            Err(e) => Err(ExecuteFailure::Unknown(sbi::error_chain(&e))),
         }
     }
 }

@@ -118,24 +118,9 @@ pub fn migration_status(e: &MigrationError) -> (StatusCode, &'static str) {
     }
 }
 
-/// The whole error chain of `e`, `: `-separated.
-pub(crate) fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
-}
-
 impl From<CallbackError> for ApiError {
     fn from(e: CallbackError) -> Self {
-        let detail = chain(&e);
+        let detail = sbi::error_chain(&e);
         let (status, cause) = match &e {
             CallbackError::NotServed { .. } => return ApiError::not_found(detail),
             CallbackError::InvalidTarget { .. } => {

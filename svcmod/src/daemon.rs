@@ -18,7 +18,7 @@
 //! [`run_with`] is the daemon over any [`Backend`] and pre-bound listeners (the tests run it with
 //! a fake backend on loopback); [`run`] is the CRIU daemon from a [`ModuleConfig`].
 
-use crate::api::{self, chain, Module};
+use crate::api::{self, Module};
 use crate::container::{self, EdgeSite};
 use crate::criu_backend::DEFAULT_WORK_ROOT;
 use crate::mount_ns::{MountNamespace, MountNsError};
@@ -334,7 +334,7 @@ pub async fn bind_in(
     tracing::info!(%netns, %addr, what, "not running in the edge's namespace: binding inside it");
     transfer::listen_in(netns, addr)
         .await
-        .map_err(|e| listen(std::io::Error::other(chain(&e))))
+        .map_err(|e| listen(std::io::Error::other(sbi::error_chain(&e))))
 }
 
 /// The CRIU service-module daemon of `cfg` (the `svcmod` binary's body). `mount_ns` is what
@@ -384,7 +384,7 @@ pub async fn run(
 
 /// `e` with all its causes, for the binary's last words.
 pub fn error_chain(e: &DaemonError) -> String {
-    chain(e)
+    sbi::error_chain(e)
 }
 
 /// Removes the work directory, and the default root above it when that is left empty.
@@ -505,7 +505,7 @@ pub async fn run_with<B: Backend>(
                 tracing::info!(module = %r.module_id, location = %r.location, "de-registered")
             }
             Err(e) => {
-                tracing::warn!(module = %r.module_id, error = %chain(&e), "cannot de-register")
+                tracing::warn!(module = %r.module_id, error = %sbi::error_chain(&e), "cannot de-register")
             }
         }
     }
@@ -545,7 +545,7 @@ pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
                     "arrival reported: the SMO switched the path"
                 ),
                 Err(e) => tracing::warn!(
-                    relocation = %relocation_id, service = %service_id, error = %chain(&e),
+                    relocation = %relocation_id, service = %service_id, error = %sbi::error_chain(&e),
                     "cannot report the arrival to the SMO: resuming anyway"
                 ),
             }
@@ -582,10 +582,10 @@ async fn create_services<B: Backend>(
                 made.push(s.service_id);
             }
             Err(source) => {
-                tracing::error!(service = %spec.service_id, error = %chain(&source), "cannot create service");
+                tracing::error!(service = %spec.service_id, error = %sbi::error_chain(&source), "cannot create service");
                 for id in made.iter().rev() {
                     if let Err(e) = backend.remove(id).await {
-                        tracing::warn!(service = %id, error = %chain(&e), "cannot remove service");
+                        tracing::warn!(service = %id, error = %sbi::error_chain(&e), "cannot remove service");
                     }
                 }
                 return Err(DaemonError::CreateService {
@@ -600,15 +600,17 @@ async fn create_services<B: Backend>(
 
 /// Removes every service the backend hosts; tries them all.
 async fn remove_services<B: Backend>(backend: &B) -> Result<(), DaemonError> {
-    let services = backend
-        .services()
-        .await
-        .map_err(|e| DaemonError::Cleanup(format!("cannot list the services: {}", chain(&e))))?;
+    let services = backend.services().await.map_err(|e| {
+        DaemonError::Cleanup(format!(
+            "cannot list the services: {}",
+            sbi::error_chain(&e)
+        ))
+    })?;
     let mut failed = Vec::new();
     for s in services {
         match backend.remove(&s.service_id).await {
             Ok(()) => tracing::info!(service = %s.service_id, "service removed"),
-            Err(e) => failed.push(format!("{}: {}", s.service_id, chain(&e))),
+            Err(e) => failed.push(format!("{}: {}", s.service_id, sbi::error_chain(&e))),
         }
     }
     if failed.is_empty() {
@@ -659,17 +661,17 @@ async fn register(
                 return Some(r);
             }
             Err(e) if is_refusal(&e) => {
-                tracing::error!(smo = %url, error = %chain(&e), "the SMO refused the registration");
+                tracing::error!(smo = %url, error = %sbi::error_chain(&e), "the SMO refused the registration");
                 let _ = events.send(Registration::Refused(e));
                 return None;
             }
             Err(e) => {
-                tracing::debug!(smo = %url, error = %chain(&e), "SMO not answering yet");
+                tracing::debug!(smo = %url, error = %sbi::error_chain(&e), "SMO not answering yet");
                 let pause = if !starting {
                     policy.retry_every
                 } else if start.elapsed() >= policy.patience {
                     starting = false;
-                    let _ = events.send(Registration::Unanswered(chain(&e)));
+                    let _ = events.send(Registration::Unanswered(sbi::error_chain(&e)));
                     policy.retry_every
                 } else {
                     policy.attempt_every

@@ -5,7 +5,7 @@
 //! its list ("it moved"). The service itself (e.g. an edge cloud's probe server) stays where it
 //! runs. For tests and experiments of the SMO before real migration exists.
 //!
-//! Callbacks (base `http://HOST:PORT/tbmodule/v1`):
+//! Callbacks (the real module's paths, `svcmod::api`: base `http://HOST:PORT/svcmod/v1`):
 //! * `GET /services` → `[Service]` (GetServices);
 //! * `GET /served-service?ueIpv4Addr=A` → `Service` or 404 ProblemDetails (ServedService);
 //! * `POST /execute` `ExecuteRequest` → `ExecuteReport` or 500 ProblemDetails (Execute).
@@ -19,13 +19,11 @@ use model::smo::{
     ServiceModuleRegistration,
 };
 use sbi::{ApiError, Client, ClientError, Json};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Path prefix of the callbacks.
-pub const BASE: &str = "/tbmodule/v1";
 /// The SMO's service-module collection.
 pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
 
@@ -174,11 +172,11 @@ struct ServedQuery {
 pub fn router(module: Arc<FakeModule>) -> Router {
     Router::new()
         .route(
-            &format!("{BASE}/services"),
+            svcmod::api::SERVICES,
             get(|State(m): State<Arc<FakeModule>>| async move { Json(m.services()) }),
         )
         .route(
-            &format!("{BASE}/served-service"),
+            svcmod::api::SERVED_SERVICE,
             get(
                 |State(m): State<Arc<FakeModule>>, Query(q): Query<ServedQuery>| async move {
                     let raw = q.ue_ipv4_addr.ok_or_else(|| {
@@ -197,7 +195,7 @@ pub fn router(module: Arc<FakeModule>) -> Router {
             ),
         )
         .route(
-            &format!("{BASE}/execute"),
+            svcmod::api::EXECUTE,
             post(
                 |State(m): State<Arc<FakeModule>>, Json(req): Json<ExecuteRequest>| async move {
                     m.execute(&req).await.map(Json)
@@ -205,22 +203,6 @@ pub fn router(module: Arc<FakeModule>) -> Router {
             ),
         )
         .with_state(module)
-}
-
-/// The registration of a module whose callbacks are at `http://{addr}{BASE}`.
-pub fn registration(
-    addr: SocketAddr,
-    relocation_type: RelocationType,
-) -> ServiceModuleRegistration {
-    let base = format!("http://{addr}{BASE}");
-    ServiceModuleRegistration {
-        relocation_type,
-        resource_requirements: Default::default(),
-        get_service_notif_uri: format!("{base}/services"),
-        served_service_notif_uri: format!("{base}/served-service"),
-        execute_notif_uri: format!("{base}/execute"),
-        notif_address: addr.to_string(),
-    }
 }
 
 /// Registers with the SMO at `smo` (base URL), retrying while it cannot be reached or answers
@@ -256,17 +238,6 @@ pub async fn deregister(client: &Client, smo: &str, module_id: &str) -> Result<(
             smo.trim_end_matches('/')
         ))
         .await
-}
-
-/// The address the SMO should call back: the listening address, with an unspecified IP replaced
-/// by loopback (the module runs in its SMO's namespace).
-pub fn callback_addr(local: SocketAddr) -> SocketAddr {
-    match local {
-        SocketAddr::V4(a) if a.ip().is_unspecified() => {
-            SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
-        }
-        other => other,
-    }
 }
 
 #[cfg(test)]
@@ -307,29 +278,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn registration_points_at_the_callbacks() {
-        let addr: SocketAddr = "10.100.0.41:9100".parse().expect("addr");
-        let r = registration(addr, RelocationType::Test);
-        assert_eq!(
-            r.get_service_notif_uri,
-            "http://10.100.0.41:9100/tbmodule/v1/services"
-        );
-        assert_eq!(
-            r.served_service_notif_uri,
-            "http://10.100.0.41:9100/tbmodule/v1/served-service"
-        );
-        assert_eq!(
-            r.execute_notif_uri,
-            "http://10.100.0.41:9100/tbmodule/v1/execute"
-        );
-        assert_eq!(r.notif_address, "10.100.0.41:9100");
-        assert_eq!(
-            callback_addr("0.0.0.0:9100".parse().expect("addr")).to_string(),
-            "127.0.0.1:9100"
-        );
-    }
-
     async fn serve(module: Arc<FakeModule>) -> (String, tokio::sync::oneshot::Sender<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -344,7 +292,7 @@ mod tests {
                 let _ = rx.await;
             },
         ));
-        (format!("http://{addr}{BASE}"), tx)
+        (format!("http://{addr}{}", svcmod::api::BASE), tx)
     }
 
     fn request() -> ExecuteRequest {
@@ -488,7 +436,7 @@ mod tests {
             let _ = sbi::serve(l, app, Some("tok".into()), std::future::pending()).await;
         });
         let c = Client::new(Some("tok".into()), Duration::from_secs(2));
-        let reg = registration(addr, RelocationType::Test);
+        let reg = svcmod::daemon::registration(RelocationType::Test, addr, addr);
         let m = register(&c, &smo, &reg, Duration::from_secs(10))
             .await
             .expect("registered");

@@ -103,27 +103,44 @@ pub fn handover(
             "{ue} is already served by {target}"
         )));
     }
-    let ns = netkit::Netns::new(&source.netns);
     let trigger = HandoverTrigger {
         ue: ue.to_owned(),
         target_gnb: target.clone(),
     };
     let url = format!("http://127.0.0.1:{PORT}{CONTROL_BASE}/handovers");
+    sbi_call_in(
+        &source.netns,
+        token,
+        Duration::from_secs(30),
+        format!("{} control API", source.name),
+        move |client| async move { client.post::<_, HandoverReport>(&url, &trigger).await },
+    )
+}
+
+/// One SBI call (h2c, the deployment's `token`, time limit `timeout`) made from a thread inside
+/// namespace `netns`, so that the namespace's addresses and routes apply; `what` names the peer
+/// in errors.
+pub fn sbi_call_in<T, F, Fut>(
+    netns: &str,
+    token: &str,
+    timeout: Duration,
+    what: String,
+    call: F,
+) -> Result<T, CallError>
+where
+    T: Send + 'static,
+    F: FnOnce(sbi::Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, sbi::ClientError>>,
+{
     let token = token.to_owned();
-    let what = format!("{} control API", source.name);
-    let result = ns
+    let result = netkit::Netns::new(netns)
         .run_in(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let client = sbi::Client::new(Some(token), Duration::from_secs(30));
-                client
-                    .post::<_, HandoverReport>(&url, &trigger)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
+            rt.block_on(call(sbi::Client::new(Some(token), timeout)))
+                .map_err(|e| e.to_string())
         })
         .map_err(|e| CallError::Unreachable {
             what: what.clone(),

@@ -159,22 +159,19 @@ pub fn skipped_notifications(plan: &Plan, token: &str) -> Option<u64> {
     let mut sum = 0;
     for sw in &plan.switches {
         let url = format!("{}/metrics", crate::nf::smo_api_root(plan, &sw.node));
-        let token = token.to_owned();
-        let text = netkit::Netns::new(plan.netns(&sw.node))
-            .run_in(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .ok()?;
-                rt.block_on(async move {
-                    let resp = sbi::Client::new(Some(token), Duration::from_secs(5))
-                        .send(reqwest::Method::GET, &url, None::<&()>)
-                        .await
-                        .ok()?;
-                    resp.text().await.ok()
-                })
-            })
-            .ok()??;
+        let text = crate::handover::sbi_call_in(
+            &plan.netns(&sw.node),
+            token,
+            Duration::from_secs(5),
+            format!("{} metrics", sw.node),
+            move |client| async move {
+                let resp = client.send(reqwest::Method::GET, &url, None::<&()>).await?;
+                resp.text()
+                    .await
+                    .map_err(|source| sbi::ClientError::Body { url, source })
+            },
+        )
+        .ok()?;
         sum += metric(&text, "smo_notifications_skipped_total")?;
     }
     Some(sum)

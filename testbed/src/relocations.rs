@@ -199,26 +199,13 @@ pub fn get_in<T>(netns: &str, url: String, token: &str, what: String) -> Result<
 where
     T: serde::de::DeserializeOwned + Send + 'static,
 {
-    let ns = netkit::Netns::new(netns);
-    let token = token.to_owned();
-    let result = ns
-        .run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                sbi::Client::new(Some(token), Duration::from_secs(5))
-                    .get::<T>(&url)
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        })
-        .map_err(|e| CallError::Unreachable {
-            what: what.clone(),
-            detail: e.to_string(),
-        })?;
-    result.map_err(|detail| CallError::Unreachable { what, detail })
+    crate::handover::sbi_call_in(
+        netns,
+        token,
+        Duration::from_secs(5),
+        what,
+        move |client| async move { client.get::<T>(&url).await },
+    )
 }
 
 /// The relocation records of the SMO of edge node `edge`.

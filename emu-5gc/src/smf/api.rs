@@ -51,18 +51,6 @@ pub fn router(smf: Arc<Smf>, api_root: String) -> Router {
         .with_state(api)
 }
 
-/// Renders an error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn problem(status: StatusCode, cause: &str, detail: String) -> ApiError {
     let ApiError(p) = ApiError::status(status, detail);
     ApiError(p.with_cause(cause))
@@ -70,7 +58,7 @@ fn problem(status: StatusCode, cause: &str, detail: String) -> ApiError {
 
 impl From<ProcedureError> for ApiError {
     fn from(e: ProcedureError) -> Self {
-        let detail = chain(&e);
+        let detail = sbi::error_chain(&e);
         tracing::warn!(error = %detail, "n2 procedure failed");
         match &e {
             ProcedureError::UnknownGnb(_) => ApiError::bad_request(detail, Some("/gnb")),

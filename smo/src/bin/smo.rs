@@ -99,8 +99,8 @@ async fn run(
                     return Ok(());
                 }
             };
-            let location =
-                subscribed.map_err(|e| format!("cannot subscribe at {smf_url}: {}", chain(&e)))?;
+            let location = subscribed
+                .map_err(|e| format!("cannot subscribe at {smf_url}: {}", sbi::error_chain(&e)))?;
             tracing::info!(%location, when = ?config.notify_when, "subscribed to UP_PATH_CH");
             Some(location)
         }
@@ -116,23 +116,13 @@ async fn run(
     if let Some(location) = subscription {
         match events::unsubscribe(&smf, &location).await {
             Ok(()) => tracing::info!(%location, "unsubscribed"),
-            Err(e) => tracing::warn!(%location, error = %chain(&e), "cannot unsubscribe"),
+            Err(e) => {
+                tracing::warn!(%location, error = %sbi::error_chain(&e), "cannot unsubscribe")
+            }
         }
     }
     let _ = stop_server.send(());
     server.await??;
     tracing::info!("stopped");
     Ok(())
-}
-
-/// An error and its sources, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }

@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(cli.listen)
         .await
         .with_context(|| format!("cannot listen on {}", cli.listen))?;
-    let local = fake_module::callback_addr(listener.local_addr()?);
+    let local = svcmod::daemon::callback_addr(listener.local_addr()?);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(sbi::serve(
         listener,
@@ -121,7 +121,7 @@ async fn run(cli: Cli) -> Result<()> {
         },
     ));
     let client = sbi::Client::new(cli.token.clone(), Duration::from_secs(5));
-    let reg = fake_module::registration(local, relocation_type);
+    let reg = svcmod::daemon::registration(relocation_type, local, local);
     let registered = fake_module::register(&client, &cli.smo, &reg, REGISTER_PATIENCE)
         .await
         .with_context(|| format!("cannot register with the SMO at {}", cli.smo))?;
