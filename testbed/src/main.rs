@@ -47,6 +47,10 @@ enum Command {
         /// Start the service modules without their services (no `stream1` in edge cloud X).
         #[arg(long)]
         no_services: bool,
+        /// Bring up what a scenario file needs: its topology, UEs, services and notification
+        /// type (instead of the built-in topology and `stream1`).
+        #[arg(long, value_name = "SCENARIO.toml", conflicts_with_all = ["topology", "ues"])]
+        scenario: Option<PathBuf>,
     },
     /// Hand a UE over to another site (Xn handover with UPF relocation), print the timeline, then
     /// wait for the service relocation it triggers and print its phases, the migration and the
@@ -208,21 +212,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ues,
             network_only,
             no_services,
+            scenario,
         } => {
             require_root()?;
-            let mut spec = load_spec(&builtin, topology.as_ref())?;
-            if let Some(n) = ues {
-                spec.ues = n;
-                spec.validate()?;
-            }
+            let mut opts = topo::UpOptions {
+                network_functions: !network_only,
+                services: !no_services,
+                ..Default::default()
+            };
+            let spec = if let Some(path) = &scenario {
+                let (sc, spec) = testbed::scenario::Scenario::load(path)?;
+                opts.service_specs = Some(sc.services.clone());
+                opts.notify = sc.scenario.notify;
+                sc.testbed_spec(spec)?
+            } else {
+                let mut spec = load_spec(&builtin, topology.as_ref())?;
+                if let Some(n) = ues {
+                    spec.ues = n;
+                    spec.validate()?;
+                }
+                spec
+            };
             let t = std::time::Instant::now();
-            let plan = topo::up(
-                &spec,
-                topo::UpOptions {
-                    network_functions: !network_only,
-                    services: !no_services,
-                },
-            )?;
+            let plan = topo::up(&spec, opts)?;
             println!(
                 "testbed `{}` is up ({} namespaces, {} links, {} Open vSwitch instances) in {:.1} s",
                 plan.name,
@@ -249,7 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let name = current(name)?;
             let state = State::load(&State::dir(&name))?
                 .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = Plan::new(&state.spec);
+            let plan = state.plan();
             let Some(n) = plan.node(&node) else {
                 let known: Vec<_> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
                 bail!("no node `{node}` in `{name}` (nodes: {})", known.join(", "));
@@ -274,7 +286,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let token = state.token.clone().context(
                 "this testbed runs no network functions (it was brought up with --network-only)",
             )?;
-            let plan = Plan::new(&state.spec);
+            let plan = state.plan();
             let wait = (!no_wait).then(|| std::time::Duration::from_secs_f64(wait_secs.max(0.0)));
             let outcome = testbed::migration::handover_and_follow(&plan, &token, &ue, &to, wait)?;
             if json {
@@ -290,7 +302,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let token = state.token.clone().context(
                 "this testbed runs no network functions (it was brought up with --network-only)",
             )?;
-            let plan = Plan::new(&state.spec);
+            let plan = state.plan();
             let mut records = Vec::new();
             let mut unreachable = 0;
             for a in testbed::relocations::collect(&plan, &token) {
@@ -316,7 +328,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let name = current(name)?;
             let state = State::load(&State::dir(&name))?
                 .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = Plan::new(&state.spec);
+            let plan = state.plan();
             let path = match what.as_str() {
                 "status" => "/ue/v1/status",
                 "gaps" => "/ue/v1/gaps",
