@@ -42,7 +42,7 @@ use crate::criu::{
 };
 use crate::transfer::{self, Conn, Message};
 use crate::{
-    us, ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
+    us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
     ServiceSpec, ServiceState, Stopwatch, Strategy, ARRIVAL_LIMIT,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
@@ -161,6 +161,8 @@ pub struct CriuBackend {
     arrival: ArrivalSlot,
     /// Services whose source container is being removed in the background.
     leaving: Arc<Mutex<HashSet<String>>>,
+    /// A fault armed for the next incoming migration.
+    fault: Mutex<Option<Fault>>,
 }
 
 /// The [`ArrivalHook`], if one was installed.
@@ -203,6 +205,29 @@ fn path_safe(id: &str) -> String {
     }
 }
 
+/// [`Fault::CorruptImages`]: overwrites the start of every task's core image, so CRIU's restore
+/// really fails on them.
+fn damage_images(images: &Path) -> Result<(), BackendError> {
+    let io = |source| BackendError::Io {
+        path: images.to_owned(),
+        source,
+    };
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(images).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("core-") && name.ends_with(".img") {
+            std::fs::write(&path, b"not a CRIU image").map_err(io)?;
+            damaged += 1;
+        }
+    }
+    tracing::warn!(images = %images.display(), damaged, "fault: core images damaged before the restore");
+    Ok(())
+}
+
 fn fresh_dir(dir: &Path) -> Result<(), BackendError> {
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
@@ -220,6 +245,18 @@ impl CriuBackend {
             migrations: AtomicU16::new(0),
             arrival: ArrivalSlot::default(),
             leaving: Arc::default(),
+            fault: Mutex::new(None),
+        }
+    }
+
+    /// Takes the armed fault if it is `fault`.
+    fn take_fault(&self, fault: Fault) -> bool {
+        let mut armed = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        if *armed == Some(fault) {
+            *armed = None;
+            true
+        } else {
+            false
         }
     }
 
@@ -1057,6 +1094,9 @@ impl CriuBackend {
             },
             None => None,
         };
+        if self.take_fault(Fault::CorruptImages) {
+            damage_images(&images)?;
+        }
         // Post-copy: the lazy-pages daemon must be up before the restore hands it the tasks.
         let daemon = match page_server {
             None => None,
@@ -1249,6 +1289,11 @@ impl Backend for CriuBackend {
 
     fn set_arrival_hook(&self, hook: ArrivalHook) {
         *self.arrival.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+
+    fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
+        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+        Ok(())
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {

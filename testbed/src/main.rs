@@ -83,6 +83,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Arm a fault in an edge cloud's service module, for failure experiments:
+    /// `corrupt-images` makes the next migration into that edge fail at its restore (the source
+    /// must roll back and keep serving).
+    Fault {
+        #[arg(long)]
+        name: Option<String>,
+        /// The edge node, e.g. edge-y.
+        edge: String,
+        /// The fault: corrupt-images.
+        fault: String,
+    },
     /// Ask a UE for its status, or for the downlink gaps it recorded (the UE-side downtime probe).
     Ue {
         #[arg(long)]
@@ -323,6 +334,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if unreachable > 0 {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Fault { name, edge, fault } => {
+            let name = current(name)?;
+            let state = State::load(&State::dir(&name))?
+                .with_context(|| format!("testbed `{name}` is not up"))?;
+            let token = state.token.clone().context(
+                "this testbed runs no network functions (it was brought up with --network-only)",
+            )?;
+            let plan = state.plan();
+            if plan.switches.iter().all(|sw| sw.node != edge) {
+                bail!("no edge cloud `{edge}` in testbed `{name}`");
+            }
+            let fault: svcmod::Fault =
+                serde_json::from_value(serde_json::Value::String(fault.clone())).map_err(|_| {
+                    anyhow::anyhow!("unknown fault `{fault}` (known: corrupt-images)")
+                })?;
+            testbed::migration::arm_fault(&plan, &token, &edge, fault)?;
+            println!("{fault} armed in {}", testbed::nf::svcmod_name(&edge));
         }
         Command::Ue { name, ue, what } => {
             let name = current(name)?;

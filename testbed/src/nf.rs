@@ -297,6 +297,15 @@ pub fn smo_api_root(plan: &Plan, edge: &str) -> String {
     format!("http://{}:{SMO_PORT}", addr(plan, edge, "sbi"))
 }
 
+/// Base URL of the callbacks of the service module in edge node `edge`.
+pub fn svcmod_api_root(plan: &Plan, edge: &str) -> String {
+    format!(
+        "http://{}:{SVCMOD_PORT}{}",
+        addr(plan, edge, "sbi"),
+        svcmod::api::BASE
+    )
+}
+
 /// The name of the edge's OVS port on segment `segment` (`bh`, `n6`), as the plan gives it.
 fn ovs_port(plan: &Plan, edge: &str, segment: &str) -> String {
     plan.links

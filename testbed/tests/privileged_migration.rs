@@ -3,8 +3,9 @@
 //! (20.0.0.100, a tbprobe TCP stream) in edge X. ue1 streams from it; handing ue1 over to site B
 //! makes SMO-X relocate the service: the module live-migrates it to edge Y (same IP and MAC, TCP
 //! connection intact) and the relocation completes on its own; handing back moves it back.
-//! A dead target module makes the relocation fail with the service still at edge X, reachable
-//! through the trombone; ten migrations in a row leave nothing behind.
+//! A dead target module, or a restore that fails at the target (an armed fault damages the
+//! images), makes the relocation fail with the service still at edge X, reachable through the
+//! trombone; ten migrations in a row leave nothing behind.
 //!
 //! `#[ignore]`d (a plain `cargo test` counts them as skipped); `scripts/test` runs them as root
 //! after `cargo build --bins`.
@@ -518,6 +519,64 @@ fn a_dead_target_module_fails_the_relocation_and_the_service_stays_at_edge_x() {
     );
     drop(guard);
     assert!(netkit::Netns::list_with_prefix("tbmf-").is_empty());
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_failed_restore_at_the_target_rolls_back_and_the_service_stays_at_edge_x() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = up("ci-mgr", "tbmr");
+    let stream = stream_from_service(&plan);
+
+    // The target module's next restore really fails (its core images are damaged first).
+    testbed::migration::arm_fault(&plan, &token, "edge-y", svcmod::Fault::CorruptImages)
+        .expect("arm the fault in svcmod-y");
+    let (o, client_gap) = hand_over(&plan, &token, "site-b", &stream);
+    eprintln!(
+        "\n===== ue1 → site-b with a failing restore at edge Y\n{}",
+        testbed::migration::text("ue1", &o)
+    );
+    assert_eq!(
+        state_of(&o),
+        RelocationState::Failed,
+        "{}\n{}",
+        testbed::migration::text("ue1", &o),
+        logs(&plan)
+    );
+    let src = o
+        .relocation
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .expect("source record");
+    assert_eq!(src.phase, RelocationPhase::Failure, "{src:#?}");
+    let cause = src.cause.clone().unwrap_or_default();
+    eprintln!("relocation failed: {cause}");
+    assert!(
+        cause.contains("ROLLED_BACK") || cause.contains("restore"),
+        "the cause should say the restore failed and the service was rolled back: {cause}"
+    );
+    // The service was dumped, the restore at Y failed, and X restored it from its own images:
+    // it still runs in edge X, and ue1 at site B reaches it through the trombone.
+    assert_service_at(&plan, "edge-x", "edge-y");
+    let before = stream.watch.records();
+    std::thread::sleep(Duration::from_secs(2));
+    let through = stream.watch.records() - before;
+    assert!(
+        through >= 100,
+        "only {through} records in 2 s through the trombone"
+    );
+    eprintln!(
+        "through the trombone: {through} records in 2 s; {}",
+        summary(&o, client_gap)
+    );
+    let rep = stream.finish();
+    assert!(
+        rep.intact && rep.disconnected.is_none(),
+        "stream not byte-exact on one connection: {rep:?}"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbmr-").is_empty());
 }
 
 /// One migration of the series.
