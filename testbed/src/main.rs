@@ -171,6 +171,24 @@ fn load_spec(builtin: &str, topology: Option<&PathBuf>) -> Result<TopologySpec> 
 }
 
 /// The testbed a command is about: the one named, else the only one up.
+/// The state and plan of the testbed `name` (default: the one that is up).
+fn running(name: Option<String>) -> Result<(String, State, Plan)> {
+    let name = current(name)?;
+    let state =
+        State::load(&State::dir(&name))?.with_context(|| format!("testbed `{name}` is not up"))?;
+    let plan = state.plan();
+    Ok((name, state, plan))
+}
+
+/// [`running`] plus the deployment's token, for commands that talk to its network functions.
+fn running_with_token(name: Option<String>) -> Result<(String, Plan, String)> {
+    let (name, state, plan) = running(name)?;
+    let token = state.token.context(
+        "this testbed runs no network functions (it was brought up with --network-only)",
+    )?;
+    Ok((name, plan, token))
+}
+
 fn current(name: Option<String>) -> Result<String> {
     if let Some(n) = name {
         return Ok(n);
@@ -269,10 +287,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Exec { name, node, cmd } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = state.plan();
+            let (name, _, plan) = running(name)?;
             let Some(n) = plan.node(&node) else {
                 let known: Vec<_> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
                 bail!("no node `{node}` in `{name}` (nodes: {})", known.join(", "));
@@ -291,13 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
             wait_secs,
         } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let token = state.token.clone().context(
-                "this testbed runs no network functions (it was brought up with --network-only)",
-            )?;
-            let plan = state.plan();
+            let (_, plan, token) = running_with_token(name)?;
             let wait = (!no_wait).then(|| std::time::Duration::from_secs_f64(wait_secs.max(0.0)));
             let outcome = testbed::migration::handover_and_follow(&plan, &token, &ue, &to, wait)?;
             if json {
@@ -307,13 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Relocations { name, json } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let token = state.token.clone().context(
-                "this testbed runs no network functions (it was brought up with --network-only)",
-            )?;
-            let plan = state.plan();
+            let (_, plan, token) = running_with_token(name)?;
             let mut records = Vec::new();
             let mut unreachable = 0;
             for a in testbed::relocations::collect(&plan, &token) {
@@ -336,13 +339,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Fault { name, edge, fault } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let token = state.token.clone().context(
-                "this testbed runs no network functions (it was brought up with --network-only)",
-            )?;
-            let plan = state.plan();
+            let (name, plan, token) = running_with_token(name)?;
             if plan.switches.iter().all(|sw| sw.node != edge) {
                 bail!("no edge cloud `{edge}` in testbed `{name}`");
             }
@@ -354,10 +351,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{fault} armed in {}", testbed::nf::svcmod_name(&edge));
         }
         Command::Ue { name, ue, what } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = state.plan();
+            let (_, _, plan) = running(name)?;
             let path = match what.as_str() {
                 "status" => "/ue/v1/status",
                 "gaps" => "/ue/v1/gaps",
