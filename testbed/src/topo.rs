@@ -281,8 +281,9 @@ pub struct DownReport {
 /// Removes everything testbed `name` made: the processes it recorded (by PID, after checking they are
 /// still the ones it started), any other process still inside its namespaces, its namespaces (from its
 /// state and from its naming prefix — service namespaces `<prefix>-svc-*` included), the service
-/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), and its state directory. Safe
-/// to run at any time, repeatedly.
+/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), its state directory, and —
+/// when no other testbed is up — CRIU's kernel-feature cache the modules made. Safe to run at any
+/// time, repeatedly.
 pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
     let dir = State::dir(name);
     let mut report = DownReport::default();
@@ -351,6 +352,16 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
             report
                 .problems
                 .push(format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+    // The service modules made CRIU's kernel-feature cache; the last testbed down removes it.
+    let kdat = Path::new(svcmod::criu::KDAT_CACHE);
+    if State::list().is_empty() && kdat.exists() {
+        match std::fs::remove_file(kdat) {
+            Ok(()) => report.work_dirs_removed.push(kdat.display().to_string()),
+            Err(e) => report
+                .problems
+                .push(format!("cannot remove {}: {e}", kdat.display())),
         }
     }
     report
