@@ -388,6 +388,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 for d in &r.work_dirs_removed {
                     println!("  removed {d}");
                 }
+                for h in &r.host_settings_restored {
+                    println!("  restored {h}");
+                }
                 for p in &r.problems {
                     ok = false;
                     println!("  problem: {p}");

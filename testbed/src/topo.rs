@@ -105,6 +105,9 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
         });
     }
     state.save(&plan.state_dir)?;
+    for p in crate::host::apply() {
+        tracing::warn!("{p}");
+    }
     let built = build(&plan, &mut state).and_then(|()| {
         if opts.network_functions {
             start_functions(&plan, &mut state, &opts)
@@ -275,6 +278,8 @@ pub struct DownReport {
     pub netns_removed: Vec<String>,
     /// Service modules' work directories removed.
     pub work_dirs_removed: Vec<String>,
+    /// Host settings put back (see [`crate::host`]).
+    pub host_settings_restored: Vec<String>,
     pub problems: Vec<String>,
 }
 
@@ -354,7 +359,13 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
                 .push(format!("cannot remove {}: {e}", dir.display()));
         }
     }
-    // The service modules made CRIU's kernel-feature cache; the last testbed down removes it.
+    // The last testbed down puts the host's settings back and removes CRIU's kernel-feature
+    // cache the service modules made.
+    if State::list().is_empty() {
+        let (restored, problems) = crate::host::restore();
+        report.host_settings_restored = restored;
+        report.problems.extend(problems);
+    }
     let kdat = Path::new(svcmod::criu::KDAT_CACHE);
     if State::list().is_empty() && kdat.exists() {
         match std::fs::remove_file(kdat) {
