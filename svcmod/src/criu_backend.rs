@@ -1065,11 +1065,7 @@ impl CriuBackend {
                 }),
                 _ => {
                     let e = BackendError::BadRequest(format!("bad page server `{addr}`"));
-                    let _ = conn
-                        .send(&Message::Failed {
-                            cause: e.to_string(),
-                        })
-                        .await;
+                    answer_failed(conn, container, e.to_string()).await;
                     return Err(e);
                 }
             },
@@ -1084,11 +1080,7 @@ impl CriuBackend {
             Some(_) => match PipeMaxSize::raise(LAZY_PIPE_MAX_SIZE) {
                 Ok(g) => Some(g),
                 Err(e) => {
-                    let _ = conn
-                        .send(&Message::Failed {
-                            cause: e.to_string(),
-                        })
-                        .await;
+                    answer_failed(conn, container, e.to_string()).await;
                     return Err(e.into());
                 }
             },
@@ -1115,11 +1107,7 @@ impl CriuBackend {
                 match started {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        let _ = conn
-                            .send(&Message::Failed {
-                                cause: e.to_string(),
-                            })
-                            .await;
+                        answer_failed(conn, container, e.to_string()).await;
                         return Err(e.into());
                     }
                 }
@@ -1192,23 +1180,15 @@ impl CriuBackend {
         {
             Ok(g) => g,
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                answer_failed(conn, container, e.to_string()).await;
                 return Err(e.into());
             }
         };
         let restore_us = match gated.wait_restored(t.restore).await {
             Ok(d) => us(d),
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
                 gated.abort(Duration::from_secs(5)).await;
+                answer_failed(conn, container, e.to_string()).await;
                 return Err(e.into());
             }
         };
@@ -1243,20 +1223,26 @@ impl CriuBackend {
             }
             Err(e) => {
                 // CRIU killed what it restored, but the gate may have brought the carrier up:
-                // silence the namespace before the source resumes the service, then tell it.
-                let c = container.clone();
-                if let Ok(Err(down)) = blocking(move || c.set_carrier(Carrier::Down)).await {
-                    tracing::warn!(error = %down, "cannot take the target carrier down");
-                }
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                // remove the namespace before the source resumes the service, then tell it.
+                answer_failed(conn, container, e.to_string()).await;
                 Err(e.into())
             }
         }
     }
+}
+
+/// The target's answer to a failed receive: the half-made container goes first (its veth, OVS
+/// port and namespace), then `Failed` — so the source, which resumes the service at once, never
+/// meets a live duplicate here, and a retry finds the edge clean. (The caller removes it again
+/// on its way out; that is a no-op.)
+async fn answer_failed(conn: &mut Conn, container: &Container, cause: String) {
+    let mut c = container.clone();
+    match blocking(move || c.destroy()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+    }
+    let _ = conn.send(&Message::Failed { cause }).await;
 }
 
 /// What a rollback needs from the migration it undoes.
