@@ -7,6 +7,7 @@
 //! * [`ran`]: the testbed's own RAN/core signalling where 3GPP has no JSON form (radio, N2, Xn, LR).
 //! * [`smo`]: the SMO's own messages (service-mobility API, module callbacks, peer protocol,
 //!   relocation records).
+//! * [`edge`]: the service range's fixed addresses (the anycast gateway).
 //! * [`problem`]: `ProblemDetails`, the `application/problem+json` error body.
 //! * `schema` (feature `schema`): validation of any JSON body against the OpenAPI files, for
 //!   tests.
@@ -14,6 +15,7 @@
 //! The crate does no I/O (except `schema`, which reads the OpenAPI files).
 
 pub mod common;
+pub mod edge;
 pub mod nsmf_event_exposure;
 pub mod problem;
 pub mod ran;

@@ -4,7 +4,8 @@
 //! * network namespace `<prefix>-svc-<id>-<edge>` (unique on the host: the source and the target of a
 //!   migration coexist while it runs, and every edge cloud lives on this one host);
 //! * `eth0` inside, with the service's address /16, a fixed MAC and a default route via the anycast
-//!   gateway 20.0.0.1 (added `onlink`, so it exists while the link has no carrier);
+//!   gateway 20.0.0.1 (added `onlink`, so it exists while the link has no carrier), whose MAC is a
+//!   permanent neighbour entry (the same at every edge: no ARP exchange after a migration);
 //! * the veth's other end, named after the service's OVS port (`s-<id>`), inside the edge cloud's
 //!   namespace and attached to its bridge; transmit checksum offload is off on both ends (TCP through
 //!   the userspace datapath fails otherwise);
@@ -36,7 +37,7 @@ pub const SERVICE_IFNAME: &str = "eth0";
 /// Prefix length of the service range 20.0.0.0/16.
 pub const SERVICE_PREFIX_LEN: u8 = 16;
 /// The anycast gateway of every edge cloud.
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(20, 0, 0, 1);
+pub const GATEWAY: Ipv4Addr = model::edge::GATEWAY_IP;
 /// Longest service id: the OVS port `s-<id>` must fit an interface name (15 characters).
 pub const MAX_SERVICE_ID: usize = netkit::link::IFNAMSIZ_MAX - 2;
 
@@ -308,6 +309,20 @@ impl Container {
             "dev",
             SERVICE_IFNAME,
             "onlink",
+        ])?;
+        // The gateway's MAC is the same at every edge: a permanent entry spares the restored
+        // service an ARP exchange at the worst moment (a request lost right after the carrier
+        // comes up is retried only after a second, and the socket's first packets wait for it).
+        ns.ip([
+            "neigh",
+            "replace",
+            &GATEWAY.to_string(),
+            "lladdr",
+            model::edge::GATEWAY_MAC_STR,
+            "nud",
+            "permanent",
+            "dev",
+            SERVICE_IFNAME,
         ])?;
         self.site.ovs.add_port(&self.site.bridge, &self.port)?;
         self.set_carrier(carrier)?;

@@ -412,12 +412,24 @@ where
         let want = usize::try_from(len - copied)
             .unwrap_or(CHUNK)
             .min(buf.len());
-        let n = from.read(&mut buf[..want]).await?;
-        if n == 0 {
+        // Fill the whole chunk before writing it: a socket hands out a few kB per read, and
+        // each write to a `tokio::fs` file is a hop to the blocking pool.
+        let mut filled = 0;
+        while filled < want {
+            let n = from.read(&mut buf[filled..want]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
             break;
         }
-        to.write_all(&buf[..n]).await?;
-        copied += n as u64;
+        to.write_all(&buf[..filled]).await?;
+        copied += filled as u64;
+        if filled < want {
+            break;
+        }
     }
     Ok(copied)
 }

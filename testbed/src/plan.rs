@@ -31,9 +31,9 @@ pub const UE_POOL: Ipv4Net = net(192, 168, 1, 0, 24);
 /// The service range shared by every edge cloud (IP mobility).
 pub const SERVICES: Ipv4Net = net(20, 0, 0, 0, 16);
 /// The default gateway of the service range, at every site (anycast).
-pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(20, 0, 0, 1);
+pub const GATEWAY: Ipv4Addr = model::edge::GATEWAY_IP;
 /// The gateway's MAC, the same at every site so a migrated service keeps its ARP entry.
-pub const GATEWAY_MAC: &str = "02:14:00:00:00:01";
+pub const GATEWAY_MAC: &str = model::edge::GATEWAY_MAC_STR;
 /// The backhaul between edge clouds.
 pub const BACKHAUL: Ipv4Net = net(10, 0, 1, 0, 24);
 /// The central data network's server.

@@ -61,9 +61,9 @@ impl FromStr for Mac {
 }
 
 /// The anycast N6 gateway every site answers for (ARCHITECTURE.md, "Topology and addresses").
-pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(20, 0, 0, 1);
+pub const GATEWAY_IP: Ipv4Addr = model::edge::GATEWAY_IP;
 /// The anycast N6 gateway's MAC.
-pub const GATEWAY_MAC: Mac = Mac([0x02, 0x14, 0, 0, 0, 0x01]);
+pub const GATEWAY_MAC: Mac = Mac(model::edge::GATEWAY_MAC);
 /// The destination MAC of the trombone's downlink on the backhaul (the service's replies, from the
 /// source edge to the target edge; `SMOR` in the middle). No host ever sends from it, so the
 /// backhaul's learning bridge never learns it and always floods it: it reaches the target edge
