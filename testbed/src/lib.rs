@@ -11,6 +11,7 @@ pub mod probe;
 pub mod relocations;
 pub mod report;
 pub mod results;
+pub mod rtmp;
 pub mod scenario;
 pub mod spec;
 pub mod state;
