@@ -7,6 +7,7 @@ pub mod handover;
 pub mod migration;
 pub mod nf;
 pub mod plan;
+pub mod player;
 pub mod probe;
 pub mod relocations;
 pub mod report;
