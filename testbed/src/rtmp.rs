@@ -424,4 +424,24 @@ mod tests {
         assert_eq!(&head[..3], b"FLV");
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
+
+    #[test]
+    fn nginx_accepts_the_config_with_the_real_rtmp_module() {
+        if !Path::new(NGINX).exists() || !Path::new(RTMP_MODULE).exists() {
+            eprintln!("skipped: no {NGINX} or {RTMP_MODULE} (scripts/setup installs them)");
+            return;
+        }
+        let root = std::env::temp_dir().join(format!("tb-rtmp-nginx-t-{}", std::process::id()));
+        let conf = write_config(&root, "nginx", Path::new(MEDIA_DIR)).expect("written");
+        let mut cmd = service_command(&conf);
+        cmd.insert(1, "-t".into());
+        let out = Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .expect("nginx -t");
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        std::fs::remove_dir_all(&root).expect("cleanup");
+        assert!(out.status.success(), "nginx -t: {text}");
+        assert!(text.contains("test is successful"), "{text}");
+    }
 }
