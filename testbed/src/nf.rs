@@ -375,8 +375,12 @@ pub fn stream_service_command(bins: &Path) -> Vec<String> {
 }
 
 /// The command line of a planned service (see [`crate::plan::service_supported`] for the kinds
-/// this build runs).
-pub fn service_command(s: &EdgeService, bins: &Path) -> Vec<String> {
+/// this build runs) in a testbed whose state lives in `state_dir` (an nginx-rtmp service's config
+/// is there: [`crate::rtmp::write_config`]).
+pub fn service_command(s: &EdgeService, bins: &Path, state_dir: &Path) -> Vec<String> {
+    if s.kind == ServiceKind::NginxRtmp {
+        return crate::rtmp::service_command(&crate::rtmp::config_path(state_dir, &s.service_id));
+    }
     let mut cmd = stream_service_command(bins);
     if let (ServiceKind::Ballast, Some(mb)) = (s.kind, s.memory_mb) {
         cmd.push(format!("--ballast-mb={mb}"));
@@ -405,7 +409,7 @@ pub fn svcmod_configs(
                     service_id: s.service_id.clone(),
                     ipv4_addr: s.ipv4_addr,
                     mac_addr: s.mac_addr.clone(),
-                    command: service_command(s, &opts.bin_dir),
+                    command: service_command(s, &opts.bin_dir, &plan.state_dir),
                     resource_requirements: Default::default(),
                 })
                 .collect();
@@ -859,5 +863,28 @@ mod tests {
         assert!(!x.services[0].command.iter().any(|a| a.contains("ballast")));
         let smos = smo_configs(&plan, "tok", "http://10.100.0.20:8080");
         assert!(smos.iter().all(|(_, c)| c.notify_when == NotifyWhen::Early));
+    }
+
+    #[test]
+    fn an_nginx_rtmp_service_runs_nginx_with_its_config_under_the_state_dir() {
+        let mut plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let svc: crate::scenario::ServiceSpec = toml::from_str(
+            "id = \"nginx\"\nedge = \"edge-x\"\nbackend = \"criu\"\nkind = \"nginx-rtmp\"\nserves = [\"ue1\"]",
+        )
+        .expect("service");
+        plan.set_services(&[svc]).expect("nginx-rtmp runs on criu");
+        let mods = svcmod_configs(&plan, "tok", &opts());
+        let (_, x) = mods.iter().find(|(n, _)| n == "edge-x").expect("x");
+        assert_eq!(x.services[0].service_id, "nginx");
+        assert_eq!(
+            x.services[0].command,
+            [
+                "/usr/sbin/nginx",
+                "-e",
+                "/run/testbed/two-site/rtmp-nginx/error.log",
+                "-c",
+                "/run/testbed/two-site/rtmp-nginx/nginx.conf"
+            ]
+        );
     }
 }

@@ -188,9 +188,8 @@ pub struct EdgeService {
 /// The backends and kinds a planned service may use in this build.
 pub fn service_supported(kind: ServiceKind, backend: Backend) -> Result<(), String> {
     match (kind, backend) {
-        (ServiceKind::Streamer | ServiceKind::Ballast, Backend::Criu) => Ok(()),
-        (ServiceKind::NginxRtmp, _) => {
-            Err("kind nginx-rtmp is not available in this build yet".into())
+        (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Criu) => {
+            Ok(())
         }
         (_, Backend::Lxc | Backend::Lxd) => Err(format!(
             "backend {backend} is not available in this build yet"
@@ -763,5 +762,26 @@ mod tests {
             .expect_err("lxd");
         assert!(e.contains("lxd"), "{e}");
         assert_eq!(p.services.len(), 1, "a refusal keeps the plan's services");
+    }
+
+    #[test]
+    fn nginx_rtmp_runs_on_the_criu_backend() {
+        assert_eq!(
+            service_supported(ServiceKind::NginxRtmp, Backend::Criu),
+            Ok(())
+        );
+        let mut p = two_site();
+        p.set_services(&[scenario_service(
+            "nginx",
+            "edge-x",
+            "criu",
+            "nginx-rtmp",
+            "stop_and_copy",
+        )])
+        .expect("planned");
+        assert_eq!(
+            p.service("nginx").map(|s| s.kind),
+            Some(ServiceKind::NginxRtmp)
+        );
     }
 }

@@ -32,6 +32,8 @@ pub enum UpError {
     Launch(#[from] crate::nf::LaunchError),
     #[error("cannot plan the services: {0}")]
     Services(String),
+    #[error("cannot prepare the nginx-rtmp service")]
+    Rtmp(#[from] crate::rtmp::RtmpError),
 }
 
 /// The failure of one bring-up step.
@@ -110,6 +112,9 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
     }
     let built = build(&plan, &mut state).and_then(|()| {
         if opts.network_functions {
+            if opts.services {
+                prepare_rtmp_services(&plan)?;
+            }
             start_functions(&plan, &mut state, &opts)
         } else {
             Ok(())
@@ -229,6 +234,33 @@ fn build(plan: &Plan, state: &mut State) -> Result<(), UpError> {
                     .map_err(step(format!("rp_filter off in {}", n.name)))?;
             }
         }
+    }
+    Ok(())
+}
+
+/// For the plan's nginx-rtmp services: the test video (encoded once per machine, with a line on
+/// stderr while it encodes) and each service's nginx config under the state dir.
+fn prepare_rtmp_services(plan: &Plan) -> Result<(), UpError> {
+    let rtmp: Vec<_> = plan
+        .services
+        .iter()
+        .filter(|s| s.kind == crate::scenario::ServiceKind::NginxRtmp)
+        .collect();
+    if rtmp.is_empty() {
+        return Ok(());
+    }
+    crate::rtmp::ensure_media(|path| {
+        eprintln!(
+            "encoding the nginx-rtmp test video {} (once per machine, ≈ 30 s)…",
+            path.display()
+        );
+    })?;
+    for s in rtmp {
+        crate::rtmp::write_config(
+            &plan.state_dir,
+            &s.service_id,
+            std::path::Path::new(crate::rtmp::MEDIA_DIR),
+        )?;
     }
     Ok(())
 }

@@ -2,6 +2,9 @@
 //!
 //! tbprobe serve [--tcp ADDR:PORT] [--udp ADDR:PORT] [--record-bytes N] [--interval-ms MS] [--ballast-mb MB]
 //! tbprobe stream ADDR:PORT [--seconds S] [--record-bytes N]     (prints a JSON report; exit 1 if not intact)
+//! tbprobe rtmp-play rtmp://ADDR/vod/FILE [--seconds S] [--buffer-ms MS]
+//!                                   (ffmpeg plays it; prints a JSON report; exit 1 if the player stopped
+//!                                    early or played much less than the wall time)
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -43,6 +46,16 @@ enum Command {
         seconds: f64,
         #[arg(long, default_value_t = 64)]
         record_bytes: usize,
+    },
+    /// Play an RTMP stream with ffmpeg (at the server's pace) for a while and report what played.
+    RtmpPlay {
+        /// `rtmp://ADDR[:PORT]/APP/FILE`, e.g. rtmp://20.0.0.100/vod/testsrc-720p.flv.
+        url: String,
+        #[arg(long, default_value_t = 30.0)]
+        seconds: f64,
+        /// The buffer the player announces to the server (ms).
+        #[arg(long, default_value_t = testbed::player::DEFAULT_BUFFER_MS)]
+        buffer_ms: u32,
     },
 }
 
@@ -104,5 +117,34 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::RtmpPlay {
+            url,
+            seconds,
+            buffer_ms,
+        } => {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= 86_400.0) {
+                eprintln!("tbprobe: --seconds wants a number in (0, 86400]");
+                return ExitCode::from(64);
+            }
+            let opts = testbed::player::PlayOptions {
+                url,
+                duration_ms: (seconds * 1e3) as u64,
+                buffer_ms,
+            };
+            match testbed::player::play(&opts) {
+                Ok(rep) => {
+                    println!("{}", serde_json::to_string(&rep).unwrap_or_default());
+                    if rep.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tbprobe: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
