@@ -6,6 +6,7 @@ pub mod fake_module;
 pub mod handover;
 pub mod migration;
 pub mod nf;
+pub mod pcap;
 pub mod plan;
 pub mod probe;
 pub mod relocations;
