@@ -2,6 +2,7 @@
 //! larger) 5G edge deployment in network namespaces, status, and the environment doctor.
 
 pub mod doctor;
+pub mod experiment;
 pub mod fake_module;
 pub mod handover;
 pub mod migration;
