@@ -253,7 +253,6 @@ pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
         ),
     };
     meta.scenario_text = Some(text);
-    results::begin(&dir, &meta)?;
     let recorded: BTreeMap<u32, bool> = results::read_runs(&dir)?
         .into_iter()
         .map(|r| (r.run, r.ok))
@@ -270,6 +269,7 @@ pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
             sc.scenario.name,
             dir.display()
         );
+        results::begin(&dir, &meta)?;
         let e = results::finish(&dir, &meta)?;
         return Ok(summary(&dir, runs, &e.runs, 0));
     }
@@ -281,7 +281,9 @@ pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
         dir.display()
     );
     watch_signals();
+    // The testbed first: a refused --reuse or a failed bring-up writes nothing to DIR.
     let (state, guard) = testbed_for(&sc, &spec, opts)?;
+    results::begin(&dir, &meta)?;
     let token = state.token.clone().ok_or_else(|| {
         ExperimentError::Reuse("the testbed runs no network functions (--network-only)".into())
     })?;
@@ -299,7 +301,8 @@ pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
             .map(|s| format!("site-{}", s.name))
             .unwrap_or_default(),
     };
-    let mut pending = runner.get_ready().err();
+    // A reused testbed may have its UEs elsewhere from an earlier experiment.
+    let mut pending = runner.reset().err();
     let began = Instant::now();
     let mut ran_now = 0usize;
     for (i, &run) in todo.iter().enumerate() {
@@ -487,9 +490,16 @@ pub fn reuse_mismatch(st: &State, sc: &Scenario, spec: &crate::spec::TopologySpe
         ));
     }
     if st.notify != sc.scenario.notify {
+        let name = |n| {
+            serde_json::to_value(n)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
         diff.push(format!(
-            "its SMOs subscribe to {:?}, the scenario asks {:?}",
-            st.notify, sc.scenario.notify
+            "its SMOs subscribe to {}, the scenario asks {}",
+            name(st.notify),
+            name(sc.scenario.notify)
         ));
     }
     diff
@@ -753,12 +763,29 @@ impl Runner<'_> {
     }
 
     /// Puts every UE back at the first site (waiting for the relocations back), then
-    /// [`Self::get_ready`].
+    /// [`Self::get_ready`]. Before the first run too: a reused testbed may have its UEs elsewhere.
     fn reset(&self) -> Result<(), String> {
         let mut back = Vec::new();
         // A service serves a UE while it has a connection from it (the module asks the
         // service's sockets): the run's flows have ended, so hold one open during the hand-back.
         let mut held = Vec::new();
+        // A UE at home whose service stayed away (its relocation back failed earlier) goes to
+        // the service's site first, so that handing it back moves the service home.
+        for m in &self.members {
+            if self.serving_site(m)? != self.first_site || !self.services_away(m) {
+                continue;
+            }
+            if let Some(site) = self.site_of_away_service(m) {
+                migration::handover_and_follow(
+                    &self.plan,
+                    &self.token,
+                    &self.tb_ue(m),
+                    &site,
+                    None,
+                )
+                .map_err(|e| format!("handing {m} to {site}, where its service is: {e}"))?;
+            }
+        }
         for m in &self.members {
             let at = self.serving_site(m)?;
             if at == self.first_site {
@@ -790,9 +817,11 @@ impl Runner<'_> {
             match t.join() {
                 Err(_) => errors.push(format!("{what}: the thread panicked")),
                 Ok(Err(e)) => errors.push(format!("{what}: {e}")),
-                Ok(Ok(o)) => {
-                    if let Some(e) = relocation_problem(&o) {
-                        if self.served(&m) {
+                Ok(Ok(mut o)) => {
+                    // Only a service away from home has to come back.
+                    if self.services_away(&m) {
+                        self.follow_up(&mut o);
+                        if let Some(e) = relocation_problem(&o) {
                             errors.push(format!("{what}: {e}"));
                         }
                     }
@@ -818,6 +847,60 @@ impl Runner<'_> {
             })
             .map(|s| s.id.clone())
             .collect()
+    }
+
+    /// Whether a service serving `member` is away from its home edge cloud now.
+    fn services_away(&self, member: &str) -> bool {
+        self.services_of(member).iter().any(|id| {
+            self.plan
+                .service(id)
+                .is_some_and(|s| !netkit::Netns::new(self.plan.service_netns(id, &s.edge)).exists())
+        })
+    }
+
+    /// The site whose edge cloud hosts a service of `member` that is away from home.
+    fn site_of_away_service(&self, member: &str) -> Option<String> {
+        self.services_of(member).iter().find_map(|id| {
+            let home = &self.plan.service(id)?.edge;
+            self.plan
+                .switches
+                .iter()
+                .filter(|sw| &sw.node != home)
+                .find(|sw| netkit::Netns::new(self.plan.service_netns(id, &sw.node)).exists())
+                .and_then(|sw| self.plan.node(&sw.node)?.site.clone())
+                .map(|site| format!("site-{site}"))
+        })
+    }
+
+    /// When a handover found no relocation, looks again, without the "no service serves the
+    /// UE" shortcut: that one counts skipped notifications over all SMOs, so with several UEs
+    /// handing over at once another UE's skip reads as this one's.
+    fn follow_up(&self, o: &mut HandoverOutcome) {
+        if o.relocation.is_some() {
+            return;
+        }
+        match migration::wait_for_relocation(
+            &self.plan,
+            &self.token,
+            o.handover.ue_ipv4,
+            o.started_unix_us,
+            None,
+            RELOCATION_WAIT,
+        ) {
+            migration::RelocationWait::Ended(m) => {
+                o.relocation = Some(m);
+                o.relocation_note = None;
+            }
+            migration::RelocationWait::Running(m) => {
+                o.relocation = Some(m);
+                o.relocation_note = Some(format!(
+                    "still running after {} s",
+                    RELOCATION_WAIT.as_secs()
+                ));
+            }
+            migration::RelocationWait::NoService => {}
+            migration::RelocationWait::NoneSeen(why) => o.relocation_note = Some(why),
+        }
     }
 
     /// Whether some service of the scenario serves `member`.
@@ -939,6 +1022,12 @@ impl Runner<'_> {
                     Err("the handover thread panicked".into()),
                     model::ran::unix_now_us(),
                 )
+            });
+            let outcome = outcome.map(|mut o| {
+                if self.served(&j.member) {
+                    self.follow_up(&mut o);
+                }
+                o
             });
             done.push(HandoverDone {
                 member: j.member,
@@ -1544,7 +1633,12 @@ mod tests {
         assert!(reuse_mismatch(&st, &sc, &spec).is_empty());
         st.spec.ues = 3;
         st.services = None;
+        st.notify = crate::scenario::Notify::Early;
         let diff = reuse_mismatch(&st, &sc, &spec).join("; ");
+        assert!(
+            diff.contains("its SMOs subscribe to EARLY, the scenario asks LATE"),
+            "{diff}"
+        );
         assert!(
             diff.contains("it has 3 UE(s), the scenario needs 1"),
             "{diff}"

@@ -262,17 +262,28 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
         );
     }
 
-    // Resume: --runs 3 adds run 3 only.
+    // Resume: --runs 3 adds run 3 only (and --keep leaves the testbed up).
     let before: Vec<Vec<u8>> = ["001.json", "002.json"]
         .iter()
         .map(|f| std::fs::read(out.join("runs").join(f)).expect("run file"))
         .collect();
-    let (ok, stdout, stderr) = testbed(&["experiment", "run", scen, "--runs", "3", "--out", outs]);
+    let (ok, stdout, stderr) = testbed(&[
+        "experiment",
+        "run",
+        scen,
+        "--runs",
+        "3",
+        "--out",
+        outs,
+        "--keep",
+    ]);
     assert!(ok, "resumed run failed:\n{stdout}\n{stderr}");
     assert!(
         stderr.contains("1 run(s) to do of 3 (2 recorded)"),
         "{stderr}"
     );
+    assert!(stderr.contains("stays up (--keep)"), "{stderr}");
+    assert!(Path::new(testbed::plan::STATE_ROOT).join(NAME).exists());
     assert_eq!(run_files(&out), ["001.json", "002.json", "003.json"]);
     for (f, b) in ["001.json", "002.json"].iter().zip(&before) {
         assert_eq!(
@@ -285,11 +296,58 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
     assert_eq!(raw.meta.runs_asked, 3);
     assert_eq!(raw.runs.len(), 3);
     check_run(&raw.runs[2], &out);
+
+    // --reuse refuses a testbed that is not the scenario's, then takes the one kept up (its UE
+    // still at site B from run 3) and leaves it up.
+    let early = tmp.join("tbex-early.toml");
+    std::fs::write(
+        &early,
+        SCENARIO.replace("notify = \"LATE\"", "notify = \"EARLY\""),
+    )
+    .expect("scenario");
+    let other = tmp.join("out-early");
+    let (ok, _, stderr) = testbed(&[
+        "experiment",
+        "run",
+        early.to_str().expect("utf-8"),
+        "--out",
+        other.to_str().expect("utf-8"),
+        "--reuse",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "is up but not for this scenario: its SMOs subscribe to LATE, the scenario asks EARLY"
+        ),
+        "{stderr}"
+    );
+    let (ok, stdout, stderr) = testbed(&[
+        "experiment",
+        "run",
+        scen,
+        "--runs",
+        "4",
+        "--out",
+        outs,
+        "--reuse",
+    ]);
+    assert!(ok, "reused run failed:\n{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("using testbed `ci-exp` (--reuse)"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("is down"),
+        "--reuse must not take it down: {stderr}"
+    );
+    check_run(&results::read_raw(&out).expect("raw").runs[3], &out);
+    let (ok, _, _) = testbed(&["down", "--name", NAME]);
+    assert!(ok, "testbed down");
     assert_nothing_left(&out);
 
-    // Ctrl-C during run 4: nothing recorded for it, nothing left behind.
+    // Ctrl-C during run 5: nothing recorded for it, nothing left behind.
     let mut child = Command::new(testbed_bin())
-        .args(["experiment", "run", scen, "--runs", "4", "--out", outs])
+        .args(["experiment", "run", scen, "--runs", "5", "--out", outs])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -300,7 +358,7 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
     let reader = std::thread::spawn(move || {
         let mut all = String::new();
         for l in BufReader::new(err).lines().map_while(Result::ok) {
-            if l.starts_with("run 4/4") {
+            if l.starts_with("run 5/5") {
                 let _ = tx.send(());
             }
             all.push_str(&l);
@@ -317,12 +375,65 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
     .expect("SIGINT");
     let status = child.wait().expect("wait");
     let log = reader.join().expect("stderr reader");
-    eprintln!("$ testbed experiment run … --runs 4 (interrupted)\n{log}");
-    assert!(started, "run 4 never started");
+    eprintln!("$ testbed experiment run … --runs 5 (interrupted)\n{log}");
+    assert!(started, "run 5 never started");
     assert!(!status.success(), "an interrupted experiment must fail");
-    assert!(log.contains("interrupted: 3 of 4 runs recorded"), "{log}");
-    assert_eq!(run_files(&out), ["001.json", "002.json", "003.json"]);
+    assert!(log.contains("interrupted: 4 of 5 runs recorded"), "{log}");
+    assert_eq!(
+        run_files(&out),
+        ["001.json", "002.json", "003.json", "004.json"]
+    );
     assert_nothing_left(&out);
+
+    // A run that fails is recorded with its error, and the experiment goes on: an iperf3 flow
+    // (no iperf3 server in the DN) beside the stream.
+    let failing = tmp.join("tbex-fail.toml");
+    std::fs::write(
+        &failing,
+        SCENARIO.replace(
+            "[[timeline]]",
+            "[[traffic]]\nue = \"ue1\"\nkind = \"iperf3\"\ntarget = \"dn\"\nstart_s = 0\nduration_s = 8\n\n[[timeline]]",
+        ),
+    )
+    .expect("scenario");
+    let out2 = tmp.join("out-fail");
+    let outs2 = out2.to_str().expect("utf-8");
+    let (ok, stdout, _) = testbed(&[
+        "experiment",
+        "run",
+        failing.to_str().expect("utf-8"),
+        "--out",
+        outs2,
+        "--no-pcap-keep",
+    ]);
+    assert!(!ok, "an experiment with failed runs exits non-zero");
+    assert!(
+        stdout.contains("2 of 2 runs recorded (0 ok, 2 failed"),
+        "{stdout}"
+    );
+    let raw = results::read_raw(&out2).expect("raw.json");
+    assert_eq!(raw.runs.len(), 2);
+    for r in &raw.runs {
+        assert!(!r.ok);
+        let e = r.error.as_deref().unwrap_or_default();
+        assert!(e.contains("iperf3 is not supported"), "run {}: {e}", r.run);
+        // Everything else of the run was still measured; the capture was not kept.
+        assert_eq!(r.relocations.len(), 1, "{r:#?}");
+        assert!(r.relocations[0].downtime_capture_ms.is_some());
+        assert!(r.flows.iter().any(|f| f.kind == "stream" && f.ok));
+        assert!(r.captures.is_empty());
+    }
+    let pcaps = std::fs::read_dir(out2.join("runs"))
+        .expect("runs/")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".pcap"))
+        .count();
+    assert_eq!(pcaps, 0, "--no-pcap-keep");
+    let (ok, _, _) = testbed(&["report", outs2]);
+    assert!(ok);
+    let md = std::fs::read_to_string(out2.join("report.md")).expect("report.md");
+    assert!(md.contains("2 of 2 recorded runs failed"), "{md}");
+    assert_nothing_left(&out2);
 }
 
 /// One recorded run: ok, with every Table 4.1 measurement point, the handover timeline, both
