@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `meta.json` | [`ExperimentMeta`]: scenario, runs asked, machine, tool versions, commit, start/finish | [`begin`], [`finish`] |
 //! | `runs/NNN.json` | one [`RunResult`] per finished run (NNN = run number, from 001), written atomically as the run ends | [`append_run`] |
+//! | `runs/NNN-<ue>.pcap` | the packet capture at each UE during run NNN (unless `--no-pcap-keep`) | `crate::experiment` |
 //! | `raw.json` | [`Experiment`]: the meta and every run, in run order — everything measured | [`finish`] |
 //! | `runs.csv` | one row per relocation (one per run in single-service scenarios; a failed run without a relocation still has a row), a column per thesis Table 4.1 measurement point: [`CSV_COLUMNS`] | [`finish`] |
 //!
