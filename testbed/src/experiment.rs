@@ -792,7 +792,11 @@ impl Runner<'_> {
                 continue;
             }
             for id in self.services_of(m) {
-                let addr = SocketAddr::from((self.target_addr(&id)?, crate::nf::PROBE_PORT));
+                let port = self
+                    .plan
+                    .service(&id)
+                    .map_or(crate::nf::PROBE_PORT, |s| service_port(s.kind));
+                let addr = SocketAddr::from((self.target_addr(&id)?, port));
                 held.push(
                     HeldStream::open(&self.plan.netns(&self.tb_ue(m)), addr)
                         .map_err(|e| format!("{m} cannot reach service {id} at {addr}: {e}"))?,
@@ -1499,13 +1503,35 @@ fn finish_flow(f: &mut RunningFlow<'_>) -> FlowResult {
                 (!ok).then(|| format!("no replies: {}", tail(&format!("{stdout}\n{stderr}"))));
             flow_result(&f.plan, address, ok, error, report)
         }
-        TrafficKind::Iperf3 | TrafficKind::RtmpPlay => flow_result(
-            &f.plan,
-            address,
-            status.is_some_and(|s| s.success()),
-            None,
-            None,
-        ),
+        TrafficKind::Iperf3 | TrafficKind::RtmpPlay => {
+            // The tool's JSON report on stdout, if it prints one; ok = it exited successfully.
+            let ok = status.is_some_and(|s| s.success());
+            let error = (!ok).then(|| {
+                format!(
+                    "exit {}: {}",
+                    status.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                    tail(&stderr)
+                )
+            });
+            flow_result(
+                &f.plan,
+                address,
+                ok,
+                error,
+                serde_json::from_str(stdout.trim()).ok(),
+            )
+        }
+    }
+}
+
+/// The TCP port a service of `kind` listens on (what a UE connects to).
+pub fn service_port(kind: crate::scenario::ServiceKind) -> u16 {
+    match kind {
+        crate::scenario::ServiceKind::Streamer | crate::scenario::ServiceKind::Ballast => {
+            crate::nf::PROBE_PORT
+        }
+        // nginx-rtmp's RTMP port.
+        crate::scenario::ServiceKind::NginxRtmp => 1935,
     }
 }
 

@@ -376,6 +376,7 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
     );
     out.push_str("\n(MB = 10⁶ bytes; the thesis gives no statistics for it.)\n\n");
 
+    out.push_str(&flows_section(e));
     out.push_str(&memory_section(e));
 
     out.push_str("## Failed runs\n\n");
@@ -478,6 +479,30 @@ pub fn headline(e: &Experiment) -> String {
     out.push('\n');
     out.push_str(&agreement(&s));
     out.push('\n');
+    out
+}
+
+/// The flows of every recorded run by kind: how many there were and how many were ok (a stream
+/// intact on one connection, a ping answered, …).
+fn flows_section(e: &Experiment) -> String {
+    let mut by_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for f in e.runs.iter().flat_map(|r| &r.flows) {
+        let c = by_kind.entry(f.kind.as_str()).or_default();
+        c.0 += 1;
+        c.1 += usize::from(f.ok);
+    }
+    let mut out = String::from("## Flows\n\n");
+    if by_kind.is_empty() {
+        out.push_str("Not recorded.\n\n");
+        return out;
+    }
+    out.push_str("| Kind | Flows | Ok |\n|---|---:|---:|\n");
+    for (kind, (n, ok)) in by_kind {
+        let _ = writeln!(out, "| {kind} | {n} | {ok} |");
+    }
+    out.push_str(
+        "\n(`stream` ok: every byte once, in order, on one connection; `ping` ok: answered.)\n\n",
+    );
     out
 }
 
@@ -1141,6 +1166,21 @@ mod tests {
         assert_eq!(memory_aim_mb("smo-y"), Some(SMO_AIM_MB));
         assert_eq!(memory_aim_mb("svcmod-x"), Some(NF_AIM_MB));
         assert_eq!(memory_aim_mb("ovsdb-server@tb-edge-y"), None);
+        assert!(md.contains("## Flows\n\nNot recorded."), "{md}");
+        let flow = |ok| crate::results::FlowResult {
+            ue: "ue1".into(),
+            kind: "stream".into(),
+            target: "svc".into(),
+            address: None,
+            start_s: 0.0,
+            duration_s: 1.0,
+            ok,
+            error: None,
+            report: None,
+        };
+        e.runs[0].flows = vec![flow(true)];
+        e.runs[1].flows = vec![flow(false)];
+        assert!(markdown_report(&e, &[]).contains("| stream | 2 | 1 |"));
         for r in &mut e.runs {
             r.peak_rss_kb.clear();
         }

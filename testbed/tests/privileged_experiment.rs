@@ -230,6 +230,7 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
         format!("do NOT agree within {DOWNTIME_AGREEMENT_MS} ms")
     };
     assert!(md.contains(&line), "report.md lacks `{line}`:\n{md}");
+    assert!(md.contains("| stream | 2 | 2 |"), "flows: {md}");
     assert!(md.contains("## Peak memory per process"), "{md}");
     assert!(md.contains("| smo-x |"), "{md}");
     eprintln!(
