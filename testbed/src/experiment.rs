@@ -546,7 +546,15 @@ fn version_of(program: &str, args: &[&str]) -> Option<String> {
     text.lines()
         .map(str::trim)
         .find(|l| l.chars().any(|c| c.is_ascii_digit()))
-        .map(|l| l.chars().take(160).collect())
+        // ffmpeg goes on with its copyright on the same line.
+        .map(|l| {
+            l.split(" Copyright")
+                .next()
+                .unwrap_or(l)
+                .chars()
+                .take(160)
+                .collect()
+        })
 }
 
 /// Versions of the tools an experiment depends on, as they print them; absent tools left out.
@@ -1047,7 +1055,7 @@ impl Runner<'_> {
         }
         // The gap recorder's view until now, per UE, for the last handover of each.
         let query_unix_us = model::ran::unix_now_us();
-        let mut final_gaps: BTreeMap<String, (Vec<FlowGaps>, f64, f64)> = BTreeMap::new();
+        let mut final_gaps: BTreeMap<String, (Vec<FlowGaps>, f64)> = BTreeMap::new();
         for j in &done {
             let Ok(o) = &j.outcome else { continue };
             let ue = self.tb_ue(&j.member);
@@ -1060,7 +1068,7 @@ impl Runner<'_> {
             let since = h - CLOCK_SLACK_MS;
             if let Ok(g) = migration::ue_gaps(&self.plan, &ue, since) {
                 // Later handovers of the same UE replace earlier ones (done is in order).
-                final_gaps.insert(j.member.clone(), (g, since, h));
+                final_gaps.insert(j.member.clone(), (g, since));
             }
         }
         // Captures end; read them.
@@ -1123,15 +1131,15 @@ impl Runner<'_> {
             };
             let is_last = last_of.get(&j.member) == Some(&j.seq);
             // The gap recorder's flows and window for this handover.
-            let (rec_flows, since, h, end_unix_us) = match (is_last, final_gaps.get(&j.member)) {
-                (true, Some((g, since, h))) => (g.clone(), *since, *h, query_unix_us),
+            let (rec_flows, since, end_unix_us) = match (is_last, final_gaps.get(&j.member)) {
+                (true, Some((g, since))) => (g.clone(), *since, query_unix_us),
                 _ => {
                     let flows = o
                         .ue_downtime
                         .as_ref()
                         .map(|d| d.flows.clone())
                         .unwrap_or_default();
-                    (flows, f64::MIN, 0.0, j.returned_unix_us)
+                    (flows, f64::MIN, j.returned_unix_us)
                 }
             };
             let cap_flows: Option<Vec<CaptureFlowGap>> = match (
@@ -1146,23 +1154,8 @@ impl Runner<'_> {
                 )),
                 _ => None,
             };
-            let rec_largest = |src: Option<Ipv4Addr>| -> Option<f64> {
-                let chosen: Vec<FlowGaps> = rec_flows
-                    .iter()
-                    .filter(|f| src.is_none_or(|s| flow_src(&f.flow) == Some(s)))
-                    .cloned()
-                    .collect();
-                let d = migration::largest_gap(&chosen, since, h);
-                d.flow.map(|_| d.largest_gap_ms)
-            };
-            let cap_largest = |src: Option<Ipv4Addr>| -> Option<f64> {
-                cap_flows
-                    .as_ref()?
-                    .iter()
-                    .filter(|f| src.is_none_or(|s| f.src == s) && f.gap_ended_unix_ns.is_some())
-                    .map(|f| f.largest_gap_ms)
-                    .max_by(f64::total_cmp)
-            };
+            let rec_largest = |src| recorder_downtime(&rec_flows, src, since);
+            let cap_largest = |src| cap_flows.as_deref().and_then(|c| capture_downtime(c, src));
             if let Some(d) = &o.ue_downtime {
                 if !d.silent_flows.is_empty() {
                     r.notes.push(format!(
@@ -1397,6 +1390,28 @@ fn relocation_state_problem(m: &MergedRelocation, note: Option<&str>) -> Option<
     }
 }
 
+/// The UE gap recorder's downtime: the largest gap among `flows` from `src` (any sender when
+/// `None`) that ended at or after `since_ms` (UE clock); `None` when no such flow had a gap.
+pub fn recorder_downtime(flows: &[FlowGaps], src: Option<Ipv4Addr>, since_ms: f64) -> Option<f64> {
+    let chosen: Vec<FlowGaps> = flows
+        .iter()
+        .filter(|f| src.is_none_or(|s| flow_src(&f.flow) == Some(s)))
+        .cloned()
+        .collect();
+    let d = migration::largest_gap(&chosen, since_ms, since_ms);
+    d.flow.map(|_| d.largest_gap_ms)
+}
+
+/// The capture's downtime: the largest gap among the capture's flows from `src` (any sender
+/// when `None`); `None` when no such flow had a gap in the window.
+pub fn capture_downtime(flows: &[CaptureFlowGap], src: Option<Ipv4Addr>) -> Option<f64> {
+    flows
+        .iter()
+        .filter(|f| src.is_none_or(|s| f.src == s) && f.gap_ended_unix_ns.is_some())
+        .map(|f| f.largest_gap_ms)
+        .max_by(f64::total_cmp)
+}
+
 /// The sender of a flow as the gap recorder names it (`tcp 20.0.0.100:5000 > …`).
 fn flow_src(flow: &str) -> Option<Ipv4Addr> {
     let src = flow.split_whitespace().nth(1)?;
@@ -1599,6 +1614,51 @@ mod tests {
             Some(Ipv4Addr::new(10, 60, 0, 100))
         );
         assert_eq!(flow_src("non-ipv4 (version 6)"), None);
+    }
+
+    #[test]
+    fn the_downtime_is_the_largest_gap_of_the_services_flows_in_the_window() {
+        let rec = |flow: &str, gap, end| FlowGaps {
+            flow: flow.into(),
+            packets: 100,
+            largest_gap_ms: gap,
+            gap_ended_at_ms: end,
+        };
+        let flows = [
+            rec(
+                "tcp 20.0.0.100:5000 > 192.168.1.2:40000",
+                180.0,
+                Some(10_200.0),
+            ),
+            rec("icmp 10.60.0.100 > 192.168.1.2 id 9", 400.0, Some(10_300.0)),
+            rec(
+                "tcp 20.0.0.101:5000 > 192.168.1.2:40002",
+                900.0,
+                Some(2_000.0),
+            ),
+        ];
+        let svc = Ipv4Addr::new(20, 0, 0, 100);
+        assert_eq!(recorder_downtime(&flows, Some(svc), 9_970.0), Some(180.0));
+        assert_eq!(recorder_downtime(&flows, None, 9_970.0), Some(400.0));
+        // A gap that ended before the window does not count.
+        let old = Ipv4Addr::new(20, 0, 0, 101);
+        assert_eq!(recorder_downtime(&flows, Some(old), 9_970.0), None);
+        assert_eq!(recorder_downtime(&flows, Some(old), 0.0), Some(900.0));
+        let cap = |src: [u8; 4], gap, end| CaptureFlowGap {
+            flow: String::new(),
+            src: src.into(),
+            packets: 10,
+            largest_gap_ms: gap,
+            gap_ended_unix_ns: end,
+        };
+        let c = [
+            cap([20, 0, 0, 100], 180.5, Some(1)),
+            cap([10, 60, 0, 100], 400.0, Some(2)),
+            cap([20, 0, 0, 101], 0.0, None),
+        ];
+        assert_eq!(capture_downtime(&c, Some(svc)), Some(180.5));
+        assert_eq!(capture_downtime(&c, None), Some(400.0));
+        assert_eq!(capture_downtime(&c, Some(old)), None);
     }
 
     #[test]
