@@ -27,6 +27,25 @@ pub enum CallError {
 
 /// `GET path` over a UE's control socket (HTTP/1.1), parsed as JSON.
 pub fn ue_get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, CallError> {
+    let (what, body) = ue_call(socket, "GET", path, 200)?;
+    serde_json::from_str(&body).map_err(|e| CallError::Unreachable {
+        what,
+        detail: format!("bad answer: {e}"),
+    })
+}
+
+/// `POST path` without a body over a UE's control socket, e.g. `/ue/v1/gaps/reset` (204).
+pub fn ue_post(socket: &Path, path: &str) -> Result<(), CallError> {
+    ue_call(socket, "POST", path, 204).map(|_| ())
+}
+
+/// One HTTP/1.1 request over a UE's control socket; the peer's name for errors and the body.
+fn ue_call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    want: u16,
+) -> Result<(String, String), CallError> {
     let what = format!("UE control socket {}", socket.display());
     let unreachable = |e: std::io::Error| CallError::Unreachable {
         what: what.clone(),
@@ -37,7 +56,7 @@ pub fn ue_get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, CallE
         .map_err(unreachable)?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: ue\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: ue\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .map_err(unreachable)?;
     let mut raw = Vec::new();
@@ -49,17 +68,14 @@ pub fn ue_get<T: DeserializeOwned>(socket: &Path, path: &str) -> Result<T, CallE
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    if status != 200 {
+    if status != want {
         return Err(CallError::Status {
             what,
             status,
             body: body.to_owned(),
         });
     }
-    serde_json::from_str(body).map_err(|e| CallError::Unreachable {
-        what,
-        detail: format!("bad answer: {e}"),
-    })
+    Ok((what, body.to_owned()))
 }
 
 /// Hands UE `ue` over to the gNB of site `to_site` (e.g. `site-b` or `b`), through the UE's current

@@ -2,11 +2,13 @@
 //! larger) 5G edge deployment in network namespaces, status, and the environment doctor.
 
 pub mod doctor;
+pub mod experiment;
 pub mod fake_module;
 pub mod handover;
 pub mod host;
 pub mod migration;
 pub mod nf;
+pub mod pcap;
 pub mod plan;
 pub mod player;
 pub mod probe;

@@ -131,6 +131,17 @@ enum Command {
         #[arg(long, value_name = "FILE.toml")]
         topology: Option<PathBuf>,
     },
+    /// Run a scenario's experiment, or list what it needs.
+    Experiment {
+        #[command(subcommand)]
+        command: ExperimentCommand,
+    },
+    /// Write the report of an experiment directory: report.md (thesis Tables 5.4-5.6 side by
+    /// side, downtime two ways, peak memory) and the plots as SVG + PNG.
+    Report {
+        /// The experiment's directory (`--out` of `testbed experiment run`).
+        dir: PathBuf,
+    },
     /// Remove everything `up` made (also after a crash half-way).
     Down {
         /// The testbed (default: every testbed that has state, or `two-site`).
@@ -139,6 +150,34 @@ enum Command {
         /// Also remove namespaces with this prefix (default: from the state, else `tb`).
         #[arg(long)]
         prefix: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExperimentCommand {
+    /// Bring the testbed up for SCENARIO (or reuse it), do its runs, record each in DIR
+    /// (runs/NNN.json, raw.json, runs.csv, meta.json); resumes an interrupted experiment.
+    Run {
+        /// The scenario file (TOML, see testbed/scenarios/README.md).
+        scenario: PathBuf,
+        /// Runs in all (default: the scenario's `runs`); runs already in DIR are not redone.
+        #[arg(long)]
+        runs: Option<u32>,
+        /// The experiment's directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Use the testbed that is up (it must be the scenario's) instead of bringing one up.
+        #[arg(long)]
+        reuse: bool,
+        /// Leave the testbed up at the end.
+        #[arg(long)]
+        keep: bool,
+        /// Delete each run's packet captures (DIR/runs/NNN-<ue>.pcap) once they are read.
+        #[arg(long)]
+        no_pcap_keep: bool,
+        /// Run the recorded failed runs again.
+        #[arg(long)]
+        retry_failed: bool,
     },
 }
 
@@ -360,6 +399,51 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let v: serde_json::Value =
                 testbed::handover::ue_get(&testbed::nf::ue_socket(&plan, &ue), path)?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Command::Experiment {
+            command:
+                ExperimentCommand::Run {
+                    scenario,
+                    runs,
+                    out,
+                    reuse,
+                    keep,
+                    no_pcap_keep,
+                    retry_failed,
+                },
+        } => {
+            require_root()?;
+            let s = testbed::experiment::run(&testbed::experiment::RunOptions {
+                scenario,
+                out,
+                runs,
+                reuse,
+                keep,
+                keep_pcap: !no_pcap_keep,
+                retry_failed,
+            })?;
+            println!(
+                "experiment in {}: {} of {} runs recorded ({} ok, {} failed; {} run now); `testbed report {}` makes the report",
+                s.dir.display(),
+                s.recorded,
+                s.runs_asked,
+                s.ok,
+                s.failed,
+                s.ran_now,
+                s.dir.display()
+            );
+            if s.failed > 0 {
+                return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Report { dir } => {
+            let files = testbed::report::report(&dir)?;
+            println!("wrote {}", files.markdown.display());
+            for p in &files.plots {
+                println!("wrote {}", p.display());
+            }
+            println!();
+            print!("{}", files.headline);
         }
         Command::Down { name, prefix } => {
             require_root()?;

@@ -165,6 +165,8 @@ pub struct ReportFiles {
     pub markdown: PathBuf,
     /// Every plot, SVG and PNG.
     pub plots: Vec<PathBuf>,
+    /// The headline: Table 5.6 (total migration time, downtime both ways) and the agreement line.
+    pub headline: String,
 }
 
 /// Why a report could not be made.
@@ -195,7 +197,11 @@ pub fn report(dir: &Path) -> Result<ReportFiles, ReportError> {
             source,
         }
     })?;
-    Ok(ReportFiles { markdown, plots })
+    Ok(ReportFiles {
+        markdown,
+        plots,
+        headline: headline(&experiment),
+    })
 }
 
 /// The relocations the statistics are over: those of successful runs, with their run.
@@ -358,28 +364,8 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
         out.push('\n');
     }
 
-    out.push_str("## Total migration time and service downtime (thesis Table 5.6)\n\n");
-    out.push_str(TABLE_HEAD);
-    stats_row(
-        &mut out,
-        "Total migration time",
-        &values(&s, |x| x.total_ms),
-    );
-    thesis_row(&mut out, "Total migration time", &THESIS_TOTAL);
-    stats_row(
-        &mut out,
-        "Downtime (UE gap recorder)",
-        &values(&s, |x| x.downtime_ms),
-    );
-    stats_row(
-        &mut out,
-        "Downtime (packet capture)",
-        &values(&s, |x| x.downtime_capture_ms),
-    );
-    thesis_row(&mut out, "Downtime", &THESIS_DOWNTIME);
+    out.push_str(&headline(e));
     out.push('\n');
-    out.push_str(&agreement(&s));
-    out.push_str("\n\n");
 
     out.push_str("## Data transferred\n\n");
     out.push_str("| Measurement point | n | MIN (MB) | MAX (MB) | MEAN (MB) | STDEV (MB) | 90th percentile (MB) |\n|---|---:|---:|---:|---:|---:|---:|\n");
@@ -389,6 +375,9 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
         &values(&s, |x| x.bytes_moved.map(|b| b as f64 / 1e6)),
     );
     out.push_str("\n(MB = 10⁶ bytes; the thesis gives no statistics for it.)\n\n");
+
+    out.push_str(&flows_section(e));
+    out.push_str(&memory_section(e));
 
     out.push_str("## Failed runs\n\n");
     if failed.is_empty() {
@@ -458,6 +447,114 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
             let stem = name.trim_end_matches(".svg");
             let _ = writeln!(out, "![{}]({name}) ([PNG]({stem}.png))\n", plot_title(stem));
         }
+    }
+    out
+}
+
+/// Thesis Table 5.6 for `e` (total migration time, downtime from the UE's gap recorder and from
+/// the packet capture, the thesis's rows beside) and the sentence on whether the two downtime
+/// measures agree.
+pub fn headline(e: &Experiment) -> String {
+    let s = samples(e);
+    let mut out = String::new();
+    out.push_str("## Total migration time and service downtime (thesis Table 5.6)\n\n");
+    out.push_str(TABLE_HEAD);
+    stats_row(
+        &mut out,
+        "Total migration time",
+        &values(&s, |x| x.total_ms),
+    );
+    thesis_row(&mut out, "Total migration time", &THESIS_TOTAL);
+    stats_row(
+        &mut out,
+        "Downtime (UE gap recorder)",
+        &values(&s, |x| x.downtime_ms),
+    );
+    stats_row(
+        &mut out,
+        "Downtime (packet capture)",
+        &values(&s, |x| x.downtime_capture_ms),
+    );
+    thesis_row(&mut out, "Downtime", &THESIS_DOWNTIME);
+    out.push('\n');
+    out.push_str(&agreement(&s));
+    out.push('\n');
+    out
+}
+
+/// The flows of every recorded run by kind: how many there were and how many were ok (a stream
+/// intact on one connection, a ping answered, …).
+fn flows_section(e: &Experiment) -> String {
+    let mut by_kind: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for f in e.runs.iter().flat_map(|r| &r.flows) {
+        let c = by_kind.entry(f.kind.as_str()).or_default();
+        c.0 += 1;
+        c.1 += usize::from(f.ok);
+    }
+    let mut out = String::from("## Flows\n\n");
+    if by_kind.is_empty() {
+        out.push_str("Not recorded.\n\n");
+        return out;
+    }
+    out.push_str("| Kind | Flows | Ok |\n|---|---:|---:|\n");
+    for (kind, (n, ok)) in by_kind {
+        let _ = writeln!(out, "| {kind} | {n} | {ok} |");
+    }
+    out.push_str(
+        "\n(`stream` ok: every byte once, in order, on one connection; `ping` ok: answered.)\n\n",
+    );
+    out
+}
+
+/// Peak memory aim of a testbed process by name, MB (`None`: not the testbed's own, e.g. Open
+/// vSwitch): each SMO ≤ 30 MB, every other network function ≤ 20 MB.
+pub fn memory_aim_mb(process: &str) -> Option<f64> {
+    if process.starts_with("ovs") {
+        None
+    } else if process.starts_with("smo") {
+        Some(SMO_AIM_MB)
+    } else {
+        Some(NF_AIM_MB)
+    }
+}
+
+/// Aim for each network function's peak resident memory, MB.
+pub const NF_AIM_MB: f64 = 20.0;
+/// Aim for each SMO's peak resident memory, MB.
+pub const SMO_AIM_MB: f64 = 30.0;
+
+/// The peak memory table: every process's highest `VmHWM` over the runs, with its aim.
+fn memory_section(e: &Experiment) -> String {
+    let peaks = results::peak_rss(&e.runs);
+    let mut out = String::from("## Peak memory per process\n\n");
+    if peaks.is_empty() {
+        out.push_str("Not recorded.\n\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "Highest peak resident memory (`VmHWM`, MB = 2²⁰ bytes) of each testbed process over the \
+         runs, read at the end of each run. Aims: each network function ≤ {NF_AIM_MB} MB, each \
+         SMO ≤ {SMO_AIM_MB} MB (Open vSwitch is not the testbed's own).\n"
+    );
+    out.push_str("| Process | Peak RSS (MB) | Aim (MB) | Within aim |\n|---|---:|---:|---|\n");
+    let mut over = Vec::new();
+    for (name, kb) in &peaks {
+        let mb = *kb as f64 / 1024.0;
+        let (aim, verdict) = match memory_aim_mb(name) {
+            Some(a) if mb <= a => (format!("{a:.0}"), "yes".to_owned()),
+            Some(a) => {
+                over.push(name.as_str());
+                (format!("{a:.0}"), "**NO**".to_owned())
+            }
+            None => ("–".to_owned(), "–".to_owned()),
+        };
+        let _ = writeln!(out, "| {name} | {mb:.1} | {aim} | {verdict} |");
+    }
+    if over.is_empty() {
+        out.push_str("\nEvery process with an aim is within it.\n\n");
+    } else {
+        let _ = writeln!(out, "\nOver the aim: {}.\n", over.join(", "));
     }
     out
 }
@@ -1043,6 +1140,51 @@ mod tests {
         ] {
             assert!(md.contains(want), "missing `{want}` in\n{md}");
         }
+    }
+
+    #[test]
+    fn peak_memory_is_the_highest_per_process_with_its_aim() {
+        let mut e = experiment();
+        let md = markdown_report(&e, &[]);
+        // smo-x peaked at 9000 + run kB: the highest is run 4's, 9004 kB = 8.79 MB.
+        assert!(md.contains("| smo-x | 8.8 | 30 | yes |"), "{md}");
+        assert!(
+            md.contains("Every process with an aim is within it."),
+            "{md}"
+        );
+        e.runs[0].peak_rss_kb.insert("upf-a".into(), 25 * 1024);
+        e.runs[1]
+            .peak_rss_kb
+            .insert("ovs-vswitchd@tb-edge-x".into(), 40 * 1024);
+        let md = markdown_report(&e, &[]);
+        assert!(md.contains("| upf-a | 25.0 | 20 | **NO** |"), "{md}");
+        assert!(
+            md.contains("| ovs-vswitchd@tb-edge-x | 40.0 | – | – |"),
+            "{md}"
+        );
+        assert!(md.contains("Over the aim: upf-a."), "{md}");
+        assert_eq!(memory_aim_mb("smo-y"), Some(SMO_AIM_MB));
+        assert_eq!(memory_aim_mb("svcmod-x"), Some(NF_AIM_MB));
+        assert_eq!(memory_aim_mb("ovsdb-server@tb-edge-y"), None);
+        assert!(md.contains("## Flows\n\nNot recorded."), "{md}");
+        let flow = |ok| crate::results::FlowResult {
+            ue: "ue1".into(),
+            kind: "stream".into(),
+            target: "svc".into(),
+            address: None,
+            start_s: 0.0,
+            duration_s: 1.0,
+            ok,
+            error: None,
+            report: None,
+        };
+        e.runs[0].flows = vec![flow(true)];
+        e.runs[1].flows = vec![flow(false)];
+        assert!(markdown_report(&e, &[]).contains("| stream | 2 | 1 |"));
+        for r in &mut e.runs {
+            r.peak_rss_kb.clear();
+        }
+        assert!(markdown_report(&e, &[]).contains("## Peak memory per process\n\nNot recorded."));
     }
 
     #[test]

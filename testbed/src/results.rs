@@ -6,6 +6,7 @@
 //! |---|---|---|
 //! | `meta.json` | [`ExperimentMeta`]: scenario, runs asked, machine, tool versions, commit, start/finish | [`begin`], [`finish`] |
 //! | `runs/NNN.json` | one [`RunResult`] per finished run (NNN = run number, from 001), written atomically as the run ends | [`append_run`] |
+//! | `runs/NNN-<ue>.pcap` | the packet capture at each UE during run NNN (unless `--no-pcap-keep`) | `crate::experiment` |
 //! | `raw.json` | [`Experiment`]: the meta and every run, in run order — everything measured | [`finish`] |
 //! | `runs.csv` | one row per relocation (one per run in single-service scenarios; a failed run without a relocation still has a row), a column per thesis Table 4.1 measurement point: [`CSV_COLUMNS`] | [`finish`] |
 //!
@@ -47,6 +48,9 @@ pub struct ExperimentMeta {
     /// The testbed's git commit (with `-dirty` when the tree had changes), if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_commit: Option<String>,
+    /// The scenario file's text as the experiment ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenario_text: Option<String>,
     /// µs since the Unix epoch.
     pub started_unix_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,6 +73,7 @@ impl ExperimentMeta {
             machine: MachineInfo::detect(),
             tools,
             git_commit,
+            scenario_text: None,
             started_unix_us: model::ran::unix_now_us(),
             finished_unix_us: None,
         }
@@ -135,6 +140,74 @@ pub struct RunResult {
     /// Each service relocation the handovers caused.
     #[serde(default)]
     pub relocations: Vec<RelocationResult>,
+    /// µs since the Unix epoch, when the run's traffic had ended and everything was collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_unix_us: Option<u64>,
+    /// Each flow of the run (one per UE member of every `[[traffic]]`) and what it reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flows: Vec<FlowResult>,
+    /// Packet captures kept for the run (file names under `runs/`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captures: Vec<String>,
+    /// Things worth knowing that did not fail the run (e.g. a capture that could not be read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Peak resident memory (`VmHWM`, kB) of each testbed process by name, read at the run's end.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub peak_rss_kb: BTreeMap<String, u64>,
+}
+
+impl RunResult {
+    /// A run that failed before it measured anything.
+    pub fn failed(run: u32, started_unix_us: u64, error: String) -> Self {
+        Self {
+            run,
+            ok: false,
+            error: Some(error),
+            started_unix_us,
+            handovers: Vec::new(),
+            relocations: Vec::new(),
+            finished_unix_us: Some(model::ran::unix_now_us()),
+            flows: Vec::new(),
+            captures: Vec::new(),
+            notes: Vec::new(),
+            peak_rss_kb: BTreeMap::new(),
+        }
+    }
+}
+
+/// One flow of a run: what the scenario asked and what the flow's own tool reported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FlowResult {
+    /// The scenario's UE member.
+    pub ue: String,
+    /// `stream`, `ping`, `iperf3`, `rtmp-play`.
+    pub kind: String,
+    /// The service id or `dn`, and the address used.
+    pub target: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    pub start_s: f64,
+    pub duration_s: f64,
+    /// The flow ran and its tool was content (`stream`: every byte once, in order, on one
+    /// connection; `ping`: some replies).
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The tool's own report (`tbprobe stream`'s JSON; ping's counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<serde_json::Value>,
+}
+
+/// The highest peak resident memory (kB) of each process name over `runs`.
+pub fn peak_rss(runs: &[RunResult]) -> BTreeMap<String, u64> {
+    let mut out: BTreeMap<String, u64> = BTreeMap::new();
+    for (name, kb) in runs.iter().flat_map(|r| &r.peak_rss_kb) {
+        let e = out.entry(name.clone()).or_default();
+        *e = (*e).max(*kb);
+    }
+    out
 }
 
 /// One handover and the timeline the source gNB reported.
@@ -147,6 +220,24 @@ pub struct HandoverResult {
     /// request → UE at target → path switch → PFCP → LR update → notifications → release.
     #[serde(default)]
     pub timeline: Vec<TimelineStep>,
+    /// µs since the Unix epoch, when the handover was triggered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_unix_us: Option<u64>,
+    /// Why the handover failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The relocation it triggered (an id in [`RunResult::relocations`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation_id: Option<String>,
+    /// Why there is no relocation, or why it did not end in time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation_note: Option<String>,
+    /// Largest downlink gap of any of the UE's flows after the handover, UE gap recorder, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_ms: Option<f64>,
+    /// The same from the packet capture, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downtime_capture_ms: Option<f64>,
 }
 
 /// One relocation: both SMOs' records and the numbers the report uses.
@@ -814,6 +905,12 @@ pub(crate) mod tests {
                     took_us: 1200,
                     at_unix_us: None,
                 }],
+                started_unix_us: None,
+                error: None,
+                relocation_id: Some("r1".into()),
+                relocation_note: None,
+                downtime_ms: Some(downtime_ms),
+                downtime_capture_ms: capture_ms,
             }],
             relocations: vec![RelocationResult::new(
                 "ue1",
@@ -823,18 +920,18 @@ pub(crate) mod tests {
                 Some(downtime_ms),
                 capture_ms,
             )],
+            finished_unix_us: None,
+            flows: vec![],
+            captures: vec![],
+            notes: vec![],
+            peak_rss_kb: [("smo-x".to_owned(), 9000 + u64::from(run))].into(),
         }
     }
 
     pub(crate) fn failed_run(run: u32, error: &str) -> RunResult {
-        RunResult {
-            run,
-            ok: false,
-            error: Some(error.into()),
-            started_unix_us: 1_700_000_000_000_000,
-            handovers: vec![],
-            relocations: vec![],
-        }
+        let mut r = RunResult::failed(run, 1_700_000_000_000_000, error.into());
+        r.finished_unix_us = None;
+        r
     }
 
     fn tmp_dir(tag: &str) -> PathBuf {
