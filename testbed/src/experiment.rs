@@ -1299,7 +1299,16 @@ impl Runner<'_> {
                     "iperf3 is not supported: the testbed runs no iperf3 server in the DN".into(),
                 )
             }
-            TrafficKind::RtmpPlay => return start_rtmp_play(&ns, addr, t),
+            TrafficKind::RtmpPlay => {
+                let url = crate::rtmp::play_url(addr);
+                cmd.arg(self.bins.join("tbprobe"))
+                    .args(["rtmp-play", &url, "--seconds"])
+                    .arg(format!("{}", t.duration_s));
+                if let Some(ms) = t.params.buffer_ms {
+                    cmd.arg(format!("--buffer-ms={ms}"));
+                }
+                url
+            }
         };
         let child = cmd
             .stdin(Stdio::null())
@@ -1345,16 +1354,6 @@ impl Drop for HeldStream {
             let _ = r.join();
         }
     }
-}
-
-/// Starts an RTMP player (`tbprobe rtmp-play`) in namespace `netns` against the nginx-rtmp
-/// service at `addr`.
-fn start_rtmp_play(
-    _netns: &str,
-    _addr: Ipv4Addr,
-    _flow: &TrafficSpec,
-) -> Result<(String, Child), String> {
-    Err("rtmp-play is not available in this build yet".into())
 }
 
 /// Why a handover's relocation does not count as done (`None`: it completed).
@@ -1685,21 +1684,6 @@ mod tests {
                 "{c}"
             );
         }
-    }
-
-    #[test]
-    fn a_missing_rtmp_player_is_said_plainly() {
-        let t = TrafficSpec {
-            ue: "ue1".into(),
-            kind: TrafficKind::RtmpPlay,
-            target: "nginx".into(),
-            start_s: 0.0,
-            duration_s: 1.0,
-            params: Default::default(),
-        };
-        let err =
-            start_rtmp_play("tbx-ue1", Ipv4Addr::new(20, 0, 0, 100), &t).expect_err("no player");
-        assert_eq!(err, "rtmp-play is not available in this build yet");
     }
 
     #[test]
