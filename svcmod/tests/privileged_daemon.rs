@@ -146,6 +146,7 @@ fn module_config(
         migration_addr: SocketAddrV4::new(addr, MIGRATION_PORT),
         prefix: fabric.prefix.clone(),
         site: site.clone(),
+        backend: svcmod::daemon::ModuleBackend::Criu,
         work_dir: Some(fabric.root.join(format!("work-{}", site.edge))),
         strategy,
         services,
