@@ -550,13 +550,11 @@ impl LxcBackend {
             gated.abort(Duration::from_secs(5)).await;
             return Err(e.to_string());
         }
-        let pid = gated
+        gated
             .commit(t.commit)
             .await
             .map(|(r, _)| r.pid)
-            .map_err(|e| e.to_string())?;
-        announce(pid);
-        Ok(pid)
+            .map_err(|e| e.to_string())
     }
 
     /// Starts `lxc-checkpoint -r` of `container` from `images`, gated; the commit brings its
@@ -803,7 +801,6 @@ impl LxcBackend {
         let arrival = self.arrival.report(relocation_id, service_id).await;
         match gated.commit(t.commit).await {
             Ok((restored, resume)) => {
-                announce(restored.pid);
                 let resume_us = us(resume + arrival.unwrap_or_default());
                 let _ = conn.send(&Message::Done { resume_us }).await;
                 Ok((
@@ -854,26 +851,6 @@ fn container_service(id: &str) -> Service {
         relocation_type: RelocationType::Lxc,
         resource_requirements: Default::default(),
         ue_ipv4_addrs: Vec::new(),
-    }
-}
-
-/// Makes a just-resumed container send a frame from its MAC at once (one ping to the anycast
-/// gateway, in the background), so the switches on the way learn its new place before the
-/// client's next packet.
-fn announce(pid: i32) {
-    let spawned = tokio::process::Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
-        .args(["--", "ping", "-c", "1", "-W", "1", "-q"])
-        .arg(container::GATEWAY.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn();
-    match spawned {
-        Ok(mut child) => {
-            tokio::spawn(async move { child.wait().await });
-        }
-        Err(e) => tracing::warn!(pid, error = %e, "cannot announce the container"),
     }
 }
 
