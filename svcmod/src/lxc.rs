@@ -533,8 +533,12 @@ impl Lxc {
     }
 
     /// Removes a stopped container's directory (`lxc-destroy`, which does not cross into
-    /// other file systems, then whatever is left); idempotent.
+    /// other file systems, then whatever is left) and its empty cgroups; idempotent.
     pub fn destroy(&self, name: &str) -> Result<(), LxcError> {
+        remove_cgroups(
+            Path::new(CGROUP_ROOT),
+            &[format!("lxc.payload.{name}"), format!("lxc.monitor.{name}")],
+        );
         let dir = self.dir(name);
         if !dir.exists() {
             return Ok(());
@@ -549,6 +553,89 @@ impl Lxc {
             Err(e) if dir.exists() => Err(e.into()),
             _ => Ok(()),
         }
+    }
+}
+
+/// Where the cgroup hierarchies are mounted.
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The names of the container cgroups (`lxc.payload.*`) process `pid` is in, one per distinct
+/// name over its hierarchies. A restored container is not always in cgroups of its own name:
+/// CRIU restores the unified (v2) hierarchy's path from the images, so after a move the v2
+/// cgroup still bears the source container's name (LXC maps only the v1 controllers).
+pub fn payload_cgroups(pid: i32) -> Vec<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    parse_payload_cgroups(&text)
+}
+
+/// The `lxc.payload.*` names in a `/proc/PID/cgroup` text.
+pub fn parse_payload_cgroups(text: &str) -> Vec<String> {
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .filter_map(|path| path.rsplit('/').next())
+        .filter(|n| n.starts_with("lxc.payload.") && !n.contains(".."))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Removes the cgroups named `groups` (e.g. `lxc.payload.<name>`, `lxc.monitor.<name>`) in
+/// every hierarchy under `root` (and in `root` itself, for a unified hierarchy): `lxc-checkpoint
+/// -s` and a moved container leave some behind. A cgroup with a task anywhere below it is left
+/// alone (it is another container's now); the others go, innermost first. Returns the cgroups
+/// left.
+pub fn remove_cgroups(root: &Path, groups: &[String]) -> Vec<PathBuf> {
+    let mut left = Vec::new();
+    let hierarchies = std::fs::read_dir(root)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    for h in hierarchies.into_iter().chain([root.to_owned()]) {
+        for g in groups {
+            let dir = h.join(g);
+            if !dir.is_dir() {
+                continue;
+            }
+            if !has_tasks(&dir) {
+                remove_empty_tree(&dir);
+            }
+            if dir.is_dir() {
+                left.push(dir);
+            }
+        }
+    }
+    left
+}
+
+/// Whether a cgroup or one below it has a task (`cgroup.procs` or v1 `tasks` not empty).
+fn has_tasks(dir: &Path) -> bool {
+    let own = ["cgroup.procs", "tasks"]
+        .iter()
+        .any(|f| std::fs::read_to_string(dir.join(f)).is_ok_and(|t| !t.trim().is_empty()));
+    own || std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .any(|e| has_tasks(&e.path()))
+    })
+}
+
+fn remove_empty_tree(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_tree(&e.path());
+            }
+        }
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        tracing::debug!(dir = %dir.display(), error = %e, "cgroup not removed");
     }
 }
 
@@ -697,6 +784,66 @@ mod tests {
         let path = wrapped.path_env().expect("path");
         assert!(path.to_string_lossy().starts_with("/t/criu-bin"));
         assert_eq!(container_name("tb", "p50", "x"), "tb-svc-p50-x");
+    }
+
+    #[test]
+    fn only_idle_cgroups_of_the_container_go() {
+        let root = std::env::temp_dir().join(format!("svcmod-cgroups-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in [
+            "freezer/lxc.payload.c/ns",
+            "unified/lxc.payload.c",
+            "unified/lxc.monitor.c",
+            "unified/lxc.payload.c2",
+            "memory/lxc.payload.busy/sub",
+            "lxc.payload.c",
+        ] {
+            std::fs::create_dir_all(root.join(d)).expect("dir");
+        }
+        // Tasks keep a cgroup (in a real hierarchy rmdir refuses it anyway).
+        std::fs::write(
+            root.join("memory/lxc.payload.busy/sub/cgroup.procs"),
+            "42\n",
+        )
+        .expect("f");
+        std::fs::write(root.join("unified/lxc.monitor.c/cgroup.procs"), "").expect("f");
+        let left = remove_cgroups(
+            &root,
+            &[
+                "lxc.payload.c".into(),
+                "lxc.monitor.c".into(),
+                "lxc.payload.busy".into(),
+            ],
+        );
+        assert!(!root.join("freezer/lxc.payload.c").exists());
+        assert!(!root.join("unified/lxc.payload.c").exists());
+        assert!(!root.join("lxc.payload.c").exists());
+        assert!(
+            root.join("unified/lxc.payload.c2").exists(),
+            "another container's"
+        );
+        assert!(
+            root.join("memory/lxc.payload.busy/sub").exists(),
+            "has a task"
+        );
+        // A plain directory holding a file cannot be removed (a cgroup's files can).
+        assert!(left.contains(&root.join("unified/lxc.monitor.c")));
+        assert!(left.contains(&root.join("memory/lxc.payload.busy")));
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn a_moved_container_is_in_cgroups_of_two_names() {
+        let text = "9:name=systemd:/lxc.payload.tb-svc-p50-y\n\
+                    6:freezer:/lxc.payload.tb-svc-p50-y\n\
+                    4:memory:/process_api/abc/lxc.payload.tb-svc-p50-y\n\
+                    1:cpu:/\n\
+                    0::/lxc.payload.tb-svc-p50-x\n";
+        assert_eq!(
+            parse_payload_cgroups(text),
+            ["lxc.payload.tb-svc-p50-x", "lxc.payload.tb-svc-p50-y"]
+        );
+        assert!(parse_payload_cgroups("0::/\n").is_empty());
     }
 
     #[test]

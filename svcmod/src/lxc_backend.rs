@@ -99,9 +99,21 @@ pub struct LxcContainer {
     port: String,
     spec: ContainerSpec,
     init_pid: Option<i32>,
+    /// The `lxc.payload.*` cgroups its init is in (see [`lxc::payload_cgroups`]), removed with it.
+    cgroups: Vec<String>,
 }
 
 impl LxcContainer {
+    /// Records the init of the container, running now, and its cgroups.
+    fn running(&mut self, pid: i32) {
+        self.init_pid = Some(pid);
+        for g in lxc::payload_cgroups(pid) {
+            if !self.cgroups.contains(&g) {
+                self.cgroups.push(g);
+            }
+        }
+    }
+
     /// The container's name in the module's lxcpath.
     pub fn name(&self) -> &str {
         &self.name
@@ -357,7 +369,7 @@ impl LxcBackend {
             let still = blocking(move || lxc.init_pid(&name)).await;
             if let Ok(Ok(Some(pid))) = still {
                 // CRIU resumed the container.
-                container.init_pid = Some(pid);
+                container.running(pid);
                 return Err(not_started(e.into()));
             }
             self.give_up_source(container, &out_dir).await;
@@ -504,7 +516,7 @@ impl LxcBackend {
         self.remove_work(rb.out_dir);
         match restored {
             Ok(pid) => {
-                container.init_pid = Some(pid);
+                container.running(pid);
                 sw.record("restore at source", began);
                 report.frozen_us = us(rb.frozen.elapsed());
                 report.total_us = sw.elapsed_us();
@@ -639,6 +651,7 @@ impl LxcBackend {
             port: service.ovs_port.clone(),
             spec,
             init_pid: None,
+            cgroups: Vec::new(),
         };
         let (lxc, site, net, c) = (
             self.lxc.clone(),
@@ -685,7 +698,7 @@ impl LxcBackend {
         match result {
             Ok((mut report, pid)) => {
                 let mut container = container;
-                container.init_pid = Some(pid);
+                container.running(pid);
                 report.relocation_id = relocation_id;
                 report.service = service.clone();
                 self.hosting.install(service, container);
@@ -900,6 +913,7 @@ fn destroy(lxc: &Lxc, site: &EdgeSite, c: &LxcContainer) -> Result<(), LxcError>
     let stopped = lxc.stop(&c.name);
     let detached = detach(site, &c.port).map_err(LxcError::from);
     let destroyed = lxc.destroy(&c.name);
+    lxc::remove_cgroups(Path::new(lxc::CGROUP_ROOT), &c.cgroups);
     stopped.and(detached).and(destroyed)
 }
 
@@ -929,6 +943,7 @@ impl Backend for LxcBackend {
             port: service.ovs_port.clone(),
             spec: container_spec,
             init_pid: None,
+            cgroups: Vec::new(),
         };
         let (lxc, site, net, mut c) = (
             self.lxc.clone(),
@@ -952,7 +967,7 @@ impl Backend for LxcBackend {
             })();
             match started {
                 Ok(pid) => {
-                    c.init_pid = Some(pid);
+                    c.running(pid);
                     Ok(c)
                 }
                 Err(e) => {

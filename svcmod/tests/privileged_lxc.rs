@@ -13,7 +13,10 @@
 
 mod common;
 
+use common::daemon::{get_in, post_in, DaemonProcess};
+use common::fake_smo::{Behaviour, FakeSmo};
 use common::{client_report, ms, sh, Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP};
+use model::smo::ExecuteReport;
 use model::smo::{ExecuteRequest, RelocationType, Service};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -21,8 +24,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
+use svcmod::lxc::Lxc;
 use svcmod::lxc_backend::{self, LxcBackend, LxcConfig, LxcContainer};
-use svcmod::{Backend, MigrationError, MigrationReport, ServiceSpec};
+use svcmod::{
+    Backend, MigrationError, MigrationReport, ModuleBackend, ModuleConfig, ServiceSpec, Strategy,
+};
 
 const MODULE_PORT: u16 = 9100;
 
@@ -233,19 +239,36 @@ impl Drop for World {
             let _ = tx.send(());
         }
         // Containers first (their monitors live in the edge namespaces the fabric removes).
-        for b in [&self.x, &self.y] {
-            let lxc = b.lxc();
-            let Ok(dir) = std::fs::read_dir(&lxc.lxcpath) else {
-                continue;
-            };
-            for e in dir.filter_map(Result::ok) {
-                if let Some(name) = e.file_name().to_str().filter(|_| e.path().is_dir()) {
-                    let _ = lxc.stop(name);
-                    let _ = lxc.destroy(name);
-                }
+        sweep_containers(&[self.x.lxc(), self.y.lxc()], &self.fabric.prefix);
+    }
+}
+
+/// Stops and destroys every container in the lxcpaths, then kills by cgroup whatever is left.
+fn sweep_containers(lxcs: &[&Lxc], prefix: &str) {
+    for lxc in lxcs {
+        let Ok(dir) = std::fs::read_dir(&lxc.lxcpath) else {
+            continue;
+        };
+        for e in dir.filter_map(Result::ok) {
+            if let Some(name) = e.file_name().to_str().filter(|_| e.path().is_dir()) {
+                let _ = lxc.stop(name);
+                let _ = lxc.destroy(name);
             }
         }
-        kill_by_cgroup(&self.fabric.prefix);
+    }
+    kill_by_cgroup(prefix);
+}
+
+/// [`sweep_containers`] when dropped (the daemon test: after the daemons, before the fabric).
+struct ContainerSweep {
+    lxcs: Vec<Lxc>,
+    prefix: String,
+}
+
+impl Drop for ContainerSweep {
+    fn drop(&mut self) {
+        let lxcs: Vec<&Lxc> = self.lxcs.iter().collect();
+        sweep_containers(&lxcs, &self.prefix);
     }
 }
 
@@ -424,9 +447,8 @@ async fn an_lxc_container_moves_there_and_back_with_its_tcp_stream() {
     lxc_backend::remove_all(&w.y).await;
     assert!(!w.x.lxc().lxcpath.exists(), "lxcpath removed");
     assert!(!w.y.lxc().lxcpath.exists(), "lxcpath removed");
-    let prefix = w.fabric.prefix.clone();
-    drop(w);
-    assert_eq!(leftovers(&prefix), Vec::<String>::new());
+    // Checked before the world's own sweep, which would remove leftover cgroups.
+    assert_eq!(leftovers(&w.fabric.prefix), Vec::<String>::new());
 }
 
 /// A directory holding a `criu` for LXC that misbehaves as `mode` says: `corrupt` garbles an
@@ -624,4 +646,147 @@ async fn five_lxc_moves_back_and_forth() {
         rows.iter().map(|r| ms(r.1)).sum::<f64>() / n,
         rows.iter().map(|r| r.2).sum::<f64>() / n
     );
+}
+
+const TOKEN: &str = "tok-privileged-lxc";
+const SMO_PORT: u16 = 8090;
+const API_PORT: u16 = 9100;
+const MIGRATION_PORT: u16 = 9200;
+
+fn lxc_module_config(
+    fabric: &Fabric,
+    site: &EdgeSite,
+    addr: Ipv4Addr,
+    services: Vec<ServiceSpec>,
+) -> ModuleConfig {
+    let cfg = serde_json::json!({
+        "name": format!("svcmod-{}", site.edge),
+        "smo_url": format!("http://{}:{SMO_PORT}", common::X_BACKHAUL),
+        "token": TOKEN,
+        "api_addr": format!("{addr}:{API_PORT}"),
+        "migration_addr": format!("{addr}:{MIGRATION_PORT}"),
+        "prefix": fabric.prefix,
+        "site": site,
+        "backend": "lxc",
+        "work_dir": fabric.root.join(format!("work-{}", site.edge)),
+        "services": services,
+    });
+    let cfg: ModuleConfig = serde_json::from_value(cfg).expect("an lxc module config");
+    assert_eq!(cfg.backend, ModuleBackend::Lxc);
+    assert_eq!(cfg.strategy, Strategy::StopAndCopy);
+    cfg
+}
+
+/// The daemons' LXC modules' lxcpaths (what [`LxcConfig`] makes of their config).
+fn daemon_lxc(cfg: &ModuleConfig) -> Lxc {
+    let c = cfg.lxc_config();
+    Lxc {
+        lxcpath: c.lxcpath(),
+        netns: c.site.netns.clone(),
+        criu_dir: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, LXC, CRIU and OVS; run by scripts/test"]
+async fn two_lxc_daemons_register_move_and_leave_nothing() {
+    skip_unless_able!();
+    let _serial = SERIAL.lock().await;
+    let fabric = Fabric::up_prefixed("tlx-d");
+    let smo_listener = svcmod::transfer::listen_in(
+        &fabric.x.netns,
+        SocketAddr::from((common::X_BACKHAUL, SMO_PORT)),
+    )
+    .await
+    .expect("fake SMO listener in edge x");
+    let smo = FakeSmo::start(smo_listener, Some(TOKEN.into()), Behaviour::default());
+    let probe = ServiceSpec {
+        service_id: SERVICE_ID.into(),
+        ipv4_addr: SERVICE_IP,
+        mac_addr: SERVICE_MAC.into(),
+        command: vec![
+            common::tbprobe().display().to_string(),
+            "serve".into(),
+            "--tcp=0.0.0.0:5000".into(),
+        ],
+        resource_requirements: Default::default(),
+    };
+    let x_cfg = lxc_module_config(&fabric, &fabric.x, common::X_BACKHAUL, vec![probe]);
+    let y_cfg = lxc_module_config(&fabric, &fabric.y, common::Y_BACKHAUL, vec![]);
+    let _sweep = ContainerSweep {
+        lxcs: vec![daemon_lxc(&x_cfg), daemon_lxc(&y_cfg)],
+        prefix: fabric.prefix.clone(),
+    };
+    let mut x = DaemonProcess::spawn(&fabric.ns("edge-x"), &x_cfg, &fabric.root);
+    let mut y = DaemonProcess::spawn(&fabric.ns("edge-y"), &y_cfg, &fabric.root);
+    x.wait_ready(Duration::from_secs(20)).await;
+    y.wait_ready(Duration::from_secs(20)).await;
+    let types: Vec<String> = smo.seen(|s| {
+        s.registrations
+            .iter()
+            .map(|r| r["relocationType"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    });
+    assert_eq!(types, ["LXC", "LXC"], "registered as LXC modules");
+
+    let x_api = format!("http://{}:{API_PORT}/svcmod/v1", common::X_BACKHAUL);
+    let y_api = format!("http://{}:{API_PORT}/svcmod/v1", common::Y_BACKHAUL);
+    let (x_ns, y_ns) = (fabric.x.netns.clone(), fabric.y.netns.clone());
+    let client = fabric.start_client(6.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let served: Service = get_in(
+        &x_ns,
+        TOKEN,
+        format!("{x_api}/served-service?ueIpv4Addr={UE_IP}"),
+    )
+    .await
+    .expect("served at x");
+    assert_eq!(served.relocation_type, RelocationType::Lxc);
+    let req = ExecuteRequest {
+        relocation_id: "rel-lxc-daemon".into(),
+        service: served,
+        target_address: format!("{}:{MIGRATION_PORT}", common::Y_BACKHAUL),
+    };
+    let t0 = Instant::now();
+    let report: ExecuteReport = post_in(&x_ns, TOKEN, format!("{x_api}/execute"), req)
+        .await
+        .expect("execute at x");
+    println!(
+        "daemons x → y: took {:.1} ms (Execute answered after {:.1} ms), moved {} B",
+        ms(report.took_us),
+        t0.elapsed().as_secs_f64() * 1e3,
+        report.bytes_moved.unwrap_or(0)
+    );
+    let at_y: Vec<Service> = get_in(&y_ns, TOKEN, format!("{y_api}/services"))
+        .await
+        .expect("services at y");
+    assert_eq!(at_y.len(), 1);
+    assert_eq!(at_y[0].ue_ipv4_addrs, [UE_IP]);
+    let arrivals = smo.seen(|s| s.arrivals.len());
+    assert_eq!(arrivals, 1, "the target reported the arrival");
+    let stream = client_report(client).await;
+    println!(
+        "client: {} records, largest gap {:.1} ms, disconnected {:?}",
+        stream.records, stream.max_gap_ms, stream.disconnected
+    );
+    assert!(stream.intact && stream.disconnected.is_none(), "{stream:?}");
+
+    // SIGTERM: Y removes the container it hosts; nothing of either module is left.
+    let x_status = x.terminate(Duration::from_secs(20)).await;
+    let y_status = y.terminate(Duration::from_secs(20)).await;
+    assert!(x_status.success(), "{x_status}:\n{}", x.log_text());
+    assert!(y_status.success(), "{y_status}:\n{}", y.log_text());
+    assert!(y.log_text().contains("service removed"), "{}", y.log_text());
+    for (site, br) in [(&fabric.x, "br-x"), (&fabric.y, "br-y")] {
+        let ports = site.ovs.ports(br).expect("ports");
+        assert!(!ports.iter().any(|p| p == "s-p50"), "{br}: {ports:?}");
+        let links = netkit::link::list_ifaces(&site.netns).expect("links");
+        assert!(!links.iter().any(|l| l.name == "s-p50"), "veth left");
+    }
+    for e in ["x", "y"] {
+        let dir = fabric.root.join(format!("work-{e}"));
+        assert!(!dir.exists(), "{} left", dir.display());
+    }
+    // Checked before the sweep, which would remove leftover cgroups.
+    assert_eq!(leftovers(&fabric.prefix), Vec::<String>::new());
 }

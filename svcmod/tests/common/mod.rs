@@ -17,6 +17,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_smo;
 
 use netkit::link::{self, End};
