@@ -57,6 +57,8 @@ pub const TMPFS_DIRS: [(&str, &str); 4] = [
 ];
 /// Where nothing may be bound: the container's own kernel file systems.
 const KERNEL_DIRS: [&str; 3] = ["proc", "sys", "dev"];
+/// `PATH` inside the container.
+pub const CONTAINER_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// LXC's log level for the `lxc-*` commands.
 const LOG_LEVEL: &str = "INFO";
 
@@ -143,6 +145,21 @@ impl ContainerSpec {
                 binds.push(dir.to_owned());
             }
         }
+        // Files the command names by absolute path (`sh -c '… /opt/x/tool …'`, `-c /opt/x.conf`)
+        // are reachable too, where a bind can make them so.
+        for word in command[1..].iter().flat_map(|a| a.split_whitespace()) {
+            let path = Path::new(word.trim_matches(|c| c == '\'' || c == '"'));
+            let Some(dir) = path
+                .parent()
+                .filter(|d| path.is_absolute() && path.is_file() && *d != Path::new("/"))
+            else {
+                continue;
+            };
+            let usable = Self::binds_valid(std::slice::from_ref(&dir.to_owned())).is_ok();
+            if usable && !binds.iter().any(|b| dir.starts_with(b)) {
+                binds.push(dir.to_owned());
+            }
+        }
         let spec = Self {
             command: command.to_vec(),
             binds,
@@ -155,17 +172,21 @@ impl ContainerSpec {
     /// plain paths (no `.`/`..`, no white space or control characters, not `/`), none under the
     /// container's own file systems (`/proc`, `/sys`, `/dev`, the tmpfs directories).
     pub fn validate(&self) -> Result<(), LxcError> {
-        let bad = |m: String| Err(LxcError::Spec(m));
         if self.command.is_empty() || self.command[0].is_empty() {
-            return bad("empty command".into());
+            return Err(LxcError::Spec("empty command".into()));
         }
         if self.command.iter().any(|a| a.contains('\0')) {
-            return bad("a NUL in the command".into());
+            return Err(LxcError::Spec("a NUL in the command".into()));
         }
-        if self.binds.len() > 64 {
-            return bad(format!("{} binds (at most 64)", self.binds.len()));
+        Self::binds_valid(&self.binds)
+    }
+
+    fn binds_valid(binds: &[PathBuf]) -> Result<(), LxcError> {
+        let bad = |m: String| Err(LxcError::Spec(m));
+        if binds.len() > 64 {
+            return bad(format!("{} binds (at most 64)", binds.len()));
         }
-        for b in &self.binds {
+        for b in binds {
             let Some(text) = b.to_str() else {
                 return bad(format!("bind {} is not UTF-8", b.display()));
             };
@@ -229,6 +250,9 @@ pub fn config_text(
     line("lxc.pty.max", "0");
     line("lxc.console.path", "none");
     line("lxc.autodev", "1");
+    // LXC starts the init with an empty environment: a bare program name would be looked up
+    // in libc's default path only.
+    line("lxc.environment", &format!("PATH={CONTAINER_PATH}"));
     line("lxc.mount.auto", "proc:mixed sys:ro");
     for (dir, mode) in TMPFS_DIRS {
         line(
@@ -687,6 +711,7 @@ mod tests {
             "lxc.net.0.ipv4.address = 20.0.0.50/16",
             "lxc.net.0.ipv4.gateway = 20.0.0.1",
             "lxc.net.0.flags = up",
+            "lxc.environment = PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ] {
             assert!(lines.contains(&want), "missing `{want}` in\n{text}");
         }
@@ -754,6 +779,20 @@ mod tests {
         let s =
             ContainerSpec::for_command(&["sh".into(), "-c".into(), "x y".into()]).expect("spec");
         assert_eq!(s.command[2], "x y");
+        // An absolute path in a shell line: its directory is bound; /tmp is the container's own.
+        let exe = std::env::current_exe().expect("exe");
+        let line = format!(
+            "sleep 1; exec '{}' --flag /tmp/x /usr/bin/env",
+            exe.display()
+        );
+        let s = ContainerSpec::for_command(&["sh".into(), "-c".into(), line]).expect("spec");
+        let dir = exe.parent().expect("dir").to_owned();
+        if dir.starts_with("/tmp") {
+            assert!(!s.binds.contains(&dir));
+        } else {
+            assert!(s.binds.contains(&dir), "{:?}", s.binds);
+        }
+        assert!(!s.binds.iter().any(|b| b.starts_with("/usr/bin")));
         assert!(ContainerSpec::for_command(&[]).is_err());
         assert!(ContainerSpec::for_command(&["/tbprobe".into()]).is_err());
     }

@@ -130,17 +130,22 @@ impl World {
 
     /// Starts the probe service in a container at edge X and waits until it listens.
     async fn start_service(&self) -> Service {
+        self.start_service_with(vec![
+            common::tbprobe().display().to_string(),
+            "serve".into(),
+            "--tcp=0.0.0.0:5000".into(),
+        ])
+        .await
+    }
+
+    async fn start_service_with(&self, command: Vec<String>) -> Service {
         let service = self
             .x
             .create(ServiceSpec {
                 service_id: SERVICE_ID.into(),
                 ipv4_addr: SERVICE_IP,
                 mac_addr: SERVICE_MAC.into(),
-                command: vec![
-                    common::tbprobe().display().to_string(),
-                    "serve".into(),
-                    "--tcp=0.0.0.0:5000".into(),
-                ],
+                command,
                 resource_requirements: Default::default(),
             })
             .await
@@ -514,7 +519,14 @@ async fn a_failed_lxc_move_leaves_the_service_serving_at_the_source() {
     }
     let _wrapper_guard = RemoveDir(wrapper_dir);
     let w = World::up("tlx-b", Some(criu_dir)).await;
-    let service = w.start_service().await;
+    // Through a shell found on the container's PATH, which names the probe by its path.
+    let line = format!(
+        "exec {} serve --tcp=0.0.0.0:5000",
+        common::tbprobe().display()
+    );
+    let service = w
+        .start_service_with(vec!["sh".into(), "-c".into(), line])
+        .await;
     let client = w.fabric.start_client(12.0);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let to_y = |rel: &str| w.request_to(rel, &service, common::Y_BACKHAUL);
