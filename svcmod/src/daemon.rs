@@ -13,7 +13,8 @@
 //! 6. ready (the ready file) once registered or the window is over;
 //! 7. on SIGTERM: stop registering, de-register (`DELETE` the registration's `Location`), stop
 //!    accepting callbacks and migrations and let the running ones end, remove every service it
-//!    hosts (processes by PID, OVS port, namespace) and its work directory.
+//!    hosts (CRIU: processes by PID, OVS port, namespace; LXC: container, OVS port, cgroups) and
+//!    its work directory (with the LXC backend's lxcpath).
 //!
 //! [`run_with`] is the daemon over any [`Backend`] and pre-bound listeners (the tests run it with
 //! a fake backend on loopback); [`run`] is the daemon from a [`ModuleConfig`], over the backend
@@ -64,7 +65,8 @@ pub struct ModuleConfig {
     /// The migration receiver's backhaul address, e.g. `10.0.1.1:9200`: the registration's
     /// `notifAddress` (and, for lazy pages, where this module's page servers listen).
     pub migration_addr: SocketAddrV4,
-    /// The testbed's namespace prefix, e.g. `tb`: service namespaces are `<prefix>-svc-<id>-<edge>`.
+    /// The testbed's namespace prefix, e.g. `tb`: service namespaces (CRIU) and containers (LXC)
+    /// are `<prefix>-svc-<id>-<edge>`.
     pub prefix: String,
     /// The edge cloud: `{"edge", "netns", "bridge", "ovs_dir"}` (see [`EdgeSite`]).
     pub site: EdgeSite,
