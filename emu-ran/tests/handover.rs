@@ -238,6 +238,18 @@ async fn next_dl(peer: &mut TunPeer) -> Vec<u8> {
         .unwrap()
 }
 
+/// Waits until the fake UPF has sent `n` stream packets since sequence number `since`.
+async fn sent_since(upf: &FakeUpf, since: u32, n: u32) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while upf.state.lock().await.next_seq < since + n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fake UPF sent fewer than {n} packets in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Streams downlink, hands the UE over with `trigger_url`, and checks the sequence numbers.
 async fn handover_while_streaming(
     client: &sbi::Client,
@@ -252,7 +264,8 @@ async fn handover_while_streaming(
         s.streaming = true;
         s.next_seq
     };
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    // At least 25 packets before and 25 after the handover, however slow the machine is.
+    sent_since(upf, first, 25).await;
     let report: HandoverReport = client
         .post(
             trigger_url,
@@ -263,7 +276,8 @@ async fn handover_while_streaming(
         )
         .await
         .expect("handover report");
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    let after = upf.state.lock().await.next_seq;
+    sent_since(upf, after, 25).await;
     let last = {
         let mut s = upf.state.lock().await;
         s.streaming = false;
@@ -524,10 +538,17 @@ async fn attach_data_and_handovers_back_and_forth() {
     peer.uplink.send(vec![0x45, 7]).await.unwrap();
     let (repr, _) = next_ul(&mut ul_rx).await;
     assert_eq!(repr.teid, Teid(UL_TEID_B));
-    // the UE's control API
-    let (code, body) = ue_api(&sock, "GET", "/ue/v1/status").await;
-    assert_eq!(code, 200);
-    let st: UeStatus = serde_json::from_str(&body).unwrap();
+    // the UE's control API (its counters move right after each packet went out: poll)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let st = loop {
+        let (code, body) = ue_api(&sock, "GET", "/ue/v1/status").await;
+        assert_eq!(code, 200);
+        let st: UeStatus = serde_json::from_str(&body).unwrap();
+        if st.packets_up >= 2 || tokio::time::Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
     assert_eq!(st.handovers, 1);
     assert_eq!(st.ue_ipv4, Some(UE_IP));
     assert_eq!(st.gnb_radio.ip(), &ip_b);

@@ -19,8 +19,12 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        let part = s.to_string();
+        // Messages that already end with their source's text (`"…: {source}"`) say it once.
+        if !text.ends_with(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
         source = s.source();
     }
     text
@@ -33,6 +37,28 @@ mod tests {
         let inner = std::io::Error::other("socket gone");
         let outer = std::io::Error::other(Wrapped(inner));
         assert_eq!(super::error_chain(&outer), "wrapped: socket gone");
+    }
+
+    #[test]
+    fn error_chain_says_a_source_once_when_the_message_already_ends_with_it() {
+        let inner = std::io::Error::other("socket gone");
+        let outer = std::io::Error::other(Echoing(inner));
+        assert_eq!(super::error_chain(&outer), "echoing: socket gone");
+    }
+
+    #[derive(Debug)]
+    struct Echoing(std::io::Error);
+
+    impl std::fmt::Display for Echoing {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "echoing: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Echoing {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
     }
 
     #[derive(Debug)]

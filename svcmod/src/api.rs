@@ -7,6 +7,10 @@
 //! | ServedService | `GET /svcmod/v1/served-service?ueIpv4Addr=A` | 200 `Service`, 404 (none serves A), 400 (A missing or not IPv4) |
 //! | Execute | `POST /svcmod/v1/execute` `ExecuteRequest` | 200 `ExecuteReport` once the service runs at the target; an error as below |
 //!
+//! Not a callback of the SMO, for failure experiments and tests: `POST /svcmod/v1/faults`
+//! `{"fault": "corrupt-images"}` arms a [`Fault`] (204; 400 if unknown, 501 if the backend
+//! cannot cause it).
+//!
 //! Every error is `application/problem+json` with a `cause` ([`cause`]). Execute's statuses
 //! follow the contract "an error status means the service still runs at the source", except 504:
 //!
@@ -24,7 +28,7 @@
 //! Handlers only parse and forward to [`Module`], which owns the calls into the backend; errors
 //! become HTTP answers in one place (`impl From<CallbackError> for ApiError`).
 
-use crate::{Backend, BackendError, MigrationError};
+use crate::{Backend, BackendError, Fault, MigrationError};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -43,6 +47,8 @@ pub const SERVICES: &str = "/svcmod/v1/services";
 pub const SERVED_SERVICE: &str = "/svcmod/v1/served-service";
 /// Execute.
 pub const EXECUTE: &str = "/svcmod/v1/execute";
+/// Arms a fault (not an SMO callback).
+pub const FAULTS: &str = "/svcmod/v1/faults";
 
 /// The application error causes of the callbacks' ProblemDetails.
 pub mod cause {
@@ -127,6 +133,9 @@ impl From<CallbackError> for ApiError {
             CallbackError::InvalidTarget { .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, cause::INVALID_TARGET)
             }
+            CallbackError::Backend(BackendError::Unsupported(_)) => {
+                return ApiError::status(StatusCode::NOT_IMPLEMENTED, detail)
+            }
             CallbackError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, cause::BACKEND_FAILED),
             CallbackError::Migration(m) => migration_status(m),
         };
@@ -162,6 +171,13 @@ impl<B: Backend> Module<B> {
             .serving(ue)
             .await?
             .ok_or(CallbackError::NotServed { ue })
+    }
+
+    /// Arms a fault in the backend.
+    pub fn arm_fault(&self, fault: Fault) -> Result<(), CallbackError> {
+        self.backend.arm_fault(fault)?;
+        tracing::warn!(%fault, "fault armed");
+        Ok(())
     }
 
     /// Execute: checks the target, migrates, answers the report once the service runs there.
@@ -206,6 +222,13 @@ impl<B: Backend> Module<B> {
     }
 }
 
+/// The body of `POST /svcmod/v1/faults`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultRequest {
+    fault: Fault,
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ServedQuery {
@@ -218,6 +241,7 @@ pub fn router<B: Backend>(module: Arc<Module<B>>) -> Router {
         .route(SERVICES, get(services::<B>))
         .route(SERVED_SERVICE, get(served_service::<B>))
         .route(EXECUTE, post(execute::<B>))
+        .route(FAULTS, post(arm_fault::<B>))
         .with_state(module)
 }
 
@@ -249,4 +273,12 @@ async fn execute<B: Backend>(
     Json(req): Json<ExecuteRequest>,
 ) -> Result<Json<ExecuteReport>, ApiError> {
     Ok(Json(m.execute(&req).await?))
+}
+
+async fn arm_fault<B: Backend>(
+    State(m): State<Arc<Module<B>>>,
+    Json(req): Json<FaultRequest>,
+) -> Result<StatusCode, ApiError> {
+    m.arm_fault(req.fault)?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -40,10 +40,12 @@ use crate::container::{self, Carrier, Container, EdgeSite, NetSpec};
 use crate::criu::{
     Criu, DumpRequest, LazyDump, PageServer, PipeMaxSize, RestoreRequest, LAZY_PIPE_MAX_SIZE,
 };
-use crate::hosting::{blocking, fresh_dir, path_safe, ArrivalSlot, Hosting};
+use crate::hosting::{
+    blocking, damage_images, fresh_dir, path_safe, ArrivalSlot, FaultSlot, Hosting,
+};
 use crate::transfer::{self, Conn, Message};
 use crate::{
-    us, ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
+    us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
     ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
@@ -145,6 +147,8 @@ pub struct CriuBackend {
     /// Migrations started (page-server ports cycle with it).
     migrations: AtomicU16,
     arrival: ArrivalSlot,
+    /// A fault armed for the next incoming migration.
+    fault: FaultSlot,
 }
 
 impl CriuBackend {
@@ -155,6 +159,7 @@ impl CriuBackend {
             hosting: Hosting::default(),
             migrations: AtomicU16::new(0),
             arrival: ArrivalSlot::default(),
+            fault: FaultSlot::default(),
         }
     }
 
@@ -843,11 +848,7 @@ impl CriuBackend {
                 }),
                 _ => {
                     let e = BackendError::BadRequest(format!("bad page server `{addr}`"));
-                    let _ = conn
-                        .send(&Message::Failed {
-                            cause: e.to_string(),
-                        })
-                        .await;
+                    answer_failed(conn, container, e.to_string()).await;
                     return Err(e);
                 }
             },
@@ -862,16 +863,15 @@ impl CriuBackend {
             Some(_) => match PipeMaxSize::raise(LAZY_PIPE_MAX_SIZE) {
                 Ok(g) => Some(g),
                 Err(e) => {
-                    let _ = conn
-                        .send(&Message::Failed {
-                            cause: e.to_string(),
-                        })
-                        .await;
+                    answer_failed(conn, container, e.to_string()).await;
                     return Err(e.into());
                 }
             },
             None => None,
         };
+        if self.fault.take(Fault::CorruptImages) {
+            damage_images(&images)?;
+        }
         // Post-copy: the lazy-pages daemon must be up before the restore hands it the tasks.
         let daemon = match page_server {
             None => None,
@@ -890,11 +890,7 @@ impl CriuBackend {
                 match started {
                     Ok(d) => Some(d),
                     Err(e) => {
-                        let _ = conn
-                            .send(&Message::Failed {
-                                cause: e.to_string(),
-                            })
-                            .await;
+                        answer_failed(conn, container, e.to_string()).await;
                         return Err(e.into());
                     }
                 }
@@ -967,23 +963,15 @@ impl CriuBackend {
         {
             Ok(g) => g,
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                answer_failed(conn, container, e.to_string()).await;
                 return Err(e.into());
             }
         };
         let restore_us = match gated.wait_restored(t.restore).await {
             Ok(d) => us(d),
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
                 gated.abort(Duration::from_secs(5)).await;
+                answer_failed(conn, container, e.to_string()).await;
                 return Err(e.into());
             }
         };
@@ -1018,20 +1006,26 @@ impl CriuBackend {
             }
             Err(e) => {
                 // CRIU killed what it restored, but the gate may have brought the carrier up:
-                // silence the namespace before the source resumes the service, then tell it.
-                let c = container.clone();
-                if let Ok(Err(down)) = blocking(move || c.set_carrier(Carrier::Down)).await {
-                    tracing::warn!(error = %down, "cannot take the target carrier down");
-                }
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                // remove the namespace before the source resumes the service, then tell it.
+                answer_failed(conn, container, e.to_string()).await;
                 Err(e.into())
             }
         }
     }
+}
+
+/// The target's answer to a failed receive: the half-made container goes first (its veth, OVS
+/// port and namespace), then `Failed` — so the source, which resumes the service at once, never
+/// meets a live duplicate here, and a retry finds the edge clean. (The caller removes it again
+/// on its way out; that is a no-op.)
+async fn answer_failed(conn: &mut Conn, container: &Container, cause: String) {
+    let mut c = container.clone();
+    match blocking(move || c.destroy()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+    }
+    let _ = conn.send(&Message::Failed { cause }).await;
 }
 
 /// What a rollback needs from the migration it undoes.
@@ -1064,6 +1058,11 @@ impl Backend for CriuBackend {
 
     fn set_arrival_hook(&self, hook: ArrivalHook) {
         self.arrival.set(hook);
+    }
+
+    fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
+        self.fault.arm(fault);
+        Ok(())
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {

@@ -414,6 +414,13 @@ pub async fn run(
         path: work_dir.clone(),
         source,
     })?;
+    // Both backends run CRIU (LXC's lxc-checkpoint the one on PATH): both profit.
+    match cfg.criu_config().criu.prime_kdat_cache() {
+        Ok(bytes) => tracing::debug!(bytes, "CRIU kernel-feature cache made"),
+        Err(e) => {
+            tracing::warn!(error = %sbi::error_chain(&e), "no CRIU kernel-feature cache: every dump and restore probes the kernel")
+        }
+    }
     let result = async {
         let api = bind_in(&cfg.site.netns, cfg.api_addr.into(), "callbacks").await?;
         let migration = bind_in(&cfg.site.netns, cfg.migration_addr.into(), "migrations").await?;

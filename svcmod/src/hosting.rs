@@ -3,7 +3,7 @@
 //! set of source containers being removed in the background, blocking system work off the
 //! runtime, per-migration work directories.
 
-use crate::{ArrivalHook, BackendError, ServiceState, ARRIVAL_LIMIT};
+use crate::{ArrivalHook, BackendError, Fault, ServiceState, ARRIVAL_LIMIT};
 use model::smo::Service;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -257,6 +257,51 @@ impl ArrivalSlot {
     }
 }
 
+/// A fault armed for the next migration it concerns (`POST /svcmod/v1/faults`).
+#[derive(Debug, Default)]
+pub struct FaultSlot(Mutex<Option<Fault>>);
+
+impl FaultSlot {
+    /// Arms `fault`.
+    pub fn arm(&self, fault: Fault) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    /// Takes the armed fault if it is `fault`.
+    pub fn take(&self, fault: Fault) -> bool {
+        let mut armed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if *armed == Some(fault) {
+            *armed = None;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// [`Fault::CorruptImages`]: overwrites the start of every task's core image, so CRIU's restore
+/// really fails on them.
+pub fn damage_images(images: &Path) -> Result<(), BackendError> {
+    let io = |source| BackendError::Io {
+        path: images.to_owned(),
+        source,
+    };
+    let mut damaged = 0;
+    for entry in std::fs::read_dir(images).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name.starts_with("core-") && name.ends_with(".img") {
+            std::fs::write(&path, b"not a CRIU image").map_err(io)?;
+            damaged += 1;
+        }
+    }
+    tracing::warn!(images = %images.display(), damaged, "fault: core images damaged before the restore");
+    Ok(())
+}
+
 /// Runs blocking system work (ip, ovs-vsctl, ethtool, lxc-*, waits for PIDs) off the runtime's
 /// threads.
 pub async fn blocking<T: Send + 'static>(
@@ -362,6 +407,15 @@ mod tests {
         h.install(service("b"), 3);
         assert_eq!(h.take_for_removal("b").map(|x| x.container).ok(), Some(3));
         assert!(h.ids().is_empty());
+    }
+
+    #[test]
+    fn a_fault_is_taken_once() {
+        let f = FaultSlot::default();
+        assert!(!f.take(Fault::CorruptImages));
+        f.arm(Fault::CorruptImages);
+        assert!(f.take(Fault::CorruptImages));
+        assert!(!f.take(Fault::CorruptImages));
     }
 
     #[tokio::test]

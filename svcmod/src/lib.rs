@@ -67,6 +67,24 @@ impl std::fmt::Display for Strategy {
     }
 }
 
+/// A failure a module causes on purpose when told to (`POST /svcmod/v1/faults`): for failure
+/// experiments and the end-to-end failure tests. Serialized kebab-case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// The next service this module receives has its images damaged right before the restore,
+    /// so the real restore fails (the source must roll back).
+    CorruptImages,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::CorruptImages => "corrupt-images",
+        })
+    }
+}
+
 /// A service to start (in a config: snake_case fields, unknown ones refused).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -252,6 +270,14 @@ pub const ARRIVAL_LIMIT: Duration = Duration::from_millis(500);
 pub trait Backend: Send + Sync + 'static {
     /// The relocation type the module registers with.
     fn relocation_type(&self) -> RelocationType;
+
+    /// Arms `fault` for the next migration it concerns (see [`Fault`]); backends that cannot cause
+    /// it refuse with [`BackendError::Unsupported`].
+    fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
+        Err(BackendError::Unsupported(format!(
+            "fault {fault} in this backend"
+        )))
+    }
 
     /// Installs the hook called before an incoming service resumes (see [`ArrivalHook`]);
     /// backends that cannot tell ignore it. Without one, services resume without it.

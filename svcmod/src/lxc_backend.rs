@@ -30,11 +30,13 @@
 use crate::container::{self, NetSpec};
 use crate::criu::GatedRestore;
 use crate::criu_backend::{Timeouts, DEFAULT_WORK_ROOT};
-use crate::hosting::{blocking, fresh_dir, path_safe, ArrivalSlot, Hosting};
+use crate::hosting::{
+    blocking, damage_images, fresh_dir, path_safe, ArrivalSlot, FaultSlot, Hosting,
+};
 use crate::lxc::{self, ContainerSpec, Lxc, LxcError};
 use crate::transfer::{self, Conn, Message};
 use crate::{
-    us, ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
+    us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
     ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
@@ -171,6 +173,8 @@ pub struct LxcBackend {
     lxc: Lxc,
     hosting: Hosting<LxcContainer>,
     arrival: ArrivalSlot,
+    /// A fault armed for the next incoming migration.
+    fault: FaultSlot,
 }
 
 impl LxcBackend {
@@ -186,6 +190,7 @@ impl LxcBackend {
             lxc,
             hosting: Hosting::default(),
             arrival: ArrivalSlot::default(),
+            fault: FaultSlot::default(),
         }
     }
 
@@ -746,11 +751,7 @@ impl LxcBackend {
                 page_server: Some(_),
             } => {
                 let e = BackendError::Unsupported("lazy pages with the LXC backend".into());
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                self.answer_failed(conn, container, e.to_string()).await;
                 return Err(e);
             }
             other => {
@@ -761,15 +762,14 @@ impl LxcBackend {
             }
         }
 
+        if self.fault.take(Fault::CorruptImages) {
+            damage_images(&images)?;
+        }
         // Gated restore: every task restored and stopped, the port attached but down.
         let mut gated = match self.start_restore(container, &images, &in_dir.join("gate")) {
             Ok(g) => g,
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                self.answer_failed(conn, container, e.to_string()).await;
                 return Err(e.into());
             }
         };
@@ -782,12 +782,8 @@ impl LxcBackend {
         let restore_us = match restored {
             Ok(d) => us(d),
             Err(e) => {
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
                 gated.abort(Duration::from_secs(5)).await;
+                self.answer_failed(conn, container, e.to_string()).await;
                 return Err(e);
             }
         };
@@ -831,18 +827,28 @@ impl LxcBackend {
                 ))
             }
             Err(e) => {
-                // CRIU killed what it restored, but the gate may have brought the port up:
-                // silence it before the source resumes the service, then tell it.
-                let (site, port) = (self.cfg.site.clone(), container.port.clone());
-                let _ = blocking(move || site.netns.ip(["link", "set", &port, "down"])).await;
-                let _ = conn
-                    .send(&Message::Failed {
-                        cause: e.to_string(),
-                    })
-                    .await;
+                // CRIU killed what it restored, but the gate may have brought the port up: the
+                // container and its port go before the source resumes the service.
+                self.answer_failed(conn, container, e.to_string()).await;
                 Err(e.into())
             }
         }
+    }
+}
+
+impl LxcBackend {
+    /// The target's answer to a failed receive: the half-made container goes first (its port,
+    /// veth, directory and cgroups), then `Failed` — so the source, which resumes the service at
+    /// once, never meets a duplicate here, and a retry finds the edge clean. (The caller removes
+    /// it again on its way out; that is a no-op.)
+    async fn answer_failed(&self, conn: &mut Conn, container: &LxcContainer, cause: String) {
+        let (lxc, site, c) = (self.lxc.clone(), self.cfg.site.clone(), container.clone());
+        match blocking(move || destroy(&lxc, &site, &c)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the failed incoming container"),
+        }
+        let _ = conn.send(&Message::Failed { cause }).await;
     }
 }
 
@@ -924,6 +930,11 @@ impl Backend for LxcBackend {
 
     fn set_arrival_hook(&self, hook: ArrivalHook) {
         self.arrival.set(hook);
+    }
+
+    fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
+        self.fault.arm(fault);
+        Ok(())
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {

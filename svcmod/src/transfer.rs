@@ -216,28 +216,19 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
 
     /// Sends every regular file directly in `dir`, then the end frame.
     pub async fn send_images(&mut self, dir: &Path) -> Result<ImageStats, TransferError> {
-        let mut names = Vec::new();
-        let mut entries = tokio::fs::read_dir(dir)
-            .await
-            .map_err(io(format!("listing {}", dir.display())))?;
-        while let Some(e) = entries
-            .next_entry()
-            .await
-            .map_err(io(format!("listing {}", dir.display())))?
-        {
-            let meta = e.metadata().await.map_err(io("reading image metadata"))?;
-            if meta.is_file() {
-                if let Some(name) = e.file_name().to_str().filter(|n| valid_file_name(n)) {
-                    names.push((name.to_owned(), meta.len()));
-                }
-            }
-        }
-        names.sort();
+        // One hop to the blocking pool lists the images and reads the small ones (tmpfs: the
+        // whole set of a small service is read in well under a millisecond); a hop per file
+        // operation would cost more than the copy inside the service's freeze.
+        let listed = {
+            let owned = dir.to_owned();
+            tokio::task::spawn_blocking(move || read_small_images(&owned))
+                .await
+                .map_err(|e| io("reading images")(std::io::Error::other(e)))?
+                .map_err(io(format!("reading images in {}", dir.display())))?
+        };
         let mut stats = ImageStats::default();
-        for (name, len) in names {
+        for (name, len, data) in listed {
             let what = format!("sending image {name}");
-            let path = dir.join(&name);
-            let mut file = tokio::fs::File::open(&path).await.map_err(io(&what))?;
             let s = &mut self.stream;
             s.write_u8(b'F').await.map_err(io(&what))?;
             s.write_u16(u16::try_from(name.len()).unwrap_or(u16::MAX))
@@ -245,7 +236,18 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
                 .map_err(io(&what))?;
             s.write_all(name.as_bytes()).await.map_err(io(&what))?;
             s.write_u64(len).await.map_err(io(&what))?;
-            let copied = copy_exact(&mut file, s, len).await.map_err(io(&what))?;
+            let copied = match data {
+                Some(bytes) => {
+                    s.write_all(&bytes).await.map_err(io(&what))?;
+                    len
+                }
+                None => {
+                    let mut file = tokio::fs::File::open(dir.join(&name))
+                        .await
+                        .map_err(io(&what))?;
+                    copy_exact(&mut file, s, len).await.map_err(io(&what))?
+                }
+            };
             if copied != len {
                 return Err(TransferError::Protocol(format!(
                     "image {name} shrank while sending ({copied} of {len} bytes)"
@@ -276,6 +278,7 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
         max_bytes: u64,
     ) -> Result<ImageStats, TransferError> {
         let mut stats = ImageStats::default();
+        let mut small: Vec<(PathBuf, Vec<u8>)> = Vec::new();
         loop {
             let tag = self.stream.read_u8().await.map_err(io("reading images"))?;
             match tag {
@@ -298,16 +301,26 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
                     }
                     let what = format!("receiving image {name}");
                     let path: PathBuf = dir.join(&name);
-                    let mut file = tokio::fs::File::create(&path).await.map_err(io(&what))?;
-                    let copied = copy_exact(&mut self.stream, &mut file, len)
-                        .await
-                        .map_err(io(&what))?;
-                    if copied != len {
-                        return Err(TransferError::Protocol(format!(
-                            "image {name} cut short ({copied} of {len} bytes)"
-                        )));
+                    if len <= SMALL_IMAGE {
+                        // Kept in memory and written with the others at the end (one hop).
+                        let mut bytes = vec![0u8; usize::try_from(len).unwrap_or(0)];
+                        self.stream
+                            .read_exact(&mut bytes)
+                            .await
+                            .map_err(io(&what))?;
+                        small.push((path, bytes));
+                    } else {
+                        let mut file = tokio::fs::File::create(&path).await.map_err(io(&what))?;
+                        let copied = copy_exact(&mut self.stream, &mut file, len)
+                            .await
+                            .map_err(io(&what))?;
+                        if copied != len {
+                            return Err(TransferError::Protocol(format!(
+                                "image {name} cut short ({copied} of {len} bytes)"
+                            )));
+                        }
+                        file.flush().await.map_err(io(&what))?;
                     }
-                    file.flush().await.map_err(io(&what))?;
                     self.received += 1 + 2 + u64::from(name_len) + 8 + len;
                     stats.files += 1;
                     stats.image_bytes += len;
@@ -322,6 +335,14 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
                             stats.files, stats.image_bytes
                         )));
                     }
+                    tokio::task::spawn_blocking(move || {
+                        small
+                            .iter()
+                            .try_for_each(|(path, bytes)| std::fs::write(path, bytes))
+                    })
+                    .await
+                    .map_err(|e| io("writing images")(std::io::Error::other(e)))?
+                    .map_err(io(format!("writing images in {}", dir.display())))?;
                     return Ok(stats);
                 }
                 b'M' => {
@@ -344,6 +365,43 @@ impl<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin> Conn<S> {
 
 /// Copy chunk: large, because every `tokio::fs` read or write is a hop to the blocking pool.
 const CHUNK: usize = 1 << 20;
+
+/// Images up to this size move through memory in one blocking hop per side; larger ones
+/// (a service's big memory pages) are streamed in [`CHUNK`]s.
+const SMALL_IMAGE: u64 = 8 << 20;
+
+/// An image file to send: name, size, and its contents if it is small.
+type ListedImage = (String, u64, Option<Vec<u8>>);
+
+/// The image files in `dir` (sorted by name, unsafe names skipped) with their sizes, and the
+/// contents of those up to [`SMALL_IMAGE`].
+fn read_small_images(dir: &Path) -> std::io::Result<Vec<ListedImage>> {
+    let mut listed = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let meta = e.metadata()?;
+        if !meta.is_file() {
+            continue;
+        }
+        let Some(name) = e
+            .file_name()
+            .to_str()
+            .filter(|n| valid_file_name(n))
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let data = if meta.len() <= SMALL_IMAGE {
+            Some(std::fs::read(e.path())?)
+        } else {
+            None
+        };
+        let len = data.as_ref().map_or(meta.len(), |d| d.len() as u64);
+        listed.push((name, len, data));
+    }
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(listed)
+}
 
 /// Copies up to `len` bytes from `from` to `to` in large chunks; returns how many were copied
 /// (fewer only when `from` ended early).
@@ -470,6 +528,9 @@ mod tests {
         let dst = temp_dir("tx-dst");
         std::fs::write(src.join("core-1.img"), vec![7u8; 100_000]).expect("write");
         std::fs::write(src.join("inventory.img"), b"inv").expect("write");
+        // Larger than SMALL_IMAGE: streamed in chunks instead of through memory.
+        let big: Vec<u8> = (0..SMALL_IMAGE + 12_345).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("pages-1.img"), &big).expect("write");
         std::fs::create_dir_all(src.join("subdir")).expect("subdir is skipped");
         let (a, b) = tokio::io::duplex(4096);
         let (mut tx, mut rx) = (Conn::new(a), Conn::new(b));
@@ -495,14 +556,19 @@ mod tests {
         assert_eq!(rx.recv().await.expect("commit"), Message::Commit);
         let (sent, sent_bytes) = sender.await.expect("join").expect("send");
         assert_eq!(got, sent);
-        assert_eq!(got.files, 2);
-        assert_eq!(got.image_bytes, 100_003);
+        assert_eq!(got.files, 3);
+        assert_eq!(got.image_bytes, 100_003 + big.len() as u64);
         assert_eq!(rx.bytes_received(), sent_bytes);
         assert!(sent_bytes > got.image_bytes);
         assert_eq!(
             std::fs::read(dst.join("core-1.img")).expect("read"),
             vec![7u8; 100_000]
         );
+        assert_eq!(
+            std::fs::read(dst.join("inventory.img")).expect("read"),
+            b"inv"
+        );
+        assert!(std::fs::read(dst.join("pages-1.img")).expect("read") == big);
         let _ = std::fs::remove_dir_all(&src);
         let _ = std::fs::remove_dir_all(&dst);
     }

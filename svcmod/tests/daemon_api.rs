@@ -730,6 +730,49 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_are_refused_clearly_when_unknown_or_not_supported() {
+    let smo = smo(Behaviour::default()).await;
+    let backend = Arc::new(FakeBackend::default());
+    let mut d = start(&backend, &smo.url, vec![], fast_policy()).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    let c = client();
+    // The fake backend cannot cause faults: 501 with the reason.
+    let (status, _, p) = problem_of(
+        c.post_no_content(
+            &d.url("/faults"),
+            &serde_json::json!({"fault": "corrupt-images"}),
+        )
+        .await,
+    );
+    assert_eq!(status, 501, "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .is_some_and(|t| t.contains("corrupt-images")),
+        "{p}"
+    );
+    for bad in [
+        serde_json::json!({"fault": "explode"}),
+        serde_json::json!({"fault": "corrupt-images", "extra": 1}),
+        serde_json::json!({}),
+    ] {
+        let (status, _, p) = problem_of(c.post_no_content(&d.url("/faults"), &bad).await);
+        assert_eq!(status, 400, "{bad}: {p}");
+    }
+    let anonymous = Client::new(None, Duration::from_secs(2));
+    let (status, _, _) = problem_of(
+        anonymous
+            .post_no_content(
+                &d.url("/faults"),
+                &serde_json::json!({"fault": "corrupt-images"}),
+            )
+            .await,
+    );
+    assert_eq!(status, 401);
+    d.shut_down().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registration_waits_for_a_late_smo() {
     let addr = free_port();
     let backend = Arc::new(FakeBackend::default());

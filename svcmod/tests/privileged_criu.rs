@@ -187,6 +187,36 @@ impl Drop for World {
     }
 }
 
+#[test]
+#[ignore = "privileged: needs root and CRIU; run by scripts/test"]
+fn the_kdat_cache_is_made_for_the_running_kernel_and_criu_loads_it() {
+    require_root();
+    let criu = Criu::default();
+    let existed = Path::new(svcmod::criu::KDAT_CACHE).exists();
+    let bytes = criu.prime_kdat_cache().expect("kdat cache");
+    assert!(bytes > 0);
+    let on_disk = std::fs::metadata(svcmod::criu::KDAT_CACHE).expect("cache file");
+    assert_eq!(on_disk.len(), bytes);
+    // A CRIU run now loads it instead of probing the kernel.
+    let log = std::env::temp_dir().join(format!("svcmod-kdat-check-{}.log", std::process::id()));
+    let out = Command::new(&criu.bin)
+        .args(["check", "-v4", "-o"])
+        .arg(&log)
+        .output()
+        .expect("criu check");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(out.status.success(), "{out:?}");
+    if !existed {
+        let _ = std::fs::remove_file(svcmod::criu::KDAT_CACHE);
+    }
+    assert!(
+        text.contains("Loaded kdat cache from"),
+        "criu did not load the cache:\n{}",
+        text.lines().take(8).collect::<Vec<_>>().join("\n")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
 async fn stop_and_copy_moves_a_live_tcp_stream_between_edges() {

@@ -27,7 +27,8 @@ use svcmod::container::EdgeSite;
 use svcmod::lxc::Lxc;
 use svcmod::lxc_backend::{self, LxcBackend, LxcConfig, LxcContainer};
 use svcmod::{
-    Backend, MigrationError, MigrationReport, ModuleBackend, ModuleConfig, ServiceSpec, Strategy,
+    Backend, Fault, MigrationError, MigrationReport, ModuleBackend, ModuleConfig, ServiceSpec,
+    Strategy,
 };
 
 const MODULE_PORT: u16 = 9100;
@@ -579,6 +580,20 @@ async fn a_failed_lxc_move_leaves_the_service_serving_at_the_source() {
         matches!(err, MigrationError::RolledBack { ref cause, .. } if cause.contains("failed to resume")),
         "{err:?}"
     );
+    w.assert_hosted_at('x', 'y');
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // E: the module's own fault (`POST /svcmod/v1/faults`): the target damages the images it
+    // received, its real restore fails, the source restores itself.
+    std::fs::write(&mode, "ok").expect("mode");
+    w.y.arm_fault(Fault::CorruptImages)
+        .expect("lxc modules take the fault");
+    let err =
+        w.x.migrate_out(&to_y("rel-e"))
+            .await
+            .expect_err("restore fails");
+    println!("E (fault corrupt-images): {err}");
+    assert!(matches!(err, MigrationError::RolledBack { .. }), "{err:?}");
     w.assert_hosted_at('x', 'y');
     tokio::time::sleep(Duration::from_millis(700)).await;
 

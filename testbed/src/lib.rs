@@ -4,6 +4,7 @@
 pub mod doctor;
 pub mod fake_module;
 pub mod handover;
+pub mod host;
 pub mod migration;
 pub mod nf;
 pub mod plan;

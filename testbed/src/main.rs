@@ -47,6 +47,10 @@ enum Command {
         /// Start the service modules without their services (no `stream1` in edge cloud X).
         #[arg(long)]
         no_services: bool,
+        /// Bring up what a scenario file needs: its topology, UEs, services and notification
+        /// type (instead of the built-in topology and `stream1`).
+        #[arg(long, value_name = "SCENARIO.toml", conflicts_with_all = ["topology", "ues"])]
+        scenario: Option<PathBuf>,
     },
     /// Hand a UE over to another site (Xn handover with UPF relocation), print the timeline, then
     /// wait for the service relocation it triggers and print its phases, the migration and the
@@ -78,6 +82,17 @@ enum Command {
         /// Print the merged records as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Arm a fault in an edge cloud's service module, for failure experiments:
+    /// `corrupt-images` makes the next migration into that edge fail at its restore (the source
+    /// must roll back and keep serving).
+    Fault {
+        #[arg(long)]
+        name: Option<String>,
+        /// The edge node, e.g. edge-y.
+        edge: String,
+        /// The fault: corrupt-images.
+        fault: String,
     },
     /// Ask a UE for its status, or for the downlink gaps it recorded (the UE-side downtime probe).
     Ue {
@@ -156,6 +171,24 @@ fn load_spec(builtin: &str, topology: Option<&PathBuf>) -> Result<TopologySpec> 
 }
 
 /// The testbed a command is about: the one named, else the only one up.
+/// The state and plan of the testbed `name` (default: the one that is up).
+fn running(name: Option<String>) -> Result<(String, State, Plan)> {
+    let name = current(name)?;
+    let state =
+        State::load(&State::dir(&name))?.with_context(|| format!("testbed `{name}` is not up"))?;
+    let plan = state.plan();
+    Ok((name, state, plan))
+}
+
+/// [`running`] plus the deployment's token, for commands that talk to its network functions.
+fn running_with_token(name: Option<String>) -> Result<(String, Plan, String)> {
+    let (name, state, plan) = running(name)?;
+    let token = state.token.context(
+        "this testbed runs no network functions (it was brought up with --network-only)",
+    )?;
+    Ok((name, plan, token))
+}
+
 fn current(name: Option<String>) -> Result<String> {
     if let Some(n) = name {
         return Ok(n);
@@ -208,21 +241,29 @@ fn run(cli: Cli) -> Result<ExitCode> {
             ues,
             network_only,
             no_services,
+            scenario,
         } => {
             require_root()?;
-            let mut spec = load_spec(&builtin, topology.as_ref())?;
-            if let Some(n) = ues {
-                spec.ues = n;
-                spec.validate()?;
-            }
+            let mut opts = topo::UpOptions {
+                network_functions: !network_only,
+                services: !no_services,
+                ..Default::default()
+            };
+            let spec = if let Some(path) = &scenario {
+                let (sc, spec) = testbed::scenario::Scenario::load(path)?;
+                opts.service_specs = Some(sc.services.clone());
+                opts.notify = sc.scenario.notify;
+                sc.testbed_spec(spec)?
+            } else {
+                let mut spec = load_spec(&builtin, topology.as_ref())?;
+                if let Some(n) = ues {
+                    spec.ues = n;
+                    spec.validate()?;
+                }
+                spec
+            };
             let t = std::time::Instant::now();
-            let plan = topo::up(
-                &spec,
-                topo::UpOptions {
-                    network_functions: !network_only,
-                    services: !no_services,
-                },
-            )?;
+            let plan = topo::up(&spec, opts)?;
             println!(
                 "testbed `{}` is up ({} namespaces, {} links, {} Open vSwitch instances) in {:.1} s",
                 plan.name,
@@ -246,10 +287,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Exec { name, node, cmd } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = Plan::new(&state.spec);
+            let (name, _, plan) = running(name)?;
             let Some(n) = plan.node(&node) else {
                 let known: Vec<_> = plan.nodes.iter().map(|n| n.name.as_str()).collect();
                 bail!("no node `{node}` in `{name}` (nodes: {})", known.join(", "));
@@ -268,13 +306,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             no_wait,
             wait_secs,
         } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let token = state.token.clone().context(
-                "this testbed runs no network functions (it was brought up with --network-only)",
-            )?;
-            let plan = Plan::new(&state.spec);
+            let (_, plan, token) = running_with_token(name)?;
             let wait = (!no_wait).then(|| std::time::Duration::from_secs_f64(wait_secs.max(0.0)));
             let outcome = testbed::migration::handover_and_follow(&plan, &token, &ue, &to, wait)?;
             if json {
@@ -284,13 +316,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Relocations { name, json } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let token = state.token.clone().context(
-                "this testbed runs no network functions (it was brought up with --network-only)",
-            )?;
-            let plan = Plan::new(&state.spec);
+            let (_, plan, token) = running_with_token(name)?;
             let mut records = Vec::new();
             let mut unreachable = 0;
             for a in testbed::relocations::collect(&plan, &token) {
@@ -312,11 +338,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Fault { name, edge, fault } => {
+            let (name, plan, token) = running_with_token(name)?;
+            if plan.switches.iter().all(|sw| sw.node != edge) {
+                bail!("no edge cloud `{edge}` in testbed `{name}`");
+            }
+            let fault: svcmod::Fault =
+                serde_json::from_value(serde_json::Value::String(fault.clone())).map_err(|_| {
+                    anyhow::anyhow!("unknown fault `{fault}` (known: corrupt-images)")
+                })?;
+            testbed::migration::arm_fault(&plan, &token, &edge, fault)?;
+            println!("{fault} armed in {}", testbed::nf::svcmod_name(&edge));
+        }
         Command::Ue { name, ue, what } => {
-            let name = current(name)?;
-            let state = State::load(&State::dir(&name))?
-                .with_context(|| format!("testbed `{name}` is not up"))?;
-            let plan = Plan::new(&state.spec);
+            let (_, _, plan) = running(name)?;
             let path = match what.as_str() {
                 "status" => "/ue/v1/status",
                 "gaps" => "/ue/v1/gaps",
@@ -352,6 +387,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
                 for d in &r.work_dirs_removed {
                     println!("  removed {d}");
+                }
+                for h in &r.host_settings_restored {
+                    println!("  restored {h}");
                 }
                 for p in &r.problems {
                     ok = false;

@@ -153,6 +153,28 @@ fn active(gaps: &[FlowGaps], min_packets: u64) -> Vec<String> {
         .collect()
 }
 
+/// Arms `fault` in the service module of edge node `edge` (`POST /svcmod/v1/faults`): e.g.
+/// [`svcmod::Fault::CorruptImages`] makes the next migration *into* that edge fail at its restore.
+pub fn arm_fault(
+    plan: &Plan,
+    token: &str,
+    edge: &str,
+    fault: svcmod::Fault,
+) -> Result<(), CallError> {
+    let url = format!("{}/faults", crate::nf::svcmod_api_root(plan, edge));
+    crate::handover::sbi_call_in(
+        &plan.netns(edge),
+        token,
+        Duration::from_secs(5),
+        format!("{} fault {fault}", crate::nf::svcmod_name(edge)),
+        move |client| async move {
+            client
+                .post_no_content(&url, &serde_json::json!({ "fault": fault }))
+                .await
+        },
+    )
+}
+
 /// `smo_notifications_skipped_total` summed over every SMO (notifications for which no registered
 /// service served the UE); `None` when an SMO did not answer.
 pub fn skipped_notifications(plan: &Plan, token: &str) -> Option<u64> {

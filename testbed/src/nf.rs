@@ -10,7 +10,7 @@ use emu_ran::ue::UeConfig;
 use model::smo::PeerInfo;
 use netkit::ovs::OvsInstance;
 use serde::Serialize;
-use smo::config::{NotifyWhen, SmoConfig, Timeouts};
+use smo::config::{SmoConfig, Timeouts};
 use smo::routing::rules::EdgePorts;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
 use svcmod::{ServiceSpec, Strategy};
 
-use crate::plan::{Plan, Role, UE_POOL};
+use crate::plan::{EdgeService, Plan, Role, UE_POOL};
+use crate::scenario::{Backend, ServiceKind};
 
 pub use svcmod::daemon::ModuleConfig;
 
@@ -296,6 +297,15 @@ pub fn smo_api_root(plan: &Plan, edge: &str) -> String {
     format!("http://{}:{SMO_PORT}", addr(plan, edge, "sbi"))
 }
 
+/// Base URL of the callbacks of the service module in edge node `edge`.
+pub fn svcmod_api_root(plan: &Plan, edge: &str) -> String {
+    format!(
+        "http://{}:{SVCMOD_PORT}{}",
+        addr(plan, edge, "sbi"),
+        svcmod::api::BASE
+    )
+}
+
 /// The name of the edge's OVS port on segment `segment` (`bh`, `n6`), as the plan gives it.
 fn ovs_port(plan: &Plan, edge: &str, segment: &str) -> String {
     plan.links
@@ -327,7 +337,7 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
                 smf_url: Some(smf_url.to_owned()),
-                notify_when: NotifyWhen::Late,
+                notify_when: plan.notify,
                 peers: plan
                     .switches
                     .iter()
@@ -364,6 +374,16 @@ pub fn stream_service_command(bins: &Path) -> Vec<String> {
     ]
 }
 
+/// The command line of a planned service (see [`crate::plan::service_supported`] for the kinds
+/// this build runs).
+pub fn service_command(s: &EdgeService, bins: &Path) -> Vec<String> {
+    let mut cmd = stream_service_command(bins);
+    if let (ServiceKind::Ballast, Some(mb)) = (s.kind, s.memory_mb) {
+        cmd.push(format!("--ballast-mb={mb}"));
+    }
+    cmd
+}
+
 /// One CRIU service module per edge cloud, with the edge node it runs in: registered with that
 /// edge's SMO, callbacks on the edge's SBI address, migrations on its backhaul address, containers
 /// on its switch; the first edge cloud's module starts the plan's services (unless
@@ -380,15 +400,20 @@ pub fn svcmod_configs(
             let services = plan
                 .services
                 .iter()
-                .filter(|s| opts.services && s.edge == sw.node)
+                .filter(|s| opts.services && s.edge == sw.node && s.backend == Backend::Criu)
                 .map(|s| ServiceSpec {
                     service_id: s.service_id.clone(),
                     ipv4_addr: s.ipv4_addr,
                     mac_addr: s.mac_addr.clone(),
-                    command: stream_service_command(&opts.bin_dir),
+                    command: service_command(s, &opts.bin_dir),
                     resource_requirements: Default::default(),
                 })
                 .collect();
+            let strategy = plan
+                .services
+                .iter()
+                .find(|s| s.backend == Backend::Criu)
+                .map_or(Strategy::StopAndCopy, |s| s.strategy);
             let site = EdgeSite {
                 edge,
                 netns: netkit::Netns::new(&sw.netns),
@@ -404,7 +429,7 @@ pub fn svcmod_configs(
                 prefix: plan.prefix.clone(),
                 site,
                 work_dir: None,
-                strategy: Strategy::StopAndCopy,
+                strategy,
                 services,
             };
             (sw.node.clone(), cfg)
@@ -601,6 +626,7 @@ pub fn new_token() -> String {
 mod tests {
     use super::*;
     use crate::spec::TopologySpec;
+    use smo::config::NotifyWhen;
 
     fn opts() -> LaunchOptions {
         LaunchOptions {
@@ -802,5 +828,36 @@ mod tests {
         let quiet = svcmod_configs(&plan, "tok", &without);
         assert_eq!(quiet.len(), 2);
         assert!(quiet.iter().all(|(_, c)| c.services.is_empty()));
+    }
+
+    #[test]
+    fn scenario_services_reach_the_modules_with_their_command_and_strategy() {
+        let mut plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let svc = |id: &str, edge: &str, kind: &str, extra: &str| {
+            toml::from_str::<crate::scenario::ServiceSpec>(&format!(
+                "id = \"{id}\"\nedge = \"{edge}\"\nbackend = \"criu\"\nkind = \"{kind}\"\nserves = [\"ue1\"]\nstrategy = \"lazy_pages\"\n{extra}"
+            ))
+            .expect("service")
+        };
+        plan.set_services(&[
+            svc("big", "edge-y", "ballast", "memory_mb = 200"),
+            svc("s2", "edge-x", "streamer", ""),
+        ])
+        .expect("services");
+        plan.notify = NotifyWhen::Early;
+        let mods = svcmod_configs(&plan, "tok", &opts());
+        let (_, x) = mods.iter().find(|(n, _)| n == "edge-x").expect("x");
+        let (_, y) = mods.iter().find(|(n, _)| n == "edge-y").expect("y");
+        assert_eq!(x.strategy, Strategy::LazyPages);
+        assert_eq!(y.services[0].service_id, "big");
+        assert_eq!(y.services[0].ipv4_addr, Ipv4Addr::new(20, 0, 0, 100));
+        assert_eq!(x.services[0].ipv4_addr, Ipv4Addr::new(20, 0, 0, 101));
+        assert_eq!(x.services[0].mac_addr, "02:00:00:00:01:01");
+        assert!(y.services[0]
+            .command
+            .contains(&"--ballast-mb=200".to_owned()));
+        assert!(!x.services[0].command.iter().any(|a| a.contains("ballast")));
+        let smos = smo_configs(&plan, "tok", "http://10.100.0.20:8080");
+        assert!(smos.iter().all(|(_, c)| c.notify_when == NotifyWhen::Early));
     }
 }

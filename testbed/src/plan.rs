@@ -20,6 +20,7 @@ use serde::Serialize;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+use crate::scenario::{Backend, Notify, ServiceKind, ServiceSpec as ScenarioService, Strategy};
 use crate::spec::TopologySpec;
 
 /// Where testbeds keep their state.
@@ -174,6 +175,27 @@ pub struct EdgeService {
     pub service_id: String,
     pub ipv4_addr: Ipv4Addr,
     pub mac_addr: String,
+    /// What runs inside.
+    pub kind: ServiceKind,
+    /// The service module backend that runs and moves it.
+    pub backend: Backend,
+    /// How its memory moves.
+    pub strategy: Strategy,
+    /// `ballast` only: resident memory it holds (MB).
+    pub memory_mb: Option<u32>,
+}
+
+/// The backends and kinds a planned service may use in this build.
+pub fn service_supported(kind: ServiceKind, backend: Backend) -> Result<(), String> {
+    match (kind, backend) {
+        (ServiceKind::Streamer | ServiceKind::Ballast, Backend::Criu) => Ok(()),
+        (ServiceKind::NginxRtmp, _) => {
+            Err("kind nginx-rtmp is not available in this build yet".into())
+        }
+        (_, Backend::Lxc | Backend::Lxd) => Err(format!(
+            "backend {backend} is not available in this build yet"
+        )),
+    }
 }
 
 /// Everything `testbed up` makes, in the order it makes it.
@@ -188,9 +210,61 @@ pub struct Plan {
     pub switches: Vec<Switch>,
     /// Services started by the edge clouds' service modules.
     pub services: Vec<EdgeService>,
+    /// The SMOs' `UP_PATH_CH` subscription (default LATE).
+    pub notify: Notify,
 }
 
 impl Plan {
+    /// Replaces the default services (`stream1` in the first edge cloud) with a scenario's, in
+    /// order: addresses from 20.0.0.100 and MACs from 02:00:00:00:01:00 up. Refuses an edge the
+    /// plan has not, a kind or backend this build cannot run, and services of one backend with
+    /// different strategies (a module moves all its services one way).
+    pub fn set_services(&mut self, services: &[ScenarioService]) -> Result<(), String> {
+        let mut planned = Vec::new();
+        let mut strategies: Vec<(Backend, Strategy)> = Vec::new();
+        for (i, s) in services.iter().enumerate() {
+            if !self.switches.iter().any(|sw| sw.node == s.edge) {
+                return Err(format!(
+                    "service `{}`: no edge cloud `{}` in this topology",
+                    s.id, s.edge
+                ));
+            }
+            service_supported(s.kind, s.backend).map_err(|e| format!("service `{}`: {e}", s.id))?;
+            match strategies.iter().find(|(b, _)| *b == s.backend) {
+                Some((_, st)) if *st != s.strategy => {
+                    return Err(format!(
+                    "service `{}`: services of one backend must share a strategy (the module's)",
+                    s.id
+                ))
+                }
+                Some(_) => {}
+                None => strategies.push((s.backend, s.strategy)),
+            }
+            let n = u8::try_from(i).map_err(|_| "more than 255 services".to_owned())?;
+            let [a, b, c, d] = STREAM_SERVICE_IP.octets();
+            let Some(d) = d.checked_add(n) else {
+                return Err("more than 155 services".into());
+            };
+            planned.push(EdgeService {
+                edge: s.edge.clone(),
+                service_id: s.id.clone(),
+                ipv4_addr: Ipv4Addr::new(a, b, c, d),
+                mac_addr: format!("02:00:00:00:01:{n:02x}"),
+                kind: s.kind,
+                backend: s.backend,
+                strategy: s.strategy,
+                memory_mb: s.memory_mb,
+            });
+        }
+        self.services = planned;
+        Ok(())
+    }
+
+    /// The planned service with this id.
+    pub fn service(&self, id: &str) -> Option<&EdgeService> {
+        self.services.iter().find(|s| s.service_id == id)
+    }
+
     /// Plans the testbed described by a (validated) spec.
     pub fn new(spec: &TopologySpec) -> Self {
         let state_dir = PathBuf::from(STATE_ROOT).join(&spec.name);
@@ -203,6 +277,7 @@ impl Plan {
             links: Vec::new(),
             switches: Vec::new(),
             services: Vec::new(),
+            notify: Notify::default(),
         };
         for (name, third) in [
             ("air", 10),
@@ -294,6 +369,10 @@ impl Plan {
                 service_id: STREAM_SERVICE_ID.into(),
                 ipv4_addr: STREAM_SERVICE_IP,
                 mac_addr: STREAM_SERVICE_MAC.into(),
+                kind: ServiceKind::Streamer,
+                backend: Backend::Criu,
+                strategy: Strategy::StopAndCopy,
+                memory_mb: None,
             });
         }
         for u in 1..=spec.ues {
@@ -589,6 +668,10 @@ mod tests {
                 service_id: "stream1".into(),
                 ipv4_addr: Ipv4Addr::new(20, 0, 0, 100),
                 mac_addr: "02:00:00:00:01:00".into(),
+                kind: ServiceKind::Streamer,
+                backend: Backend::Criu,
+                strategy: Strategy::StopAndCopy,
+                memory_mb: None,
             }]
         );
         assert!(SERVICES.contains(&STREAM_SERVICE_IP));
@@ -607,5 +690,78 @@ mod tests {
             .service_netns("stream1", "edge-x")
             .starts_with(&format!("{}-", p.prefix)));
         assert_eq!(Plan::service_port("stream1"), "s-stream1");
+    }
+
+    fn scenario_service(
+        id: &str,
+        edge: &str,
+        backend: &str,
+        kind: &str,
+        strategy: &str,
+    ) -> ScenarioService {
+        toml::from_str(&format!(
+            "id = \"{id}\"\nedge = \"{edge}\"\nbackend = \"{backend}\"\nkind = \"{kind}\"\nstrategy = \"{strategy}\"\nserves = [\"ue1\"]"
+        ))
+        .expect("service")
+    }
+
+    #[test]
+    fn a_scenarios_services_replace_the_default_ones_in_order() {
+        let mut p = two_site();
+        assert_eq!(p.services.len(), 1);
+        p.set_services(&[
+            scenario_service("a", "edge-y", "criu", "streamer", "stop_and_copy"),
+            scenario_service("b", "edge-x", "criu", "streamer", "stop_and_copy"),
+        ])
+        .expect("planned");
+        let ids: Vec<_> = p
+            .services
+            .iter()
+            .map(|s| (s.service_id.as_str(), s.edge.as_str(), s.ipv4_addr))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("a", "edge-y", Ipv4Addr::new(20, 0, 0, 100)),
+                ("b", "edge-x", Ipv4Addr::new(20, 0, 0, 101))
+            ]
+        );
+        assert_eq!(
+            p.service("b").map(|s| s.mac_addr.as_str()),
+            Some("02:00:00:00:01:01")
+        );
+    }
+
+    #[test]
+    fn services_the_plan_cannot_run_are_refused_with_the_reason() {
+        let mut p = two_site();
+        let e = p
+            .set_services(&[scenario_service(
+                "a",
+                "edge-z",
+                "criu",
+                "streamer",
+                "stop_and_copy",
+            )])
+            .expect_err("unknown edge");
+        assert!(e.contains("edge-z"), "{e}");
+        let e = p
+            .set_services(&[
+                scenario_service("a", "edge-x", "criu", "streamer", "stop_and_copy"),
+                scenario_service("b", "edge-y", "criu", "streamer", "lazy_pages"),
+            ])
+            .expect_err("mixed strategies");
+        assert!(e.contains("share a strategy"), "{e}");
+        let e = p
+            .set_services(&[scenario_service(
+                "a",
+                "edge-x",
+                "lxd",
+                "streamer",
+                "stop_and_copy",
+            )])
+            .expect_err("lxd");
+        assert!(e.contains("lxd"), "{e}");
+        assert_eq!(p.services.len(), 1, "a refusal keeps the plan's services");
     }
 }

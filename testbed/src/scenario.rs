@@ -102,26 +102,8 @@ pub struct ScenarioHeader {
     pub observe_s: f64,
 }
 
-/// The SMOs' `UP_PATH_CH` subscription (TS 29.508 `dnaiChgType`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum Notify {
-    /// After the new user-plane path is in use (the thesis's choice).
-    #[default]
-    Late,
-    /// Before the new user-plane path is in use.
-    Early,
-}
-
-impl Notify {
-    /// The subscription's `dnaiChgType`.
-    pub fn dnai_change_type(self) -> model::common::DnaiChangeType {
-        match self {
-            Self::Late => model::common::DnaiChangeType::Late,
-            Self::Early => model::common::DnaiChangeType::Early,
-        }
-    }
-}
+/// The SMOs' `UP_PATH_CH` subscription (`LATE` | `EARLY`): the SMO's own setting.
+pub use smo::config::NotifyWhen as Notify;
 
 /// A `[[ue]]`: one UE, or a group of `count` UEs named `<name>1` … `<name>N`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,7 +124,7 @@ fn one() -> u16 {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
-    /// Unique id (1-16 of `a-z`, `0-9`, `-`; not `dn`).
+    /// Unique id (1-13 of `a-z`, `0-9`, `-`; not `dn`): it names the OVS port `s-<id>`.
     pub id: String,
     /// The edge cloud it starts at, as the topology names its node: `edge-<edge>`.
     pub edge: String,
@@ -172,16 +154,29 @@ pub enum Backend {
     Lxd,
 }
 
-/// How the memory of a service is moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Freeze, dump everything, copy, restore.
-    #[default]
-    StopAndCopy,
-    /// Post-copy: restore first, memory pages fetched on fault (CRIU `--lazy-pages`).
-    LazyPages,
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Criu => "criu",
+            Self::Lxc => "lxc",
+            Self::Lxd => "lxd",
+        })
+    }
 }
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Streamer => "streamer",
+            Self::NginxRtmp => "nginx-rtmp",
+            Self::Ballast => "ballast",
+        })
+    }
+}
+
+/// How the memory of a service moves (`stop_and_copy` | `lazy_pages`; the kebab-case spellings
+/// are accepted too): the service module's own setting.
+pub use svcmod::Strategy;
 
 /// What a service runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -457,9 +452,9 @@ impl Scenario {
         let mut ids = BTreeSet::new();
         for s in &self.services {
             let at = format!("service `{}`", s.id);
-            if !is_name(&s.id, 16) || s.id == DN_TARGET {
+            if !is_name(&s.id, 13) || s.id == DN_TARGET {
                 return invalid(format!(
-                    "{at}: id must be 1-16 of a-z, 0-9 and '-', starting with a letter, and not `dn`"
+                    "{at}: id must be 1-13 of a-z, 0-9 and '-' (it names the OVS port `s-<id>`), starting with a letter, and not `dn`"
                 ));
             }
             if !ids.insert(s.id.as_str()) {
@@ -642,6 +637,21 @@ impl Scenario {
     /// Checks the scenario against its topology: every service's edge and every handover's
     /// target site exist, and no handover goes to the site the UE is already at (UEs start at
     /// the first site).
+    /// The topology the testbed brings up for this scenario: `topo` with one testbed UE per UE
+    /// member (member *i* is `ue<i+1>`).
+    pub fn testbed_spec(&self, mut topo: TopologySpec) -> Result<TopologySpec, ScenarioError> {
+        let n = self.ue_members().len();
+        topo.ues = u16::try_from(n)
+            .ok()
+            .filter(|n| *n <= MAX_UES)
+            .ok_or_else(|| ScenarioError::Invalid(format!("{n} UEs: at most {MAX_UES}")))?;
+        topo.validate().map_err(|source| ScenarioError::Topology {
+            topology: self.scenario.topology.clone(),
+            source,
+        })?;
+        Ok(topo)
+    }
+
     pub fn check_topology(&self, topo: &TopologySpec) -> Result<(), ScenarioError> {
         let edges: Vec<String> = topo
             .sites
@@ -861,10 +871,6 @@ to = "site-b"
     fn the_minimal_scenario_is_valid_with_defaults() {
         let s = check(BASE).expect("valid");
         assert_eq!(s.scenario.notify, Notify::Late);
-        assert_eq!(
-            s.scenario.notify.dnai_change_type(),
-            model::common::DnaiChangeType::Late
-        );
         assert_eq!(s.services[0].strategy, Strategy::StopAndCopy);
         assert_eq!(s.ues[0].count, 1);
         assert_eq!(s.traffic[0].params, TrafficParams::default());

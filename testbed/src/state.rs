@@ -5,7 +5,8 @@ use netkit::process::Started;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-use crate::plan::STATE_ROOT;
+use crate::plan::{Plan, STATE_ROOT};
+use crate::scenario::{Notify as NotifyWhen, ServiceSpec as ScenarioService};
 use crate::spec::TopologySpec;
 
 /// A process started by the testbed, and the node it runs in.
@@ -31,6 +32,12 @@ pub struct State {
     /// The deployment's SBI bearer token (absent when no network functions run).
     #[serde(default)]
     pub token: Option<String>,
+    /// The services `up` was asked for instead of the default (`stream1`), e.g. a scenario's.
+    #[serde(default)]
+    pub services: Option<Vec<ScenarioService>>,
+    /// The SMOs' `UP_PATH_CH` subscription.
+    #[serde(default)]
+    pub notify: NotifyWhen,
 }
 
 /// A failure reading or writing state.
@@ -64,7 +71,22 @@ impl State {
             netns: Vec::new(),
             processes: Vec::new(),
             token: None,
+            services: None,
+            notify: NotifyWhen::default(),
         }
+    }
+
+    /// The plan this testbed was brought up with (its topology, services and subscription).
+    pub fn plan(&self) -> Plan {
+        let mut plan = Plan::new(&self.spec);
+        plan.notify = self.notify;
+        if let Some(services) = &self.services {
+            if let Err(e) = plan.set_services(services) {
+                // `up` checked them; a hand-edited state keeps the default services.
+                tracing::warn!(error = %e, "the state's services are refused; using the default ones");
+            }
+        }
+        plan
     }
 
     /// The state directory of testbed `name`.

@@ -9,6 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::plan::{Plan, Role, MTU};
+use crate::scenario::{Notify, ServiceSpec as ScenarioService};
 use crate::spec::TopologySpec;
 use crate::state::{NodeProcess, State, StateError};
 
@@ -29,6 +30,8 @@ pub enum UpError {
     State(#[from] StateError),
     #[error(transparent)]
     Launch(#[from] crate::nf::LaunchError),
+    #[error("cannot plan the services: {0}")]
+    Services(String),
 }
 
 /// The failure of one bring-up step.
@@ -53,7 +56,7 @@ fn step<E: Into<StepError>>(what: impl Into<String>) -> impl FnOnce(E) -> UpErro
 }
 
 /// What `up` starts besides the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpOptions {
     /// Start the 5G network functions (LR, SMF, UPFs, IAPs, gNBs, UEs), the SMOs, the service
     /// modules and the probe servers.
@@ -61,6 +64,10 @@ pub struct UpOptions {
     /// Have the service modules start the plan's services (the `stream1` streaming service in
     /// the first edge cloud).
     pub services: bool,
+    /// These services instead of the default ones (see [`Plan::set_services`]), e.g. a scenario's.
+    pub service_specs: Option<Vec<ScenarioService>>,
+    /// The SMOs' `UP_PATH_CH` subscription.
+    pub notify: Notify,
 }
 
 impl Default for UpOptions {
@@ -68,13 +75,22 @@ impl Default for UpOptions {
         Self {
             network_functions: true,
             services: true,
+            service_specs: None,
+            notify: Notify::default(),
         }
     }
 }
 
 /// Brings the topology of `spec` up. On failure, everything made so far is torn down again.
 pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
-    let plan = Plan::new(spec);
+    let mut state = State::new(spec.clone());
+    state.services = opts.service_specs.clone();
+    state.notify = opts.notify;
+    let mut plan = Plan::new(spec);
+    plan.notify = opts.notify;
+    if let Some(services) = &opts.service_specs {
+        plan.set_services(services).map_err(UpError::Services)?;
+    }
     if State::load(&plan.state_dir)?.is_some() {
         return Err(UpError::AlreadyUp {
             name: plan.name.clone(),
@@ -88,11 +104,13 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
             list: left.iter().map(Netns::name).collect::<Vec<_>>().join(", "),
         });
     }
-    let mut state = State::new(spec.clone());
     state.save(&plan.state_dir)?;
+    for p in crate::host::apply() {
+        tracing::warn!("{p}");
+    }
     let built = build(&plan, &mut state).and_then(|()| {
         if opts.network_functions {
-            start_functions(&plan, &mut state, opts)
+            start_functions(&plan, &mut state, &opts)
         } else {
             Ok(())
         }
@@ -216,7 +234,7 @@ fn build(plan: &Plan, state: &mut State) -> Result<(), UpError> {
 }
 
 /// Starts every network function and probe, each after the previous one is ready.
-fn start_functions(plan: &Plan, state: &mut State, opts: UpOptions) -> Result<(), UpError> {
+fn start_functions(plan: &Plan, state: &mut State, opts: &UpOptions) -> Result<(), UpError> {
     let token = crate::nf::new_token();
     state.token = Some(token.clone());
     state.save(&plan.state_dir)?;
@@ -260,14 +278,17 @@ pub struct DownReport {
     pub netns_removed: Vec<String>,
     /// Service modules' work directories removed.
     pub work_dirs_removed: Vec<String>,
+    /// Host settings put back (see [`crate::host`]).
+    pub host_settings_restored: Vec<String>,
     pub problems: Vec<String>,
 }
 
 /// Removes everything testbed `name` made: the processes it recorded (by PID, after checking they are
 /// still the ones it started), any other process still inside its namespaces, its namespaces (from its
 /// state and from its naming prefix — service namespaces `<prefix>-svc-*` included), the service
-/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), and its state directory. Safe
-/// to run at any time, repeatedly.
+/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), its state directory, and —
+/// when no other testbed is up — CRIU's kernel-feature cache the modules made. Safe to run at any
+/// time, repeatedly.
 pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
     let dir = State::dir(name);
     let mut report = DownReport::default();
@@ -336,6 +357,22 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
             report
                 .problems
                 .push(format!("cannot remove {}: {e}", dir.display()));
+        }
+    }
+    // The last testbed down puts the host's settings back and removes CRIU's kernel-feature
+    // cache the service modules made.
+    if State::list().is_empty() {
+        let (restored, problems) = crate::host::restore();
+        report.host_settings_restored = restored;
+        report.problems.extend(problems);
+    }
+    let kdat = Path::new(svcmod::criu::KDAT_CACHE);
+    if State::list().is_empty() && kdat.exists() {
+        match std::fs::remove_file(kdat) {
+            Ok(()) => report.work_dirs_removed.push(kdat.display().to_string()),
+            Err(e) => report
+                .problems
+                .push(format!("cannot remove {}: {e}", kdat.display())),
         }
     }
     report
@@ -407,7 +444,7 @@ pub fn status(name: &str) -> Result<Option<Status>, StateError> {
     let Some(state) = State::load(&State::dir(name))? else {
         return Ok(None);
     };
-    let plan = Plan::new(&state.spec);
+    let plan = state.plan();
     let nodes = plan
         .nodes
         .iter()

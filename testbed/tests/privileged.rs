@@ -57,6 +57,7 @@ fn up(spec: &TopologySpec) -> (Plan, Guard) {
         topo::UpOptions {
             network_functions: false,
             services: false,
+            ..Default::default()
         },
     )
     .expect("testbed up");
@@ -252,6 +253,7 @@ fn two_site_links_carry_traffic_edges_are_isolated_and_down_removes_everything()
         topo::UpOptions {
             network_functions: false,
             services: false,
+            ..Default::default()
         },
     )
     .expect_err("second up must refuse");
@@ -283,6 +285,7 @@ fn down_cleans_up_after_a_crash_without_state() {
         topo::UpOptions {
             network_functions: false,
             services: false,
+            ..Default::default()
         },
     )
     .expect_err("leftovers must be refused");

@@ -3,8 +3,9 @@
 //! (20.0.0.100, a tbprobe TCP stream) in edge X. ue1 streams from it; handing ue1 over to site B
 //! makes SMO-X relocate the service: the module live-migrates it to edge Y (same IP and MAC, TCP
 //! connection intact) and the relocation completes on its own; handing back moves it back.
-//! A dead target module makes the relocation fail with the service still at edge X, reachable
-//! through the trombone; ten migrations in a row leave nothing behind.
+//! A dead target module, or a restore that fails at the target (an armed fault damages the
+//! images), makes the relocation fail with the service still at edge X, reachable through the
+//! trombone; ten migrations in a row leave nothing behind.
 //!
 //! `#[ignore]`d (a plain `cargo test` counts them as skipped); `scripts/test` runs them as root
 //! after `cargo build --bins`.
@@ -456,6 +457,50 @@ fn a_handover_live_migrates_the_stream_service_and_back() {
     assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
 }
 
+/// The relocation of `o` FAILED at the source, the service still runs in edge X, and ue1 (now at
+/// site B) reaches it through the trombone with its stream byte-exact on one connection. Returns
+/// the failure's cause.
+fn assert_failed_and_still_served_from_x(
+    plan: &Plan,
+    o: &HandoverOutcome,
+    stream: Stream,
+    client_gap: Duration,
+) -> String {
+    assert_eq!(
+        state_of(o),
+        RelocationState::Failed,
+        "{}\n{}",
+        testbed::migration::text("ue1", o),
+        logs(plan)
+    );
+    let src = o
+        .relocation
+        .as_ref()
+        .and_then(|m| m.source.as_ref())
+        .expect("source record");
+    assert_eq!(src.phase, RelocationPhase::Failure, "{src:#?}");
+    let cause = src.cause.clone().unwrap_or_default();
+    eprintln!("relocation failed: {cause}");
+    assert_service_at(plan, "edge-x", "edge-y");
+    let before = stream.watch.records();
+    std::thread::sleep(Duration::from_secs(2));
+    let through = stream.watch.records() - before;
+    assert!(
+        through >= 100,
+        "only {through} records in 2 s through the trombone"
+    );
+    eprintln!(
+        "through the trombone: {through} records in 2 s; {}",
+        summary(o, client_gap)
+    );
+    let rep = stream.finish();
+    assert!(
+        rep.intact && rep.disconnected.is_none(),
+        "stream not byte-exact on one connection: {rep:?}"
+    );
+    cause
+}
+
 #[test]
 #[ignore = "privileged: needs root; run with --include-ignored as root"]
 fn a_dead_target_module_fails_the_relocation_and_the_service_stays_at_edge_x() {
@@ -481,43 +526,37 @@ fn a_dead_target_module_fails_the_relocation_and_the_service_stays_at_edge_x() {
         "\n===== ue1 → site-b with svcmod-y dead\n{}",
         testbed::migration::text("ue1", &o)
     );
-    assert_eq!(
-        state_of(&o),
-        RelocationState::Failed,
-        "{}\n{}",
-        testbed::migration::text("ue1", &o),
-        logs(&plan)
-    );
-    let src = o
-        .relocation
-        .as_ref()
-        .and_then(|m| m.source.as_ref())
-        .expect("source record");
-    assert_eq!(src.phase, RelocationPhase::Failure, "{src:#?}");
-    eprintln!(
-        "relocation failed: {}",
-        src.cause.as_deref().unwrap_or("(no cause)")
-    );
     // The service still runs in edge X, and ue1 at site B reaches it through the trombone.
-    assert_service_at(&plan, "edge-x", "edge-y");
-    let before = stream.watch.records();
-    std::thread::sleep(Duration::from_secs(2));
-    let through = stream.watch.records() - before;
-    assert!(
-        through >= 100,
-        "only {through} records in 2 s through the trombone"
-    );
-    eprintln!(
-        "through the trombone: {through} records in 2 s; {}",
-        summary(&o, client_gap)
-    );
-    let rep = stream.finish();
-    assert!(
-        rep.intact && rep.disconnected.is_none(),
-        "stream not byte-exact on one connection: {rep:?}"
-    );
+    assert_failed_and_still_served_from_x(&plan, &o, stream, client_gap);
     drop(guard);
     assert!(netkit::Netns::list_with_prefix("tbmf-").is_empty());
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_failed_restore_at_the_target_rolls_back_and_the_service_stays_at_edge_x() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = up("ci-mgr", "tbmr");
+    let stream = stream_from_service(&plan);
+
+    // The target module's next restore really fails (its core images are damaged first).
+    testbed::migration::arm_fault(&plan, &token, "edge-y", svcmod::Fault::CorruptImages)
+        .expect("arm the fault in svcmod-y");
+    let (o, client_gap) = hand_over(&plan, &token, "site-b", &stream);
+    eprintln!(
+        "\n===== ue1 → site-b with a failing restore at edge Y\n{}",
+        testbed::migration::text("ue1", &o)
+    );
+    // The service was dumped, the restore at Y failed, and X restored it from its own images:
+    // it still runs in edge X, and ue1 at site B reaches it through the trombone.
+    let cause = assert_failed_and_still_served_from_x(&plan, &o, stream, client_gap);
+    assert!(
+        cause.contains("restore failed") && cause.contains("resumed at the source"),
+        "the cause should say the restore failed and the service was rolled back: {cause}"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbmr-").is_empty());
 }
 
 /// One migration of the series.
