@@ -110,6 +110,7 @@ pub fn migration_status(e: &MigrationError) -> (StatusCode, &'static str) {
             BackendError::Unsupported(_)
             | BackendError::Container(_)
             | BackendError::Criu(_)
+            | BackendError::Lxc(_)
             | BackendError::Io { .. }
             | BackendError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, cause::MIGRATION_FAILED),
         },

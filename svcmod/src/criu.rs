@@ -183,7 +183,6 @@ impl Criu {
         ]
     }
 
-    /// The `criu dump` arguments (stop-and-copy: the tree is killed when the dump succeeds).
     /// Makes CRIU's kernel-feature cache [`KDAT_CACHE`] for the running kernel: `criu check` in a
     /// private mount namespace whose `/run` is a tmpfs (there CRIU saves the cache), then the
     /// file is copied to the real `/run` atomically. Blocking (≈ 0.1 s). Done at every module
@@ -221,6 +220,7 @@ impl Criu {
         Ok(out.stdout.len() as u64)
     }
 
+    /// The `criu dump` arguments (stop-and-copy: the tree is killed when the dump succeeds).
     pub fn dump_args(&self, req: &DumpRequest) -> Vec<String> {
         let mut args = self.common("dump", &req.images, &req.log);
         args.extend([
@@ -445,6 +445,32 @@ impl Criu {
         gate_dir: &Path,
         on_commit: &[String],
     ) -> Result<GatedRestore, CriuError> {
+        let gate = Gate::prepare(gate_dir, on_commit)?;
+        let args = self.restore_args(req, Some(gate.script()));
+        let child = self.spawn(self.command_with_netns(&args, &req.netns_path), "restore")?;
+        Ok(GatedRestore::started(
+            child,
+            gate,
+            req.log.clone(),
+            Some(req.images.join(PIDFILE)),
+        ))
+    }
+}
+
+/// The action script of a gated restore and its two FIFOs, ready before CRIU starts. CRIU is
+/// started by the caller with [`Gate::script`] as its `--action-script` (by [`Criu::restore_gated`],
+/// or through LXC's `lxc-checkpoint -r -A`), and handed over to [`GatedRestore::started`].
+#[derive(Debug)]
+pub struct Gate {
+    status: tokio::net::unix::pipe::Receiver,
+    decision: std::fs::File,
+    script: PathBuf,
+}
+
+impl Gate {
+    /// Makes the FIFOs and the script in `gate_dir`; `on_commit` is the command the script runs
+    /// on commit, before the tree resumes.
+    pub fn prepare(gate_dir: &Path, on_commit: &[String]) -> Result<Self, CriuError> {
         std::fs::create_dir_all(gate_dir).map_err(io_err(gate_dir))?;
         let status_path = gate_dir.join("status.fifo");
         let decision_path = gate_dir.join("decision.fifo");
@@ -476,18 +502,16 @@ impl Criu {
             std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o700))
                 .map_err(io_err(&script))?;
         }
-        let start = Instant::now();
-        let args = self.restore_args(req, Some(&script));
-        let child = self.spawn(self.command_with_netns(&args, &req.netns_path), "restore")?;
-        Ok(GatedRestore {
-            child: Some(child),
+        Ok(Self {
             status,
             decision,
-            images: req.images.clone(),
-            log: req.log.clone(),
-            start,
-            restored_after: None,
+            script,
         })
+    }
+
+    /// The action script to hand to CRIU.
+    pub fn script(&self) -> &Path {
+        &self.script
     }
 }
 
@@ -508,7 +532,7 @@ pub fn gate_script(status: &Path, decision: &Path, on_commit: &[String]) -> Stri
         "#!/bin/sh\n\
          # svcmod: CRIU action script of a gated restore (see svcmod/src/criu.rs)\n\
          [ \"$CRTOOLS_SCRIPT_ACTION\" = post-restore ] || exit 0\n\
-         echo restored > {status}\n\
+         echo \"restored $CRTOOLS_INIT_PID\" > {status}\n\
          read decision < {decision}\n\
          [ \"$decision\" = commit ] || exit 1\n\
          {on_commit}\n",
@@ -521,15 +545,37 @@ pub fn gate_script(status: &Path, decision: &Path, on_commit: &[String]) -> Stri
 #[derive(Debug)]
 pub struct GatedRestore {
     child: Option<Child>,
-    status: tokio::net::unix::pipe::Receiver,
-    decision: std::fs::File,
-    images: PathBuf,
+    gate: Gate,
+    /// Where the restored root's PID is read after the commit (CRIU's `--pidfile`); without one,
+    /// the PID the action script reported (`CRTOOLS_INIT_PID`).
+    pidfile: Option<PathBuf>,
     log: PathBuf,
     start: Instant,
     restored_after: Option<Duration>,
+    restored_pid: Option<i32>,
 }
 
 impl GatedRestore {
+    /// A restore process just started with `gate`'s script as its action script; `log` is CRIU's
+    /// log, `pidfile` where it writes the restored root's PID (if it does).
+    pub fn started(child: Child, gate: Gate, log: PathBuf, pidfile: Option<PathBuf>) -> Self {
+        Self {
+            child: Some(child),
+            gate,
+            pidfile,
+            log,
+            start: Instant::now(),
+            restored_after: None,
+            restored_pid: None,
+        }
+    }
+
+    /// The host PID of the restored root, as CRIU told the action script (known once
+    /// [`GatedRestore::wait_restored`] returned).
+    pub fn restored_pid(&self) -> Option<i32> {
+        self.restored_pid
+    }
+
     /// Waits until every task is restored (and stopped). Returns the time since CRIU started.
     pub async fn wait_restored(&mut self, limit: Duration) -> Result<Duration, CriuError> {
         let mut line = Vec::new();
@@ -540,12 +586,13 @@ impl GatedRestore {
         loop {
             let mut byte = [0u8; 64];
             tokio::select! {
-                r = self.status.read(&mut byte) => {
+                r = self.gate.status.read(&mut byte) => {
                     let n = r.map_err(|source| CriuError::Io { path: self.log.clone(), source })?;
                     line.extend_from_slice(&byte[..n]);
                     if line.contains(&b'\n') {
                         let took = self.start.elapsed();
                         self.restored_after = Some(took);
+                        self.restored_pid = parse_restored(&line);
                         return Ok(took);
                     }
                 }
@@ -580,7 +627,8 @@ impl GatedRestore {
 
     fn decide(&mut self, decision: &str) -> Result<(), CriuError> {
         use std::io::Write;
-        self.decision
+        self.gate
+            .decision
             .write_all(decision.as_bytes())
             .map_err(|source| CriuError::Io {
                 path: self.log.clone(),
@@ -598,7 +646,16 @@ impl GatedRestore {
             .take()
             .ok_or_else(|| self.failed("restore", "already finished".into()))?;
         finish(child, "restore", &self.log, limit).await?;
-        let pid = read_pid(&self.images)?;
+        let pid = match &self.pidfile {
+            Some(pidfile) => {
+                netkit::process::read_pidfile(pidfile).ok_or_else(|| CriuError::NoPid {
+                    pidfile: pidfile.clone(),
+                })?
+            }
+            None => self.restored_pid.ok_or_else(|| CriuError::NoPid {
+                pidfile: self.log.clone(),
+            })?,
+        };
         Ok((
             Restored {
                 pid,
@@ -618,6 +675,19 @@ impl GatedRestore {
             }
         }
     }
+}
+
+/// The root PID in the gate script's status line (`restored PID`).
+fn parse_restored(line: &[u8]) -> Option<i32> {
+    std::str::from_utf8(line)
+        .ok()?
+        .lines()
+        .next()?
+        .strip_prefix("restored")?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
 }
 
 /// Makes (if needed) and opens a FIFO for CRIU's `--status-fd`, read-write so that CRIU's open
@@ -713,7 +783,7 @@ impl LazyDaemon {
 }
 
 /// Waits for a CRIU run and turns a failure into an error with the log's tail.
-async fn finish(
+pub(crate) async fn finish(
     mut child: Child,
     action: &'static str,
     log: &Path,
@@ -909,10 +979,18 @@ mod tests {
             &["ip".into(), "-n".into(), "it's".into()],
         );
         assert!(s.contains("= post-restore ] || exit 0"));
-        assert!(s.contains("echo restored > '/d/status.fifo'"));
+        assert!(s.contains("echo \"restored $CRTOOLS_INIT_PID\" > '/d/status.fifo'"));
         assert!(s.contains("read decision < '/d/decision.fifo'"));
         assert!(s.contains("= commit ] || exit 1"));
         assert!(s.contains(r"exec 'ip' '-n' 'it'\''s'"));
+    }
+
+    #[test]
+    fn the_status_line_names_the_restored_root() {
+        assert_eq!(parse_restored(b"restored 4242\n"), Some(4242));
+        assert_eq!(parse_restored(b"restored \n"), None);
+        assert_eq!(parse_restored(b"restored -1\n"), None);
+        assert_eq!(parse_restored(b"garbage\n"), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! | 1 | connect from its edge netns to T's backhaul address; `Prepare{service}` | make `<p>-svc-<id>-<T edge>` with the same IP/MAC, veth on T's bridge, **carrier down**; `Prepared` (or `Refused`: S changes nothing) |
 //! | 2 | `criu dump` (tree killed, source netns locked by nftables); carrier down | |
 //! | 3 | image files, `Restore` | receive into its tmpfs dir; gated `criu restore` into the prepared netns: stops at `post-restore`; `Restored` (or `Failed`) |
-//! | 4 | `Commit` | the [`ArrivalHook`] (the daemon tells its SMO, which switches the data path here; ≤ [`ARRIVAL_LIMIT`], never fatal), then the gate brings the carrier up, CRIU resumes the tree; `Done` |
+//! | 4 | `Commit` | the [`ArrivalHook`] (the daemon tells its SMO, which switches the data path here; ≤ [`crate::ARRIVAL_LIMIT`], never fatal), then the gate brings the carrier up, CRIU resumes the tree; `Done` |
 //! | 5 | remove the images, and the source netns and OVS port (in the background after answering, with [`CriuConfig::background_cleanup`]) | |
 //!
 //! **If anything fails, the source resumes and nothing is lost.** Before step 2 nothing was
@@ -40,17 +40,19 @@ use crate::container::{self, Carrier, Container, EdgeSite, NetSpec};
 use crate::criu::{
     Criu, DumpRequest, LazyDump, PageServer, PipeMaxSize, RestoreRequest, LAZY_PIPE_MAX_SIZE,
 };
+use crate::hosting::{
+    blocking, damage_images, fresh_dir, path_safe, ArrivalSlot, FaultSlot, Hosting,
+};
 use crate::transfer::{self, Conn, Message};
 use crate::{
     us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
-    ServiceSpec, ServiceState, Stopwatch, Strategy, ARRIVAL_LIMIT,
+    ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
-use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
@@ -137,103 +139,16 @@ impl CriuConfig {
     }
 }
 
-#[derive(Debug, Clone)]
-struct Hosted {
-    service: Service,
-    container: Container,
-    state: ServiceState,
-}
-
-#[derive(Debug, Default)]
-struct Table {
-    hosted: HashMap<String, Hosted>,
-    /// Ids being created or received (not listed, not movable).
-    reserved: HashSet<String>,
-}
-
 /// The CRIU service module backend of one edge cloud.
 #[derive(Debug)]
 pub struct CriuBackend {
     cfg: CriuConfig,
-    table: Mutex<Table>,
+    hosting: Hosting<Container>,
     /// Migrations started (page-server ports cycle with it).
     migrations: AtomicU16,
     arrival: ArrivalSlot,
-    /// Services whose source container is being removed in the background.
-    leaving: Arc<Mutex<HashSet<String>>>,
     /// A fault armed for the next incoming migration.
-    fault: Mutex<Option<Fault>>,
-}
-
-/// The [`ArrivalHook`], if one was installed.
-#[derive(Default)]
-struct ArrivalSlot(Mutex<Option<ArrivalHook>>);
-
-impl std::fmt::Debug for ArrivalSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let set = self.0.lock().map(|h| h.is_some()).unwrap_or(false);
-        f.debug_struct("ArrivalSlot").field("set", &set).finish()
-    }
-}
-
-/// Runs blocking system work (ip, ovs-vsctl, ethtool, waits for PIDs) off the runtime's threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BackendError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| BackendError::Task(e.to_string()))
-}
-
-/// A relocation id as a file-name component.
-fn path_safe(id: &str) -> String {
-    let s: String = id
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if s.is_empty() || s.chars().all(|c| c == '.') {
-        "_".to_owned()
-    } else {
-        s
-    }
-}
-
-/// [`Fault::CorruptImages`]: overwrites the start of every task's core image, so CRIU's restore
-/// really fails on them.
-fn damage_images(images: &Path) -> Result<(), BackendError> {
-    let io = |source| BackendError::Io {
-        path: images.to_owned(),
-        source,
-    };
-    let mut damaged = 0;
-    for entry in std::fs::read_dir(images).map_err(io)? {
-        let path = entry.map_err(io)?.path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name.starts_with("core-") && name.ends_with(".img") {
-            std::fs::write(&path, b"not a CRIU image").map_err(io)?;
-            damaged += 1;
-        }
-    }
-    tracing::warn!(images = %images.display(), damaged, "fault: core images damaged before the restore");
-    Ok(())
-}
-
-fn fresh_dir(dir: &Path) -> Result<(), BackendError> {
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
-        path: dir.to_owned(),
-        source,
-    })
+    fault: FaultSlot,
 }
 
 impl CriuBackend {
@@ -241,77 +156,16 @@ impl CriuBackend {
     pub fn new(cfg: CriuConfig) -> Self {
         Self {
             cfg,
-            table: Mutex::new(Table::default()),
+            hosting: Hosting::default(),
             migrations: AtomicU16::new(0),
             arrival: ArrivalSlot::default(),
-            leaving: Arc::default(),
-            fault: Mutex::new(None),
-        }
-    }
-
-    /// Takes the armed fault if it is `fault`.
-    fn take_fault(&self, fault: Fault) -> bool {
-        let mut armed = self.fault.lock().unwrap_or_else(|p| p.into_inner());
-        if *armed == Some(fault) {
-            *armed = None;
-            true
-        } else {
-            false
-        }
-    }
-
-    fn leaving(&self) -> MutexGuard<'_, HashSet<String>> {
-        self.leaving.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Waits (at most `limit`) until no background removal of `service_id` (or of any service,
-    /// for `None`) runs; whether none does.
-    async fn wait_removed(&self, service_id: Option<&str>, limit: Duration) -> bool {
-        let start = Instant::now();
-        loop {
-            let busy = {
-                let l = self.leaving();
-                match service_id {
-                    Some(id) => l.contains(id),
-                    None => !l.is_empty(),
-                }
-            };
-            if !busy {
-                return true;
-            }
-            if start.elapsed() >= limit {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            fault: FaultSlot::default(),
         }
     }
 
     /// Waits for the source containers being removed in the background (shutdown, tests).
     pub async fn settle(&self) {
-        if !self.wait_removed(None, Duration::from_secs(30)).await {
-            tracing::warn!(left = ?*self.leaving(), "background removals still running");
-        }
-    }
-
-    /// Calls the arrival hook (if any) for a service about to resume here, at most
-    /// [`ARRIVAL_LIMIT`]; returns how long it took.
-    async fn report_arrival(&self, relocation_id: &str, service_id: &str) -> Option<Duration> {
-        let hook = self
-            .arrival
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()?;
-        let began = Instant::now();
-        let call = hook(relocation_id.to_owned(), service_id.to_owned());
-        if tokio::time::timeout(ARRIVAL_LIMIT, call).await.is_err() {
-            tracing::warn!(
-                relocation = %relocation_id, service = %service_id,
-                limit_ms = ARRIVAL_LIMIT.as_millis(),
-                "arrival not reported in time: resuming anyway"
-            );
-        }
-        Some(began.elapsed())
+        self.hosting.settle().await;
     }
 
     /// The module's configuration.
@@ -319,51 +173,14 @@ impl CriuBackend {
         &self.cfg
     }
 
-    fn table(&self) -> MutexGuard<'_, Table> {
-        // A panic while holding the lock leaves the table consistent (every update is one
-        // statement), so a poisoned lock is still usable.
-        self.table.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// The container of a hosted service (for tests and the daemon's status page).
     pub fn container(&self, service_id: &str) -> Option<Container> {
-        self.table()
-            .hosted
-            .get(service_id)
-            .map(|h| h.container.clone())
+        self.hosting.get(service_id).map(|h| h.container)
     }
 
     /// The state of a hosted service.
     pub fn state(&self, service_id: &str) -> Option<ServiceState> {
-        self.table().hosted.get(service_id).map(|h| h.state)
-    }
-
-    fn reserve(&self, service_id: &str) -> Result<(), BackendError> {
-        let mut t = self.table();
-        if t.hosted.contains_key(service_id) || t.reserved.contains(service_id) {
-            return Err(BackendError::AlreadyHosted {
-                service_id: service_id.to_owned(),
-            });
-        }
-        t.reserved.insert(service_id.to_owned());
-        Ok(())
-    }
-
-    fn unreserve(&self, service_id: &str) {
-        self.table().reserved.remove(service_id);
-    }
-
-    fn install(&self, service: Service, container: Container) {
-        let mut t = self.table();
-        t.reserved.remove(&service.service_id);
-        t.hosted.insert(
-            service.service_id.clone(),
-            Hosted {
-                service,
-                container,
-                state: ServiceState::Running,
-            },
-        );
+        self.hosting.get(service_id).map(|h| h.state)
     }
 
     fn net_spec(&self, service: &Service) -> NetSpec {
@@ -405,42 +222,13 @@ impl CriuBackend {
             service_id: id.clone(),
             source,
         };
-        let (service, container) = {
-            let mut t = self.table();
-            let h = t
-                .hosted
-                .get_mut(&id)
-                .ok_or_else(|| BackendError::UnknownService {
-                    service_id: id.clone(),
-                })
-                .map_err(&not_started)?;
-            if !h.state.can_migrate() {
-                return Err(not_started(BackendError::Busy {
-                    service_id: id.clone(),
-                    state: h.state,
-                }));
-            }
-            h.state = ServiceState::MigratingOut;
-            (h.service.clone(), h.container.clone())
-        };
-        let mut container = container;
+        let hosted = self.hosting.begin_migration(&id).map_err(not_started)?;
+        let mut container = hosted.container;
         let result = self
-            .run_migration(request, strategy, service, &mut container)
+            .run_migration(request, strategy, hosted.service, &mut container)
             .await;
-        let mut t = self.table();
-        match &result {
-            Ok(_)
-            | Err(MigrationError::Lost { .. })
-            | Err(MigrationError::OutcomeUnknown { .. }) => {
-                t.hosted.remove(&id);
-            }
-            Err(MigrationError::NotStarted { .. }) | Err(MigrationError::RolledBack { .. }) => {
-                if let Some(h) = t.hosted.get_mut(&id) {
-                    h.state = ServiceState::Running;
-                    h.container = container;
-                }
-            }
-        }
+        let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
+        self.hosting.end_migration(&id, stays.then_some(container));
         result
     }
 
@@ -511,6 +299,7 @@ impl CriuBackend {
         conn.send(&Message::Prepare {
             relocation_id: request.relocation_id.clone(),
             service: service.clone(),
+            container: None,
         })
         .await
         .map_err(|e| not_started(e.into()))?;
@@ -694,11 +483,7 @@ impl CriuBackend {
             self.remove_work(&out_dir);
             let mut c = container.clone();
             container.set_root_pid(None);
-            let leaving = Arc::clone(&self.leaving);
-            leaving
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id.clone());
+            let leaving = self.hosting.leaving(&id);
             tokio::spawn(async move {
                 let began = Instant::now();
                 let removed = blocking(move || c.destroy().map_err(BackendError::from))
@@ -712,10 +497,7 @@ impl CriuBackend {
                         tracing::warn!(service = %id, error = %e, "cannot remove the source container")
                     }
                 }
-                leaving
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
+                drop(leaving);
             });
             sw.record("remove source images", began);
         } else {
@@ -951,6 +733,7 @@ impl CriuBackend {
             Message::Prepare {
                 relocation_id,
                 service,
+                ..
             } => (relocation_id, service),
             other => {
                 return Err(BackendError::BadRequest(format!(
@@ -961,12 +744,12 @@ impl CriuBackend {
         };
         let id = service.service_id.clone();
         // Back to an edge it just left: its old container must be gone first.
-        if !self.wait_removed(Some(&id), t.prepare).await {
+        if !self.hosting.wait_removed(Some(&id), t.prepare).await {
             tracing::warn!(service = %id, "the old container is still being removed");
         }
         if let Err(e) = self
             .check_service(&service)
-            .and_then(|()| self.reserve(&id))
+            .and_then(|()| self.hosting.reserve(&id))
         {
             let _ = conn
                 .send(&Message::Refused {
@@ -985,7 +768,7 @@ impl CriuBackend {
         let mut container = match prepared {
             Ok(c) => c,
             Err(e) => {
-                self.unreserve(&id);
+                self.hosting.unreserve(&id);
                 let _ = conn
                     .send(&Message::Refused {
                         cause: e.to_string(),
@@ -1014,13 +797,13 @@ impl CriuBackend {
                 container.set_root_pid(Some(pid));
                 report.relocation_id = relocation_id;
                 report.service = service.clone();
-                self.install(service, container);
+                self.hosting.install(service, container);
                 Ok(report)
             }
             Err(e) => {
                 let mut c = container.clone();
                 let _ = blocking(move || c.destroy()).await;
-                self.unreserve(&id);
+                self.hosting.unreserve(&id);
                 Err(e)
             }
         }
@@ -1086,7 +869,7 @@ impl CriuBackend {
             },
             None => None,
         };
-        if self.take_fault(Fault::CorruptImages) {
+        if self.fault.take(Fault::CorruptImages) {
             damage_images(&images)?;
         }
         // Post-copy: the lazy-pages daemon must be up before the restore hands it the tasks.
@@ -1212,7 +995,7 @@ impl CriuBackend {
             }
         }
         // The source gave the service up: let the SMO switch the path here before it resumes.
-        let arrival = self.report_arrival(relocation_id, service_id).await;
+        let arrival = self.arrival.report(relocation_id, service_id).await;
         match gated.commit(t.commit).await {
             Ok((restored, resume)) => {
                 // The resume as the source sees it: the arrival report is part of it.
@@ -1274,11 +1057,11 @@ impl Backend for CriuBackend {
     }
 
     fn set_arrival_hook(&self, hook: ArrivalHook) {
-        *self.arrival.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+        self.arrival.set(hook);
     }
 
     fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
-        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+        self.fault.arm(fault);
         Ok(())
     }
 
@@ -1295,7 +1078,7 @@ impl Backend for CriuBackend {
         if spec.command.is_empty() {
             return Err(BackendError::BadRequest("empty command".into()));
         }
-        self.reserve(&service.service_id)?;
+        self.hosting.reserve(&service.service_id)?;
         let site = self.cfg.site.clone();
         let prefix = self.cfg.prefix.clone();
         let net = self.net_spec(&service);
@@ -1314,48 +1097,24 @@ impl Backend for CriuBackend {
         .and_then(|r| r.map_err(BackendError::from));
         match made {
             Ok(container) => {
-                self.install(service.clone(), container);
+                self.hosting.install(service.clone(), container);
                 Ok(service)
             }
             Err(e) => {
-                self.unreserve(&service.service_id);
+                self.hosting.unreserve(&service.service_id);
                 Err(e)
             }
         }
     }
 
     async fn remove(&self, service_id: &str) -> Result<(), BackendError> {
-        let hosted = {
-            let mut t = self.table();
-            match t.hosted.get(service_id).map(|h| h.state) {
-                None => {
-                    return Err(BackendError::UnknownService {
-                        service_id: service_id.to_owned(),
-                    })
-                }
-                Some(state) if !state.can_migrate() => {
-                    return Err(BackendError::Busy {
-                        service_id: service_id.to_owned(),
-                        state,
-                    })
-                }
-                Some(_) => t.hosted.remove(service_id),
-            }
-        };
-        if let Some(mut h) = hosted {
-            blocking(move || h.container.destroy()).await??;
-        }
+        let mut h = self.hosting.take_for_removal(service_id)?;
+        blocking(move || h.container.destroy()).await??;
         Ok(())
     }
 
     async fn services(&self) -> Result<Vec<Service>, BackendError> {
-        let running: Vec<Hosted> = self
-            .table()
-            .hosted
-            .values()
-            .filter(|h| h.state == ServiceState::Running)
-            .cloned()
-            .collect();
+        let running = self.hosting.in_state(ServiceState::Running);
         let mut services = blocking(move || {
             running
                 .into_iter()
@@ -1396,22 +1155,8 @@ impl Backend for CriuBackend {
 /// Removes every container this module hosts (tests, shutdown of a throw-away deployment).
 pub async fn remove_all(backend: &Arc<CriuBackend>) {
     backend.settle().await;
-    let ids: Vec<String> = backend.table().hosted.keys().cloned().collect();
+    let ids = backend.hosting.ids();
     for id in ids {
         let _ = backend.remove(&id).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn relocation_ids_become_safe_path_components() {
-        assert_eq!(path_safe("rel-1_a.b"), "rel-1_a.b");
-        assert_eq!(path_safe("../../etc"), ".._.._etc");
-        assert_eq!(path_safe(".."), "_");
-        assert_eq!(path_safe(""), "_");
-        assert_eq!(path_safe(&"x".repeat(100)).len(), 64);
     }
 }

@@ -13,14 +13,17 @@
 //! 6. ready (the ready file) once registered or the window is over;
 //! 7. on SIGTERM: stop registering, de-register (`DELETE` the registration's `Location`), stop
 //!    accepting callbacks and migrations and let the running ones end, remove every service it
-//!    hosts (processes by PID, OVS port, namespace) and its work directory.
+//!    hosts (CRIU: processes by PID, OVS port, namespace; LXC: container, OVS port, cgroups) and
+//!    its work directory (with the LXC backend's lxcpath).
 //!
 //! [`run_with`] is the daemon over any [`Backend`] and pre-bound listeners (the tests run it with
-//! a fake backend on loopback); [`run`] is the CRIU daemon from a [`ModuleConfig`].
+//! a fake backend on loopback); [`run`] is the daemon from a [`ModuleConfig`], over the backend
+//! it names (`backend`: CRIU or LXC).
 
 use crate::api::{self, Module};
 use crate::container::{self, EdgeSite};
 use crate::criu_backend::DEFAULT_WORK_ROOT;
+use crate::lxc_backend::{LxcBackend, LxcConfig};
 use crate::mount_ns::{MountNamespace, MountNsError};
 use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
 use model::smo::{RelocationType, ServiceArrival, ServiceModule, ServiceModuleRegistration};
@@ -62,15 +65,21 @@ pub struct ModuleConfig {
     /// The migration receiver's backhaul address, e.g. `10.0.1.1:9200`: the registration's
     /// `notifAddress` (and, for lazy pages, where this module's page servers listen).
     pub migration_addr: SocketAddrV4,
-    /// The testbed's namespace prefix, e.g. `tb`: service namespaces are `<prefix>-svc-<id>-<edge>`.
+    /// The testbed's namespace prefix, e.g. `tb`: service namespaces (CRIU) and containers (LXC)
+    /// are `<prefix>-svc-<id>-<edge>`.
     pub prefix: String,
     /// The edge cloud: `{"edge", "netns", "bridge", "ovs_dir"}` (see [`EdgeSite`]).
     pub site: EdgeSite,
-    /// Images and CRIU logs (tmpfs; removed at shutdown). Default
+    /// How services run and move: `criu` (default; process trees in their own namespaces) or
+    /// `lxc` (LXC containers, `lxc-checkpoint`). The module registers with the matching
+    /// relocation type (`CRIU` / `LXC`).
+    #[serde(default)]
+    pub backend: ModuleBackend,
+    /// Images, CRIU logs and (LXC) the lxcpath `lxc/` (tmpfs; removed at shutdown). Default
     /// `/dev/shm/testbed-svcmod/<prefix>-<edge>`.
     pub work_dir: Option<PathBuf>,
     /// How services move: `stop-and-copy` (default) or `lazy-pages` (`stop_and_copy` /
-    /// `lazy_pages` accepted too).
+    /// `lazy_pages` accepted too; CRIU only).
     #[serde(default)]
     pub strategy: Strategy,
     /// Services created at start, in this module's edge.
@@ -89,6 +98,8 @@ struct ModuleConfigFields {
     migration_addr: SocketAddrV4,
     prefix: String,
     site: EdgeSite,
+    #[serde(default)]
+    backend: ModuleBackend,
     work_dir: Option<PathBuf>,
     #[serde(default)]
     strategy: Strategy,
@@ -108,6 +119,7 @@ impl TryFrom<ModuleConfigFields> for ModuleConfig {
             migration_addr: f.migration_addr,
             prefix: f.prefix,
             site: f.site,
+            backend: f.backend,
             work_dir: f.work_dir,
             strategy: f.strategy,
             services: f.services,
@@ -147,6 +159,9 @@ impl ModuleConfig {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(format!("prefix: `{}` (want a-z, 0-9, -)", self.prefix));
+        }
+        if self.backend == ModuleBackend::Lxc && self.strategy == Strategy::LazyPages {
+            return Err("strategy: lazy-pages is not supported by the lxc backend".into());
         }
         if let Some(w) = &self.work_dir {
             if !w.is_absolute() || w.parent().is_none() {
@@ -188,6 +203,26 @@ impl ModuleConfig {
         c
     }
 
+    /// The LXC backend's configuration: defaults of [`LxcConfig::new`], the configured work
+    /// directory.
+    pub fn lxc_config(&self) -> LxcConfig {
+        let mut c = LxcConfig::new(self.prefix.clone(), self.site.clone());
+        if let Some(w) = &self.work_dir {
+            c.work_dir = w.clone();
+        }
+        // Execute answers as soon as the service runs at the target.
+        c.background_cleanup = true;
+        c
+    }
+
+    /// The work directory of the configured backend.
+    pub fn work_dir(&self) -> PathBuf {
+        match self.backend {
+            ModuleBackend::Criu => self.criu_config().work_dir,
+            ModuleBackend::Lxc => self.lxc_config().work_dir,
+        }
+    }
+
     /// What [`run_with`] needs from the config.
     pub fn settings(&self) -> Settings {
         Settings {
@@ -196,6 +231,27 @@ impl ModuleConfig {
             token: self.token.clone(),
             services: self.services.clone(),
             register: RegisterPolicy::default(),
+        }
+    }
+}
+
+/// The backend a module runs its services on (in a config: `"criu"` or `"lxc"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModuleBackend {
+    /// [`CriuBackend`]: process trees in their own namespaces, moved with CRIU.
+    #[default]
+    Criu,
+    /// [`LxcBackend`]: LXC containers, moved with `lxc-checkpoint`.
+    Lxc,
+}
+
+impl ModuleBackend {
+    /// The relocation type a module of this backend registers with.
+    pub fn relocation_type(self) -> RelocationType {
+        match self {
+            Self::Criu => RelocationType::Criu,
+            Self::Lxc => RelocationType::Lxc,
         }
     }
 }
@@ -337,8 +393,9 @@ pub async fn bind_in(
         .map_err(|e| listen(std::io::Error::other(sbi::error_chain(&e))))
 }
 
-/// The CRIU service-module daemon of `cfg` (the `svcmod` binary's body). `mount_ns` is what
-/// [`crate::mount_ns::join_host_mount_namespace`] did before the runtime started.
+/// The service-module daemon of `cfg` over the backend it names (the `svcmod` binary's body).
+/// `mount_ns` is what [`crate::mount_ns::join_host_mount_namespace`] did before the runtime
+/// started.
 pub async fn run(
     cfg: ModuleConfig,
     mount_ns: Result<MountNamespace, MountNsError>,
@@ -352,13 +409,13 @@ pub async fn run(
             "left the private mount namespace of `ip netns exec`: service namespaces are made in the host's"
         );
     }
-    let criu = cfg.criu_config();
-    let work_dir = criu.work_dir.clone();
+    let work_dir = cfg.work_dir();
     std::fs::create_dir_all(&work_dir).map_err(|source| DaemonError::WorkDir {
         path: work_dir.clone(),
         source,
     })?;
-    match criu.criu.prime_kdat_cache() {
+    // Both backends run CRIU (LXC's lxc-checkpoint the one on PATH): both profit.
+    match cfg.criu_config().criu.prime_kdat_cache() {
         Ok(bytes) => tracing::debug!(bytes, "CRIU kernel-feature cache made"),
         Err(e) => {
             tracing::warn!(error = %sbi::error_chain(&e), "no CRIU kernel-feature cache: every dump and restore probes the kernel")
@@ -368,20 +425,35 @@ pub async fn run(
         let api = bind_in(&cfg.site.netns, cfg.api_addr.into(), "callbacks").await?;
         let migration = bind_in(&cfg.site.netns, cfg.migration_addr.into(), "migrations").await?;
         tracing::info!(
-            module = %cfg.name, edge = %cfg.site.edge, api = %cfg.api_addr,
-            migration = %cfg.migration_addr, strategy = %cfg.strategy,
+            module = %cfg.name, edge = %cfg.site.edge, backend = ?cfg.backend,
+            api = %cfg.api_addr, migration = %cfg.migration_addr, strategy = %cfg.strategy,
             work_dir = %work_dir.display(), services = cfg.services.len(),
-            "CRIU service module starting"
+            "service module starting"
         );
-        run_with(
-            Arc::new(CriuBackend::new(criu)),
-            cfg.settings(),
-            api,
-            migration,
-            on_ready,
-            shutdown,
-        )
-        .await
+        match cfg.backend {
+            ModuleBackend::Criu => {
+                run_with(
+                    Arc::new(CriuBackend::new(cfg.criu_config())),
+                    cfg.settings(),
+                    api,
+                    migration,
+                    on_ready,
+                    shutdown,
+                )
+                .await
+            }
+            ModuleBackend::Lxc => {
+                run_with(
+                    Arc::new(LxcBackend::new(cfg.lxc_config())),
+                    cfg.settings(),
+                    api,
+                    migration,
+                    on_ready,
+                    shutdown,
+                )
+                .await
+            }
+        }
     }
     .await;
     let removed = remove_work_dir(&work_dir);
@@ -758,6 +830,8 @@ mod tests {
             "the backend's default"
         );
         assert_eq!(criu.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
+        assert_eq!(cfg.backend, ModuleBackend::Criu, "the default backend");
+        assert_eq!(cfg.work_dir(), criu.work_dir);
         // Optional fields may be left out.
         let mut minimal = config_json();
         for f in ["token", "work_dir", "strategy", "services"] {
@@ -765,6 +839,37 @@ mod tests {
         }
         let m: ModuleConfig = serde_json::from_value(minimal).expect("minimal");
         assert!(m.token.is_none() && m.services.is_empty());
+    }
+
+    #[test]
+    fn the_backend_is_criu_or_lxc() {
+        let mut j = config_json();
+        j["backend"] = serde_json::json!("lxc");
+        let cfg: ModuleConfig = serde_json::from_value(j.clone()).expect("lxc");
+        assert_eq!(cfg.backend, ModuleBackend::Lxc);
+        assert_eq!(cfg.backend.relocation_type(), RelocationType::Lxc);
+        assert_eq!(ModuleBackend::Criu.relocation_type(), RelocationType::Criu);
+        let lxc = cfg.lxc_config();
+        assert_eq!(lxc.lxcpath(), Path::new("/dev/shm/testbed-svcmod/tb-x/lxc"));
+        assert_eq!(cfg.work_dir(), lxc.work_dir);
+        let back: ModuleConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
+        assert_eq!(back, cfg);
+        for bad in ["lxd", "CRIU", ""] {
+            j["backend"] = serde_json::json!(bad);
+            let e = serde_json::from_value::<ModuleConfig>(j.clone()).expect_err(bad);
+            assert!(
+                e.to_string().contains("expected `criu` or `lxc`"),
+                "{bad}: {e}"
+            );
+        }
+        j["backend"] = serde_json::json!("lxc");
+        j["strategy"] = serde_json::json!("lazy-pages");
+        let e = serde_json::from_value::<ModuleConfig>(j).expect_err("lxc lazy");
+        assert!(
+            e.to_string().contains("not supported by the lxc backend"),
+            "{e}"
+        );
     }
 
     #[test]

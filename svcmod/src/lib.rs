@@ -4,14 +4,16 @@
 //!
 //! * [`Backend`]: what the service-module daemon needs from a way of running services — create,
 //!   list, find the service serving a UE, migrate one out (the SMO's Execute), receive one. The
-//!   daemon is generic over it; `criu` is the implementation here, `lxc` and `lxd` come later
-//!   behind the same trait (their receive side speaks their own tools; the migration connection of
-//!   [`transfer`] is the CRIU backend's).
+//!   daemon is generic over it; `criu` and `lxc` are the implementations here (`lxd` may come
+//!   later behind the same trait). Both speak the migration connection of [`transfer`].
 //! * [`container`]: a service's namespaces, veth, OVS port and process tree (CRIU backend).
 //! * [`criu`]: dump / restore / gated restore with the CRIU tool.
+//! * [`lxc`]: a service as an LXC container, and the `lxc-*` tools (LXC backend).
 //! * [`transfer`]: the migration connection between a source and a target module (control
 //!   messages and image files over TCP on the backhaul).
-//! * [`criu_backend`]: [`CriuBackend`], the migration procedure of both sides.
+//! * [`criu_backend`]: [`CriuBackend`], the migration procedure of both sides with CRIU.
+//! * [`lxc_backend`]: [`LxcBackend`], the same with `lxc-checkpoint`.
+//! * [`hosting`]: the service table, the arrival hook's slot and helpers both backends share.
 //! * [`daemon`] and [`api`]: the service-module daemon (`svcmod` binary) — its config, start-up
 //!   (services, registration with the SMO), the SMO's callbacks over HTTP, shutdown.
 //! * [`mount_ns`]: leaving the private mount namespace `ip netns exec` gives the daemon.
@@ -21,12 +23,16 @@ pub mod container;
 pub mod criu;
 pub mod criu_backend;
 pub mod daemon;
+pub mod hosting;
+pub mod lxc;
+pub mod lxc_backend;
 pub mod mount_ns;
 pub mod transfer;
 
 pub use container::EdgeSite;
 pub use criu_backend::{CriuBackend, CriuConfig, Timeouts};
-pub use daemon::ModuleConfig;
+pub use daemon::{ModuleBackend, ModuleConfig};
+pub use lxc_backend::{LxcBackend, LxcConfig};
 
 use model::ran::TimelineStep;
 use model::smo::{ExecuteReport, ExecuteRequest, RelocationType, ResourceRequirements, Service};
@@ -89,7 +95,8 @@ pub struct ServiceSpec {
     pub ipv4_addr: Ipv4Addr,
     /// Unicast `aa:bb:cc:dd:ee:ff`; kept across migrations.
     pub mac_addr: String,
-    /// What runs (CRIU backend: the command line of the process tree, run as root).
+    /// What runs, as root (CRIU backend: the command line of the process tree; LXC backend: the
+    /// container's init, with the directory of an absolute program bound in read-only).
     pub command: Vec<String>,
     #[serde(default)]
     pub resource_requirements: ResourceRequirements,
@@ -138,6 +145,8 @@ pub enum BackendError {
     Container(#[from] container::ContainerError),
     #[error(transparent)]
     Criu(#[from] criu::CriuError),
+    #[error(transparent)]
+    Lxc(#[from] lxc::LxcError),
     #[error(transparent)]
     Transfer(#[from] transfer::TransferError),
     #[error("cannot prepare {path}")]

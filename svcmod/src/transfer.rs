@@ -38,6 +38,10 @@ pub enum Message {
     Prepare {
         relocation_id: String,
         service: Service,
+        /// LXC: what the container holds besides its network (the target makes its config from
+        /// it). Absent for CRIU.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        container: Option<crate::lxc::ContainerSpec>,
     },
     /// Target → source: ready; how long preparing took.
     Prepared { took_us: u64 },
@@ -504,6 +508,16 @@ mod tests {
     fn messages_are_tagged_camel_case_json() {
         let v = serde_json::to_value(Message::Prepared { took_us: 5 }).expect("json");
         assert_eq!(v, serde_json::json!({"type": "prepared", "tookUs": 5}));
+        let v = serde_json::to_value(Message::Prepare {
+            relocation_id: "r".into(),
+            service: service(),
+            container: None,
+        })
+        .expect("json");
+        assert!(
+            v.get("container").is_none(),
+            "the CRIU prepare is unchanged"
+        );
         let v = serde_json::to_value(Message::Restore { page_server: None }).expect("json");
         assert_eq!(v, serde_json::json!({"type": "restore"}));
         assert_eq!(
@@ -538,6 +552,7 @@ mod tests {
                 tx.send(&Message::Prepare {
                     relocation_id: "r1".into(),
                     service: service(),
+                    container: None,
                 })
                 .await?;
                 let stats = tx.send_images(&src).await?;

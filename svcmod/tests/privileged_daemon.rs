@@ -12,6 +12,7 @@
 
 mod common;
 
+use common::daemon::{get_in, post_in, DaemonProcess};
 use common::fake_smo::{Behaviour, FakeSmo};
 use common::{
     client_report, ms, require_root, tbprobe, Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP,
@@ -19,14 +20,8 @@ use common::{
 };
 use model::smo::{ExecuteReport, ExecuteRequest, Service};
 use netkit::Netns;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use sbi::{Client, ClientError};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use sbi::ClientError;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
 use svcmod::{ModuleConfig, ServiceSpec, Strategy};
@@ -35,101 +30,6 @@ const TOKEN: &str = "tok-privileged-daemon";
 const SMO_PORT: u16 = 8090;
 const API_PORT: u16 = 9100;
 const MIGRATION_PORT: u16 = 9200;
-
-/// One `svcmod` process; killed (SIGKILL) if the test did not end it.
-struct DaemonProcess {
-    name: String,
-    child: Child,
-    log: PathBuf,
-    ready: PathBuf,
-}
-
-impl DaemonProcess {
-    fn spawn(netns: &str, cfg: &ModuleConfig, dir: &Path) -> DaemonProcess {
-        let name = cfg.name.clone();
-        let config = dir.join(format!("{name}.json"));
-        let ready = dir.join(format!("{name}.ready"));
-        let log = dir.join(format!("{name}.log"));
-        std::fs::write(
-            &config,
-            serde_json::to_string_pretty(cfg).expect("config json"),
-        )
-        .expect("write config");
-        let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new("ip")
-            .args(["netns", "exec", netns])
-            .arg(env!("CARGO_BIN_EXE_svcmod"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--ready-file")
-            .arg(&ready)
-            .env("RUST_LOG", "svcmod=debug,info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log fd"))
-            .stderr(out)
-            .spawn()
-            .expect("start svcmod");
-        DaemonProcess {
-            name,
-            child,
-            log,
-            ready,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self, limit: Duration) {
-        let start = Instant::now();
-        while !self.ready.exists() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "{} ended ({status}) before ready:\n{}",
-                    self.name,
-                    self.log_text()
-                );
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} not ready in {limit:?}:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, then waits for the exit.
-    async fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
-        kill(pid, Signal::SIGTERM).expect("SIGTERM");
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "{} did not end in {limit:?} after SIGTERM:\n{}",
-                self.name,
-                self.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for DaemonProcess {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            println!("{} killed; its log:\n{}", self.name, self.log_text());
-        }
-    }
-}
 
 fn module_config(
     fabric: &Fabric,
@@ -146,48 +46,11 @@ fn module_config(
         migration_addr: SocketAddrV4::new(addr, MIGRATION_PORT),
         prefix: fabric.prefix.clone(),
         site: site.clone(),
+        backend: svcmod::daemon::ModuleBackend::Criu,
         work_dir: Some(fabric.root.join(format!("work-{}", site.edge))),
         strategy,
         services,
     }
-}
-
-/// `GET url` from a thread inside `ns`.
-async fn get_in<T: DeserializeOwned + Send + 'static>(
-    ns: &Netns,
-    url: String,
-) -> Result<T, ClientError> {
-    call_in(ns, move |c| async move { c.get(&url).await }).await
-}
-
-/// `POST url body` from a thread inside `ns`.
-async fn post_in<B: Serialize + Send + 'static, T: DeserializeOwned + Send + 'static>(
-    ns: &Netns,
-    url: String,
-    body: B,
-) -> Result<T, ClientError> {
-    call_in(ns, move |c| async move { c.post(&url, &body).await }).await
-}
-
-async fn call_in<T, F, Fut>(ns: &Netns, f: F) -> Result<T, ClientError>
-where
-    T: Send + 'static,
-    F: FnOnce(Client) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<T, ClientError>>,
-{
-    let ns = ns.clone();
-    tokio::task::spawn_blocking(move || {
-        ns.run_in(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(f(Client::new(Some(TOKEN.into()), Duration::from_secs(60))))
-        })
-    })
-    .await
-    .expect("join")
-    .expect("thread in the namespace")
 }
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, Option<String>) {
@@ -288,15 +151,19 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     // X → Y under a live stream.
     let client = fabric.start_client(7.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let at_x: Vec<Service> = get_in(&x_ns, format!("{x_api}/services"))
+    let at_x: Vec<Service> = get_in(&x_ns, TOKEN, format!("{x_api}/services"))
         .await
         .expect("services at x");
     assert_eq!(ids(&at_x), [SERVICE_ID]);
     assert_eq!(at_x[0].ue_ipv4_addrs, [UE_IP], "serving the UE");
-    let served: Service = get_in(&x_ns, format!("{x_api}/served-service?ueIpv4Addr={UE_IP}"))
-        .await
-        .expect("served at x");
-    let at_y: Vec<Service> = get_in(&y_ns, format!("{y_api}/services"))
+    let served: Service = get_in(
+        &x_ns,
+        TOKEN,
+        format!("{x_api}/served-service?ueIpv4Addr={UE_IP}"),
+    )
+    .await
+    .expect("served at x");
+    let at_y: Vec<Service> = get_in(&y_ns, TOKEN, format!("{y_api}/services"))
         .await
         .expect("services at y");
     assert!(at_y.is_empty());
@@ -307,7 +174,7 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
         target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}"),
     };
     let t0 = Instant::now();
-    let there: ExecuteReport = post_in(&x_ns, format!("{x_api}/execute"), req.clone())
+    let there: ExecuteReport = post_in(&x_ns, TOKEN, format!("{x_api}/execute"), req.clone())
         .await
         .expect("execute at x");
     print_execute("x → y stop-and-copy", &there, t0.elapsed());
@@ -323,17 +190,21 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     }
 
     // The tables: gone at X, hosted (and serving the UE) at Y.
-    let at_x: Vec<Service> = get_in(&x_ns, format!("{x_api}/services"))
+    let at_x: Vec<Service> = get_in(&x_ns, TOKEN, format!("{x_api}/services"))
         .await
         .expect("services at x");
     assert!(at_x.is_empty(), "{at_x:?}");
-    let at_y: Vec<Service> = get_in(&y_ns, format!("{y_api}/services"))
+    let at_y: Vec<Service> = get_in(&y_ns, TOKEN, format!("{y_api}/services"))
         .await
         .expect("services at y");
     assert_eq!(ids(&at_y), [SERVICE_ID]);
-    let served_y: Service = get_in(&y_ns, format!("{y_api}/served-service?ueIpv4Addr={UE_IP}"))
-        .await
-        .expect("served at y");
+    let served_y: Service = get_in(
+        &y_ns,
+        TOKEN,
+        format!("{y_api}/served-service?ueIpv4Addr={UE_IP}"),
+    )
+    .await
+    .expect("served at y");
     assert_eq!(served_y.ipv4_addr, SERVICE_IP);
     assert_eq!(served_y.mac_addr, SERVICE_MAC);
     // The source container goes in the background, right after Execute answered.
@@ -349,7 +220,7 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     assert!(Netns::new(fabric.ns("svc-p50-y")).inode().is_some());
 
     // The real daemons' error answers.
-    let again = post_in::<_, ExecuteReport>(&x_ns, format!("{x_api}/execute"), req).await;
+    let again = post_in::<_, ExecuteReport>(&x_ns, TOKEN, format!("{x_api}/execute"), req).await;
     assert_eq!(
         status_of(again),
         (409, Some("SERVICE_NOT_HOSTED".into())),
@@ -360,7 +231,8 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
         service: served_y.clone(),
         target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}"),
     };
-    let own = post_in::<_, ExecuteReport>(&y_ns, format!("{y_api}/execute"), to_itself).await;
+    let own =
+        post_in::<_, ExecuteReport>(&y_ns, TOKEN, format!("{y_api}/execute"), to_itself).await;
     assert_eq!(status_of(own), (422, Some("INVALID_TARGET".into())));
 
     let stream = client_report(client).await;
@@ -390,7 +262,7 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     };
     let t0 = Instant::now();
     let execute_at_ms = client_started.elapsed().as_secs_f64() * 1000.0;
-    let report: ExecuteReport = post_in(&y_ns, format!("{y_api}/execute"), back)
+    let report: ExecuteReport = post_in(&y_ns, TOKEN, format!("{y_api}/execute"), back)
         .await
         .expect("execute at y");
     print_execute("y → x lazy pages", &report, t0.elapsed());
@@ -399,11 +271,11 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
         "{:?}",
         report.steps
     );
-    let at_x: Vec<Service> = get_in(&x_ns, format!("{x_api}/services"))
+    let at_x: Vec<Service> = get_in(&x_ns, TOKEN, format!("{x_api}/services"))
         .await
         .expect("services at x");
     assert_eq!(ids(&at_x), [SERVICE_ID]);
-    let at_y: Vec<Service> = get_in(&y_ns, format!("{y_api}/services"))
+    let at_y: Vec<Service> = get_in(&y_ns, TOKEN, format!("{y_api}/services"))
         .await
         .expect("services at y");
     assert!(at_y.is_empty(), "{at_y:?}");

@@ -1,7 +1,8 @@
 //! Shared by svcmod's integration tests: the two-edge world of the privileged tests, the probe
 //! service and its stream client, and a fake SMO ([`fake_smo`]).
 //!
-//! The world (prefix `tsv-<letter>`; everything in namespaces it makes):
+//! The world (prefix `tsv-<letter>`, or another with [`Fabric::up_prefixed`], e.g. the LXC tests'
+//! `tlx-<letter>`; everything in namespaces it makes):
 //!
 //! ```text
 //!   <p>-ue: n6 20.0.0.1/16 (anycast gateway MAC), UE 192.168.1.2 on lo ──┐
@@ -16,6 +17,7 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod fake_smo;
 
 use netkit::link::{self, End};
@@ -102,8 +104,14 @@ pub struct Fabric {
 impl Fabric {
     /// Builds the world `tsv-<letter>` (removing leftovers of an earlier run first).
     pub fn up(letter: char) -> Fabric {
+        Self::up_prefixed(&format!("tsv-{letter}"))
+    }
+
+    /// Builds the world with namespace prefix `prefix` (removing leftovers of an earlier run
+    /// first).
+    pub fn up_prefixed(prefix: &str) -> Fabric {
         require_root();
-        let prefix = format!("tsv-{letter}");
+        let prefix = prefix.to_owned();
         let root = PathBuf::from(format!("/dev/shm/{prefix}-test"));
         sweep(&prefix, &root, &[]);
         std::fs::create_dir_all(&root).expect("world dir");
