@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use svcmod::container::EdgeSite;
-use svcmod::{ServiceSpec, Strategy};
+use svcmod::{ModuleBackend, ServiceSpec, Strategy};
 
 use crate::plan::{EdgeService, Plan, Role, UE_POOL};
 use crate::scenario::{Backend, ServiceKind};
@@ -45,6 +45,10 @@ pub const SVCMOD_PORT: u16 = 9100;
 /// Port of each service module's migration connection (on the edge's backhaul address; the
 /// module's `notifAddress`).
 pub const MIGRATION_PORT: u16 = 9200;
+/// The LXC service module's callback and migration ports (an edge runs one when a planned
+/// service uses the `lxc` backend, beside the CRIU module).
+pub const SVCMOD_LXC_PORT: u16 = 9110;
+pub const MIGRATION_LXC_PORT: u16 = 9210;
 /// The probe servers' TCP stream and UDP echo port.
 pub const PROBE_PORT: u16 = 5000;
 /// The default QFI of every PDU session.
@@ -397,48 +401,87 @@ pub fn svcmod_configs(
     token: &str,
     opts: &LaunchOptions,
 ) -> Vec<(String, ModuleConfig)> {
-    plan.switches
+    let lxc_used = plan.services.iter().any(|s| s.backend == Backend::Lxc);
+    let mut out = Vec::new();
+    for sw in &plan.switches {
+        out.push((
+            sw.node.clone(),
+            module_config(plan, token, opts, sw, Backend::Criu),
+        ));
+        if lxc_used {
+            out.push((
+                sw.node.clone(),
+                module_config(plan, token, opts, sw, Backend::Lxc),
+            ));
+        }
+    }
+    out
+}
+
+/// The service module of `backend` in edge switch `sw`, with the planned services it starts.
+fn module_config(
+    plan: &Plan,
+    token: &str,
+    opts: &LaunchOptions,
+    sw: &crate::plan::Switch,
+    backend: Backend,
+) -> ModuleConfig {
+    let edge = Plan::edge_short(&sw.node).to_owned();
+    let services = plan
+        .services
         .iter()
-        .map(|sw| {
-            let edge = Plan::edge_short(&sw.node).to_owned();
-            let services = plan
-                .services
-                .iter()
-                .filter(|s| opts.services && s.edge == sw.node && s.backend == Backend::Criu)
-                .map(|s| ServiceSpec {
-                    service_id: s.service_id.clone(),
-                    ipv4_addr: s.ipv4_addr,
-                    mac_addr: s.mac_addr.clone(),
-                    command: service_command(s, &opts.bin_dir, &plan.state_dir),
-                    resource_requirements: Default::default(),
-                })
-                .collect();
-            let strategy = plan
-                .services
-                .iter()
-                .find(|s| s.backend == Backend::Criu)
-                .map_or(Strategy::StopAndCopy, |s| s.strategy);
-            let site = EdgeSite {
-                edge,
-                netns: netkit::Netns::new(&sw.netns),
-                ovs: OvsInstance::new(&sw.netns, &sw.dir),
-                bridge: sw.bridge.clone(),
-            };
-            let cfg = ModuleConfig {
-                name: svcmod_name(&sw.node),
-                smo_url: smo_api_root(plan, &sw.node),
-                token: Some(token.to_owned()),
-                api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SVCMOD_PORT),
-                migration_addr: SocketAddrV4::new(addr(plan, &sw.node, &sw.bridge), MIGRATION_PORT),
-                prefix: plan.prefix.clone(),
-                site,
-                work_dir: None,
-                strategy,
-                services,
-            };
-            (sw.node.clone(), cfg)
+        .filter(|s| opts.services && s.edge == sw.node && s.backend == backend)
+        .map(|s| ServiceSpec {
+            service_id: s.service_id.clone(),
+            ipv4_addr: s.ipv4_addr,
+            mac_addr: s.mac_addr.clone(),
+            command: service_command(s, &opts.bin_dir, &plan.state_dir),
+            resource_requirements: Default::default(),
         })
-        .collect()
+        .collect();
+    let strategy = plan
+        .services
+        .iter()
+        .find(|s| s.backend == backend)
+        .map_or(Strategy::StopAndCopy, |s| s.strategy);
+    let (name, module_backend, api_port, migration_port) = match backend {
+        Backend::Lxc => (
+            svcmod_lxc_name(&sw.node),
+            ModuleBackend::Lxc,
+            SVCMOD_LXC_PORT,
+            MIGRATION_LXC_PORT,
+        ),
+        // (lxd is refused when the services are planned)
+        Backend::Criu | Backend::Lxd => (
+            svcmod_name(&sw.node),
+            ModuleBackend::Criu,
+            SVCMOD_PORT,
+            MIGRATION_PORT,
+        ),
+    };
+    ModuleConfig {
+        name,
+        smo_url: smo_api_root(plan, &sw.node),
+        token: Some(token.to_owned()),
+        api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), api_port),
+        migration_addr: SocketAddrV4::new(addr(plan, &sw.node, &sw.bridge), migration_port),
+        prefix: plan.prefix.clone(),
+        site: EdgeSite {
+            edge,
+            netns: netkit::Netns::new(&sw.netns),
+            ovs: OvsInstance::new(&sw.netns, &sw.dir),
+            bridge: sw.bridge.clone(),
+        },
+        work_dir: None,
+        backend: module_backend,
+        strategy,
+        services,
+    }
+}
+
+/// The LXC service module of edge node `edge` (`edge-x` → `svcmod-lxc-x`).
+pub fn svcmod_lxc_name(edge: &str) -> String {
+    format!("svcmod-lxc-{}", Plan::edge_short(edge))
 }
 
 fn nf(name: &str, node: &str, bin: &'static str, config: Option<serde_json::Value>) -> Launch {
@@ -886,5 +929,39 @@ mod tests {
                 "/run/testbed/two-site/rtmp-nginx/nginx.conf"
             ]
         );
+    }
+
+    #[test]
+    fn an_lxc_service_gets_an_lxc_module_beside_the_criu_one_at_every_edge() {
+        let mut plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let spec: crate::scenario::ServiceSpec = toml::from_str(
+            "id = \"lx1\"\nedge = \"edge-y\"\nbackend = \"lxc\"\nkind = \"streamer\"\nserves = [\"ue1\"]",
+        )
+        .expect("service");
+        plan.set_services(&[spec]).expect("planned");
+        let mods = svcmod_configs(&plan, "tok", &opts());
+        let names: Vec<(&str, &str)> = mods
+            .iter()
+            .map(|(node, c)| (node.as_str(), c.name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("edge-x", "svcmod-x"),
+                ("edge-x", "svcmod-lxc-x"),
+                ("edge-y", "svcmod-y"),
+                ("edge-y", "svcmod-lxc-y")
+            ]
+        );
+        let lxc_y = &mods[3].1;
+        assert_eq!(lxc_y.backend, ModuleBackend::Lxc);
+        assert_eq!(lxc_y.api_addr.port(), SVCMOD_LXC_PORT);
+        assert_eq!(lxc_y.migration_addr.port(), MIGRATION_LXC_PORT);
+        assert_eq!(lxc_y.services.len(), 1);
+        assert!(
+            mods[2].1.services.is_empty(),
+            "the CRIU module at y starts nothing"
+        );
+        assert!(mods[1].1.services.is_empty());
     }
 }

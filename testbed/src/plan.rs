@@ -188,10 +188,12 @@ pub struct EdgeService {
 /// The backends and kinds a planned service may use in this build.
 pub fn service_supported(kind: ServiceKind, backend: Backend) -> Result<(), String> {
     match (kind, backend) {
-        (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Criu) => {
-            Ok(())
+        (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Criu)
+        | (ServiceKind::Streamer | ServiceKind::Ballast, Backend::Lxc) => Ok(()),
+        (ServiceKind::NginxRtmp, Backend::Lxc) => {
+            Err("kind nginx-rtmp runs on the criu backend only in this build".into())
         }
-        (_, Backend::Lxc | Backend::Lxd) => Err(format!(
+        (_, Backend::Lxd) => Err(format!(
             "backend {backend} is not available in this build yet"
         )),
     }

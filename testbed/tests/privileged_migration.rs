@@ -24,7 +24,7 @@ use testbed::probe::{StreamReport, StreamWatch};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 mod common;
-use common::{require_root, up};
+use common::{require_root, up, up_with};
 
 /// How long a migration may take before the test gives up waiting.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(60);
@@ -79,22 +79,10 @@ fn svc_namespaces(plan: &Plan) -> Vec<String> {
 
 /// The service's address and MAC inside its namespace at `edge`.
 fn identity(plan: &Plan, edge: &str) -> (String, String) {
-    let ns = svc_netns(plan, edge);
-    let addr = in_ns(
-        ns.name(),
-        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
-    );
-    let ip = addr
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default()
-        .to_owned();
-    let mac = in_ns(ns.name(), &["cat", "/sys/class/net/eth0/address"])
-        .trim()
-        .to_owned();
-    (ip, mac)
+    common::eth0_identity(&[&format!(
+        "--net=/run/netns/{}",
+        svc_netns(plan, edge).name()
+    )])
 }
 
 /// The ports of edge `edge`'s bridge.
@@ -262,6 +250,11 @@ fn stream_from_service(plan: &Plan) -> Stream {
         svc_netns(plan, "edge-x").name(),
         logs(plan)
     );
+    stream_once_listening(plan)
+}
+
+/// ue1's stream from 20.0.0.100, once the service listens.
+fn stream_once_listening(plan: &Plan) -> Stream {
     // ue1 needs its PDU session first; the service needs to listen: retry the connection.
     let start = Instant::now();
     loop {
@@ -297,6 +290,29 @@ fn hand_over(plan: &Plan, token: &str, to: &str, stream: &Stream) -> (HandoverOu
     );
     assert_eq!(stream.watch.corrupt(), 0, "corrupt records after {to}");
     (o, gap)
+}
+
+/// [`hand_over`], printing the outcome under `what`; the relocation must have COMPLETED.
+fn hand_over_completed(
+    plan: &Plan,
+    token: &str,
+    to: &str,
+    stream: &Stream,
+    what: &str,
+) -> (HandoverOutcome, Duration) {
+    let (o, client_gap) = hand_over(plan, token, to, stream);
+    eprintln!(
+        "\n===== ue1 → {to}: {what}\n{}",
+        testbed::migration::text("ue1", &o)
+    );
+    assert_eq!(
+        state_of(&o),
+        RelocationState::Completed,
+        "{}\n{}",
+        testbed::migration::text("ue1", &o),
+        logs(plan)
+    );
+    (o, client_gap)
 }
 
 fn state_of(o: &HandoverOutcome) -> RelocationState {
@@ -399,17 +415,12 @@ fn a_handover_live_migrates_the_stream_service_and_back() {
         ("site-b", "edge-y", "edge-x"),
         ("site-a", "edge-x", "edge-y"),
     ] {
-        let (o, client_gap) = hand_over(&plan, &token, to, &stream);
-        eprintln!(
-            "\n===== ue1 → {to}: stream1 {gone} → {here}\n{}",
-            testbed::migration::text("ue1", &o)
-        );
-        assert_eq!(
-            state_of(&o),
-            RelocationState::Completed,
-            "{}\n{}",
-            testbed::migration::text("ue1", &o),
-            logs(&plan)
+        let (o, client_gap) = hand_over_completed(
+            &plan,
+            &token,
+            to,
+            &stream,
+            &format!("stream1 {gone} → {here}"),
         );
         let m = o.relocation.as_ref().expect("relocation");
         let src = m.source.as_ref().expect("source record");
@@ -676,5 +687,119 @@ fn ten_migrations_in_a_row_leave_nothing_behind() {
     );
     drop(guard);
     assert!(netkit::Netns::list_with_prefix("tbmt-").is_empty());
+    assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
+}
+
+/// The LXC module of `edge`: the services it hosts (GetServices).
+fn lxc_services(plan: &Plan, token: &str, edge: &str) -> Vec<model::smo::Service> {
+    let ip = plan
+        .node(edge)
+        .and_then(|n| n.addr("sbi"))
+        .expect("edge SBI address");
+    let url = format!(
+        "http://{ip}:{}{}",
+        testbed::nf::SVCMOD_LXC_PORT,
+        svcmod::api::SERVICES
+    );
+    testbed::handover::sbi_call_in(
+        &plan.netns(edge),
+        token,
+        Duration::from_secs(5),
+        format!("{edge} lxc services"),
+        move |c| async move { c.get::<Vec<model::smo::Service>>(&url).await },
+    )
+    .unwrap_or_default()
+}
+
+/// The LXC container's `eth0` address and MAC, read inside its network namespace (its init's,
+/// found with `lxc-info` in the module's lxcpath at `edge`).
+fn lxc_identity(plan: &Plan, id: &str, edge: &str) -> (String, String) {
+    let lxcpath = work_dir(plan, edge).join("lxc");
+    let name = svcmod::lxc::container_name(&plan.prefix, id, Plan::edge_short(edge));
+    let pid = in_ns(
+        &plan.netns(edge),
+        &[
+            "lxc-info",
+            "-P",
+            &lxcpath.to_string_lossy(),
+            "-n",
+            &name,
+            "-p",
+            "-H",
+        ],
+    );
+    let pid = pid.trim();
+    assert!(!pid.is_empty(), "no container {name} running at {edge}");
+    common::eth0_identity(&["-t", pid, "-n"])
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_handover_live_migrates_an_lxc_service_and_back() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let service: testbed::scenario::ServiceSpec = toml::from_str(
+        "id = \"lx1\"\nedge = \"edge-x\"\nbackend = \"lxc\"\nkind = \"streamer\"\nserves = [\"ue1\"]",
+    )
+    .expect("service");
+    let (plan, token, guard) = up_with(
+        "ci-mgl",
+        "tbml",
+        testbed::topo::UpOptions {
+            service_specs: Some(vec![service]),
+            ..Default::default()
+        },
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || lxc_services(
+            &plan, &token, "edge-x"
+        )
+        .iter()
+        .any(|s| s.service_id == "lx1")),
+        "the LXC module at edge X does not host lx1\n{}",
+        logs(&plan)
+    );
+    let stream = stream_once_listening(&plan);
+    for (to, here, gone) in [
+        ("site-b", "edge-y", "edge-x"),
+        ("site-a", "edge-x", "edge-y"),
+    ] {
+        let (o, client_gap) = hand_over_completed(
+            &plan,
+            &token,
+            to,
+            &stream,
+            &format!("lx1 (LXC) {gone} → {here}"),
+        );
+        let src = o
+            .relocation
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .expect("source record");
+        assert_eq!(src.service.relocation_type, model::smo::RelocationType::Lxc);
+        let listed = |edge| {
+            lxc_services(&plan, &token, edge)
+                .iter()
+                .any(|s| s.service_id == "lx1")
+        };
+        assert!(listed(here), "lx1 not hosted at {here}");
+        assert!(!listed(gone), "lx1 still hosted at {gone}");
+        let (p_here, p_gone) = (ports(&plan, here), ports(&plan, gone));
+        assert!(p_here.iter().any(|p| p == "s-lx1"), "{p_here:?}");
+        assert!(!p_gone.iter().any(|p| p == "s-lx1"), "{p_gone:?}");
+        assert_eq!(
+            lxc_identity(&plan, "lx1", here),
+            (STREAM_SERVICE_IP.to_string(), STREAM_SERVICE_MAC.to_owned()),
+            "address and MAC at {here}"
+        );
+        eprintln!("ue1 → {to}: {}", summary(&o, client_gap));
+    }
+    let rep = stream.finish();
+    assert!(
+        rep.intact && rep.disconnected.is_none(),
+        "stream not byte-exact on one connection: {rep:?}"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbml-").is_empty());
     assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
 }

@@ -125,22 +125,10 @@ fn service_netns(plan: &Plan, edge: &str) -> netkit::Netns {
 
 /// The service's address and MAC inside its namespace at `edge`.
 fn identity(plan: &Plan, edge: &str) -> (String, String) {
-    let ns = service_netns(plan, edge);
-    let addr = in_ns(
-        ns.name(),
-        &["ip", "-4", "-o", "addr", "show", "dev", "eth0"],
-    );
-    let ip = addr
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_default()
-        .to_owned();
-    let mac = in_ns(ns.name(), &["cat", "/sys/class/net/eth0/address"])
-        .trim()
-        .to_owned();
-    (ip, mac)
+    common::eth0_identity(&[&format!(
+        "--net=/run/netns/{}",
+        service_netns(plan, edge).name()
+    )])
 }
 
 /// nginx's processes in the service's namespace at `edge` (their command lines; at the first

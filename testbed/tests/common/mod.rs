@@ -26,16 +26,53 @@ pub fn require_root() {
 /// Brings `two-site` up as `name`/`prefix` (after removing any leftovers of an earlier run) with
 /// every network function and SMO; the plan, the deployment's token and the tear-down guard.
 pub fn up(name: &str, prefix: &str) -> (Plan, String, Guard) {
+    up_with(name, prefix, topo::UpOptions::default())
+}
+
+/// [`up`] with these options (e.g. a scenario's services).
+#[allow(dead_code)] // not every test file brings up other services
+pub fn up_with(name: &str, prefix: &str, opts: topo::UpOptions) -> (Plan, String, Guard) {
     let mut spec = TopologySpec::builtin("two-site").expect("builtin");
     spec.name = name.into();
     spec.prefix = prefix.into();
     topo::down(name, Some(prefix));
     let guard = Guard(name.into(), prefix.into());
-    let plan = topo::up(&spec, topo::UpOptions::default())
-        .expect("testbed up with network functions and SMOs");
+    let plan = topo::up(&spec, opts).expect("testbed up with network functions and SMOs");
     let token = State::load(&plan.state_dir)
         .expect("state")
         .and_then(|s| s.token)
         .expect("token");
     (plan, token, guard)
+}
+
+/// `eth0`'s IPv4 address and MAC in the network namespace `nsenter` enters with `target`
+/// (`--net=/run/netns/NAME`, or `-t PID -n`).
+#[allow(dead_code)] // not every test file looks inside a service
+pub fn eth0_identity(target: &[&str]) -> (String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("nsenter")
+            .args(target)
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let word_after = |text: &str, key: &str| {
+        text.split_whitespace()
+            .skip_while(|w| *w != key)
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let addr = run(&["ip", "-4", "-o", "addr", "show", "dev", "eth0"]);
+    let ip = word_after(&addr, "inet")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mac = word_after(
+        &run(&["ip", "-o", "link", "show", "dev", "eth0"]),
+        "link/ether",
+    );
+    (ip, mac)
 }
