@@ -768,6 +768,12 @@ mod tests {
                 "ballast-200mb",
                 "five-ues",
                 "lazy-pages",
+                "lxc-streamer",
+                "quick-criu-lazy-nginx",
+                "quick-criu-lazy-streamer",
+                "quick-criu-nginx",
+                "quick-criu-streamer",
+                "quick-lxc-streamer",
                 "thesis-5.4",
                 "thesis-5.4-streamer"
             ]
