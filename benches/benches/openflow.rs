@@ -1,100 +1,45 @@
-//! The SMO's flow programming: generating a phase's flow set and encoding it as OpenFlow 1.3
-//! (pure), and — as root with Open vSwitch installed — installing each phase's set on a real
-//! switch over the SMO's long-lived connection (a private `ovs-vswitchd` in namespace
-//! `tsr-bench`, torn down afterwards).
+//! The SMO's flow programming: generating each phase's flow set (`smo::routing::rules`) and
+//! encoding it as OpenFlow 1.3 (pure), and — as root with Open vSwitch installed — installing
+//! sets on a real switch over the SMO's long-lived connection (a private `ovs-vswitchd` in
+//! namespace `tsr-bench`, torn down afterwards).
 //!
 //! Besides criterion's wall-clock figures for a whole `apply`, the install group prints the
 //! median and 99th percentile of `FlowReport::took` (first octet sent to the commit reply).
 
 use std::hint::black_box;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use benches::{encode_flow_set, service_at, RulePhase, SVC_IP, SVC_MAC, UE};
 use criterion::{criterion_group, criterion_main, Criterion};
 use netkit::ovs::OvsInstance;
 use netkit::process::{self, Started};
 use netkit::{link, Netns};
-use smo::routing::openflow::{self, FlowMod, OFPBF_ATOMIC, OFPBF_ORDERED};
 use smo::routing::ovs::OvsProgrammer;
 use smo::routing::rules::{
-    new_path_target, relocation_cookie, service_cookie, trombone_target, EdgePorts, ServiceAt,
+    new_path_target, relocation_cookie, service_cookie, trombone_target, EdgePorts,
 };
-use smo::routing::{CookieDelete, FlowProgrammer, FlowSet, Mac};
+use smo::routing::{CookieDelete, FlowProgrammer, FlowSet};
 
-const SVC: Ipv4Addr = Ipv4Addr::new(20, 0, 0, 10);
-const SVC_MAC: Mac = Mac([0x02, 0x20, 0, 0, 0, 0x0a]);
-const UE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const BR: &str = "br-tsr";
 
-fn svc() -> ServiceAt {
-    ServiceAt {
-        ip: SVC,
-        mac: SVC_MAC,
-        port: "srv".into(),
-    }
-}
-
-fn port_no(name: &str) -> Option<u32> {
-    match name {
-        "bh" => Some(1),
-        "n6" => Some(2),
-        "srv" => Some(3),
-        _ => None,
-    }
-}
-
-/// The bundle a set becomes on the wire (open and commit aside).
-fn encode(set: &FlowSet, out: &mut Vec<u8>) -> usize {
-    out.clear();
-    let flags = OFPBF_ATOMIC | OFPBF_ORDERED;
-    let mut xid = 0;
-    for d in &set.delete {
-        xid += 1;
-        openflow::bundle_add_flow_mod(out, xid, 1, flags, &FlowMod::delete_cookie(d.cookie));
-    }
-    for r in &set.add {
-        xid += 1;
-        if let Ok(fm) = FlowMod::from_rule(r, port_no) {
-            openflow::bundle_add_flow_mod(out, xid, 1, flags, &fm);
-        }
-    }
-    out.len()
-}
-
+/// Each phase's flow set: generated, and generated + encoded as the bytes the SMO's programmer
+/// writes (bundle open, flow mods, barrier, commit; packet-outs and a barrier).
 fn generate_and_encode(c: &mut Criterion) {
     let mut group = c.benchmark_group("openflow");
     let ports = EdgePorts::testbed();
-    group.bench_function("generate trombone-target", |b| {
-        b.iter(|| {
-            trombone_target(
-                black_box(relocation_cookie(1)),
-                &ports,
-                black_box(SVC),
-                SVC_MAC,
-                black_box(UE),
-            )
-        })
-    });
     let mut out = Vec::with_capacity(1024);
-    group.bench_function("generate+encode trombone-target", |b| {
-        b.iter(|| {
-            let set = trombone_target(
-                black_box(relocation_cookie(1)),
-                &ports,
-                black_box(SVC),
-                SVC_MAC,
-                black_box(UE),
-            );
-            encode(&set, &mut out)
-        })
-    });
-    group.bench_function("generate+encode new-path-target", |b| {
-        b.iter(|| {
-            let set = new_path_target(black_box(relocation_cookie(1)), &ports, &svc());
-            encode(&set, &mut out)
-        })
-    });
+    for phase in RulePhase::ALL {
+        group.bench_function(format!("generate {}", phase.label()), |b| {
+            b.iter(|| black_box(phase).flow_set(black_box(1), &ports))
+        });
+        group.bench_function(format!("generate+encode {}", phase.label()), |b| {
+            b.iter(|| {
+                let set = black_box(phase).flow_set(black_box(1), &ports);
+                encode_flow_set(&set, &mut out)
+            })
+        });
+    }
     group.finish();
 }
 
@@ -207,15 +152,15 @@ fn flow_install(c: &mut Criterion) {
 
     let ports = EdgePorts::testbed();
     let cookie = relocation_cookie(1);
-    let install = trombone_target(cookie, &ports, SVC, SVC_MAC, UE);
-    let swap = new_path_target(cookie, &ports, &svc());
+    let install = trombone_target(cookie, &ports, SVC_IP, SVC_MAC, UE);
+    let swap = new_path_target(cookie, &ports, &service_at());
     let remove = |cookie: u64| FlowSet {
         label: "reset".into(),
         delete: vec![CookieDelete { cookie }],
         add: Vec::new(),
         packets: Vec::new(),
     };
-    let (remove_trombone, remove_path) = (remove(cookie), remove(service_cookie(SVC)));
+    let (remove_trombone, remove_path) = (remove(cookie), remove(service_cookie(SVC_IP)));
 
     let mut group = c.benchmark_group("flow_install");
     group.sample_size(50);

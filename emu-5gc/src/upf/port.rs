@@ -112,6 +112,19 @@ impl PacketPort for ChannelPort {
     }
 }
 
+/// Writes `packet` into `buf` as a downlink G-PDU: TEID `teid`, PDU Session Container DL with
+/// `qfi`. Returns the G-PDU's length. What [`send_downlink`] sends; no I/O.
+pub fn encapsulate_downlink(
+    packet: &[u8],
+    teid: u32,
+    qfi: wire::gtpu::Qfi,
+    buf: &mut [u8],
+) -> Result<usize, wire::gtpu::Error> {
+    use wire::gtpu::{GtpuRepr, PduSessionInfo, Teid};
+    let repr = GtpuRepr::g_pdu(Teid(teid), Some(PduSessionInfo::downlink(qfi)));
+    wire::gtpu::encapsulate(&repr, packet, buf)
+}
+
 /// Sends `packet` as a downlink G-PDU (PDU Session Container DL with `qfi`) with TEID `teid` to
 /// `ipv4` at `port`, through `buf`. The IAP (towards the serving UPF) and the UPF (towards the gNB) both
 /// send downlink this way. Returns whether it went out; failures are logged at debug level.
@@ -124,10 +137,8 @@ pub async fn send_downlink(
     port: u16,
     buf: &mut [u8],
 ) -> bool {
-    use wire::gtpu::{GtpuRepr, PduSessionInfo, Teid};
-    let repr = GtpuRepr::g_pdu(Teid(teid), Some(PduSessionInfo::downlink(qfi)));
     let to = std::net::SocketAddr::from((ipv4, port));
-    match wire::gtpu::encapsulate(&repr, packet, buf) {
+    match encapsulate_downlink(packet, teid, qfi, buf) {
         Ok(n) => match socket.send_to(&buf[..n], to).await {
             Ok(_) => true,
             Err(error) => {
