@@ -709,8 +709,8 @@ impl Runner<'_> {
             .collect()
     }
 
-    /// Waits until the testbed is ready for a run: every UE attached, every service in its
-    /// namespace at its home edge cloud, every stream target accepting connections from its UE.
+    /// Waits until the testbed is ready for a run: every UE attached, every service (its OVS
+    /// port) at its home edge cloud only, every stream target accepting connections from its UE.
     fn get_ready(&self) -> Result<(), String> {
         let start = Instant::now();
         let until = |what: &str, ok: &mut dyn FnMut() -> Result<(), String>| loop {
@@ -731,26 +731,15 @@ impl Runner<'_> {
             })?;
         }
         for s in &self.plan.services {
-            let home = netkit::Netns::new(self.plan.service_netns(&s.service_id, &s.edge));
             until(
                 &format!("service {} at {}", s.service_id, s.edge),
-                &mut || {
-                    if !home.exists() {
-                        return Err(format!("no namespace {}", home.name()));
-                    }
-                    let away: Vec<String> = self
-                        .plan
-                        .switches
-                        .iter()
-                        .filter(|sw| sw.node != s.edge)
-                        .map(|sw| self.plan.service_netns(&s.service_id, &sw.node))
-                        .filter(|n| netkit::Netns::new(n).exists())
-                        .collect();
-                    if away.is_empty() {
-                        Ok(())
-                    } else {
-                        Err(format!("also at {}", away.join(", ")))
-                    }
+                &mut || match self.service_edges(&s.service_id).as_slice() {
+                    [only] if *only == s.edge => Ok(()),
+                    [] => Err(format!(
+                        "port {} on no edge bridge",
+                        Plan::service_port(&s.service_id)
+                    )),
+                    edges => Err(format!("at {}", edges.join(", "))),
                 },
             )?;
         }
@@ -861,12 +850,28 @@ impl Runner<'_> {
             .collect()
     }
 
+    /// The edge nodes whose bridge has service `id`'s OVS port: where it runs, whatever the
+    /// backend (every backend attaches `s-<id>` where the service is; during a move both).
+    fn service_edges(&self, id: &str) -> Vec<String> {
+        let port = Plan::service_port(id);
+        self.plan
+            .switches
+            .iter()
+            .filter(|sw| {
+                netkit::ovs::OvsInstance::new(&sw.netns, &sw.dir)
+                    .ports(&sw.bridge)
+                    .is_ok_and(|ports| ports.contains(&port))
+            })
+            .map(|sw| sw.node.clone())
+            .collect()
+    }
+
     /// Whether a service serving `member` is away from its home edge cloud now.
     fn services_away(&self, member: &str) -> bool {
         self.services_of(member).iter().any(|id| {
             self.plan
                 .service(id)
-                .is_some_and(|s| !netkit::Netns::new(self.plan.service_netns(id, &s.edge)).exists())
+                .is_some_and(|s| !self.service_edges(id).contains(&s.edge))
         })
     }
 
@@ -874,12 +879,10 @@ impl Runner<'_> {
     fn site_of_away_service(&self, member: &str) -> Option<String> {
         self.services_of(member).iter().find_map(|id| {
             let home = &self.plan.service(id)?.edge;
-            self.plan
-                .switches
-                .iter()
-                .filter(|sw| &sw.node != home)
-                .find(|sw| netkit::Netns::new(self.plan.service_netns(id, &sw.node)).exists())
-                .and_then(|sw| self.plan.node(&sw.node)?.site.clone())
+            self.service_edges(id)
+                .into_iter()
+                .find(|edge| edge != home)
+                .and_then(|edge| self.plan.node(&edge)?.site.clone())
                 .map(|site| format!("site-{site}"))
         })
     }
