@@ -44,6 +44,9 @@ use std::time::{Duration, Instant};
 use crate::migration::{self, HandoverOutcome};
 use crate::pcap::{self, CaptureFlowGap, Pcap};
 use crate::plan::{Plan, DN_SERVER};
+
+/// iperf3 flow number *i* of a run uses port `IPERF3_PORT + i` (a one-off server in the DN each).
+const IPERF3_PORT: u16 = 5200;
 use crate::relocations::MergedRelocation;
 use crate::results::{
     self, ExperimentMeta, FlowResult, HandoverResult, RelocationResult, ResultsError, RunResult,
@@ -977,7 +980,7 @@ impl Runner<'_> {
             match ev {
                 Ok(i) => {
                     let f = flows[i].clone();
-                    match self.start_flow(&f) {
+                    match self.start_flow(&f, i) {
                         Ok((address, child)) => running.push(RunningFlow {
                             deadline: Instant::now()
                                 + Duration::from_secs_f64(f.spec.duration_s)
@@ -1268,8 +1271,9 @@ impl Runner<'_> {
         ))
     }
 
-    /// Starts one flow in its UE's namespace: the address it goes to and the process.
-    fn start_flow(&self, f: &FlowPlan<'_>) -> Result<(String, Child), String> {
+    /// Starts flow number `index` of the run in its UE's namespace: the address it goes to and
+    /// the process.
+    fn start_flow(&self, f: &FlowPlan<'_>, index: usize) -> Result<(String, Child), String> {
         let t = f.spec;
         let addr = self.target_addr(&t.target)?;
         let ns = self.plan.netns(&self.tb_ue(&f.member));
@@ -1298,9 +1302,33 @@ impl Runner<'_> {
                 addr.to_string()
             }
             TrafficKind::Iperf3 => {
-                return Err(
-                    "iperf3 is not supported: the testbed runs no iperf3 server in the DN".into(),
-                )
+                // A one-off iperf3 server in the DN for this flow (its own port), the client in
+                // the UE; the shell ends the server by its PID when the client is done.
+                let port = u16::try_from(index)
+                    .ok()
+                    .and_then(|i| IPERF3_PORT.checked_add(i))
+                    .ok_or_else(|| format!("flow {index}: no iperf3 port"))?;
+                let mut client = format!(
+                    "iperf3 -c {addr} -p {port} -t {} -J",
+                    t.duration_s.ceil().max(1.0) as u64
+                );
+                if let Some(b) = &t.params.bitrate {
+                    if b.is_empty() || !b.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
+                        return Err(format!("iperf3: bitrate `{b}` is not like 50M"));
+                    }
+                    client.push_str(&format!(" -b {b}"));
+                }
+                if t.params.reverse == Some(true) {
+                    client.push_str(" -R");
+                }
+                let dn = self.plan.netns("dn");
+                cmd = Command::new("sh");
+                cmd.arg("-c").arg(format!(
+                    "ip netns exec {dn} iperf3 -s -1 -p {port} >/dev/null 2>&1 & srv=$!; \
+                     sleep 0.5; ip netns exec {ns} {client}; rc=$?; \
+                     kill $srv 2>/dev/null; wait $srv 2>/dev/null; exit $rc"
+                ));
+                format!("{addr}:{port}")
             }
             TrafficKind::RtmpPlay => {
                 let url = crate::rtmp::play_url(addr);
@@ -1520,8 +1548,34 @@ fn finish_flow(f: &mut RunningFlow<'_>) -> FlowResult {
                 (!ok).then(|| format!("no replies: {}", tail(&format!("{stdout}\n{stderr}"))));
             flow_result(&f.plan, address, ok, error, report)
         }
-        TrafficKind::Iperf3 | TrafficKind::RtmpPlay => {
-            // The tool's JSON report on stdout, if it prints one; ok = it exited successfully.
+        TrafficKind::Iperf3 => {
+            // iperf3's JSON report, cut to its end summary.
+            let v: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
+            let error = v
+                .as_ref()
+                .and_then(|v| v["error"].as_str().map(str::to_owned))
+                .or_else(|| {
+                    (!status.is_some_and(|s| s.success())).then(|| {
+                        format!(
+                            "exit {}: {}",
+                            status.map_or_else(|| "?".to_owned(), |s| s.to_string()),
+                            tail(&stderr)
+                        )
+                    })
+                });
+            let report = v.map(|v| {
+                let end = &v["end"];
+                serde_json::json!({
+                    "receivedBitsPerSecond": end["sum_received"]["bits_per_second"],
+                    "sentBitsPerSecond": end["sum_sent"]["bits_per_second"],
+                    "retransmits": end["sum_sent"]["retransmits"],
+                    "seconds": end["sum_received"]["seconds"],
+                })
+            });
+            flow_result(&f.plan, address, error.is_none(), error, report)
+        }
+        TrafficKind::RtmpPlay => {
+            // The player's JSON report on stdout, if it prints one; ok = it exited successfully.
             let ok = status.is_some_and(|s| s.success());
             let error = (!ok).then(|| {
                 format!(
@@ -1568,8 +1622,10 @@ fn end_child(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
         return;
     }
+    // Flows start in their own process group (led by the child): the group goes too (a
+    // player's ffmpeg, an iperf3 flow's server and client).
     if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::kill(
+        let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(pid),
             nix::sys::signal::Signal::SIGTERM,
         );

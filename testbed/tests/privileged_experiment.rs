@@ -386,14 +386,16 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
     );
     assert_nothing_left(&out);
 
-    // A run that fails is recorded with its error, and the experiment goes on: an iperf3 flow
-    // (no iperf3 server in the DN) beside the stream.
+    // A run that fails is recorded with its error, and the experiment goes on: a second stream
+    // flow asks for 20 ms chunks, which the services do not send; beside it an iperf3 flow to the
+    // DN (through GTP-U, across the handover) works.
     let failing = tmp.join("tbex-fail.toml");
     std::fs::write(
         &failing,
         SCENARIO.replace(
             "[[timeline]]",
-            "[[traffic]]\nue = \"ue1\"\nkind = \"iperf3\"\ntarget = \"dn\"\nstart_s = 0\nduration_s = 8\n\n[[timeline]]",
+            "[[traffic]]\nue = \"ue1\"\nkind = \"iperf3\"\ntarget = \"dn\"\nstart_s = 0\nduration_s = 6\nparams = { bitrate = \"20M\" }\n\n\
+             [[traffic]]\nue = \"ue1\"\nkind = \"stream\"\ntarget = \"streamer\"\nstart_s = 0\nduration_s = 8\nparams = { interval_ms = 20 }\n\n[[timeline]]",
         ),
     )
     .expect("scenario");
@@ -417,7 +419,23 @@ fn an_experiment_runs_is_recorded_reported_and_resumes() {
     for r in &raw.runs {
         assert!(!r.ok);
         let e = r.error.as_deref().unwrap_or_default();
-        assert!(e.contains("iperf3 is not supported"), "run {}: {e}", r.run);
+        assert!(
+            e.contains("interval_ms = 20 is not supported"),
+            "run {}: {e}",
+            r.run
+        );
+        let iperf = r
+            .flows
+            .iter()
+            .find(|f| f.kind == "iperf3")
+            .expect("the iperf3 flow's result");
+        assert!(iperf.ok, "{iperf:#?}");
+        let bps = iperf
+            .report
+            .as_ref()
+            .and_then(|v| v["receivedBitsPerSecond"].as_f64())
+            .unwrap_or(0.0);
+        assert!(bps > 1e6, "iperf3 through GTP-U: {bps} bit/s");
         // Everything else of the run was still measured; the capture was not kept.
         assert_eq!(r.relocations.len(), 1, "{r:#?}");
         assert!(r.relocations[0].downtime_capture_ms.is_some());
