@@ -38,6 +38,24 @@ pub const SERVICE_IFNAME: &str = "eth0";
 pub const SERVICE_PREFIX_LEN: u8 = 16;
 /// The anycast gateway of every edge cloud.
 pub const GATEWAY: Ipv4Addr = model::edge::GATEWAY_IP;
+/// `ip` arguments that make the anycast gateway's MAC a permanent neighbour entry on the
+/// service's `eth0`: it is the same at every edge, so a restored service never waits for an ARP
+/// exchange (whose first request, lost right after the carrier comes up, is retried only after
+/// a second). Both backends apply it to every service's namespace.
+pub fn pin_gateway_args() -> [String; 9] {
+    [
+        "neigh".into(),
+        "replace".into(),
+        GATEWAY.to_string(),
+        "lladdr".into(),
+        model::edge::GATEWAY_MAC_STR.into(),
+        "nud".into(),
+        "permanent".into(),
+        "dev".into(),
+        SERVICE_IFNAME.into(),
+    ]
+}
+
 /// Longest service id: the OVS port `s-<id>` must fit an interface name (15 characters).
 pub const MAX_SERVICE_ID: usize = netkit::link::IFNAMSIZ_MAX - 2;
 
@@ -313,17 +331,7 @@ impl Container {
         // The gateway's MAC is the same at every edge: a permanent entry spares the restored
         // service an ARP exchange at the worst moment (a request lost right after the carrier
         // comes up is retried only after a second, and the socket's first packets wait for it).
-        ns.ip([
-            "neigh",
-            "replace",
-            &GATEWAY.to_string(),
-            "lladdr",
-            model::edge::GATEWAY_MAC_STR,
-            "nud",
-            "permanent",
-            "dev",
-            SERVICE_IFNAME,
-        ])?;
+        ns.ip(pin_gateway_args())?;
         self.site.ovs.add_port(&self.site.bridge, &self.port)?;
         self.set_carrier(carrier)?;
         Ok(())

@@ -41,7 +41,7 @@ use crate::criu::{
     Criu, DumpRequest, LazyDump, PageServer, PipeMaxSize, RestoreRequest, LAZY_PIPE_MAX_SIZE,
 };
 use crate::hosting::{
-    blocking, damage_images, fresh_dir, path_safe, ArrivalSlot, FaultSlot, Hosting,
+    blocking, damage_images, fresh_dir, path_safe, prepare_target, ArrivalSlot, FaultSlot, Hosting,
 };
 use crate::transfer::{self, Conn, Message};
 use crate::{
@@ -292,31 +292,19 @@ impl CriuBackend {
 
         // 1. The target makes the service's namespace, carrier down.
         let began = Instant::now();
-        let stream = transfer::connect_in(&self.cfg.site.netns, target, t.connect)
-            .await
-            .map_err(|e| not_started(e.into()))?;
-        let mut conn = Conn::new(stream);
-        conn.send(&Message::Prepare {
-            relocation_id: request.relocation_id.clone(),
-            service: service.clone(),
-            container: None,
-        })
+        let mut conn = prepare_target(
+            &self.cfg.site.netns,
+            target,
+            &Message::Prepare {
+                relocation_id: request.relocation_id.clone(),
+                service: service.clone(),
+                container: None,
+            },
+            t.connect,
+            t.prepare,
+        )
         .await
-        .map_err(|e| not_started(e.into()))?;
-        match conn
-            .recv_within(t.prepare, "answer to prepare")
-            .await
-            .map_err(|e| not_started(e.into()))?
-        {
-            Message::Prepared { .. } => {}
-            Message::Refused { cause } => return Err(not_started(BackendError::Refused(cause))),
-            other => {
-                return Err(not_started(BackendError::TargetFailed(format!(
-                    "unexpected {} after prepare",
-                    other.kind()
-                ))))
-            }
-        }
+        .map_err(&not_started)?;
         report.prepare_us = sw.record("prepare target", began);
 
         // 2. Dump. From a successful dump on, the service is stopped (post-copy: frozen, and
@@ -1114,26 +1102,7 @@ impl Backend for CriuBackend {
     }
 
     async fn services(&self) -> Result<Vec<Service>, BackendError> {
-        let running = self.hosting.in_state(ServiceState::Running);
-        let mut services = blocking(move || {
-            running
-                .into_iter()
-                .map(|h| {
-                    let mut s = h.service;
-                    s.ue_ipv4_addrs = h
-                        .container
-                        .tcp_peers()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|a| *a != s.ipv4_addr)
-                        .collect();
-                    s
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
-        Ok(services)
+        self.hosting.running_services(Container::tcp_peers).await
     }
 
     async fn migrate_out(

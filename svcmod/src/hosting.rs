@@ -3,6 +3,7 @@
 //! set of source containers being removed in the background, blocking system work off the
 //! runtime, per-migration work directories.
 
+use crate::transfer::{self, Conn, Message};
 use crate::{ArrivalHook, BackendError, Fault, ServiceState, ARRIVAL_LIMIT};
 use model::smo::Service;
 use std::collections::{HashMap, HashSet};
@@ -93,6 +94,36 @@ impl<C: Clone> Hosting<C> {
     }
 
     /// The services in `state`.
+    /// GetServices: the running services sorted by id, each with the UEs it serves now — the
+    /// peers of its established TCP connections (`peers`, which reads the container's sockets:
+    /// blocking work, done off the runtime).
+    pub async fn running_services<E: Send + 'static>(
+        &self,
+        peers: fn(&C) -> Result<Vec<std::net::Ipv4Addr>, E>,
+    ) -> Result<Vec<Service>, BackendError>
+    where
+        C: Send + 'static,
+    {
+        let running = self.in_state(ServiceState::Running);
+        let mut services = blocking(move || {
+            running
+                .into_iter()
+                .map(|h| {
+                    let mut s = h.service;
+                    s.ue_ipv4_addrs = peers(&h.container)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .filter(|a| *a != s.ipv4_addr)
+                        .collect();
+                    s
+                })
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+        Ok(services)
+    }
+
     pub fn in_state(&self, state: ServiceState) -> Vec<Hosted<C>> {
         self.table()
             .hosted
@@ -339,6 +370,30 @@ pub fn fresh_dir(dir: &Path) -> Result<(), BackendError> {
         path: dir.to_owned(),
         source,
     })
+}
+
+/// Step 1 of every migration at the source: connects to the target module from `netns` (within
+/// `connect`) and sends it `prepare` (a [`Message::Prepare`]); the connection once the target
+/// answered `Prepared` (within `answer`). An error means nothing was stopped: the target refused
+/// (`Refused`) or could not be reached or answered wrongly.
+pub async fn prepare_target(
+    netns: &netkit::Netns,
+    target: std::net::SocketAddr,
+    prepare: &Message,
+    connect: Duration,
+    answer: Duration,
+) -> Result<Conn, BackendError> {
+    let stream = transfer::connect_in(netns, target, connect).await?;
+    let mut conn = Conn::new(stream);
+    conn.send(prepare).await?;
+    match conn.recv_within(answer, "answer to prepare").await? {
+        Message::Prepared { .. } => Ok(conn),
+        Message::Refused { cause } => Err(BackendError::Refused(cause)),
+        other => Err(BackendError::TargetFailed(format!(
+            "unexpected {} after prepare",
+            other.kind()
+        ))),
+    }
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::container::{self, NetSpec};
 use crate::criu::GatedRestore;
 use crate::criu_backend::{Timeouts, DEFAULT_WORK_ROOT};
 use crate::hosting::{
-    blocking, damage_images, fresh_dir, path_safe, ArrivalSlot, FaultSlot, Hosting,
+    blocking, damage_images, fresh_dir, path_safe, prepare_target, ArrivalSlot, FaultSlot, Hosting,
 };
 use crate::lxc::{self, ContainerSpec, Lxc, LxcError};
 use crate::transfer::{self, Conn, Message};
@@ -331,31 +331,19 @@ impl LxcBackend {
 
         // 1. The target writes the container's config and rootfs.
         let began = Instant::now();
-        let stream = transfer::connect_in(&self.cfg.site.netns, target, t.connect)
-            .await
-            .map_err(|e| not_started(e.into()))?;
-        let mut conn = Conn::new(stream);
-        conn.send(&Message::Prepare {
-            relocation_id: request.relocation_id.clone(),
-            service: service.clone(),
-            container: Some(container.spec.clone()),
-        })
+        let mut conn = prepare_target(
+            &self.cfg.site.netns,
+            target,
+            &Message::Prepare {
+                relocation_id: request.relocation_id.clone(),
+                service: service.clone(),
+                container: Some(container.spec.clone()),
+            },
+            t.connect,
+            t.prepare,
+        )
         .await
-        .map_err(|e| not_started(e.into()))?;
-        match conn
-            .recv_within(t.prepare, "answer to prepare")
-            .await
-            .map_err(|e| not_started(e.into()))?
-        {
-            Message::Prepared { .. } => {}
-            Message::Refused { cause } => return Err(not_started(BackendError::Refused(cause))),
-            other => {
-                return Err(not_started(BackendError::TargetFailed(format!(
-                    "unexpected {} after prepare",
-                    other.kind()
-                ))))
-            }
-        }
+        .map_err(&not_started)?;
         report.prepare_us = sw.record("prepare target", began);
 
         // 2. Checkpoint: the container stops (its netns and veth go with it).
@@ -882,14 +870,16 @@ fn port_exists(site: &EdgeSite, port: &str) -> bool {
         .is_ok()
 }
 
-/// Attaches the veth's host end `port` to the edge's bridge and turns transmit checksum offload
-/// off on it and on `eth0` in the netns of `pid` (the container's init). Leaves the link state
-/// as it is.
+/// Attaches the veth's host end `port` to the edge's bridge, turns transmit checksum offload
+/// off on it and on `eth0` in the netns of `pid` (the container's init), and pins the gateway's
+/// MAC there ([`container::pin_gateway_args`]; CRIU does not carry neighbour entries). Leaves the
+/// link state as it is.
 fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
     site.ovs.add_port(&site.bridge, port)?;
     netkit::link::tx_checksum_off(&site.netns, port)?;
+    let netns = format!("--net=/proc/{pid}/ns/net");
     Tool::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(&netns)
         .args([
             "--",
             "ethtool",
@@ -898,6 +888,10 @@ fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
             "tx",
             "off",
         ])
+        .run()?;
+    Tool::new("nsenter")
+        .args([netns.as_str(), "--", "ip"])
+        .args(container::pin_gateway_args())
         .run()
 }
 
@@ -1013,26 +1007,7 @@ impl Backend for LxcBackend {
     }
 
     async fn services(&self) -> Result<Vec<Service>, BackendError> {
-        let running = self.hosting.in_state(ServiceState::Running);
-        let mut services = blocking(move || {
-            running
-                .into_iter()
-                .map(|h| {
-                    let mut s = h.service;
-                    s.ue_ipv4_addrs = h
-                        .container
-                        .tcp_peers()
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|a| *a != s.ipv4_addr)
-                        .collect();
-                    s
-                })
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        services.sort_by(|a, b| a.service_id.cmp(&b.service_id));
-        Ok(services)
+        self.hosting.running_services(LxcContainer::tcp_peers).await
     }
 
     async fn migrate_out(

@@ -12,7 +12,6 @@
 
 use model::smo::{RelocationPhase, RelocationState};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ use testbed::probe::{StreamReport, StreamWatch};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 mod common;
-use common::{require_root, up, up_with};
+use common::{in_ns, require_root, up, up_with, wait_for};
 
 /// How long a migration may take before the test gives up waiting.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(60);
@@ -40,26 +39,6 @@ fn logs(plan: &Plan) -> String {
             )
         })
         .collect()
-}
-
-fn in_ns(netns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    ok()
 }
 
 /// The service's namespace while at `edge`.

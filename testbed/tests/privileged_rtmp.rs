@@ -22,7 +22,7 @@ use testbed::{rtmp, topo};
 
 #[allow(dead_code)]
 mod common;
-use common::Guard;
+use common::{in_ns, wait_for, Guard};
 
 const NAME: &str = "ci-rt";
 const PREFIX: &str = "tbrt";
@@ -73,26 +73,6 @@ fn logs(plan: &Plan) -> String {
         testbed::nf::tail(&rtmp::error_log_path(&plan.state_dir, SERVICE), 20)
     ));
     out
-}
-
-fn in_ns(netns: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
 }
 
 /// `two-site` as `ci-rt`/`tbrt` with one nginx-rtmp service (criu, stop-and-copy) in edge X.

@@ -76,3 +76,27 @@ pub fn eth0_identity(target: &[&str]) -> (String, String) {
     );
     (ip, mac)
 }
+
+/// The stdout of `args` run inside network namespace `netns` (`ip netns exec`).
+#[allow(dead_code)] // not every test file looks inside namespaces
+pub fn in_ns(netns: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(args)
+        .output()
+        .expect("ip netns exec");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `ok` every 20 ms until it holds or `limit` passed; whether it held.
+#[allow(dead_code)] // not every test file waits for a condition
+pub fn wait_for(limit: std::time::Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    ok()
+}
