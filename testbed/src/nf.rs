@@ -379,11 +379,14 @@ pub fn stream_service_command(bins: &Path) -> Vec<String> {
 }
 
 /// The command line of a planned service (see [`crate::plan::service_supported`] for the kinds
-/// this build runs) in a testbed whose state lives in `state_dir` (an nginx-rtmp service's config
-/// is there: [`crate::rtmp::write_config`]).
+/// this build runs) in a testbed whose state lives in `state_dir` (a CRIU nginx-rtmp service's
+/// config is there: [`crate::rtmp::write_config`]; an LXC one writes its own inside).
 pub fn service_command(s: &EdgeService, bins: &Path, state_dir: &Path) -> Vec<String> {
     if s.kind == ServiceKind::NginxRtmp {
-        return crate::rtmp::service_command(&crate::rtmp::config_path(state_dir, &s.service_id));
+        return match s.backend {
+            Backend::Lxc => crate::rtmp::lxc_service_command(Path::new(crate::rtmp::MEDIA_DIR)),
+            _ => crate::rtmp::service_command(&crate::rtmp::config_path(state_dir, &s.service_id)),
+        };
     }
     let mut cmd = stream_service_command(bins);
     if let (ServiceKind::Ballast, Some(mb)) = (s.kind, s.memory_mb) {
@@ -929,6 +932,27 @@ mod tests {
                 "/run/testbed/two-site/rtmp-nginx/nginx.conf"
             ]
         );
+    }
+
+    #[test]
+    fn an_lxc_nginx_rtmp_service_writes_its_config_inside_its_container() {
+        let mut plan = Plan::new(&TopologySpec::builtin("two-site").expect("builtin"));
+        let svc: crate::scenario::ServiceSpec = toml::from_str(
+            "id = \"nginx\"\nedge = \"edge-x\"\nbackend = \"lxc\"\nkind = \"nginx-rtmp\"\nserves = [\"ue1\"]",
+        )
+        .expect("service");
+        plan.set_services(&[svc]).expect("nginx-rtmp runs on lxc");
+        let mods = svcmod_configs(&plan, "tok", &opts());
+        let (_, x) = mods
+            .iter()
+            .find(|(n, c)| n == "edge-x" && c.backend == ModuleBackend::Lxc)
+            .expect("the LXC module at x");
+        assert_eq!(
+            x.services[0].command,
+            crate::rtmp::lxc_service_command(Path::new(crate::rtmp::MEDIA_DIR))
+        );
+        // Nothing of it under the state dir: the container could not read it there.
+        assert!(!x.services[0].command[2].contains("/run/testbed"));
     }
 
     #[test]

@@ -189,9 +189,8 @@ pub struct EdgeService {
 pub fn service_supported(kind: ServiceKind, backend: Backend) -> Result<(), String> {
     match (kind, backend) {
         (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Criu)
-        | (ServiceKind::Streamer | ServiceKind::Ballast, Backend::Lxc) => Ok(()),
-        (ServiceKind::NginxRtmp, Backend::Lxc) => {
-            Err("kind nginx-rtmp runs on the criu backend only in this build".into())
+        | (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Lxc) => {
+            Ok(())
         }
         (_, Backend::Lxd) => Err(format!(
             "backend {backend} is not available in this build yet"
@@ -767,11 +766,10 @@ mod tests {
     }
 
     #[test]
-    fn nginx_rtmp_runs_on_the_criu_backend() {
-        assert_eq!(
-            service_supported(ServiceKind::NginxRtmp, Backend::Criu),
-            Ok(())
-        );
+    fn nginx_rtmp_runs_on_the_criu_and_lxc_backends() {
+        for backend in [Backend::Criu, Backend::Lxc] {
+            assert_eq!(service_supported(ServiceKind::NginxRtmp, backend), Ok(()));
+        }
         let mut p = two_site();
         p.set_services(&[scenario_service(
             "nginx",

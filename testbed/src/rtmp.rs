@@ -1,10 +1,12 @@
 //! The thesis's real streaming service (§5.1): nginx with the RTMP module serving a 720p test
-//! video on demand, run and live-migrated by the CRIU service module like any other service.
+//! video on demand, run and live-migrated by the CRIU or the LXC service module like any other
+//! service.
 //!
 //! * **The test video** ([`TEST_VIDEO`]): made once per machine with ffmpeg from the `testsrc`
 //!   pattern — 1280x720 at 25 fps, 120 s, H.264 (x264 `ultrafast`, a keyframe every 2 s, ≤ 2 Mbit/s)
 //!   and a 440 Hz AAC sine tone, in FLV (≈ 22 MB, ≈ 25 s to encode on the 2-core VM) — at
-//!   [`MEDIA_DIR`]`/`[`MEDIA_FILE`], outside `/run` and `/tmp` so it survives the testbed.
+//!   [`MEDIA_DIR`]`/`[`MEDIA_FILE`], outside `/run` and `/tmp` so it survives the testbed, and
+//!   outside `/var` so an LXC container can bind it (its `/var` is a private tmpfs).
 //!   [`ensure_media`] makes it when missing (temp file + rename, so a half-made video is never
 //!   served); `testbed up` calls it when a planned service is `nginx-rtmp`.
 //! * **The server**: one nginx per service with its own config under the testbed's state dir
@@ -13,6 +15,13 @@
 //!   namespace) and one worker, both as root (CRIU cannot restore a task of another uid here);
 //!   `rtmp { server { listen 1935; application vod { play MEDIA_DIR; } } }` and nothing else
 //!   listening. Play it at `rtmp://<service IP>/vod/testsrc-720p.flv` ([`play_url`]).
+//! * **In an LXC container** ([`lxc_service_command`]) the host's state dir is out of reach (the
+//!   container binds the host's directories read-only and keeps `/run`, `/var` and `/tmp`
+//!   private), so the container's init is a shell that writes the same config into the
+//!   container's own `/tmp` ([`LXC_SERVICE_DIR`]) and execs nginx; the config, pid and logs then
+//!   live in that tmpfs, which CRIU carries in the container's images. The shell names the video
+//!   by its absolute path, so the LXC backend binds [`MEDIA_DIR`] read-only (the same path at
+//!   every edge).
 //! * **What CRIU must find at restore**: every file the tree holds open must exist with the size
 //!   it had at the dump. nginx holds its error log (fd 2 and one more; `-e` sets it before the
 //!   config is read, so the compiled-in `/var/log/nginx/error.log` is never opened), its RTMP
@@ -31,7 +40,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Where the test video lives (kept across testbeds; not under `/run` or `/tmp`).
-pub const MEDIA_DIR: &str = "/var/lib/testbed/media";
+pub const MEDIA_DIR: &str = "/opt/testbed/media";
+/// Where nginx keeps its config, pid and logs in an LXC container (its private tmpfs).
+pub const LXC_SERVICE_DIR: &str = "/tmp";
 /// The test video's file name.
 pub const MEDIA_FILE: &str = "testsrc-720p.flv";
 /// The RTMP port nginx listens on.
@@ -40,6 +51,8 @@ pub const RTMP_PORT: u16 = 1935;
 pub const APPLICATION: &str = "vod";
 /// The nginx binary (Debian's `nginx-light`).
 pub const NGINX: &str = "/usr/sbin/nginx";
+/// The shell an LXC container's init runs first (under `/usr`, which every container binds).
+pub const SHELL: &str = "/usr/bin/sh";
 /// The RTMP module (Debian's `libnginx-mod-rtmp`).
 pub const RTMP_MODULE: &str = "/usr/lib/nginx/modules/ngx_rtmp_module.so";
 
@@ -184,7 +197,10 @@ pub fn ensure_media_in(
         return Ok(Media::Present);
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(".{MEDIA_FILE}.{}.tmp", std::process::id()));
+    // Unique per call, also between threads of one process.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{MEDIA_FILE}.{}.{call}.tmp", std::process::id()));
     encoding(&path);
     let start = Instant::now();
     let out = Command::new("ffmpeg")
@@ -272,6 +288,25 @@ pub fn service_command(conf: &Path) -> Vec<String> {
     ]
 }
 
+/// The command the LXC backend runs as the container's init: a shell that checks the video is
+/// there, writes [`config_text`] for [`LXC_SERVICE_DIR`] into that directory and execs
+/// [`service_command`] on it.
+pub fn lxc_service_command(media_dir: &Path) -> Vec<String> {
+    let dir = Path::new(LXC_SERVICE_DIR);
+    let conf = dir.join("nginx.conf");
+    let video = media_dir.join(MEDIA_FILE);
+    let script = format!(
+        "test -r {video} || {{ echo 'no test video {video}' >&2; exit 1; }}\n\
+         cat > {conf} <<'EOF'\n{text}EOF\n\
+         exec {nginx}\n",
+        video = video.display(),
+        conf = conf.display(),
+        text = config_text(dir, media_dir),
+        nginx = service_command(&conf).join(" "),
+    );
+    vec![SHELL.to_owned(), "-c".to_owned(), script]
+}
+
 /// Writes service `service_id`'s nginx config under `state_dir` (serving `media_dir`) and creates
 /// its log files, so they exist before nginx opens them. Returns the config's path.
 pub fn write_config(
@@ -310,13 +345,32 @@ mod tests {
             "access_log /run/testbed/t/rtmp-nginx/access.log;",
             "listen 1935;",
             "application vod {",
-            "play /var/lib/testbed/media;",
+            "play /opt/testbed/media;",
         ] {
             assert!(text.contains(want), "missing `{want}` in\n{text}");
         }
         assert_eq!(text.matches("listen").count(), 1, "{text}");
         assert!(!text.contains("http"), "nothing but RTMP: {text}");
         assert_eq!(text.matches('{').count(), text.matches('}').count());
+    }
+
+    #[test]
+    fn an_lxc_container_writes_the_config_into_its_own_tmp_and_execs_nginx() {
+        let cmd = lxc_service_command(Path::new(MEDIA_DIR));
+        assert_eq!(cmd[..2], [SHELL, "-c"]);
+        assert_eq!(cmd.len(), 3);
+        let script = &cmd[2];
+        assert!(script
+            .starts_with("test -r /opt/testbed/media/testsrc-720p.flv || { echo 'no test video"));
+        // The config, as the CRIU backend's but for /tmp, between the here-document's quotes.
+        let conf = config_text(Path::new("/tmp"), Path::new(MEDIA_DIR));
+        assert!(script.contains(&format!("cat > /tmp/nginx.conf <<'EOF'\n{conf}EOF\n")));
+        assert!(conf.contains("pid /tmp/nginx.pid;") && conf.contains("error_log /tmp/error.log"));
+        assert!(script.ends_with("exec /usr/sbin/nginx -e /tmp/error.log -c /tmp/nginx.conf\n"));
+        // The video is named by its absolute path: the LXC backend binds its directory.
+        assert!(script
+            .split_whitespace()
+            .any(|w| w == "/opt/testbed/media/testsrc-720p.flv"));
     }
 
     #[test]

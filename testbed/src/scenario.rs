@@ -773,6 +773,7 @@ mod tests {
                 "quick-criu-lazy-streamer",
                 "quick-criu-nginx",
                 "quick-criu-streamer",
+                "quick-lxc-nginx",
                 "quick-lxc-streamer",
                 "thesis-5.4",
                 "thesis-5.4-streamer"

@@ -255,7 +255,11 @@ fn prepare_rtmp_services(plan: &Plan) -> Result<(), UpError> {
             path.display()
         );
     })?;
-    for s in rtmp {
+    // An LXC container writes its config itself (`rtmp::lxc_service_command`).
+    for s in rtmp
+        .iter()
+        .filter(|s| s.backend != crate::scenario::Backend::Lxc)
+    {
         crate::rtmp::write_config(
             &plan.state_dir,
             &s.service_id,

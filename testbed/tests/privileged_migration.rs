@@ -23,7 +23,7 @@ use testbed::probe::{StreamReport, StreamWatch};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 mod common;
-use common::{in_ns, require_root, up, up_with, wait_for};
+use common::{require_root, up, up_with, wait_for};
 
 /// How long a migration may take before the test gives up waiting.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(60);
@@ -690,26 +690,12 @@ fn lxc_services(plan: &Plan, token: &str, edge: &str) -> Vec<model::smo::Service
     .unwrap_or_default()
 }
 
-/// The LXC container's `eth0` address and MAC, read inside its network namespace (its init's,
-/// found with `lxc-info` in the module's lxcpath at `edge`).
+/// The LXC container's `eth0` address and MAC, read inside its network namespace (its init's).
 fn lxc_identity(plan: &Plan, id: &str, edge: &str) -> (String, String) {
-    let lxcpath = work_dir(plan, edge).join("lxc");
-    let name = svcmod::lxc::container_name(&plan.prefix, id, Plan::edge_short(edge));
-    let pid = in_ns(
-        &plan.netns(edge),
-        &[
-            "lxc-info",
-            "-P",
-            &lxcpath.to_string_lossy(),
-            "-n",
-            &name,
-            "-p",
-            "-H",
-        ],
-    );
-    let pid = pid.trim();
-    assert!(!pid.is_empty(), "no container {name} running at {edge}");
-    common::eth0_identity(&["-t", pid, "-n"])
+    let pid = common::lxc_init_pid(plan, id, edge)
+        .unwrap_or_else(|| panic!("no container of {id} running at {edge}"))
+        .to_string();
+    common::eth0_identity(&["-t", &pid, "-n"])
 }
 
 #[test]

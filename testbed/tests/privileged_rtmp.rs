@@ -1,5 +1,5 @@
-//! Privileged end-to-end test of the thesis's real streaming service: `testbed up` with one
-//! nginx-rtmp service (CRIU backend, stop-and-copy) in edge X; ue1 plays the 720p test video with
+//! Privileged end-to-end tests of the thesis's real streaming service: `testbed up` with one
+//! nginx-rtmp service (stop-and-copy; once on the CRIU backend, once in an LXC container) in edge X; ue1 plays the 720p test video with
 //! ffmpeg (the testbed's player) over RTMP; handing ue1 over to site B live-migrates nginx (its
 //! master and worker, the RTMP session's TCP connection, the open video file) to edge Y, and the
 //! player plays on, on the same connection; handing back moves it back.
@@ -16,22 +16,22 @@ use std::time::{Duration, Instant};
 use testbed::migration::HandoverOutcome;
 use testbed::plan::Plan;
 use testbed::player::{largest_stall, PlayOptions, Player};
-use testbed::spec::TopologySpec;
-use testbed::state::State;
+use testbed::scenario::Backend;
 use testbed::{rtmp, topo};
 
 #[allow(dead_code)]
 mod common;
 use common::{in_ns, wait_for, Guard};
 
-const NAME: &str = "ci-rt";
-const PREFIX: &str = "tbrt";
+/// The one nginx-rtmp service.
 const SERVICE: &str = "nginx";
 /// How long a migration may take before the test gives up waiting.
 const MIGRATION_LIMIT: Duration = Duration::from_secs(60);
+/// One testbed at a time: both tests play 720p video through GTP-U on 2 cores.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Why the test cannot run here, if it cannot.
-fn cannot_run() -> Option<String> {
+fn cannot_run(backend: Backend) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("needs root (namespaces, TUN, OVS, CRIU); run `sudo scripts/test`".into());
     }
@@ -46,7 +46,11 @@ fn cannot_run() -> Option<String> {
             return Some(format!("no {what} at {path}; run scripts/setup"));
         }
     }
-    for (tool, arg) in [("ffmpeg", "-version"), ("criu", "--version"), ("ss", "-V")] {
+    let mut tools = vec![("ffmpeg", "-version"), ("criu", "--version"), ("ss", "-V")];
+    if backend == Backend::Lxc {
+        tools.push(("lxc-checkpoint", "--version"));
+    }
+    for (tool, arg) in tools {
         if !Command::new(tool)
             .arg(arg)
             .output()
@@ -58,84 +62,147 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-fn logs(plan: &Plan) -> String {
-    let mut out: String = ["svcmod-x", "svcmod-y", "smo-x", "smo-y"]
-        .iter()
-        .map(|n| {
-            format!(
-                "--- {n}\n{}\n",
-                testbed::nf::tail(&plan.state_dir.join(format!("{n}.log")), 30)
-            )
-        })
-        .collect();
-    out.push_str(&format!(
-        "--- nginx error log\n{}\n",
-        testbed::nf::tail(&rtmp::error_log_path(&plan.state_dir, SERVICE), 20)
-    ));
-    out
+/// The testbed of one backend's test.
+struct Bed {
+    plan: Plan,
+    token: String,
+    backend: Backend,
 }
 
-/// `two-site` as `ci-rt`/`tbrt` with one nginx-rtmp service (criu, stop-and-copy) in edge X.
-fn up() -> (Plan, String, Guard) {
-    let mut spec = TopologySpec::builtin("two-site").expect("builtin");
-    spec.name = NAME.into();
-    spec.prefix = PREFIX.into();
-    topo::down(NAME, Some(PREFIX));
-    let guard = Guard(NAME.into(), PREFIX.into());
-    let service = toml::from_str(&format!(
-        "id = \"{SERVICE}\"\nedge = \"edge-x\"\nbackend = \"criu\"\nstrategy = \"stop_and_copy\"\n\
-         kind = \"nginx-rtmp\"\nserves = [\"ue1\"]"
-    ))
-    .expect("service spec");
-    let opts = topo::UpOptions {
-        service_specs: Some(vec![service]),
-        ..topo::UpOptions::default()
-    };
-    let plan = topo::up(&spec, opts).expect("testbed up with an nginx-rtmp service");
-    let token = State::load(&plan.state_dir)
-        .expect("state")
-        .and_then(|s| s.token)
-        .expect("token");
-    (plan, token, guard)
-}
+impl Bed {
+    /// `two-site` with one nginx-rtmp service (stop-and-copy, on `backend`) in edge X, under a
+    /// name and prefix of its own.
+    fn up(backend: Backend) -> (Self, Guard) {
+        let (name, prefix) = match backend {
+            Backend::Lxc => ("ci-rl", "tbrl"),
+            _ => ("ci-rt", "tbrt"),
+        };
+        let service = toml::from_str(&format!(
+            "id = \"{SERVICE}\"\nedge = \"edge-x\"\nbackend = \"{backend}\"\n\
+             strategy = \"stop_and_copy\"\nkind = \"nginx-rtmp\"\nserves = [\"ue1\"]"
+        ))
+        .expect("service spec");
+        let opts = topo::UpOptions {
+            service_specs: Some(vec![service]),
+            ..topo::UpOptions::default()
+        };
+        let (plan, token, guard) = common::up_with(name, prefix, opts);
+        (
+            Self {
+                plan,
+                token,
+                backend,
+            },
+            guard,
+        )
+    }
 
-fn service_netns(plan: &Plan, edge: &str) -> netkit::Netns {
-    netkit::Netns::new(plan.service_netns(SERVICE, edge))
-}
+    /// The service's network namespace at `edge` as a file `nsenter --net=` takes (CRIU: its
+    /// named namespace; LXC: its init's), if it runs there.
+    fn ns(&self, edge: &str) -> Option<String> {
+        match self.backend {
+            Backend::Lxc => common::lxc_init_pid(&self.plan, SERVICE, edge)
+                .map(|pid| format!("/proc/{pid}/ns/net")),
+            _ => {
+                let ns = netkit::Netns::new(self.plan.service_netns(SERVICE, edge));
+                ns.exists().then(|| ns.path().display().to_string())
+            }
+        }
+    }
 
-/// The service's address and MAC inside its namespace at `edge`.
-fn identity(plan: &Plan, edge: &str) -> (String, String) {
-    common::eth0_identity(&[&format!(
-        "--net=/run/netns/{}",
-        service_netns(plan, edge).name()
-    )])
-}
+    /// The stdout of `args` in the service's network namespace at `edge` (empty if none).
+    fn in_service(&self, edge: &str, args: &[&str]) -> String {
+        let Some(ns) = self.ns(edge) else {
+            return String::new();
+        };
+        let out = Command::new("nsenter")
+            .arg(format!("--net={ns}"))
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 
-/// nginx's processes in the service's namespace at `edge` (their command lines; at the first
-/// edge the `unshare` that started the tree is there too, and not counted).
-fn nginx_tree(plan: &Plan, edge: &str) -> Vec<String> {
-    let mut v: Vec<String> = service_netns(plan, edge)
-        .inode()
-        .map(netkit::process::pids_in_netns)
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(netkit::process::cmdline)
-        .map(|c| c.trim().to_owned())
-        .filter(|c| c.starts_with("nginx:"))
-        .collect();
-    v.sort();
-    v
-}
+    /// nginx's error log (CRIU: under the state dir; LXC: in the container's own /tmp).
+    fn error_log(&self) -> String {
+        match self.backend {
+            Backend::Lxc => ["edge-x", "edge-y"]
+                .iter()
+                .find_map(|e| common::lxc_init_pid(&self.plan, SERVICE, e))
+                .and_then(|pid| {
+                    Command::new("nsenter")
+                        .args(["-t", &pid.to_string(), "-m", "cat"])
+                        .arg(std::path::Path::new(rtmp::LXC_SERVICE_DIR).join("error.log"))
+                        .output()
+                        .ok()
+                })
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default(),
+            _ => std::fs::read_to_string(rtmp::error_log_path(&self.plan.state_dir, SERVICE))
+                .unwrap_or_default(),
+        }
+    }
 
-fn assert_nginx_tree(plan: &Plan, edge: &str) {
-    let tree = nginx_tree(plan, edge);
-    assert!(
-        tree.len() == 2
-            && tree[0].starts_with("nginx: master process")
-            && tree[1].starts_with("nginx: worker process"),
-        "nginx's tree at {edge}: {tree:?}\n{}",
-        logs(plan)
-    );
+    fn logs(&self) -> String {
+        let modules: &[&str] = match self.backend {
+            Backend::Lxc => &["svcmod-lxc-x", "svcmod-lxc-y"],
+            _ => &["svcmod-x", "svcmod-y"],
+        };
+        let mut out: String = modules
+            .iter()
+            .chain(&["smo-x", "smo-y"])
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}\n",
+                    testbed::nf::tail(&self.plan.state_dir.join(format!("{n}.log")), 30)
+                )
+            })
+            .collect();
+        let log = self.error_log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        out.push_str("--- nginx error log\n");
+        for l in tail.into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The service's address and MAC inside its namespace at `edge`.
+    fn identity(&self, edge: &str) -> (String, String) {
+        let ns = self
+            .ns(edge)
+            .unwrap_or_else(|| panic!("{SERVICE} does not run at {edge}"));
+        common::eth0_identity(&[&format!("--net={ns}")])
+    }
+
+    /// nginx's processes in the service's namespace at `edge` (their command lines; at the first
+    /// edge the `unshare` that started a CRIU tree is there too, and not counted).
+    fn nginx_tree(&self, edge: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .ns(edge)
+            .and_then(|ns| std::fs::metadata(ns).ok())
+            .map(|m| netkit::process::pids_in_netns(std::os::unix::fs::MetadataExt::ino(&m)))
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(netkit::process::cmdline)
+            .map(|c| c.trim().to_owned())
+            .filter(|c| c.starts_with("nginx:"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn assert_nginx_tree(&self, edge: &str) {
+        let tree = self.nginx_tree(edge);
+        assert!(
+            tree.len() == 2
+                && tree[0].starts_with("nginx: master process")
+                && tree[1].starts_with("nginx: worker process"),
+            "nginx's tree at {edge}: {tree:?}\n{}",
+            self.logs()
+        );
+    }
 }
 
 /// ue1's established TCP connections to the service's RTMP port, as `local-addr:port`.
@@ -153,14 +220,14 @@ fn ue_rtmp_connections(plan: &Plan, ip: Ipv4Addr) -> Vec<String> {
 
 /// Plays the service's test video in ue1 (retrying while ue1's session and nginx come up) until
 /// 2 s of media have played.
-fn start_player(plan: &Plan, ip: Ipv4Addr) -> Player {
-    let ns = service_netns(plan, "edge-x");
+fn start_player(bed: &Bed, ip: Ipv4Addr) -> Player {
+    let plan = &bed.plan;
     assert!(
-        wait_for(Duration::from_secs(15), || ns.exists()
-            && in_ns(ns.name(), &["ss", "-ltnH"]).contains(":1935")),
-        "nginx does not listen on 1935 in {}\n{}",
-        ns.name(),
-        logs(plan)
+        wait_for(Duration::from_secs(15), || bed
+            .in_service("edge-x", &["ss", "-ltnH"])
+            .contains(":1935")),
+        "nginx does not listen on 1935 at edge-x\n{}",
+        bed.logs()
     );
     let start = Instant::now();
     loop {
@@ -185,7 +252,7 @@ fn start_player(plan: &Plan, ip: Ipv4Addr) -> Player {
             start.elapsed() < Duration::from_secs(30),
             "ue1 cannot play {}: {rep:#?}\n{}",
             rtmp::play_url(ip),
-            logs(plan)
+            bed.logs()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -230,18 +297,32 @@ fn summary(o: &HandoverOutcome, stall_ms: f64) -> String {
 #[test]
 #[ignore = "privileged: needs root; run with --include-ignored as root"]
 fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
-    if let Some(why) = cannot_run() {
+    migrates_nginx_and_back(Backend::Criu);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_handover_live_migrates_nginx_rtmp_in_an_lxc_container_while_ue1_plays_and_back() {
+    migrates_nginx_and_back(Backend::Lxc);
+}
+
+/// ue1 plays the video from nginx (on `backend`) in edge X; handing it over to site B and back
+/// moves nginx there and back while the player plays on, on the same connection.
+fn migrates_nginx_and_back(backend: Backend) {
+    if let Some(why) = cannot_run(backend) {
         eprintln!("skipped: {why}");
         return;
     }
-    let (plan, token, guard) = up();
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (bed, guard) = Bed::up(backend);
+    let (plan, token) = (&bed.plan, &bed.token);
     let svc = plan.service(SERVICE).expect("planned service").clone();
     assert!(rtmp::media_path().is_file(), "up made the test video");
-    let mut player = start_player(&plan, svc.ipv4_addr);
-    assert_nginx_tree(&plan, "edge-x");
+    let mut player = start_player(&bed, svc.ipv4_addr);
+    bed.assert_nginx_tree("edge-x");
     let watch = player.watch();
     std::thread::sleep(Duration::from_secs(5));
-    let conn = ue_rtmp_connections(&plan, svc.ipv4_addr);
+    let conn = ue_rtmp_connections(plan, svc.ipv4_addr);
     assert_eq!(conn.len(), 1, "ue1's RTMP connections: {conn:?}");
 
     for (to, here, gone) in [
@@ -249,14 +330,9 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
         ("site-a", "edge-x", "edge-y"),
     ] {
         let from_ms = player.elapsed().as_secs_f64() * 1e3;
-        let o = testbed::migration::handover_and_follow(
-            &plan,
-            &token,
-            "ue1",
-            to,
-            Some(MIGRATION_LIMIT),
-        )
-        .unwrap_or_else(|e| panic!("handover to {to}: {e}\n{}", logs(&plan)));
+        let o =
+            testbed::migration::handover_and_follow(plan, token, "ue1", to, Some(MIGRATION_LIMIT))
+                .unwrap_or_else(|e| panic!("handover to {to}: {e}\n{}", bed.logs()));
         eprintln!(
             "\n===== ue1 → {to}: {SERVICE} {gone} → {here}\n{}",
             testbed::migration::text("ue1", &o)
@@ -264,14 +340,14 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
         let m = o
             .relocation
             .as_ref()
-            .unwrap_or_else(|| panic!("no relocation: {:?}\n{}", o.relocation_note, logs(&plan)));
+            .unwrap_or_else(|| panic!("no relocation: {:?}\n{}", o.relocation_note, bed.logs()));
         let src = m.source.as_ref().expect("source record");
         assert_eq!(
             src.state,
             RelocationState::Completed,
             "{}\n{}",
             testbed::migration::text("ue1", &o),
-            logs(&plan)
+            bed.logs()
         );
         assert_eq!(src.service.service_id, SERVICE);
         for side in [m.source.as_ref(), m.target.as_ref()] {
@@ -285,18 +361,12 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
         }
         // The service runs at `here` only, with its address and MAC.
         assert!(
-            wait_for(Duration::from_secs(5), || !service_netns(&plan, gone)
-                .exists()),
-            "{} still exists",
-            service_netns(&plan, gone).name()
+            wait_for(Duration::from_secs(5), || bed.ns(gone).is_none()),
+            "{SERVICE} still runs at {gone}"
         );
-        assert!(
-            service_netns(&plan, here).exists(),
-            "{} missing",
-            service_netns(&plan, here).name()
-        );
-        assert_nginx_tree(&plan, here);
-        let (ip, mac) = identity(&plan, here);
+        assert!(bed.ns(here).is_some(), "{SERVICE} does not run at {here}");
+        bed.assert_nginx_tree(here);
+        let (ip, mac) = bed.identity(here);
         assert_eq!(ip, svc.ipv4_addr.to_string(), "address at {here}");
         assert_eq!(mac, svc.mac_addr, "MAC at {here}");
         // The player plays on: ≥ 3 s of media in the next 4 s, ffmpeg still running, on the
@@ -308,15 +378,15 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
             let rep = player.finish();
             panic!(
                 "the player stopped after the move to {here}: {rep:#?}\n{}",
-                logs(&plan)
+                bed.logs()
             );
         }
         assert!(
             advanced >= 3000.0,
             "only {advanced:.0} ms of media in the 4 s after the move to {here}\n{}",
-            logs(&plan)
+            bed.logs()
         );
-        let after = ue_rtmp_connections(&plan, svc.ipv4_addr);
+        let after = ue_rtmp_connections(plan, svc.ipv4_addr);
         assert_eq!(after, conn, "ue1's RTMP connection changed");
         let d = o.ue_downtime.as_ref().expect("UE-side downtime measured");
         assert!(
@@ -356,12 +426,15 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
         again["media_seconds"].as_f64().unwrap_or(0.0) >= 2.0,
         "{again:#}"
     );
-    let log = std::fs::read_to_string(rtmp::error_log_path(&plan.state_dir, SERVICE))
-        .expect("nginx error log");
+    let log = bed.error_log();
+    assert!(
+        log.contains("start worker process"),
+        "nginx's error log (info) is there: {log}"
+    );
     for bad in ["[emerg]", "[alert]", "[crit]"] {
         assert!(!log.contains(bad), "nginx logged {bad}:\n{log}");
     }
     drop(guard);
-    assert!(netkit::Netns::list_with_prefix(&format!("{PREFIX}-")).is_empty());
+    assert!(netkit::Netns::list_with_prefix(&format!("{}-", plan.prefix)).is_empty());
     assert!(!plan.state_dir.exists());
 }

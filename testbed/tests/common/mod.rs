@@ -100,3 +100,28 @@ pub fn wait_for(limit: std::time::Duration, mut ok: impl FnMut() -> bool) -> boo
     }
     ok()
 }
+
+/// The PID of LXC service `id`'s init at `edge` (asked with `lxc-info` in the edge's namespace,
+/// in the LXC module's lxcpath), if the container runs there.
+#[allow(dead_code)] // not every test file runs LXC services
+pub fn lxc_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
+    let lxcpath = std::path::Path::new(svcmod::criu_backend::DEFAULT_WORK_ROOT)
+        .join(format!("{}-{}", plan.prefix, Plan::edge_short(edge)))
+        .join("lxc");
+    let name = svcmod::lxc::container_name(&plan.prefix, id, Plan::edge_short(edge));
+    in_ns(
+        &plan.netns(edge),
+        &[
+            "lxc-info",
+            "-P",
+            &lxcpath.to_string_lossy(),
+            "-n",
+            &name,
+            "-p",
+            "-H",
+        ],
+    )
+    .trim()
+    .parse()
+    .ok()
+}
