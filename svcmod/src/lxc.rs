@@ -606,6 +606,81 @@ pub fn parse_payload_cgroups(text: &str) -> Vec<String> {
     names
 }
 
+/// A container's cgroup-v1 freezer (`freezer.state` of the cgroup its init is in). The backend
+/// freezes a container itself before `lxc-checkpoint -s`: CRIU, freezing it, sleeps 100 ms
+/// between looks at the state (its first look nearly always sees `FREEZING`), while a freeze
+/// polled every millisecond takes a few. CRIU then finds the cgroup `FROZEN`, dumps it so and
+/// restores it so: whoever restores the container thaws it once CRIU is done ([`Freezer::thaw`]).
+/// Hosts without a v1 freezer hierarchy have none (CRIU freezes then, as before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freezer {
+    state: PathBuf,
+}
+
+impl Freezer {
+    /// The freezer of the cgroup process `pid` is in, when the host mounts a v1 freezer under
+    /// `root` and the process is in a container's cgroup (`lxc.payload.*`).
+    pub fn of(root: &Path, pid: i32) -> Option<Self> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        Self::parse(root, &text)
+    }
+
+    /// [`Freezer::of`] from a `/proc/PID/cgroup` text.
+    pub fn parse(root: &Path, text: &str) -> Option<Self> {
+        let path = text.lines().find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+            controllers
+                .split(',')
+                .any(|c| c == "freezer")
+                .then_some(path)
+        })?;
+        let rel = path.strip_prefix('/')?;
+        let plain = Path::new(rel)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if !plain || !rel.rsplit('/').next()?.starts_with("lxc.payload.") {
+            return None;
+        }
+        let state = root.join("freezer").join(rel).join("freezer.state");
+        state.is_file().then_some(Self { state })
+    }
+
+    /// The `freezer.state` file.
+    pub fn path(&self) -> &Path {
+        &self.state
+    }
+
+    /// Freezes the cgroup and waits (polling every millisecond, ≤ `limit`) until it is `FROZEN`;
+    /// the time it took. On a timeout the cgroup is thawed again.
+    pub fn freeze(&self, limit: Duration) -> Result<Duration, LxcError> {
+        let start = Instant::now();
+        std::fs::write(&self.state, "FROZEN").map_err(io(&self.state))?;
+        loop {
+            let now = std::fs::read_to_string(&self.state).map_err(io(&self.state))?;
+            if now.trim() == "FROZEN" {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() >= limit {
+                let _ = self.thaw();
+                return Err(LxcError::Io {
+                    path: self.state.clone(),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("still {} after {} ms", now.trim(), limit.as_millis()),
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Lets the cgroup's tasks run again.
+    pub fn thaw(&self) -> Result<(), LxcError> {
+        std::fs::write(&self.state, "THAWED").map_err(io(&self.state))
+    }
+}
+
 /// Removes the cgroups named `groups` (e.g. `lxc.payload.<name>`, `lxc.monitor.<name>`) in
 /// every hierarchy under `root` (and in `root` itself, for a unified hierarchy): `lxc-checkpoint
 /// -s` and a moved container leave some behind. A cgroup with a task anywhere below it is left
@@ -869,6 +944,31 @@ mod tests {
         assert!(left.contains(&root.join("unified/lxc.monitor.c")));
         assert!(left.contains(&root.join("memory/lxc.payload.busy")));
         let _ = std::fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn the_freezer_is_the_v1_freezer_cgroup_of_a_container() {
+        let root = std::env::temp_dir().join(format!("svcmod-freezer-{}", std::process::id()));
+        let dir = root.join("freezer/lxc.payload.tb-svc-a-x");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("freezer.state"), "THAWED\n").expect("state");
+        let text = "12:pids:/lxc.payload.tb-svc-a-x\n6:freezer:/lxc.payload.tb-svc-a-x\n0::/lxc.payload.tb-svc-a-y\n";
+        let f = Freezer::parse(&root, text).expect("a freezer");
+        assert_eq!(f.path(), dir.join("freezer.state"));
+        // A plain file stands in for the kernel's: written FROZEN, it reads FROZEN at once.
+        assert!(f.freeze(Duration::from_millis(50)).is_ok());
+        f.thaw().expect("thaw");
+        assert_eq!(std::fs::read_to_string(f.path()).expect("read"), "THAWED");
+        // Not a container's cgroup, no v1 freezer, a path that climbs, no such cgroup: none.
+        for bad in [
+            "6:freezer:/user.slice\n",
+            "0::/lxc.payload.tb-svc-a-x\n",
+            "6:freezer:/../lxc.payload.x\n",
+            "6:freezer:/lxc.payload.gone\n",
+        ] {
+            assert_eq!(Freezer::parse(&root, bad), None, "{bad}");
+        }
+        std::fs::remove_dir_all(&root).expect("cleanup");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! | # | S | T |
 //! |---|---|---|
 //! | 1 | connect from its edge netns to T's backhaul address; `Prepare{service, container}` | check; write the container's config (from the [`ContainerSpec`], never a config text) and rootfs skeleton into its lxcpath; `Prepared` (or `Refused`: S changes nothing) |
-//! | 2 | `lxc-checkpoint -s` (freezes, dumps with the TCP connections, stops the container: its netns and veth go; its OVS port is left dangling) | |
+//! | 2 | freeze the container's cgroup (v1 freezer, polled every ms: [`Freezer`]; CRIU's own freeze polls every 100 ms), `lxc-checkpoint -s` (dumps with the TCP connections — the cgroup's state FROZEN with them — and stops the container: its netns and veth go; its OVS port is left dangling) | |
 //! | 3 | image files (without CRIU's log), `Restore` | receive into its tmpfs dir; `lxc-checkpoint -r -A gate` in its edge netns: CRIU makes `s-<id>` there (down) and stops at `post-restore`; T attaches `s-<id>` to its bridge, turns checksum offload off on both ends; `Restored` (or `Failed`) |
-//! | 4 | `Commit` | the [`crate::ArrivalHook`] (**before the service resumes**: the daemon tells its SMO, which switches the data path here; ≤ [`crate::ARRIVAL_LIMIT`], never fatal), then the gate brings `s-<id>` up and CRIU resumes the container; `Done` |
+//! | 4 | `Commit` | the [`crate::ArrivalHook`] (**before the service resumes**: the daemon tells its SMO, which switches the data path here; ≤ [`crate::ARRIVAL_LIMIT`], never fatal), then the gate brings `s-<id>` up, CRIU resumes the container (frozen, as dumped) and T thaws it; `Done` |
 //! | 5 | remove the images, the stopped container and the OVS port (in the background after answering, with [`LxcConfig::background_cleanup`]) | |
 //!
 //! **If anything fails before `Done`, the service resumes at the source.** Before step 2
@@ -33,7 +33,7 @@ use crate::criu_backend::{Timeouts, DEFAULT_WORK_ROOT};
 use crate::hosting::{
     blocking, damage_images, fresh_dir, path_safe, prepare_target, ArrivalSlot, FaultSlot, Hosting,
 };
-use crate::lxc::{self, ContainerSpec, Lxc, LxcError};
+use crate::lxc::{self, ContainerSpec, Freezer, Lxc, LxcError};
 use crate::transfer::{self, Conn, Message};
 use crate::{
     us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
@@ -354,8 +354,13 @@ impl LxcBackend {
         fresh_dir(&out_dir).map_err(&not_started)?;
         let images = out_dir.join("images");
         let frozen = Instant::now();
+        let freezer = freeze(container.init_pid()).await;
         if let Err(e) = self.lxc.checkpoint(&container.name, &images, t.dump).await {
             drop(conn);
+            if let Some(f) = &freezer {
+                // CRIU leaves a cgroup it found frozen frozen.
+                let _ = f.thaw();
+            }
             let _ = std::fs::rename(images.join("dump.log"), out_dir.join("dump.log"));
             self.remove_work(&out_dir);
             let (lxc, name) = (self.lxc.clone(), container.name.clone());
@@ -555,11 +560,11 @@ impl LxcBackend {
             gated.abort(Duration::from_secs(5)).await;
             return Err(e.to_string());
         }
-        gated
-            .commit(t.commit)
+        let (restored, _) = gated.commit(t.commit).await.map_err(|e| e.to_string())?;
+        thaw_restored(restored.pid)
             .await
-            .map(|(r, _)| r.pid)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok(restored.pid)
     }
 
     /// Starts `lxc-checkpoint -r` of `container` from `images`, gated; the commit brings its
@@ -796,7 +801,16 @@ impl LxcBackend {
         }
         // The source gave the service up: let the SMO switch the path here before it resumes.
         let arrival = self.arrival.report(relocation_id, service_id).await;
-        match gated.commit(t.commit).await {
+        let committed = match gated.commit(t.commit).await {
+            Ok((restored, resume)) => {
+                let thawing = Instant::now();
+                thaw_restored(restored.pid)
+                    .await
+                    .map(|()| (restored, resume + thawing.elapsed()))
+            }
+            Err(e) => Err(BackendError::from(e)),
+        };
+        match committed {
             Ok((restored, resume)) => {
                 let resume_us = us(resume + arrival.unwrap_or_default());
                 let _ = conn.send(&Message::Done { resume_us }).await;
@@ -815,10 +829,11 @@ impl LxcBackend {
                 ))
             }
             Err(e) => {
-                // CRIU killed what it restored, but the gate may have brought the port up: the
-                // container and its port go before the source resumes the service.
+                // CRIU killed what it restored (or the restored container stayed frozen), but
+                // the gate may have brought the port up: the container and its port go before
+                // the source resumes the service.
                 self.answer_failed(conn, container, e.to_string()).await;
-                Err(e.into())
+                Err(e)
             }
         }
     }
@@ -862,6 +877,40 @@ fn container_service(id: &str) -> Service {
 }
 
 /// Whether interface `port` exists in the edge's namespace.
+/// How long a container may take to freeze before the checkpoint goes on without it (CRIU
+/// freezes it itself then).
+const FREEZE_LIMIT: Duration = Duration::from_secs(2);
+
+/// Freezes the container whose init is `pid` (see [`Freezer`]) and returns its freezer; `None`
+/// when the host has no v1 freezer or the freeze failed (CRIU freezes it then).
+async fn freeze(pid: Option<i32>) -> Option<Freezer> {
+    let freezer = Freezer::of(Path::new(lxc::CGROUP_ROOT), pid?)?;
+    let f = freezer.clone();
+    match blocking(move || f.freeze(FREEZE_LIMIT)).await {
+        Ok(Ok(took)) => {
+            tracing::debug!(took_us = us(took), "container frozen");
+            Some(freezer)
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "cannot freeze the container; CRIU freezes it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot freeze the container; CRIU freezes it");
+            None
+        }
+    }
+}
+
+/// Thaws a container CRIU restored frozen (it was frozen at the dump: [`freeze`]); a no-op for
+/// one that runs.
+async fn thaw_restored(pid: i32) -> Result<(), BackendError> {
+    let Some(freezer) = Freezer::of(Path::new(lxc::CGROUP_ROOT), pid) else {
+        return Ok(());
+    };
+    blocking(move || freezer.thaw()).await?.map_err(Into::into)
+}
+
 fn port_exists(site: &EdgeSite, port: &str) -> bool {
     site.netns
         .tool("ip")
