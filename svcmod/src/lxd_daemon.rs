@@ -632,8 +632,8 @@ pub fn trust_each_other(a: &Daemon, b: &Daemon) -> Result<(), DaemonError> {
     Ok(())
 }
 
-/// Stops the daemon and removes everything of it (the instances are the backend's business:
-/// running ones are killed with the rest). `lxd shutdown` (≤ 10 s), then SIGKILL to every
+/// Stops the daemon and removes everything of it (deleting instances is the backend's business:
+/// running ones are force-stopped first, not deleted). `lxd shutdown` (≤ 10 s), then SIGKILL to every
 /// process left in its mount namespace and their descendants (by PID); then the loop devices
 /// backed by its files, mounts under its directory, empty cgroups of its instances, the
 /// directory. Fails only when something is still there at the end.
@@ -646,6 +646,7 @@ pub fn stop(d: &Daemon) -> Result<(), DaemonError> {
                 .map(|m| m.ino())
                 .unwrap_or(0);
         }
+        force_stop_instances(d, &names);
         if let Err(e) = lxd_tool(d, "lxd")
             .args(["shutdown", "--timeout", "10"])
             .run()
@@ -665,6 +666,27 @@ pub fn stop(d: &Daemon) -> Result<(), DaemonError> {
         std::fs::remove_dir_all(&d.dir).map_err(io_err(&d.dir))?;
     }
     leftovers(d, mnt_ns)
+}
+
+/// Force-stops the running instances (else `lxd shutdown` waits for each to power off: a
+/// busybox init ignores SIGPWR, 10 s).
+fn force_stop_instances(d: &Daemon, names: &BTreeSet<String>) {
+    for name in names {
+        let path = format!("/1.0/instances/{name}/state");
+        let running = d
+            .request("GET", &path, None)
+            .is_ok_and(|v| v["metadata"]["status"] == "Running");
+        if !running {
+            continue;
+        }
+        let body = json!({"action": "stop", "force": true, "timeout": 5});
+        let stopped = d
+            .request("PUT", &path, Some(&body))
+            .and_then(|op| d.wait_operation(op["metadata"]["id"].as_str().unwrap_or_default(), 10));
+        if let Err(e) = stopped {
+            tracing::warn!(instance = %name, error = %e, "cannot stop instance");
+        }
+    }
 }
 
 /// Removes the daemon recorded in `dir` (after a crash, or before a start): [`stop`] with its
