@@ -14,6 +14,9 @@ use svcmod::lxd_daemon::{self, Daemon, DaemonError, DaemonSpec, IMAGE_ALIAS};
 
 const PREFIX: &str = "tlxd";
 
+/// The tests share the namespaces (and the machine's two cores): one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn skip_reason() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some("not root (LXD, namespaces and loop devices need it)".into());
@@ -209,6 +212,7 @@ fn two_lxd_daemons_start_trust_each_other_and_leave_nothing() {
         println!("skipped: {why}");
         return;
     }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let mut world = World::up();
     let specs = [spec('x', 1), spec('y', 2)];
     for s in &specs {
@@ -314,5 +318,150 @@ fn two_lxd_daemons_start_trust_each_other_and_leave_nothing() {
         assert!(!d.dir.exists());
     }
     assert_eq!(lxc_cgroups("tlxd-c1"), Vec::<String>::new());
+    world.daemons.clear();
+}
+
+fn op_id(v: &Value) -> String {
+    v["metadata"]["id"]
+        .as_str()
+        .expect("operation id")
+        .to_owned()
+}
+
+/// One live move of `name` from `src` to `dst` with the REST API only (pull mode); returns the
+/// time until the target's operation succeeded, then deletes the source (retrying while LXD
+/// still says "busy running a stop operation").
+fn live_move(src: &Daemon, dst: &Daemon, name: &str) -> (u128, u128) {
+    let began = Instant::now();
+    let inst = src
+        .request("GET", &format!("/1.0/instances/{name}"), None)
+        .expect("instance");
+    let op = src
+        .request(
+            "POST",
+            &format!("/1.0/instances/{name}"),
+            Some(&json!({"migration": true, "live": true, "instance_only": true})),
+        )
+        .expect("source POST");
+    let src_op = op_id(&op);
+    let config: serde_json::Map<String, Value> = inst["metadata"]["config"]
+        .as_object()
+        .expect("config")
+        .iter()
+        .filter(|(k, _)| !k.starts_with("volatile."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let body = json!({
+        "name": name,
+        "architecture": inst["metadata"]["architecture"],
+        "profiles": inst["metadata"]["profiles"],
+        "config": config,
+        "devices": inst["metadata"]["devices"],
+        "source": {
+            "type": "migration",
+            "mode": "pull",
+            "operation": format!("https://{}/1.0/operations/{src_op}", src.https_addr),
+            "certificate": src.server_cert_pem,
+            "secrets": op["metadata"]["metadata"],
+            "live": true,
+            "instance_only": true,
+        },
+    });
+    let top = dst
+        .request("POST", "/1.0/instances", Some(&body))
+        .expect("target POST");
+    dst.wait_operation(&op_id(&top), 30).expect("target op");
+    let moved_ms = began.elapsed().as_millis();
+    src.wait_operation(&src_op, 10).expect("source op");
+    let began = Instant::now();
+    loop {
+        let deleted = src
+            .request("DELETE", &format!("/1.0/instances/{name}"), None)
+            .and_then(|op| src.wait_operation(&op_id(&op), 10));
+        match deleted {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(began.elapsed().as_secs() < 10, "source delete: {e}");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        }
+    }
+    (moved_ms, began.elapsed().as_millis())
+}
+
+fn ping_from(netns: &str, host_side: &str) -> bool {
+    let _ = Command::new("ip")
+        .args(["-n", netns, "addr", "add", "20.0.0.1/16", "dev", host_side])
+        .status();
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(["--", "ping", "-c1", "-W2", "20.0.0.51"])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_container_with_a_p2p_nic_moves_live_there_and_back() {
+    if let Some(why) = skip_reason() {
+        println!("skipped: {why}");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut world = World::up();
+    for s in [spec('x', 1), spec('y', 2)] {
+        world
+            .daemons
+            .push(lxd_daemon::start(&s).unwrap_or_else(|e| panic!("start {}: {e}", s.netns)));
+    }
+    let (x, y) = (world.daemons[0].clone(), world.daemons[1].clone());
+    lxd_daemon::trust_each_other(&x, &y).expect("trust");
+
+    let name = "tlxd-m1";
+    let body = json!({
+        "name": name,
+        "source": {"type": "image", "alias": IMAGE_ALIAS},
+        "config": {
+            "security.privileged": "true",
+            "raw.lxc": "lxc.console.path = none\nlxc.init.cmd = /sbin/testbed-init",
+            "environment.TESTBED_CMD":
+                "ip addr add 20.0.0.51/16 dev eth0; ip link set eth0 up; exec sleep 100000",
+        },
+        "devices": {"eth0": {"type": "nic", "nictype": "p2p", "name": "eth0",
+            "host_name": "tlxd-s1", "hwaddr": "02:00:00:00:00:51"}},
+    });
+    let op = x
+        .request("POST", "/1.0/instances", Some(&body))
+        .expect("create");
+    x.wait_operation(&op_id(&op), 30).expect("created");
+    let op = x
+        .request(
+            "PUT",
+            &format!("/1.0/instances/{name}/state"),
+            Some(&json!({"action": "start", "timeout": 30})),
+        )
+        .expect("start");
+    x.wait_operation(&op_id(&op), 30).expect("started");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(ping_from(&x.netns, "tlxd-s1"), "reachable at X");
+
+    for (src, dst) in [(&x, &y), (&y, &x)] {
+        let (moved_ms, delete_ms) = live_move(src, dst, name);
+        println!(
+            "{} -> {}: moved in {moved_ms} ms, source deleted after {delete_ms} ms",
+            src.netns, dst.netns
+        );
+        // The host side of the p2p veth is back under the same name at the target, and the
+        // address the container's init set is kept.
+        assert!(
+            ping_from(&dst.netns, "tlxd-s1"),
+            "reachable at {}",
+            dst.netns
+        );
+    }
+    for d in [&x, &y] {
+        lxd_daemon::stop(d).unwrap_or_else(|e| panic!("stop {}: {e}", d.netns));
+    }
+    assert_eq!(lxc_cgroups(name), Vec::<String>::new());
     world.daemons.clear();
 }
