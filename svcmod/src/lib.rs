@@ -13,6 +13,8 @@
 //!   messages and image files over TCP on the backhaul).
 //! * [`criu_backend`]: [`CriuBackend`], the migration procedure of both sides with CRIU.
 //! * [`lxc_backend`]: [`LxcBackend`], the same with `lxc-checkpoint`.
+//! * [`lxd_daemon`]: one LXD daemon per edge (its own network and mount namespace, btrfs pool,
+//!   busybox image, the CRIU wrapper LXD needs), started and stopped by PID.
 //! * [`hosting`]: the service table, the arrival hook's slot and helpers both backends share.
 //! * [`daemon`] and [`api`]: the service-module daemon (`svcmod` binary) — its config, start-up
 //!   (services, registration with the SMO), the SMO's callbacks over HTTP, shutdown.
@@ -26,6 +28,7 @@ pub mod daemon;
 pub mod hosting;
 pub mod lxc;
 pub mod lxc_backend;
+pub mod lxd_daemon;
 pub mod mount_ns;
 pub mod transfer;
 
