@@ -6,6 +6,7 @@ pub mod experiment;
 pub mod fake_module;
 pub mod handover;
 pub mod host;
+pub mod lxd;
 pub mod migration;
 pub mod nf;
 pub mod pcap;

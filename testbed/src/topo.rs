@@ -34,6 +34,8 @@ pub enum UpError {
     Services(String),
     #[error("cannot prepare the nginx-rtmp service")]
     Rtmp(#[from] crate::rtmp::RtmpError),
+    #[error("cannot start the LXD daemons")]
+    Lxd(#[source] svcmod::lxd_daemon::DaemonError),
 }
 
 /// The failure of one bring-up step.
@@ -114,6 +116,9 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
         if opts.network_functions {
             if opts.services {
                 prepare_rtmp_services(&plan)?;
+            }
+            if crate::lxd::used(&plan) {
+                crate::lxd::start_all(&plan).map_err(UpError::Lxd)?;
             }
             start_functions(&plan, &mut state, &opts)
         } else {
@@ -322,7 +327,8 @@ pub struct DownReport {
 /// Removes everything testbed `name` made: the processes it recorded (by PID, after checking they are
 /// still the ones it started), any other process still inside its namespaces, its namespaces (from its
 /// state and from its naming prefix — service namespaces `<prefix>-svc-*` included), the service
-/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), its state directory, and —
+/// modules' work directories (`/dev/shm/testbed-svcmod/<prefix>-*`), its LXD daemons with their
+/// directories ([`crate::lxd`]), its state directory, and —
 /// when no other testbed is up — CRIU's kernel-feature cache the modules made. Safe to run at any
 /// time, repeatedly.
 pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
@@ -351,6 +357,11 @@ pub fn down(name: &str, prefix_hint: Option<&str>) -> DownReport {
             }
         }
     }
+    // The LXD daemons run in the edges' namespaces: stopped (and their pools, loop devices and
+    // directories removed) after the service modules ended, before the sweep below.
+    let (stopped, problems) = crate::lxd::stop_all(name);
+    report.processes_ended.extend(stopped);
+    report.problems.extend(problems);
     let mut namespaces: Vec<Netns> = Netns::list_with_prefix(&format!("{prefix}-"));
     if let Some(s) = &state {
         for n in &s.netns {
