@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod hosting;
 pub mod lxc;
 pub mod lxc_backend;
+pub mod lxd;
 pub mod mount_ns;
 pub mod transfer;
 
