@@ -27,6 +27,7 @@ pub mod hosting;
 pub mod lxc;
 pub mod lxc_backend;
 pub mod lxd;
+pub mod lxd_backend;
 pub mod mount_ns;
 pub mod transfer;
 
