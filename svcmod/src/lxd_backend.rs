@@ -1064,11 +1064,14 @@ fn args_of(pid: i32) -> Vec<String> {
 /// Whether a command line is a `criu dump` (directly or through a `criu` wrapper script) of the
 /// tree rooted at `init_pid` or naming instance `name`.
 pub fn is_dump_of(args: &[String], name: &str, init_pid: i32) -> bool {
-    let criu = args
+    // `criu dump …`, `sh …/criu dump …` or `ld-linux… --library-path L …/criu dump …`.
+    let Some(criu) = args
         .iter()
-        .take(3)
-        .any(|a| Path::new(a).file_name().is_some_and(|f| f == "criu"));
-    let dump = args.iter().any(|a| a == "dump");
+        .position(|a| Path::new(a).file_name().is_some_and(|f| f == "criu"))
+    else {
+        return false;
+    };
+    let dump = args[criu + 1..].iter().any(|a| a == "dump");
     let pid = init_pid.to_string();
     let ours = args
         .windows(2)
@@ -1077,7 +1080,7 @@ pub fn is_dump_of(args: &[String], name: &str, init_pid: i32) -> bool {
         || args
             .iter()
             .any(|a| a.contains(&format!("/{name}/")) || a.ends_with(&format!("/{name}")));
-    criu && dump && ours
+    dump && ours
 }
 
 /// The parent PID of `pid`.
@@ -1408,6 +1411,11 @@ mod tests {
             4242
         ));
         assert!(!is_dump_of(&args("lxd dump -t 4242"), "c", 4242));
+        assert!(is_dump_of(
+            &args("/opt/l/ld-linux-x86-64.so.2 --library-path /opt/l /opt/c/usr/sbin/criu dump -t 4242"),
+            "c",
+            4242
+        ));
     }
 
     #[tokio::test]
