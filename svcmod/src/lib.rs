@@ -16,6 +16,8 @@
 //! * [`lxd`]: a small client of LXD's REST API over its unix socket.
 //! * [`lxd_backend`]: [`LxdBackend`], services as LXD containers moved by LXD's own live
 //!   migration (the target's daemon pulls from the source's over HTTPS on the backhaul).
+//! * [`lxd_daemon`]: one LXD daemon per edge (its own network and mount namespace, btrfs pool,
+//!   busybox image, the CRIU wrapper LXD needs), started and stopped by PID.
 //! * [`hosting`]: the service table, the arrival hook's slot and helpers both backends share.
 //! * [`daemon`] and [`api`]: the service-module daemon (`svcmod` binary) — its config, start-up
 //!   (services, registration with the SMO), the SMO's callbacks over HTTP, shutdown.
@@ -31,6 +33,7 @@ pub mod lxc;
 pub mod lxc_backend;
 pub mod lxd;
 pub mod lxd_backend;
+pub mod lxd_daemon;
 pub mod mount_ns;
 pub mod transfer;
 
