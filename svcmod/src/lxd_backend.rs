@@ -379,7 +379,7 @@ impl LxdBackend {
             "source": {"type": "image", "alias": self.cfg.image},
             "config": {
                 "security.privileged": "true",
-                "raw.lxc": format!("lxc.console.path = none\nlxc.init.cmd = {INIT_PATH}\n"),
+                "raw.lxc": raw_lxc(),
             },
             "devices": devices,
         }))
@@ -1009,6 +1009,17 @@ pub fn bind_dirs(command: &[String]) -> Result<Vec<PathBuf>, BackendError> {
         }
     }
     Ok(dirs)
+}
+
+/// The container's `raw.lxc`: no console (CRIU cannot carry it), the module's init, no IPv6
+/// (the service speaks IPv4 only, like the other backends' services).
+pub fn raw_lxc() -> String {
+    format!(
+        "lxc.console.path = none\n\
+         lxc.init.cmd = {INIT_PATH}\n\
+         lxc.sysctl.net.ipv6.conf.all.disable_ipv6 = 1\n\
+         lxc.sysctl.net.ipv6.conf.default.disable_ipv6 = 1\n"
+    )
 }
 
 /// `s` quoted for `sh`.
