@@ -828,7 +828,11 @@ impl LxdBackend {
             if fault {
                 let site = self.cfg.site.clone();
                 let port = inst.port.clone();
-                blocking(move || site.netns.ip(["link", "add", &port, "type", "dummy"]))
+                blocking(move || {
+                    let peer = format!("f{}", &port[1..]);
+                    site.netns
+                        .ip(["link", "add", &port, "type", "veth", "peer", "name", &peer])
+                })
                     .await?
                     .map_err(|e| BackendError::TargetFailed(e.to_string()))?;
                 tracing::warn!(port = %inst.port, "fault: the service's port name is taken: the restore will fail");

@@ -463,9 +463,11 @@ async fn a_failed_restore_at_the_target_keeps_the_service_serving_at_the_source(
         began.elapsed().as_secs_f64() * 1000.0
     );
     assert!(e.service_at_source(), "{e:?}");
-    if let MigrationError::RolledBack { report, .. } = &e {
-        print_report("x → y (rolled back)", report);
-    }
+    // The fault hits LXD's restore, after the source's dump: the source had to be released.
+    let MigrationError::RolledBack { report, .. } = &e else {
+        panic!("expected a rollback after the dump: {e:?}");
+    };
+    print_report("x → y (rolled back)", report);
     w.assert_hosted_at('x', 'y').await;
     assert_eq!(
         w.x.serving(UE_IP)
