@@ -142,6 +142,12 @@ impl World {
     }
 
     async fn up(prefix: &str) -> World {
+        Self::up_with(prefix, None, true).await
+    }
+
+    /// The world with X's move limit `x_move_limit` (default: the backend's), and Y's migration
+    /// receiver only when `y_receives` (else the test plays Y's module itself).
+    async fn up_with(prefix: &str, x_move_limit: Option<Duration>, y_receives: bool) -> World {
         let fabric = Fabric::up_prefixed(prefix);
         let root = PathBuf::from(format!("/var/tmp/{prefix}"));
         let mut daemons = Daemons {
@@ -182,7 +188,15 @@ impl World {
             cfg.background_cleanup = true;
             Arc::new(LxdBackend::new(cfg))
         };
-        let x = module(x_site.clone(), &daemons.running[0]);
+        let x = {
+            let mut m = module(x_site.clone(), &daemons.running[0]);
+            if let Some(limit) = x_move_limit {
+                let mut cfg = m.config().clone();
+                cfg.move_limit = limit;
+                m = Arc::new(LxdBackend::new(cfg));
+            }
+            m
+        };
         let y = module(y_site.clone(), &daemons.running[1]);
         let mut world = World {
             x,
@@ -195,6 +209,9 @@ impl World {
             (Arc::clone(&world.x), x_site, common::X_BACKHAUL),
             (Arc::clone(&world.y), y_site, common::Y_BACKHAUL),
         ] {
+            if site.edge == "y" && !y_receives {
+                continue;
+            }
             let listener =
                 svcmod::transfer::listen_in(&site.netns, SocketAddr::from((addr, MODULE_PORT)))
                     .await
@@ -477,6 +494,88 @@ async fn a_failed_restore_at_the_target_keeps_the_service_serving_at_the_source(
         Some(SERVICE_ID.to_owned())
     );
 
+    let stream = client_report(client).await;
+    println!(
+        "client: {} records, largest gap {:.1} ms (ended at {:.0} ms), corrupt {}, \
+         disconnected {:?}",
+        stream.records,
+        stream.max_gap_ms,
+        stream.max_gap_end_ms,
+        stream.corrupt_records,
+        stream.disconnected
+    );
+    assert!(stream.intact, "{stream:?}");
+    assert!(stream.disconnected.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, LXD, CRIU, btrfs and OVS; run by scripts/test"]
+async fn a_target_that_falls_silent_after_a_failed_pull_does_not_leave_the_source_frozen() {
+    skip_unless_able!();
+    let _serial = SERIAL.lock().await;
+    let w = World::up_with("tlxb-c", Some(Duration::from_secs(3)), false).await;
+    let service = w.start_service().await;
+    w.assert_hosted_at('x', 'y').await;
+
+    // Y's "module": takes the service, lets its daemon pull it into a failing restore (the
+    // port name is taken), then says nothing more: the source's dump waits in post-dump.
+    let listener = svcmod::transfer::listen_in(
+        &w.fabric.y.netns,
+        SocketAddr::from((common::Y_BACKHAUL, MODULE_PORT)),
+    )
+    .await
+    .expect("listener");
+    let (y_lxd, y_ns) = (w.y.client().clone(), w.fabric.y.netns.clone());
+    let silent = tokio::spawn(async move {
+        use svcmod::transfer::{Conn, Message};
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut conn = Conn::new(stream);
+        let Ok(Message::Prepare { lxd: Some(mv), .. }) = conn.recv().await else {
+            panic!("expected an LXD prepare");
+        };
+        conn.send(&Message::Prepared { took_us: 1 })
+            .await
+            .expect("prepared");
+        assert!(matches!(conn.recv().await, Ok(Message::Restore { .. })));
+        y_ns.ip([
+            "link", "add", "s-p50", "type", "veth", "peer", "name", "f-p50",
+        ])
+        .expect("take the port name");
+        let op = y_lxd
+            .post("/1.0/instances", &svcmod::lxd_backend::pull_body(&mv))
+            .await
+            .expect("pull")
+            .operation()
+            .expect("operation");
+        let pulled = y_lxd.wait(&op.id, Duration::from_secs(20)).await;
+        println!(
+            "silent target: pull ended {:?}",
+            pulled.map(|_| ()).map_err(|e| e.to_string())
+        );
+        let _ = y_ns.ip(["link", "del", "s-p50"]);
+        // Silence, with the connection open.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        drop(conn);
+    });
+
+    let client = w.fabric.start_client(14.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let began = Instant::now();
+    let e =
+        w.x.migrate_out(&w.request_to("rel-s", &service, common::Y_BACKHAUL))
+            .await
+            .expect_err("the target falls silent");
+    println!(
+        "silent target: answered after {:.0} ms: {e}",
+        began.elapsed().as_secs_f64() * 1000.0
+    );
+    silent.abort();
+    assert!(e.service_at_source(), "{e:?}");
+    let MigrationError::RolledBack { report, .. } = &e else {
+        panic!("expected a rollback after the dump: {e:?}");
+    };
+    print_report("x → silent y (rolled back)", report);
+    w.assert_hosted_at('x', 'y').await;
     let stream = client_report(client).await;
     println!(
         "client: {} records, largest gap {:.1} ms (ended at {:.0} ms), corrupt {}, \
