@@ -329,11 +329,16 @@ impl LxdBackend {
         }))
     }
 
-    /// Removes an instance and its OVS port; tries both.
+    /// Removes an instance, its empty cgroups and its OVS port; tries each.
     async fn destroy(&self, inst: &LxdInstance) -> Result<(), BackendError> {
         let deleted = self.delete_instance(&inst.name).await;
-        let (site, port) = (self.cfg.site.clone(), inst.port.clone());
-        let detached = blocking(move || detach(&site, &port)).await?;
+        let (site, port, name) = (self.cfg.site.clone(), inst.port.clone(), inst.name.clone());
+        let detached = blocking(move || {
+            // LXD leaves the instance's empty cgroups behind (`lxc.payload.NAME/.lxc`).
+            crate::lxd_daemon::remove_empty_cgroups([name]);
+            detach(&site, &port)
+        })
+        .await?;
         deleted?;
         detached.map_err(|e| BackendError::TargetFailed(e.to_string()))
     }
