@@ -299,6 +299,7 @@ impl CriuBackend {
                 relocation_id: request.relocation_id.clone(),
                 service: service.clone(),
                 container: None,
+                lxd: None,
             },
             t.connect,
             t.prepare,

@@ -24,6 +24,7 @@ use crate::api::{self, Module};
 use crate::container::{self, EdgeSite};
 use crate::criu_backend::DEFAULT_WORK_ROOT;
 use crate::lxc_backend::{LxcBackend, LxcConfig};
+use crate::lxd_backend::{LxdBackend, LxdConfig};
 use crate::mount_ns::{MountNamespace, MountNsError};
 use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
 use model::smo::{RelocationType, ServiceArrival, ServiceModule, ServiceModuleRegistration};
@@ -70,11 +71,16 @@ pub struct ModuleConfig {
     pub prefix: String,
     /// The edge cloud: `{"edge", "netns", "bridge", "ovs_dir"}` (see [`EdgeSite`]).
     pub site: EdgeSite,
-    /// How services run and move: `criu` (default; process trees in their own namespaces) or
-    /// `lxc` (LXC containers, `lxc-checkpoint`). The module registers with the matching
-    /// relocation type (`CRIU` / `LXC`).
+    /// How services run and move: `criu` (default; process trees in their own namespaces),
+    /// `lxc` (LXC containers, `lxc-checkpoint`) or `lxd` (LXD containers, LXD's live migration;
+    /// needs `lxd`). The module registers with the matching relocation type (`CRIU` / `LXC` /
+    /// `LXD`).
     #[serde(default)]
     pub backend: ModuleBackend,
+    /// The edge's LXD daemon (backend `lxd` only): `{"socket", "https_addr", "cert",
+    /// "image_alias"}` (see [`LxdDaemonConfig`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lxd: Option<LxdDaemonConfig>,
     /// Images, CRIU logs and (LXC) the lxcpath `lxc/` (tmpfs; removed at shutdown). Default
     /// `/dev/shm/testbed-svcmod/<prefix>-<edge>`.
     pub work_dir: Option<PathBuf>,
@@ -100,6 +106,8 @@ struct ModuleConfigFields {
     site: EdgeSite,
     #[serde(default)]
     backend: ModuleBackend,
+    #[serde(default)]
+    lxd: Option<LxdDaemonConfig>,
     work_dir: Option<PathBuf>,
     #[serde(default)]
     strategy: Strategy,
@@ -120,6 +128,7 @@ impl TryFrom<ModuleConfigFields> for ModuleConfig {
             prefix: f.prefix,
             site: f.site,
             backend: f.backend,
+            lxd: f.lxd,
             work_dir: f.work_dir,
             strategy: f.strategy,
             services: f.services,
@@ -162,6 +171,17 @@ impl ModuleConfig {
         }
         if self.backend == ModuleBackend::Lxc && self.strategy == Strategy::LazyPages {
             return Err("strategy: lazy-pages is not supported by the lxc backend".into());
+        }
+        match (&self.lxd, self.backend) {
+            (None, ModuleBackend::Lxd) => return Err("lxd: missing (backend lxd needs it)".into()),
+            (Some(_), b) if b != ModuleBackend::Lxd => {
+                return Err("lxd: only for backend lxd".into())
+            }
+            (Some(l), _) => l.validate()?,
+            (None, _) => {}
+        }
+        if self.backend == ModuleBackend::Lxd && self.strategy == Strategy::LazyPages {
+            return Err("strategy: lazy-pages is not supported by the lxd backend".into());
         }
         if let Some(w) = &self.work_dir {
             if !w.is_absolute() || w.parent().is_none() {
@@ -215,10 +235,28 @@ impl ModuleConfig {
         c
     }
 
-    /// The work directory of the configured backend.
+    /// The LXD backend's configuration (backend `lxd`): the daemon of the `lxd` table, the
+    /// defaults of [`LxdConfig::new`] otherwise.
+    pub fn lxd_config(&self) -> Option<LxdConfig> {
+        let l = self.lxd.as_ref()?;
+        let mut c = LxdConfig::new(
+            self.prefix.clone(),
+            self.site.clone(),
+            l.socket.clone(),
+            l.https_addr.into(),
+            l.cert.clone(),
+        );
+        c.image = l.image_alias.clone();
+        // Execute answers as soon as the service runs at the target.
+        c.background_cleanup = true;
+        Some(c)
+    }
+
+    /// The work directory of the configured backend (LXD keeps its own state: the default one,
+    /// for logs).
     pub fn work_dir(&self) -> PathBuf {
         match self.backend {
-            ModuleBackend::Criu => self.criu_config().work_dir,
+            ModuleBackend::Criu | ModuleBackend::Lxd => self.criu_config().work_dir,
             ModuleBackend::Lxc => self.lxc_config().work_dir,
         }
     }
@@ -235,7 +273,54 @@ impl ModuleConfig {
     }
 }
 
-/// The backend a module runs its services on (in a config: `"criu"` or `"lxc"`).
+/// The edge's LXD daemon, for backend `lxd` (in a config: the `lxd` table).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct LxdDaemonConfig {
+    /// The daemon's unix socket, e.g. `/var/lib/lxd/unix.socket` (as the module sees it).
+    pub socket: PathBuf,
+    /// The daemon's HTTPS address on the backhaul, e.g. `10.0.1.1:8443`: target daemons pull
+    /// services from it.
+    pub https_addr: SocketAddrV4,
+    /// The daemon's server certificate (PEM file), e.g. `/var/lib/lxd/server.crt`.
+    pub cert: PathBuf,
+    /// The local image services are made from (default `testbed-busybox`).
+    #[serde(default = "default_image_alias")]
+    pub image_alias: String,
+}
+
+fn default_image_alias() -> String {
+    crate::lxd_backend::DEFAULT_IMAGE.into()
+}
+
+impl LxdDaemonConfig {
+    fn validate(&self) -> Result<(), String> {
+        if !self.socket.is_absolute() {
+            return Err(format!(
+                "lxd.socket: `{}` (want an absolute path)",
+                self.socket.display()
+            ));
+        }
+        if !self.cert.is_absolute() {
+            return Err(format!(
+                "lxd.cert: `{}` (want an absolute path)",
+                self.cert.display()
+            ));
+        }
+        if self.https_addr.ip().is_unspecified() || self.https_addr.port() == 0 {
+            return Err(format!(
+                "lxd.https_addr: {} is no address another daemon can reach",
+                self.https_addr
+            ));
+        }
+        if self.image_alias.trim().is_empty() {
+            return Err("lxd.image_alias: empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// The backend a module runs its services on (in a config: `"criu"`, `"lxc"` or `"lxd"`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModuleBackend {
@@ -244,6 +329,8 @@ pub enum ModuleBackend {
     Criu,
     /// [`LxcBackend`]: LXC containers, moved with `lxc-checkpoint`.
     Lxc,
+    /// [`LxdBackend`]: LXD containers, moved by LXD's live migration (pull mode).
+    Lxd,
 }
 
 impl ModuleBackend {
@@ -252,6 +339,7 @@ impl ModuleBackend {
         match self {
             Self::Criu => RelocationType::Criu,
             Self::Lxc => RelocationType::Lxc,
+            Self::Lxd => RelocationType::Lxd,
         }
     }
 }
@@ -445,6 +533,20 @@ pub async fn run(
             ModuleBackend::Lxc => {
                 run_with(
                     Arc::new(LxcBackend::new(cfg.lxc_config())),
+                    cfg.settings(),
+                    api,
+                    migration,
+                    on_ready,
+                    shutdown,
+                )
+                .await
+            }
+            ModuleBackend::Lxd => {
+                let lxd = cfg
+                    .lxd_config()
+                    .ok_or_else(|| DaemonError::Config("lxd: missing".into()))?;
+                run_with(
+                    Arc::new(LxdBackend::new(lxd)),
                     cfg.settings(),
                     api,
                     migration,
@@ -855,11 +957,12 @@ mod tests {
         let back: ModuleConfig =
             serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
         assert_eq!(back, cfg);
-        for bad in ["lxd", "CRIU", ""] {
+        for bad in ["LXD", "CRIU", ""] {
             j["backend"] = serde_json::json!(bad);
             let e = serde_json::from_value::<ModuleConfig>(j.clone()).expect_err(bad);
             assert!(
-                e.to_string().contains("expected `criu` or `lxc`"),
+                e.to_string()
+                    .contains("expected one of `criu`, `lxc`, `lxd`"),
                 "{bad}: {e}"
             );
         }
@@ -870,6 +973,49 @@ mod tests {
             e.to_string().contains("not supported by the lxc backend"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_lxd_backend_needs_its_daemon() {
+        let mut j = config_json();
+        j["backend"] = serde_json::json!("lxd");
+        let e = serde_json::from_value::<ModuleConfig>(j.clone()).expect_err("no lxd table");
+        assert!(e.to_string().contains("lxd: missing"), "{e}");
+        j["lxd"] = serde_json::json!({
+            "socket": "/run/t/lxd-x/unix.socket",
+            "https_addr": "10.0.1.1:8443",
+            "cert": "/run/t/lxd-x/server.crt",
+        });
+        let cfg: ModuleConfig = serde_json::from_value(j.clone()).expect("lxd");
+        assert_eq!(cfg.backend.relocation_type(), RelocationType::Lxd);
+        let lxd = cfg.lxd_config().expect("lxd config");
+        assert_eq!(lxd.image, "testbed-busybox");
+        assert_eq!(lxd.https_addr, "10.0.1.1:8443".parse().expect("addr"));
+        assert_eq!(lxd.socket, Path::new("/run/t/lxd-x/unix.socket"));
+        let back: ModuleConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
+        assert_eq!(back, cfg);
+        for (key, value, want) in [
+            (
+                "https_addr",
+                serde_json::json!("0.0.0.0:8443"),
+                "lxd.https_addr",
+            ),
+            ("socket", serde_json::json!("unix.socket"), "lxd.socket"),
+            ("image_alias", serde_json::json!(" "), "lxd.image_alias"),
+            ("bogus", serde_json::json!(1), "unknown field"),
+        ] {
+            let mut bad = j.clone();
+            bad["lxd"][key] = value;
+            let e = serde_json::from_value::<ModuleConfig>(bad).expect_err(key);
+            assert!(e.to_string().contains(want), "{key}: {e}");
+        }
+        let mut lazy = j.clone();
+        lazy["strategy"] = serde_json::json!("lazy-pages");
+        assert!(serde_json::from_value::<ModuleConfig>(lazy).is_err());
+        j["backend"] = serde_json::json!("lxc");
+        let e = serde_json::from_value::<ModuleConfig>(j).expect_err("lxd table with lxc");
+        assert!(e.to_string().contains("only for backend lxd"), "{e}");
     }
 
     #[test]

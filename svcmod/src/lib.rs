@@ -4,8 +4,8 @@
 //!
 //! * [`Backend`]: what the service-module daemon needs from a way of running services — create,
 //!   list, find the service serving a UE, migrate one out (the SMO's Execute), receive one. The
-//!   daemon is generic over it; `criu` and `lxc` are the implementations here (`lxd` may come
-//!   later behind the same trait). Both speak the migration connection of [`transfer`].
+//!   daemon is generic over it; `criu`, `lxc` and `lxd` are the implementations here. All speak
+//!   the migration connection of [`transfer`].
 //! * [`container`]: a service's namespaces, veth, OVS port and process tree (CRIU backend).
 //! * [`criu`]: dump / restore / gated restore with the CRIU tool.
 //! * [`lxc`]: a service as an LXC container, and the `lxc-*` tools (LXC backend).
@@ -13,6 +13,9 @@
 //!   messages and image files over TCP on the backhaul).
 //! * [`criu_backend`]: [`CriuBackend`], the migration procedure of both sides with CRIU.
 //! * [`lxc_backend`]: [`LxcBackend`], the same with `lxc-checkpoint`.
+//! * [`lxd`]: a small client of LXD's REST API over its unix socket.
+//! * [`lxd_backend`]: [`LxdBackend`], services as LXD containers moved by LXD's own live
+//!   migration (the target's daemon pulls from the source's over HTTPS on the backhaul).
 //! * [`lxd_daemon`]: one LXD daemon per edge (its own network and mount namespace, btrfs pool,
 //!   busybox image, the CRIU wrapper LXD needs), started and stopped by PID.
 //! * [`hosting`]: the service table, the arrival hook's slot and helpers both backends share.
@@ -28,6 +31,8 @@ pub mod daemon;
 pub mod hosting;
 pub mod lxc;
 pub mod lxc_backend;
+pub mod lxd;
+pub mod lxd_backend;
 pub mod lxd_daemon;
 pub mod mount_ns;
 pub mod transfer;
@@ -36,6 +41,7 @@ pub use container::EdgeSite;
 pub use criu_backend::{CriuBackend, CriuConfig, Timeouts};
 pub use daemon::{ModuleBackend, ModuleConfig};
 pub use lxc_backend::{LxcBackend, LxcConfig};
+pub use lxd_backend::{LxdBackend, LxdConfig};
 
 use model::ran::TimelineStep;
 use model::smo::{ExecuteReport, ExecuteRequest, RelocationType, ResourceRequirements, Service};

@@ -338,6 +338,7 @@ impl LxcBackend {
                 relocation_id: request.relocation_id.clone(),
                 service: service.clone(),
                 container: Some(container.spec.clone()),
+                lxd: None,
             },
             t.connect,
             t.prepare,
@@ -614,6 +615,7 @@ impl LxcBackend {
                 relocation_id,
                 service,
                 container,
+                ..
             } => (relocation_id, service, container),
             other => {
                 return Err(BackendError::BadRequest(format!(
@@ -876,7 +878,6 @@ fn container_service(id: &str) -> Service {
     }
 }
 
-/// Whether interface `port` exists in the edge's namespace.
 /// How long a container may take to freeze before the checkpoint goes on without it (CRIU
 /// freezes it itself then).
 const FREEZE_LIMIT: Duration = Duration::from_secs(2);
@@ -911,7 +912,8 @@ async fn thaw_restored(pid: i32) -> Result<(), BackendError> {
     blocking(move || freezer.thaw()).await?.map_err(Into::into)
 }
 
-fn port_exists(site: &EdgeSite, port: &str) -> bool {
+/// Whether interface `port` exists in the edge's namespace.
+pub(crate) fn port_exists(site: &EdgeSite, port: &str) -> bool {
     site.netns
         .tool("ip")
         .args(["link", "show", "dev", port])
@@ -923,7 +925,7 @@ fn port_exists(site: &EdgeSite, port: &str) -> bool {
 /// off on it and on `eth0` in the netns of `pid` (the container's init), and pins the gateway's
 /// MAC there ([`container::pin_gateway_args`]; CRIU does not carry neighbour entries). Leaves the
 /// link state as it is.
-fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
+pub(crate) fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
     site.ovs.add_port(&site.bridge, port)?;
     netkit::link::tx_checksum_off(&site.netns, port)?;
     let netns = format!("--net=/proc/{pid}/ns/net");
@@ -945,7 +947,7 @@ fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
 }
 
 /// Removes `port` from the edge's bridge and the interface (if it still exists).
-fn detach(site: &EdgeSite, port: &str) -> Result<(), CmdError> {
+pub(crate) fn detach(site: &EdgeSite, port: &str) -> Result<(), CmdError> {
     let link = match site.netns.ip(["link", "del", port]) {
         Err(CmdError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
         other => other,

@@ -42,6 +42,9 @@ pub enum Message {
         /// it). Absent for CRIU.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         container: Option<crate::lxc::ContainerSpec>,
+        /// LXD: the instance and where the target pulls it from. Absent for CRIU and LXC.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lxd: Option<Box<crate::lxd_backend::LxdMove>>,
     },
     /// Target → source: ready; how long preparing took.
     Prepared { took_us: u64 },
@@ -512,6 +515,7 @@ mod tests {
             relocation_id: "r".into(),
             service: service(),
             container: None,
+            lxd: None,
         })
         .expect("json");
         assert!(
@@ -553,6 +557,7 @@ mod tests {
                     relocation_id: "r1".into(),
                     service: service(),
                     container: None,
+                    lxd: None,
                 })
                 .await?;
                 let stats = tx.send_images(&src).await?;

@@ -47,6 +47,7 @@ fn module_config(
         prefix: fabric.prefix.clone(),
         site: site.clone(),
         backend: svcmod::daemon::ModuleBackend::Criu,
+        lxd: None,
         work_dir: Some(fabric.root.join(format!("work-{}", site.edge))),
         strategy,
         services,

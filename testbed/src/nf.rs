@@ -477,6 +477,7 @@ fn module_config(
         },
         work_dir: None,
         backend: module_backend,
+        lxd: None,
         strategy,
         services,
     }
