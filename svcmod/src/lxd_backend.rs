@@ -22,13 +22,13 @@
 //! | 1 | `GET /1.0/instances/NAME` (config, devices); `POST /1.0/instances/NAME {"migration":true,"live":true,"instance_only":true}` → LXD's operation and its secrets (nothing stops yet) | |
 //! | 2 | `Prepare{service, lxd: LxdMove}` (the instance's config and devices, `https://S_HTTPS/1.0/operations/ID`, S's server certificate, the secrets) | check, reserve; `Prepared` (or `Refused`: S cancels its operation, nothing stopped) |
 //! | 3 | `Restore` | `POST /1.0/instances` with `source: {type: migration, mode: pull, live: true, …}`; waits for its operation (LXD freezes, dumps, copies and restores the container: the service runs at T when it succeeds); `Restored` (or `Failed`, after removing what it made) |
-//! | 4 | | the [`crate::ArrivalHook`] (the SMO switches the path here), then `s-<id>` onto T's bridge, offload off, gateway pinned; `Done` |
+//! | 4 | | `s-<id>` onto T's bridge, offload off, gateway pinned, then the [`crate::ArrivalHook`] (the SMO switches the path here, to that port); `Done` |
 //! | 5 | delete the stopped source instance (LXD 5.0.2 may answer "busy running a stop operation" for a while: retried), remove its OVS port (in the background with [`LxdConfig::background_cleanup`]) | |
 //!
 //! **The service is at the source unless T said `Restored`.** LXD has no gated restore: the
-//! container resumes at the target inside LXD's operation, so the arrival hook runs right after
-//! the resume (but before `s-<id>` is on the bridge, so the service's first packets leave after
-//! the path switch). If T fails, hangs or the connection breaks before `Restored`, S releases its
+//! container resumes at the target inside LXD's operation, so the port is attached and the
+//! arrival hook runs right after the resume (the service's first packets may leave before the
+//! path switch; the UE's retransmissions cover them). If T fails, hangs or the connection breaks before `Restored`, S releases its
 //! side: LXD 5.0.2's source `criu dump` waits forever in its post-dump action script when the
 //! target's restore failed, with the container frozen. S finds that `criu` (a process in the
 //! edge's network namespace whose command line is a `dump` of the instance's init), kills the
@@ -38,8 +38,9 @@
 //! source instance is started again (a fresh start). If nothing was dumped the service simply
 //! runs on ([`MigrationError::NotStarted`]).
 //!
-//! Limits: LXD does not say how many bytes a migration moved: `bytes_moved` and `image_bytes`
-//! are 0. Only stop-and-copy (LXD's live migration); post-copy is refused. The fault
+//! Limits: LXD does not say how many bytes a migration moved: `bytes_moved` is what the source
+//! edge sent on its backhaul interface during LXD's move (images, TLS and TCP/IP headers, and
+//! whatever else the edge sent then), `image_bytes` is 0. Only stop-and-copy (LXD's live migration); post-copy is refused. The fault
 //! [`Fault::CorruptImages`] makes the next incoming restore fail after the source's dump (the
 //! target takes the service's port name `s-<id>` in its namespace right before pulling, so LXD
 //! cannot make the container's NIC at the restore): LXD gives no hook to damage its images.
@@ -242,7 +243,7 @@ impl LxdBackend {
 
     /// The instance name of service `service_id`.
     pub fn name(&self, service_id: &str) -> String {
-        format!("{}-svc-{service_id}", self.cfg.prefix)
+        instance_name(&self.cfg.prefix, service_id)
     }
 
     fn check_service(&self, service: &Service) -> Result<(), BackendError> {
@@ -553,6 +554,7 @@ impl LxdBackend {
         report.prepare_us = sw.record("prepare target", began);
 
         // 3. The target pulls: LXD freezes, dumps, copies, restores.
+        let sent_before = backhaul_tx_bytes(&self.cfg.site).await;
         let frozen = Instant::now();
         let pulled = async {
             conn.send(&Message::Restore { page_server: None })
@@ -582,6 +584,9 @@ impl LxdBackend {
             }
         };
         sw.record_took("LXD move (pull at target)", report.restore_us);
+        if let (Some(a), Some(b)) = (sent_before, backhaul_tx_bytes(&self.cfg.site).await) {
+            report.bytes_moved = b.saturating_sub(a);
+        }
 
         // 4. The target attaches the port.
         report.resume_us = match conn.recv_within(t.commit, "done").await {
@@ -878,10 +883,11 @@ impl LxdBackend {
         // From here on the service runs here.
         conn.send(&Message::Restored { restore_us }).await?;
         let began = Instant::now();
-        self.arrival.report(relocation_id, service_id).await;
+        // The port first: the SMO's new path outputs to it.
         if let Err(e) = self.attach_port(inst, pid).await {
             tracing::warn!(service = %service_id, error = %e, "the moved service's port is not attached");
         }
+        self.arrival.report(relocation_id, service_id).await;
         let resume_us = us(began.elapsed());
         let _ = conn.send(&Message::Done { resume_us }).await;
         Ok((
@@ -992,32 +998,11 @@ pub fn pull_body(mv: &LxdMove) -> Value {
     })
 }
 
-/// Host directories a service's container binds read-only: `/usr`, and the directory of an
-/// absolute program outside it.
+/// Host directories a service's container binds read-only: the same as an LXC container's
+/// ([`crate::lxc::ContainerSpec::for_command`]: `/usr`, `/etc`, the directory of an absolute
+/// program and of the files its arguments name by absolute path).
 pub fn bind_dirs(command: &[String]) -> Result<Vec<PathBuf>, BackendError> {
-    let program = command
-        .first()
-        .ok_or_else(|| BackendError::BadRequest("empty command".into()))?;
-    let mut dirs = vec![PathBuf::from("/usr")];
-    let program = Path::new(program);
-    if program.is_absolute() {
-        let dir = program
-            .parent()
-            .filter(|d| *d != Path::new("/"))
-            .ok_or_else(|| {
-                BackendError::BadRequest(format!("program {} at /", program.display()))
-            })?;
-        if !dir.starts_with("/usr") && !dir.starts_with("/bin") && !dir.starts_with("/sbin") {
-            if ["/proc", "/sys", "/dev"].iter().any(|k| dir.starts_with(k)) {
-                return Err(BackendError::BadRequest(format!(
-                    "program {} in a kernel file system",
-                    program.display()
-                )));
-            }
-            dirs.push(dir.to_owned());
-        }
-    }
-    Ok(dirs)
+    Ok(crate::lxc::ContainerSpec::for_command(command)?.binds)
 }
 
 /// The container's `raw.lxc`: no console (CRIU cannot carry it), the module's init, no IPv6
@@ -1055,6 +1040,33 @@ pub fn init_script(ip: Ipv4Addr, command: &[String]) -> String {
         gw = container::GATEWAY,
         cmd = cmd.join(" "),
     )
+}
+
+/// Bytes the edge has sent on its backhaul interface (the bridge's own port, where the daemon's
+/// HTTPS address is), from `/proc/net/dev` in the edge's namespace; `None` if unreadable.
+async fn backhaul_tx_bytes(site: &EdgeSite) -> Option<u64> {
+    let (ns, bridge) = (site.netns.clone(), site.bridge.clone());
+    let text = blocking(move || ns.tool("cat").arg("/proc/net/dev").stdout())
+        .await
+        .ok()?
+        .ok()?;
+    tx_bytes_of(&text, &bridge)
+}
+
+/// Interface `ifname`'s transmitted bytes in a `/proc/net/dev` text.
+pub fn tx_bytes_of(net_dev: &str, ifname: &str) -> Option<u64> {
+    net_dev.lines().find_map(|l| {
+        let (name, counters) = l.split_once(':')?;
+        (name.trim() == ifname)
+            .then(|| counters.split_whitespace().nth(8)?.parse().ok())
+            .flatten()
+    })
+}
+
+/// The LXD instance of service `service_id` in a testbed of namespace prefix `prefix`:
+/// `<prefix>-svc-<id>`, the same at every edge.
+pub fn instance_name(prefix: &str, service_id: &str) -> String {
+    format!("{prefix}-svc-{service_id}")
 }
 
 fn service_of(id: &str) -> Service {
@@ -1304,6 +1316,18 @@ mod tests {
     }
 
     #[test]
+    fn transmitted_bytes_come_from_the_ninth_counter_of_the_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n \
+             face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
+             lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  \
+             br-x: 5000      10    0    0    0     0          0         0   123456      20    0    0    0     0       0          0\n";
+        assert_eq!(tx_bytes_of(text, "br-x"), Some(123_456));
+        assert_eq!(tx_bytes_of(text, "lo"), Some(100));
+        assert_eq!(tx_bytes_of(text, "br-y"), None);
+        assert_eq!(tx_bytes_of("garbage", "br-x"), None);
+    }
+
+    #[test]
     fn the_init_script_sets_the_address_and_execs_the_command() {
         let cmd = ["/opt/x/tbprobe", "serve", "--banner", "it's a b"].map(String::from);
         let s = init_script(Ipv4Addr::new(20, 0, 0, 50), &cmd);
@@ -1315,14 +1339,10 @@ mod tests {
             s.ends_with("exec '/opt/x/tbprobe' 'serve' '--banner' 'it'\\''s a b'\n"),
             "{s}"
         );
-        assert_eq!(
-            bind_dirs(&cmd).expect("binds"),
-            [PathBuf::from("/usr"), PathBuf::from("/opt/x")]
-        );
-        assert_eq!(
-            bind_dirs(&["sleep".into()]).expect("binds"),
-            [PathBuf::from("/usr")]
-        );
+        let usr_etc = bind_dirs(&["sleep".into()]).expect("binds");
+        assert_eq!(usr_etc[..2], [PathBuf::from("/usr"), PathBuf::from("/etc")]);
+        let binds = bind_dirs(&cmd).expect("binds");
+        assert_eq!(binds.last(), Some(&PathBuf::from("/opt/x")));
         assert!(bind_dirs(&["/proc/self/exe".into()]).is_err());
         assert!(bind_dirs(&[]).is_err());
     }
@@ -1349,7 +1369,10 @@ mod tests {
             body["devices"]["eth0"],
             json!({"type":"nic","nictype":"p2p","name":"eth0","host_name":"s-p50","hwaddr":"02:00:00:00:00:50"})
         );
-        assert_eq!(body["devices"]["bind1"]["source"], "/opt/x");
+        let binds = bind_dirs(&spec.command).expect("binds");
+        let last = format!("bind{}", binds.len() - 1);
+        assert_eq!(body["devices"][last.as_str()]["source"], "/opt/x");
+        assert_eq!(body["devices"]["bind0"]["source"], "/usr");
         assert_eq!(body["devices"]["bind0"]["readonly"], "true");
     }
 

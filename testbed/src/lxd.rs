@@ -10,10 +10,11 @@
 //! Everything of a daemon lives in [`daemon_dir`] (`/var/lib/testbed/lxd/<testbed>/<edge>`, not
 //! under `/run`: the btrfs pool's loop file is 512 MiB sparse).
 
-use crate::plan::Plan;
+use crate::plan::{Plan, Switch};
 use crate::scenario::Backend;
 use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
+use svcmod::daemon::LxdDaemonConfig;
 use svcmod::lxd_daemon::{self, Daemon, DaemonError, DaemonSpec};
 
 /// Where the testbeds' LXD daemons live.
@@ -31,23 +32,40 @@ pub fn used(plan: &Plan) -> bool {
     plan.services.iter().any(|s| s.backend == Backend::Lxd)
 }
 
+/// Where the daemon of edge switch `sw` listens for HTTPS: the edge's backhaul address.
+pub fn https_addr(plan: &Plan, sw: &Switch) -> Option<SocketAddrV4> {
+    let ip = plan.node(&sw.node)?.addr(&sw.bridge)?;
+    Some(SocketAddrV4::new(ip, HTTPS_PORT))
+}
+
 /// What to start for every edge cloud of `plan`: its node, its switch's namespace and its
 /// backhaul address.
 pub fn specs(plan: &Plan) -> Vec<(String, DaemonSpec)> {
     plan.switches
         .iter()
         .filter_map(|sw| {
-            let ip = plan.node(&sw.node)?.addr(&sw.bridge)?;
             Some((
                 sw.node.clone(),
                 DaemonSpec::new(
                     daemon_dir(&plan.name, &sw.node),
                     sw.netns.clone(),
-                    SocketAddrV4::new(ip, HTTPS_PORT),
+                    https_addr(plan, sw)?,
                 ),
             ))
         })
         .collect()
+}
+
+/// The LXD module's view of edge switch `sw`'s daemon: its socket and certificate (as the host
+/// sees them, under [`daemon_dir`]), its HTTPS address, the image.
+pub fn module_config(plan: &Plan, sw: &Switch) -> Option<LxdDaemonConfig> {
+    let dir = daemon_dir(&plan.name, &sw.node).join("lxd");
+    Some(LxdDaemonConfig {
+        socket: dir.join("unix.socket"),
+        https_addr: https_addr(plan, sw)?,
+        cert: dir.join("server.crt"),
+        image_alias: lxd_daemon::IMAGE_ALIAS.to_owned(),
+    })
 }
 
 /// Starts a daemon per edge cloud and makes them trust each other. On a failure the daemons

@@ -153,26 +153,30 @@ fn active(gaps: &[FlowGaps], min_packets: u64) -> Vec<String> {
         .collect()
 }
 
-/// Arms `fault` in the service module of edge node `edge` (`POST /svcmod/v1/faults`): e.g.
-/// [`svcmod::Fault::CorruptImages`] makes the next migration *into* that edge fail at its restore.
+/// Arms `fault` in every service module of edge node `edge` (`POST /svcmod/v1/faults`; the CRIU
+/// one, and the LXC / LXD ones when they run): e.g. [`svcmod::Fault::CorruptImages`] makes the
+/// next migration *into* that edge fail at its restore (LXD: its pull fails).
 pub fn arm_fault(
     plan: &Plan,
     token: &str,
     edge: &str,
     fault: svcmod::Fault,
 ) -> Result<(), CallError> {
-    let url = format!("{}/faults", crate::nf::svcmod_api_root(plan, edge));
-    crate::handover::sbi_call_in(
-        &plan.netns(edge),
-        token,
-        Duration::from_secs(5),
-        format!("{} fault {fault}", crate::nf::svcmod_name(edge)),
-        move |client| async move {
-            client
-                .post_no_content(&url, &serde_json::json!({ "fault": fault }))
-                .await
-        },
-    )
+    for (name, root) in crate::nf::svcmod_api_roots(plan, edge) {
+        let url = format!("{root}/faults");
+        crate::handover::sbi_call_in(
+            &plan.netns(edge),
+            token,
+            Duration::from_secs(5),
+            format!("{name} fault {fault}"),
+            move |client| async move {
+                client
+                    .post_no_content(&url, &serde_json::json!({ "fault": fault }))
+                    .await
+            },
+        )?;
+    }
+    Ok(())
 }
 
 /// `smo_notifications_skipped_total` summed over every SMO (notifications for which no registered

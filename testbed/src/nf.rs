@@ -49,6 +49,10 @@ pub const MIGRATION_PORT: u16 = 9200;
 /// service uses the `lxc` backend, beside the CRIU module).
 pub const SVCMOD_LXC_PORT: u16 = 9110;
 pub const MIGRATION_LXC_PORT: u16 = 9210;
+/// The LXD service module's callback and migration ports (an edge runs one, and an LXD daemon,
+/// when a planned service uses the `lxd` backend).
+pub const SVCMOD_LXD_PORT: u16 = 9120;
+pub const MIGRATION_LXD_PORT: u16 = 9220;
 /// The probe servers' TCP stream and UDP echo port.
 pub const PROBE_PORT: u16 = 5000;
 /// The default QFI of every PDU session.
@@ -301,13 +305,37 @@ pub fn smo_api_root(plan: &Plan, edge: &str) -> String {
     format!("http://{}:{SMO_PORT}", addr(plan, edge, "sbi"))
 }
 
-/// Base URL of the callbacks of the service module in edge node `edge`.
+/// Base URL of the callbacks of the (CRIU) service module in edge node `edge`.
 pub fn svcmod_api_root(plan: &Plan, edge: &str) -> String {
+    module_api_root(plan, edge, SVCMOD_PORT)
+}
+
+fn module_api_root(plan: &Plan, edge: &str, port: u16) -> String {
     format!(
-        "http://{}:{SVCMOD_PORT}{}",
+        "http://{}:{port}{}",
         addr(plan, edge, "sbi"),
         svcmod::api::BASE
     )
+}
+
+/// Every service module in edge node `edge` — the CRIU one, and the LXC / LXD ones when a
+/// planned service uses that backend — as (name, base URL of its callbacks).
+pub fn svcmod_api_roots(plan: &Plan, edge: &str) -> Vec<(String, String)> {
+    let used = |b: Backend| plan.services.iter().any(|s| s.backend == b);
+    let mut out = vec![(svcmod_name(edge), svcmod_api_root(plan, edge))];
+    if used(Backend::Lxc) {
+        out.push((
+            svcmod_lxc_name(edge),
+            module_api_root(plan, edge, SVCMOD_LXC_PORT),
+        ));
+    }
+    if used(Backend::Lxd) {
+        out.push((
+            svcmod_lxd_name(edge),
+            module_api_root(plan, edge, SVCMOD_LXD_PORT),
+        ));
+    }
+    out
 }
 
 /// The name of the edge's OVS port on segment `segment` (`bh`, `n6`), as the plan gives it.
@@ -404,18 +432,20 @@ pub fn svcmod_configs(
     token: &str,
     opts: &LaunchOptions,
 ) -> Vec<(String, ModuleConfig)> {
-    let lxc_used = plan.services.iter().any(|s| s.backend == Backend::Lxc);
+    let used = |b: Backend| plan.services.iter().any(|s| s.backend == b);
     let mut out = Vec::new();
     for sw in &plan.switches {
         out.push((
             sw.node.clone(),
             module_config(plan, token, opts, sw, Backend::Criu),
         ));
-        if lxc_used {
-            out.push((
-                sw.node.clone(),
-                module_config(plan, token, opts, sw, Backend::Lxc),
-            ));
+        for backend in [Backend::Lxc, Backend::Lxd] {
+            if used(backend) {
+                out.push((
+                    sw.node.clone(),
+                    module_config(plan, token, opts, sw, backend),
+                ));
+            }
         }
     }
     out
@@ -454,8 +484,13 @@ fn module_config(
             SVCMOD_LXC_PORT,
             MIGRATION_LXC_PORT,
         ),
-        // (lxd is refused when the services are planned)
-        Backend::Criu | Backend::Lxd => (
+        Backend::Lxd => (
+            svcmod_lxd_name(&sw.node),
+            ModuleBackend::Lxd,
+            SVCMOD_LXD_PORT,
+            MIGRATION_LXD_PORT,
+        ),
+        Backend::Criu => (
             svcmod_name(&sw.node),
             ModuleBackend::Criu,
             SVCMOD_PORT,
@@ -477,7 +512,9 @@ fn module_config(
         },
         work_dir: None,
         backend: module_backend,
-        lxd: None,
+        lxd: (backend == Backend::Lxd)
+            .then(|| crate::lxd::module_config(plan, sw))
+            .flatten(),
         strategy,
         services,
     }
@@ -486,6 +523,11 @@ fn module_config(
 /// The LXC service module of edge node `edge` (`edge-x` → `svcmod-lxc-x`).
 pub fn svcmod_lxc_name(edge: &str) -> String {
     format!("svcmod-lxc-{}", Plan::edge_short(edge))
+}
+
+/// The LXD service module of edge node `edge` (`edge-x` → `svcmod-lxd-x`).
+pub fn svcmod_lxd_name(edge: &str) -> String {
+    format!("svcmod-lxd-{}", Plan::edge_short(edge))
 }
 
 fn nf(name: &str, node: &str, bin: &'static str, config: Option<serde_json::Value>) -> Launch {

@@ -185,16 +185,23 @@ pub struct EdgeService {
     pub memory_mb: Option<u32>,
 }
 
-/// The backends and kinds a planned service may use in this build.
-pub fn service_supported(kind: ServiceKind, backend: Backend) -> Result<(), String> {
-    match (kind, backend) {
-        (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Criu)
-        | (ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp, Backend::Lxc) => {
-            Ok(())
-        }
-        (_, Backend::Lxd) => Err(format!(
-            "backend {backend} is not available in this build yet"
+/// Whether a planned service may run on `backend` and move with `strategy`: every kind runs on
+/// every backend; lazy pages (post-copy) need the criu backend (`lxc-checkpoint` and LXD have no
+/// post-copy restore).
+pub fn service_supported(
+    kind: ServiceKind,
+    backend: Backend,
+    strategy: Strategy,
+) -> Result<(), String> {
+    match (kind, backend, strategy) {
+        (_, Backend::Lxc | Backend::Lxd, Strategy::LazyPages) => Err(format!(
+            "strategy lazy_pages needs the criu backend ({backend} has no post-copy restore)"
         )),
+        (
+            ServiceKind::Streamer | ServiceKind::Ballast | ServiceKind::NginxRtmp,
+            Backend::Criu | Backend::Lxc | Backend::Lxd,
+            _,
+        ) => Ok(()),
     }
 }
 
@@ -229,7 +236,8 @@ impl Plan {
                     s.id, s.edge
                 ));
             }
-            service_supported(s.kind, s.backend).map_err(|e| format!("service `{}`: {e}", s.id))?;
+            service_supported(s.kind, s.backend, s.strategy)
+                .map_err(|e| format!("service `{}`: {e}", s.id))?;
             match strategies.iter().find(|(b, _)| *b == s.backend) {
                 Some((_, st)) if *st != s.strategy => {
                     return Err(format!(
@@ -758,17 +766,20 @@ mod tests {
                 "edge-x",
                 "lxd",
                 "streamer",
-                "stop_and_copy",
+                "lazy_pages",
             )])
-            .expect_err("lxd");
-        assert!(e.contains("lxd"), "{e}");
+            .expect_err("lxd with lazy pages");
+        assert!(e.contains("lazy"), "{e}");
         assert_eq!(p.services.len(), 1, "a refusal keeps the plan's services");
     }
 
     #[test]
-    fn nginx_rtmp_runs_on_the_criu_and_lxc_backends() {
-        for backend in [Backend::Criu, Backend::Lxc] {
-            assert_eq!(service_supported(ServiceKind::NginxRtmp, backend), Ok(()));
+    fn nginx_rtmp_runs_on_every_backend() {
+        for backend in [Backend::Criu, Backend::Lxc, Backend::Lxd] {
+            assert_eq!(
+                service_supported(ServiceKind::NginxRtmp, backend, Strategy::StopAndCopy),
+                Ok(())
+            );
         }
         let mut p = two_site();
         p.set_services(&[scenario_service(

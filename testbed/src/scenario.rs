@@ -775,7 +775,9 @@ mod tests {
                 "quick-criu-streamer",
                 "quick-lxc-nginx",
                 "quick-lxc-streamer",
+                "quick-lxd-streamer",
                 "thesis-5.4",
+                "thesis-5.4-lxd",
                 "thesis-5.4-streamer"
             ]
         );

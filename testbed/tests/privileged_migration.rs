@@ -669,25 +669,26 @@ fn ten_migrations_in_a_row_leave_nothing_behind() {
     assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
 }
 
-/// The LXC module of `edge`: the services it hosts (GetServices).
-fn lxc_services(plan: &Plan, token: &str, edge: &str) -> Vec<model::smo::Service> {
+/// The services the module on callback port `port` of `edge` hosts (GetServices).
+fn module_services(plan: &Plan, token: &str, edge: &str, port: u16) -> Vec<model::smo::Service> {
     let ip = plan
         .node(edge)
         .and_then(|n| n.addr("sbi"))
         .expect("edge SBI address");
-    let url = format!(
-        "http://{ip}:{}{}",
-        testbed::nf::SVCMOD_LXC_PORT,
-        svcmod::api::SERVICES
-    );
+    let url = format!("http://{ip}:{port}{}", svcmod::api::SERVICES);
     testbed::handover::sbi_call_in(
         &plan.netns(edge),
         token,
         Duration::from_secs(5),
-        format!("{edge} lxc services"),
+        format!("{edge} module on {port}: services"),
         move |c| async move { c.get::<Vec<model::smo::Service>>(&url).await },
     )
     .unwrap_or_default()
+}
+
+/// The LXC module of `edge`: the services it hosts.
+fn lxc_services(plan: &Plan, token: &str, edge: &str) -> Vec<model::smo::Service> {
+    module_services(plan, token, edge, testbed::nf::SVCMOD_LXC_PORT)
 }
 
 /// The LXC container's `eth0` address and MAC, read inside its network namespace (its init's).
@@ -767,4 +768,159 @@ fn a_handover_live_migrates_an_lxc_service_and_back() {
     drop(guard);
     assert!(netkit::Netns::list_with_prefix("tbml-").is_empty());
     assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
+}
+
+/// The LXD instance's `eth0` address and MAC, read inside its network namespace (its init's PID
+/// from the edge's LXD daemon).
+fn lxd_identity(plan: &Plan, id: &str, edge: &str) -> (String, String) {
+    let daemon = svcmod::lxd_daemon::load(&testbed::lxd::daemon_dir(&plan.name, edge))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no LXD daemon at {edge}"));
+    let name = svcmod::lxd_backend::instance_name(&plan.prefix, id);
+    let state = daemon
+        .request("GET", &format!("/1.0/instances/{name}/state"), None)
+        .unwrap_or_else(|e| panic!("state of {name} at {edge}: {e}"));
+    let pid = state["metadata"]["pid"].as_i64().unwrap_or(0);
+    assert!(pid > 0, "{name} does not run at {edge}: {state}");
+    common::eth0_identity(&["-t", &pid.to_string(), "-n"])
+}
+
+/// Logs of an LXD testbed: its LXD modules' and SMOs', and the daemons' own.
+fn lxd_logs(plan: &Plan) -> String {
+    let mut out: String = ["svcmod-lxd-x", "svcmod-lxd-y", "smo-x", "smo-y"]
+        .iter()
+        .map(|n| {
+            format!(
+                "--- {n}\n{}\n",
+                testbed::nf::tail(&plan.state_dir.join(format!("{n}.log")), 30)
+            )
+        })
+        .collect();
+    for edge in ["edge-x", "edge-y"] {
+        let log = testbed::lxd::daemon_dir(&plan.name, edge).join("lxd.log");
+        out.push_str(&format!(
+            "--- lxd at {edge}\n{}\n",
+            testbed::nf::tail(&log, 15)
+        ));
+    }
+    out
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_handover_live_migrates_an_lxd_service_between_two_lxd_daemons_and_a_failed_pull_keeps_it() {
+    require_root();
+    if !Path::new("/usr/bin/lxd").exists() {
+        eprintln!("skipped: no LXD (/usr/bin/lxd); run scripts/setup");
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let service: testbed::scenario::ServiceSpec = toml::from_str(
+        "id = \"ld1\"\nedge = \"edge-x\"\nbackend = \"lxd\"\nkind = \"streamer\"\nserves = [\"ue1\"]",
+    )
+    .expect("service");
+    let (plan, token, guard) = up_with(
+        "ci-mgd",
+        "tbmd",
+        testbed::topo::UpOptions {
+            service_specs: Some(vec![service]),
+            ..Default::default()
+        },
+    );
+    let hosted = |edge| {
+        module_services(&plan, &token, edge, testbed::nf::SVCMOD_LXD_PORT)
+            .iter()
+            .any(|s| s.service_id == "ld1")
+    };
+    assert!(
+        wait_for(Duration::from_secs(30), || hosted("edge-x")),
+        "the LXD module at edge X does not host ld1\n{}",
+        lxd_logs(&plan)
+    );
+    let stream = stream_once_listening(&plan);
+    for (to, here, gone) in [
+        ("site-b", "edge-y", "edge-x"),
+        ("site-a", "edge-x", "edge-y"),
+    ] {
+        let (o, client_gap) = hand_over_completed(
+            &plan,
+            &token,
+            to,
+            &stream,
+            &format!("ld1 (LXD) {gone} → {here}"),
+        );
+        let src = o
+            .relocation
+            .as_ref()
+            .and_then(|m| m.source.as_ref())
+            .expect("source record");
+        assert_eq!(src.service.relocation_type, model::smo::RelocationType::Lxd);
+        assert!(
+            wait_for(Duration::from_secs(10), || !hosted(gone)),
+            "ld1 still hosted at {gone}\n{}",
+            lxd_logs(&plan)
+        );
+        assert!(hosted(here), "ld1 not hosted at {here}");
+        let p_here = ports(&plan, here);
+        assert!(p_here.iter().any(|p| p == "s-ld1"), "{p_here:?}");
+        // The source removes its stopped instance and port after answering.
+        assert!(
+            wait_for(Duration::from_secs(10), || !ports(&plan, gone)
+                .iter()
+                .any(|p| p == "s-ld1")),
+            "s-ld1 still on {gone}'s bridge: {:?}",
+            ports(&plan, gone)
+        );
+        assert_eq!(
+            lxd_identity(&plan, "ld1", here),
+            (STREAM_SERVICE_IP.to_string(), STREAM_SERVICE_MAC.to_owned()),
+            "address and MAC at {here}"
+        );
+        eprintln!("ue1 → {to}: {}", summary(&o, client_gap));
+    }
+    // The target's pull fails (LXD cannot make the service's port there): the relocation
+    // FAILS and the service keeps serving at X, its stream byte-exact on the same connection.
+    testbed::migration::arm_fault(&plan, &token, "edge-y", svcmod::Fault::CorruptImages)
+        .expect("arm the fault at edge Y");
+    let (o, client_gap) = hand_over(&plan, &token, "site-b", &stream);
+    eprintln!(
+        "\n===== ue1 → site-b with a failing pull at edge Y\n{}",
+        testbed::migration::text("ue1", &o)
+    );
+    assert_eq!(
+        state_of(&o),
+        RelocationState::Failed,
+        "{}\n{}",
+        testbed::migration::text("ue1", &o),
+        lxd_logs(&plan)
+    );
+    assert!(
+        hosted("edge-x") && !hosted("edge-y"),
+        "ld1 not (only) at edge X"
+    );
+    assert_eq!(
+        lxd_identity(&plan, "ld1", "edge-x"),
+        (STREAM_SERVICE_IP.to_string(), STREAM_SERVICE_MAC.to_owned())
+    );
+    let before = stream.watch.records();
+    std::thread::sleep(Duration::from_secs(2));
+    let through = stream.watch.records() - before;
+    assert!(
+        through >= 100,
+        "only {through} records in 2 s through the trombone"
+    );
+    eprintln!(
+        "after the failed pull: {through} records in 2 s; {}",
+        summary(&o, client_gap)
+    );
+    let rep = stream.finish();
+    assert!(
+        rep.intact && rep.disconnected.is_none(),
+        "stream not byte-exact on one connection: {rep:?}"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbmd-").is_empty());
+    let dirs = Path::new(testbed::lxd::ROOT).join("ci-mgd");
+    assert!(!dirs.exists(), "{} left", dirs.display());
 }
