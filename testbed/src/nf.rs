@@ -408,12 +408,16 @@ pub fn stream_service_command(bins: &Path) -> Vec<String> {
 
 /// The command line of a planned service (see [`crate::plan::service_supported`] for the kinds
 /// this build runs) in a testbed whose state lives in `state_dir` (a CRIU nginx-rtmp service's
-/// config is there: [`crate::rtmp::write_config`]; an LXC one writes its own inside).
+/// config is there: [`crate::rtmp::write_config`]; an LXC or LXD container writes its own inside).
 pub fn service_command(s: &EdgeService, bins: &Path, state_dir: &Path) -> Vec<String> {
     if s.kind == ServiceKind::NginxRtmp {
         return match s.backend {
-            Backend::Lxc => crate::rtmp::lxc_service_command(Path::new(crate::rtmp::MEDIA_DIR)),
-            _ => crate::rtmp::service_command(&crate::rtmp::config_path(state_dir, &s.service_id)),
+            Backend::Lxc | Backend::Lxd => {
+                crate::rtmp::lxc_service_command(Path::new(crate::rtmp::MEDIA_DIR))
+            }
+            Backend::Criu => {
+                crate::rtmp::service_command(&crate::rtmp::config_path(state_dir, &s.service_id))
+            }
         };
     }
     let mut cmd = stream_service_command(bins);

@@ -288,7 +288,7 @@ pub fn service_command(conf: &Path) -> Vec<String> {
     ]
 }
 
-/// The command the LXC backend runs as the container's init: a shell that checks the video is
+/// The command the LXC and LXD backends run as the container's init: a shell that checks the video is
 /// there, writes [`config_text`] for [`LXC_SERVICE_DIR`] into that directory and execs
 /// [`service_command`] on it.
 pub fn lxc_service_command(media_dir: &Path) -> Vec<String> {

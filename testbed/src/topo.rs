@@ -260,10 +260,10 @@ fn prepare_rtmp_services(plan: &Plan) -> Result<(), UpError> {
             path.display()
         );
     })?;
-    // An LXC container writes its config itself (`rtmp::lxc_service_command`).
+    // An LXC or LXD container writes its config itself (`rtmp::lxc_service_command`).
     for s in rtmp
         .iter()
-        .filter(|s| s.backend != crate::scenario::Backend::Lxc)
+        .filter(|s| s.backend == crate::scenario::Backend::Criu)
     {
         crate::rtmp::write_config(
             &plan.state_dir,

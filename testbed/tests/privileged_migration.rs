@@ -770,20 +770,12 @@ fn a_handover_live_migrates_an_lxc_service_and_back() {
     assert!(!work_dir(&plan, "edge-x").exists() && !work_dir(&plan, "edge-y").exists());
 }
 
-/// The LXD instance's `eth0` address and MAC, read inside its network namespace (its init's PID
-/// from the edge's LXD daemon).
+/// The LXD instance's `eth0` address and MAC, read inside its network namespace (its init's).
 fn lxd_identity(plan: &Plan, id: &str, edge: &str) -> (String, String) {
-    let daemon = svcmod::lxd_daemon::load(&testbed::lxd::daemon_dir(&plan.name, edge))
-        .ok()
-        .flatten()
-        .unwrap_or_else(|| panic!("no LXD daemon at {edge}"));
-    let name = svcmod::lxd_backend::instance_name(&plan.prefix, id);
-    let state = daemon
-        .request("GET", &format!("/1.0/instances/{name}/state"), None)
-        .unwrap_or_else(|e| panic!("state of {name} at {edge}: {e}"));
-    let pid = state["metadata"]["pid"].as_i64().unwrap_or(0);
-    assert!(pid > 0, "{name} does not run at {edge}: {state}");
-    common::eth0_identity(&["-t", &pid.to_string(), "-n"])
+    let pid = common::lxd_init_pid(plan, id, edge)
+        .unwrap_or_else(|| panic!("{id} does not run at {edge}"))
+        .to_string();
+    common::eth0_identity(&["-t", &pid, "-n"])
 }
 
 /// Logs of an LXD testbed: its LXD modules' and SMOs', and the daemons' own.

@@ -1,5 +1,5 @@
 //! Privileged end-to-end tests of the thesis's real streaming service: `testbed up` with one
-//! nginx-rtmp service (stop-and-copy; once on the CRIU backend, once in an LXC container) in edge X; ue1 plays the 720p test video with
+//! nginx-rtmp service (stop-and-copy; on the CRIU backend, in an LXC container, in an LXD container) in edge X; ue1 plays the 720p test video with
 //! ffmpeg (the testbed's player) over RTMP; handing ue1 over to site B live-migrates nginx (its
 //! master and worker, the RTMP session's TCP connection, the open video file) to edge Y, and the
 //! player plays on, on the same connection; handing back moves it back.
@@ -47,8 +47,10 @@ fn cannot_run(backend: Backend) -> Option<String> {
         }
     }
     let mut tools = vec![("ffmpeg", "-version"), ("criu", "--version"), ("ss", "-V")];
-    if backend == Backend::Lxc {
-        tools.push(("lxc-checkpoint", "--version"));
+    match backend {
+        Backend::Lxc => tools.push(("lxc-checkpoint", "--version")),
+        Backend::Lxd => tools.push(("lxd", "--version")),
+        Backend::Criu => {}
     }
     for (tool, arg) in tools {
         if !Command::new(tool)
@@ -75,7 +77,8 @@ impl Bed {
     fn up(backend: Backend) -> (Self, Guard) {
         let (name, prefix) = match backend {
             Backend::Lxc => ("ci-rl", "tbrl"),
-            _ => ("ci-rt", "tbrt"),
+            Backend::Lxd => ("ci-rd", "tbrd"),
+            Backend::Criu => ("ci-rt", "tbrt"),
         };
         let service = toml::from_str(&format!(
             "id = \"{SERVICE}\"\nedge = \"edge-x\"\nbackend = \"{backend}\"\n\
@@ -103,7 +106,9 @@ impl Bed {
         match self.backend {
             Backend::Lxc => common::lxc_init_pid(&self.plan, SERVICE, edge)
                 .map(|pid| format!("/proc/{pid}/ns/net")),
-            _ => {
+            Backend::Lxd => common::lxd_init_pid(&self.plan, SERVICE, edge)
+                .map(|pid| format!("/proc/{pid}/ns/net")),
+            Backend::Criu => {
                 let ns = netkit::Netns::new(self.plan.service_netns(SERVICE, edge));
                 ns.exists().then(|| ns.path().display().to_string())
             }
@@ -126,9 +131,12 @@ impl Bed {
     /// nginx's error log (CRIU: under the state dir; LXC: in the container's own /tmp).
     fn error_log(&self) -> String {
         match self.backend {
-            Backend::Lxc => ["edge-x", "edge-y"]
+            Backend::Lxc | Backend::Lxd => ["edge-x", "edge-y"]
                 .iter()
-                .find_map(|e| common::lxc_init_pid(&self.plan, SERVICE, e))
+                .find_map(|e| {
+                    common::lxc_init_pid(&self.plan, SERVICE, e)
+                        .or_else(|| common::lxd_init_pid(&self.plan, SERVICE, e))
+                })
                 .and_then(|pid| {
                     Command::new("nsenter")
                         .args(["-t", &pid.to_string(), "-m", "cat"])
@@ -146,7 +154,8 @@ impl Bed {
     fn logs(&self) -> String {
         let modules: &[&str] = match self.backend {
             Backend::Lxc => &["svcmod-lxc-x", "svcmod-lxc-y"],
-            _ => &["svcmod-x", "svcmod-y"],
+            Backend::Lxd => &["svcmod-lxd-x", "svcmod-lxd-y"],
+            Backend::Criu => &["svcmod-x", "svcmod-y"],
         };
         let mut out: String = modules
             .iter()
@@ -304,6 +313,12 @@ fn a_handover_live_migrates_nginx_rtmp_while_ue1_plays_and_back() {
 #[ignore = "privileged: needs root; run with --include-ignored as root"]
 fn a_handover_live_migrates_nginx_rtmp_in_an_lxc_container_while_ue1_plays_and_back() {
     migrates_nginx_and_back(Backend::Lxc);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_handover_live_migrates_nginx_rtmp_between_lxd_daemons_while_ue1_plays_and_back() {
+    migrates_nginx_and_back(Backend::Lxd);
 }
 
 /// ue1 plays the video from nginx (on `backend`) in edge X; handing it over to site B and back

@@ -125,3 +125,16 @@ pub fn lxc_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
     .parse()
     .ok()
 }
+
+/// The PID of LXD service `id`'s init at `edge` (from the edge's LXD daemon), if its instance
+/// runs there.
+#[allow(dead_code)] // not every test file runs LXD services
+pub fn lxd_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
+    let daemon = svcmod::lxd_daemon::load(&testbed::lxd::daemon_dir(&plan.name, edge)).ok()??;
+    let name = svcmod::lxd_backend::instance_name(&plan.prefix, id);
+    let state = daemon
+        .request("GET", &format!("/1.0/instances/{name}/state"), None)
+        .ok()?;
+    let pid = state["metadata"]["pid"].as_u64()?;
+    u32::try_from(pid).ok().filter(|p| *p > 0)
+}
