@@ -915,4 +915,29 @@ fn a_handover_live_migrates_an_lxd_service_between_two_lxd_daemons_and_a_failed_
     assert!(netkit::Netns::list_with_prefix("tbmd-").is_empty());
     let dirs = Path::new(testbed::lxd::ROOT).join("ci-mgd");
     assert!(!dirs.exists(), "{} left", dirs.display());
+    // No pool loop device (inside a daemon's mount namespace its file is /var/lib/lxd/disks/…),
+    // no cgroup of the instance in any hierarchy.
+    let loops = String::from_utf8_lossy(
+        &std::process::Command::new("losetup")
+            .arg("-a")
+            .output()
+            .expect("losetup")
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !loops.contains("/var/lib/lxd/disks/") && !loops.contains("/var/lib/testbed/lxd/ci-mgd"),
+        "loop devices left: {loops}"
+    );
+    let instance = svcmod::lxd_backend::instance_name("tbmd", "ld1");
+    let cgroups: Vec<String> = std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .flat_map(|h| std::fs::read_dir(h.path()).into_iter().flatten())
+        .filter_map(Result::ok)
+        .map(|c| c.path().display().to_string())
+        .filter(|p| p.contains(&instance))
+        .collect();
+    assert!(cgroups.is_empty(), "cgroups left: {cgroups:?}");
 }
