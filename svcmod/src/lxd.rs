@@ -305,6 +305,22 @@ impl LxdClient {
         }
     }
 
+    /// Any call by method name (`GET`, `POST`, `PUT`, `PATCH`, `DELETE`) with an optional JSON body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, LxdError> {
+        let m = Method::from_bytes(method.as_bytes()).map_err(|e| LxdError::Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let body = body.map_or(Body::None, Body::Json);
+        self.call(m, path, body, self.call_limit).await
+    }
+
     /// Runs `answer`'s operation to its end (at most `limit`); a sync answer is already done.
     pub async fn finish(&self, answer: Answer, limit: Duration) -> Result<Value, LxdError> {
         match answer {
@@ -391,6 +407,26 @@ impl LxdClient {
         driver.abort();
         result
     }
+}
+
+/// Runs `future` to its end from synchronous code (the testbed's bring-up, tests): on a
+/// current-thread runtime of its own, in a thread of its own (so also from inside another
+/// runtime).
+pub fn block_on<F>(future: F) -> std::io::Result<F::Output>
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(future))
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the LXD call panicked")))
+    })
 }
 
 fn bad(method: &str, path: &str, reason: String) -> LxdError {

@@ -16,6 +16,7 @@
 //!
 //! From the host, the daemon answers on `DIR/lxd/unix.socket` ([`Daemon::request`]).
 
+use crate::lxd::{Answer, LxdClient};
 use netkit::cmd::{CmdError, Tool};
 use netkit::process::{is_alive, Started};
 use nix::sys::signal::{kill, Signal};
@@ -23,10 +24,9 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddrV4;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -40,6 +40,8 @@ pub const IMAGE_INIT: &str = "/sbin/testbed-init";
 pub const DEFAULT_CRIU: &str = "/opt/testbed/bin/criu";
 /// Where every daemon sees its own directory (inside its mount namespace).
 const LXD_DIR_INSIDE: &str = "/var/lib/lxd";
+/// The time limit of one REST call (an operation's `wait?timeout=N` answers within N s).
+const CALL_LIMIT: Duration = Duration::from_secs(120);
 /// The state file [`start`] writes into the daemon's directory.
 const STATE_FILE: &str = "daemon.json";
 /// The smallest btrfs loop pool `mkfs.btrfs` accepts comfortably.
@@ -524,8 +526,9 @@ impl Daemon {
         lxd_started(self).is_running()
     }
 
-    /// One REST call over the daemon's unix socket (`path` like `/1.0/instances`); returns the
-    /// answer's JSON. An LXD `"type":"error"` answer or an HTTP status ≥ 400 is an error.
+    /// One REST call over the daemon's unix socket (`path` like `/1.0/instances`) with the
+    /// backend's client ([`LxdClient`]); returns the answer as LXD's envelope (`type`, and
+    /// `metadata`: a sync answer's, or the operation). An LXD error answer is an error.
     pub fn request(
         &self,
         method: &str,
@@ -538,17 +541,14 @@ impl Daemon {
             path: path.to_owned(),
             detail,
         };
-        let (status, text) =
-            http_over_unix(&self.socket, method, path, body).map_err(|e| api(e.to_string()))?;
-        let value: Value = serde_json::from_str(&text)
-            .map_err(|e| api(format!("HTTP {status}, not JSON ({e}): {text}")))?;
-        if status >= 400 || value["type"] == "error" {
-            return Err(api(format!(
-                "HTTP {status}: {}",
-                value["error"].as_str().unwrap_or(&text)
-            )));
-        }
-        Ok(value)
+        let client = LxdClient::new(&self.socket).with_call_limit(CALL_LIMIT);
+        let answer = crate::lxd::block_on(client.request(method, path, body))
+            .map_err(|e| api(e.to_string()))?
+            .map_err(|e| api(e.to_string()))?;
+        Ok(match answer {
+            Answer::Sync(metadata) => json!({"type": "sync", "metadata": metadata}),
+            Answer::Async(op) => json!({"type": "async", "metadata": op}),
+        })
     }
 
     /// Waits for operation `id` (at most `timeout_s`); returns its metadata when it succeeded.
@@ -583,35 +583,6 @@ fn pem_body(pem: &str) -> String {
         .filter(|l| !l.starts_with("-----"))
         .map(str::trim)
         .collect()
-}
-
-/// A minimal HTTP/1.0 client (no chunking, the server closes): (status, body).
-fn http_over_unix(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    body: Option<&Value>,
-) -> std::io::Result<(u16, String)> {
-    let mut s = UnixStream::connect(socket)?;
-    s.set_read_timeout(Some(Duration::from_secs(120)))?;
-    let body = body.map(Value::to_string).unwrap_or_default();
-    let req = format!(
-        "{method} {path} HTTP/1.0\r\nHost: lxd\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line: {head}")))?;
-    Ok((status, rest.to_owned()))
 }
 
 /// Makes each daemon trust the other's server certificate (as a client certificate), so either
