@@ -238,6 +238,39 @@ pub struct MigrationReport {
 }
 
 impl MigrationReport {
+    /// The report of a migration of `service` (for the SMO's `request`) that is about to start:
+    /// every time and count zero, no steps. Also checks the request's target address, the
+    /// module every backend connects to.
+    pub fn starting(
+        request: &ExecuteRequest,
+        service: &Service,
+        strategy: Strategy,
+    ) -> Result<(Self, std::net::SocketAddr), BackendError> {
+        let target = request.target_address.parse().map_err(|_| {
+            BackendError::BadRequest(format!(
+                "target address `{}` is not ip:port",
+                request.target_address
+            ))
+        })?;
+        let report = Self {
+            relocation_id: request.relocation_id.clone(),
+            service: service.clone(),
+            strategy,
+            prepare_us: 0,
+            dump_us: 0,
+            transfer_us: 0,
+            restore_us: 0,
+            resume_us: 0,
+            pages_us: None,
+            frozen_us: 0,
+            total_us: 0,
+            image_bytes: 0,
+            bytes_moved: 0,
+            steps: Vec::new(),
+        };
+        Ok((report, target))
+    }
+
     /// The answer to the SMO's Execute.
     pub fn to_execute_report(&self) -> ExecuteReport {
         ExecuteReport {

@@ -462,28 +462,9 @@ impl LxdBackend {
         };
         let t = self.cfg.timeouts;
         let mut sw = Stopwatch::start();
-        let mut report = MigrationReport {
-            relocation_id: request.relocation_id.clone(),
-            service: service.clone(),
-            strategy: Strategy::StopAndCopy,
-            prepare_us: 0,
-            dump_us: 0,
-            transfer_us: 0,
-            restore_us: 0,
-            resume_us: 0,
-            pages_us: None,
-            frozen_us: 0,
-            total_us: 0,
-            image_bytes: 0,
-            bytes_moved: 0,
-            steps: Vec::new(),
-        };
-        let target: SocketAddr = request.target_address.parse().map_err(|_| {
-            not_started(BackendError::BadRequest(format!(
-                "target address `{}` is not ip:port",
-                request.target_address
-            )))
-        })?;
+        let (mut report, target) =
+            MigrationReport::starting(request, &service, Strategy::StopAndCopy)
+                .map_err(&not_started)?;
         let pid_before = inst.init_pid().ok_or_else(|| {
             not_started(BackendError::BadRequest(format!(
                 "instance {} is not running",
