@@ -1035,15 +1035,7 @@ impl Backend for CriuBackend {
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {
-        let service = Service {
-            service_id: spec.service_id.clone(),
-            ipv4_addr: spec.ipv4_addr,
-            mac_addr: container::validate_mac(&spec.mac_addr)?,
-            ovs_port: container::ovs_port_name(&spec.service_id)?,
-            relocation_type: RelocationType::Criu,
-            resource_requirements: spec.resource_requirements,
-            ue_ipv4_addrs: Vec::new(),
-        };
+        let service = spec.service(RelocationType::Criu)?;
         if spec.command.is_empty() {
             return Err(BackendError::BadRequest("empty command".into()));
         }

@@ -111,6 +111,22 @@ pub struct ServiceSpec {
     pub resource_requirements: ResourceRequirements,
 }
 
+impl ServiceSpec {
+    /// The service this spec makes on a backend of `relocation_type`, its MAC and OVS port name
+    /// checked (`s-<id>`); it serves no UE yet.
+    pub fn service(&self, relocation_type: RelocationType) -> Result<Service, BackendError> {
+        Ok(Service {
+            service_id: self.service_id.clone(),
+            ipv4_addr: self.ipv4_addr,
+            mac_addr: container::validate_mac(&self.mac_addr)?,
+            ovs_port: container::ovs_port_name(&self.service_id)?,
+            relocation_type,
+            resource_requirements: self.resource_requirements,
+            ue_ipv4_addrs: Vec::new(),
+        })
+    }
+}
+
 /// Where a hosted service is in its lifecycle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -1204,15 +1204,7 @@ impl Backend for LxdBackend {
     }
 
     async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {
-        let service = Service {
-            service_id: spec.service_id.clone(),
-            ipv4_addr: spec.ipv4_addr,
-            mac_addr: container::validate_mac(&spec.mac_addr)?,
-            ovs_port: container::ovs_port_name(&spec.service_id)?,
-            relocation_type: RelocationType::Lxd,
-            resource_requirements: spec.resource_requirements,
-            ue_ipv4_addrs: Vec::new(),
-        };
+        let service = spec.service(RelocationType::Lxd)?;
         bind_dirs(&spec.command)?;
         if port_exists(&self.cfg.site, &service.ovs_port) {
             return Err(BackendError::BadRequest(format!(
