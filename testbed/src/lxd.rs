@@ -84,6 +84,11 @@ pub fn start_all(plan: &Plan) -> Result<Vec<Daemon>, DaemonError> {
     Ok(daemons)
 }
 
+/// Testbed `name`'s daemon of edge node `edge`, as recorded in its directory (if there is one).
+pub fn running(name: &str, edge: &str) -> Option<Daemon> {
+    lxd_daemon::load(&daemon_dir(name, edge)).ok().flatten()
+}
+
 /// Stops testbed `name`'s daemons (each recorded one by PID, or swept from its directory after a
 /// crash) and removes their directories; the lines of what went and of what did not.
 pub fn stop_all(name: &str) -> (Vec<String>, Vec<String>) {

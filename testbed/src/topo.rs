@@ -534,6 +534,13 @@ pub fn status(name: &str) -> Result<Option<Status>, StateError> {
                         pid: p.process.pid,
                         alive: p.process.is_running(),
                     })
+                    .chain(
+                        crate::lxd::running(&plan.name, &n.name).map(|d| ProcessStatus {
+                            name: "lxd".into(),
+                            pid: d.pid,
+                            alive: d.is_running(),
+                        }),
+                    )
                     .collect(),
             }
         })

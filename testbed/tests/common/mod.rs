@@ -130,7 +130,7 @@ pub fn lxc_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
 /// runs there.
 #[allow(dead_code)] // not every test file runs LXD services
 pub fn lxd_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
-    let daemon = svcmod::lxd_daemon::load(&testbed::lxd::daemon_dir(&plan.name, edge)).ok()??;
+    let daemon = testbed::lxd::running(&plan.name, edge)?;
     let name = svcmod::lxd_backend::instance_name(&plan.prefix, id);
     let state = daemon
         .request("GET", &format!("/1.0/instances/{name}/state"), None)
