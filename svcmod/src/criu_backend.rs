@@ -218,18 +218,12 @@ impl CriuBackend {
         strategy: Strategy,
     ) -> Result<MigrationReport, MigrationError> {
         let id = request.service.service_id.clone();
-        let not_started = |source| MigrationError::NotStarted {
-            service_id: id.clone(),
-            source,
-        };
-        let hosted = self.hosting.begin_migration(&id).map_err(not_started)?;
-        let mut container = hosted.container;
-        let result = self
-            .run_migration(request, strategy, hosted.service, &mut container)
-            .await;
-        let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
-        self.hosting.end_migration(&id, stays.then_some(container));
-        result
+        self.hosting
+            .migrate_out(&id, async |service, container| {
+                self.run_migration(request, strategy, service, container)
+                    .await
+            })
+            .await
     }
 
     async fn run_migration(

@@ -4,7 +4,9 @@
 //! runtime, per-migration work directories.
 
 use crate::transfer::{self, Conn, Message};
-use crate::{ArrivalHook, BackendError, Fault, ServiceState, ARRIVAL_LIMIT};
+use crate::{
+    ArrivalHook, BackendError, Fault, MigrationError, MigrationReport, ServiceState, ARRIVAL_LIMIT,
+};
 use model::smo::Service;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -168,6 +170,28 @@ impl<C: Clone> Hosting<C> {
                 }
             }
         }
+    }
+
+    /// One outgoing migration of service `service_id`: marks it migrating ([`Self::begin_migration`];
+    /// refused → [`MigrationError::NotStarted`]), runs `run` on the service and its container, and
+    /// ends it ([`Self::end_migration`]): the container stays, running, when the error says the
+    /// service is still at the source; otherwise the service leaves the table.
+    pub async fn migrate_out(
+        &self,
+        service_id: &str,
+        run: impl AsyncFnOnce(Service, &mut C) -> Result<MigrationReport, MigrationError>,
+    ) -> Result<MigrationReport, MigrationError> {
+        let hosted =
+            self.begin_migration(service_id)
+                .map_err(|source| MigrationError::NotStarted {
+                    service_id: service_id.to_owned(),
+                    source,
+                })?;
+        let mut container = hosted.container;
+        let result = run(hosted.service, &mut container).await;
+        let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
+        self.end_migration(service_id, stays.then_some(container));
+        result
     }
 
     /// Takes a running service out of the table for removal; refuses one that is busy.

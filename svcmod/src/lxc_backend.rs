@@ -275,14 +275,11 @@ impl LxcBackend {
                     .into(),
             )));
         }
-        let hosted = self.hosting.begin_migration(&id).map_err(not_started)?;
-        let mut container = hosted.container;
-        let result = self
-            .run_migration(request, hosted.service, &mut container)
-            .await;
-        let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
-        self.hosting.end_migration(&id, stays.then_some(container));
-        result
+        self.hosting
+            .migrate_out(&id, async |service, c| {
+                self.run_migration(request, service, c).await
+            })
+            .await
     }
 
     async fn run_migration(

@@ -435,18 +435,11 @@ impl LxdBackend {
                 ),
             });
         }
-        let hosted =
-            self.hosting
-                .begin_migration(&id)
-                .map_err(|source| MigrationError::NotStarted {
-                    service_id: id.clone(),
-                    source,
-                })?;
-        let mut inst = hosted.container;
-        let result = self.run_migration(request, hosted.service, &mut inst).await;
-        let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
-        self.hosting.end_migration(&id, stays.then_some(inst));
-        result
+        self.hosting
+            .migrate_out(&id, async |service, c| {
+                self.run_migration(request, service, c).await
+            })
+            .await
     }
 
     async fn run_migration(

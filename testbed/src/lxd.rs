@@ -110,6 +110,9 @@ pub fn stop_all(name: &str) -> (Vec<String>, Vec<String>) {
     // Other testbeds may still have theirs: only empty directories go.
     let _ = std::fs::remove_dir(&root);
     let _ = std::fs::remove_dir(ROOT);
+    if let Some(parent) = Path::new(ROOT).parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
     (done, problems)
 }
 
