@@ -193,22 +193,7 @@ impl CriuBackend {
     }
 
     fn check_service(&self, service: &Service) -> Result<(), BackendError> {
-        if service.relocation_type != RelocationType::Criu {
-            return Err(BackendError::BadRequest(format!(
-                "service {} has relocation type {}, this module is CRIU",
-                service.service_id, service.relocation_type
-            )));
-        }
-        container::validate_service_id(&service.service_id)?;
-        container::validate_mac(&service.mac_addr)?;
-        let port = container::ovs_port_name(&service.service_id)?;
-        if service.ovs_port != port {
-            return Err(BackendError::BadRequest(format!(
-                "service {} has OVS port {}, expected {port}",
-                service.service_id, service.ovs_port
-            )));
-        }
-        Ok(())
+        crate::hosting::check_incoming(service, RelocationType::Criu)
     }
 
     /// Moves a service with an explicit strategy (the trait's `migrate_out` uses the configured one).

@@ -3,11 +3,12 @@
 //! set of source containers being removed in the background, blocking system work off the
 //! runtime, per-migration work directories.
 
+use crate::container;
 use crate::transfer::{self, Conn, Message};
 use crate::{
     ArrivalHook, BackendError, Fault, MigrationError, MigrationReport, ServiceState, ARRIVAL_LIMIT,
 };
-use model::smo::Service;
+use model::smo::{RelocationType, Service};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -394,6 +395,30 @@ pub fn fresh_dir(dir: &Path) -> Result<(), BackendError> {
         path: dir.to_owned(),
         source,
     })
+}
+
+/// Checks a service a source module sends to a module of `relocation_type` (its `Prepare`): the
+/// type matches, the id and MAC are valid, the OVS port is the one its id names (`s-<id>`).
+pub fn check_incoming(
+    service: &Service,
+    relocation_type: RelocationType,
+) -> Result<(), BackendError> {
+    if service.relocation_type != relocation_type {
+        return Err(BackendError::BadRequest(format!(
+            "service {} has relocation type {}, this module is {relocation_type}",
+            service.service_id, service.relocation_type
+        )));
+    }
+    container::validate_service_id(&service.service_id)?;
+    container::validate_mac(&service.mac_addr)?;
+    let port = container::ovs_port_name(&service.service_id)?;
+    if service.ovs_port != port {
+        return Err(BackendError::BadRequest(format!(
+            "service {} has OVS port {}, expected {port}",
+            service.service_id, service.ovs_port
+        )));
+    }
+    Ok(())
 }
 
 /// Step 1 of every migration at the source: connects to the target module from `netns` (within
