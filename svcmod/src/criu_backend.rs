@@ -149,6 +149,12 @@ pub struct CriuBackend {
     arrival: ArrivalSlot,
     /// A fault armed for the next incoming migration.
     fault: FaultSlot,
+    /// Held while a `criu dump` runs: one dump at a time. CRIU's parasite, in a task whose
+    /// `/proc` belongs to another PID namespace (every service here: own PID namespace, the
+    /// host's `/proc`), mounts a proc at `proc.crtools` *in the task's working directory*;
+    /// services share theirs, so parallel dumps collided there ("Can't get proc fd", "Parasite
+    /// failed to dump /proc/self/cgroup": every run of a shortened `five-ues` had one).
+    dumps: tokio::sync::Mutex<()>,
 }
 
 impl CriuBackend {
@@ -160,6 +166,7 @@ impl CriuBackend {
             migrations: AtomicU16::new(0),
             arrival: ArrivalSlot::default(),
             fault: FaultSlot::default(),
+            dumps: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -281,6 +288,7 @@ impl CriuBackend {
             images: images.clone(),
             log: out_dir.join("dump.log"),
         };
+        let one_dump = self.dumps.lock().await;
         let frozen = Instant::now();
         let dumped = match page_server {
             None => self
@@ -296,6 +304,7 @@ impl CriuBackend {
                 .await
                 .map(|ld| (ld.dumped(), Some(ld))),
         };
+        drop(one_dump);
         let (dumped, mut lazy_dump) = match dumped {
             Ok(d) => d,
             Err(e) => {

@@ -609,3 +609,61 @@ async fn lazy_pages_move_a_service_with_ballast_and_keep_its_stream() {
     let pipe_max_after = std::fs::read_to_string("/proc/sys/fs/pipe-max-size").expect("sysctl");
     assert_eq!(pipe_max_before, pipe_max_after, "fs.pipe-max-size put back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
+async fn three_services_moved_at_once_all_arrive() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let w = World::up('t', None).await;
+    // Three services of one module, each a process tree in its own PID namespace with the
+    // host's /proc and the module's working directory: their dumps must not collide (CRIU's
+    // parasite mounts a proc at `proc.crtools` in the task's working directory).
+    let mut services = Vec::new();
+    for i in 1..=3u8 {
+        let service =
+            w.x.create(ServiceSpec {
+                service_id: format!("m{i}"),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, 60 + i),
+                mac_addr: format!("02:00:00:00:00:6{i}"),
+                command: vec![
+                    tbprobe().display().to_string(),
+                    "serve".into(),
+                    "--tcp=0.0.0.0:5000".into(),
+                ],
+                resource_requirements: Default::default(),
+            })
+            .await
+            .expect("create a service at edge x");
+        services.push(service);
+    }
+    let moves: Vec<_> = services
+        .iter()
+        .map(|s| {
+            let (x, request) = (
+                Arc::clone(&w.x),
+                w.request(&format!("rel-{}", s.service_id), s),
+            );
+            tokio::spawn(async move { x.migrate_out(&request).await })
+        })
+        .collect();
+    for (s, m) in services.iter().zip(moves) {
+        match m.await.expect("the move's task") {
+            Ok(report) => print_report(&format!("{} x → y", s.service_id), &report),
+            Err(e) => panic!("{} did not move: {e}", s.service_id),
+        }
+    }
+    assert!(w.x.services().await.expect("list").is_empty());
+    let mut at_y: Vec<String> =
+        w.y.services()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.service_id)
+            .collect();
+    at_y.sort();
+    assert_eq!(at_y, ["m1", "m2", "m3"]);
+    for s in &services {
+        w.y.remove(&s.service_id).await.expect("remove at y");
+    }
+}
