@@ -48,6 +48,18 @@ pub fn cmdline(pid: i32) -> Option<String> {
     )
 }
 
+/// The parent PID of `pid` (from `/proc/PID/stat`; the command name may hold spaces and `)`),
+/// if it still runs.
+pub fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Reads a PID file as daemons write it.
 pub fn read_pidfile(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
@@ -103,6 +115,13 @@ pub fn pids_in_netns(netns_inode: u64) -> Vec<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parent_pid_is_the_kernels() {
+        let me = std::process::id() as i32;
+        assert_eq!(parent_pid(me), Some(nix::unistd::getppid().as_raw()));
+        assert_eq!(parent_pid(-1), None);
+    }
 
     #[test]
     fn own_process_is_alive_and_has_a_cmdline() {

@@ -1074,17 +1074,6 @@ pub fn is_dump_of(args: &[String], name: &str, init_pid: i32) -> bool {
     dump && ours
 }
 
-/// The parent PID of `pid`.
-fn ppid(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Releases a source `criu dump` of instance `name` stuck in its post-dump action script (in
 /// the edge's network namespace `netns_ino`): kills what runs under it (the action script), so
 /// CRIU resumes the container itself; if the dump does not end within 5 s, kills it. What was
@@ -1115,7 +1104,7 @@ fn release_stuck_dump(netns_ino: Option<u64>, name: &str, init_pid: i32) -> Opti
     let below = |p: i32| {
         let mut cur = p;
         for _ in 0..32 {
-            match ppid(cur) {
+            match netkit::process::parent_pid(cur) {
                 Some(pp) if dumps.contains(&pp) => return true,
                 Some(pp) if pp > 1 => cur = pp,
                 _ => return false,

@@ -735,16 +735,6 @@ pub fn pids_in_mnt_ns(ino: u64) -> Vec<i32> {
     })
 }
 
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// SIGKILLs `roots` and all their descendants, by PID, and waits (≤ 5 s) until they are gone.
 fn kill_trees(roots: &[i32]) {
     if roots.is_empty() {
@@ -753,7 +743,8 @@ fn kill_trees(roots: &[i32]) {
     let mut all: BTreeSet<i32> = roots.iter().copied().collect();
     loop {
         let more: Vec<i32> = find_pids(|pid| {
-            !all.contains(&pid) && parent_of(pid).is_some_and(|p| all.contains(&p))
+            !all.contains(&pid)
+                && netkit::process::parent_pid(pid).is_some_and(|p| all.contains(&p))
         });
         if more.is_empty() {
             break;

@@ -35,34 +35,16 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Why these tests cannot run here, if they cannot.
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root (LXD, namespaces, loop devices and OVS need it)".into());
-    }
-    for tool in [
-        "lxd",
-        "lxc",
-        "mkfs.btrfs",
-        "losetup",
+    if let Some(why) = common::lxd_skip_reason(&[
         "criu",
         "ovsdb-server",
         "ovs-vswitchd",
         "ovs-vsctl",
-        "nsenter",
-        "unshare",
         "ethtool",
         "ss",
         "nft",
-        "tar",
-    ] {
-        if !netkit::cmd::on_path(tool) {
-            return Some(format!("`{tool}` is not installed (scripts/setup)"));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return Some("/bin/busybox is missing (busybox-static)".into());
-    }
-    if !Path::new("/var/lib/lxd").is_dir() {
-        return Some("/var/lib/lxd is missing (the lxd package)".into());
+    ]) {
+        return Some(why);
     }
     if !Path::new(lxd_daemon::DEFAULT_CRIU).is_file() {
         return Some(format!(

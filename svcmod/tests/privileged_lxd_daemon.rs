@@ -7,10 +7,13 @@
 use serde_json::{json, Value};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 use svcmod::lxd_daemon::{self, Daemon, DaemonError, DaemonSpec, IMAGE_ALIAS};
+
+mod common;
+use common::sh;
 
 const PREFIX: &str = "tlxd";
 
@@ -18,41 +21,7 @@ const PREFIX: &str = "tlxd";
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn skip_reason() -> Option<String> {
-    if !nix::unistd::geteuid().is_root() {
-        return Some("not root (LXD, namespaces and loop devices need it)".into());
-    }
-    for tool in [
-        "lxd",
-        "lxc",
-        "mkfs.btrfs",
-        "nsenter",
-        "unshare",
-        "setsid",
-        "losetup",
-        "tar",
-        "curl",
-    ] {
-        if !netkit::cmd::on_path(tool) {
-            return Some(format!("`{tool}` is not installed (scripts/setup)"));
-        }
-    }
-    if !Path::new("/bin/busybox").is_file() {
-        return Some("/bin/busybox is missing (busybox-static)".into());
-    }
-    if !Path::new("/var/lib/lxd").is_dir() {
-        return Some("/var/lib/lxd is missing (the lxd package)".into());
-    }
-    None
-}
-
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.stdin(Stdio::null()).output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    common::lxd_skip_reason(&["curl"])
 }
 
 fn ip(args: &[&str]) {

@@ -331,3 +331,31 @@ pub fn tx_checksum_is_off(ns: &str, ifname: &str) -> bool {
 pub fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
 }
+
+/// Why an LXD test cannot run here, if it cannot: not root, one of the tools LXD daemons need
+/// (or of `more`) not installed, no busybox (the image), no `/var/lib/lxd` (the lxd package).
+pub fn lxd_skip_reason(more: &[&str]) -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("not root (LXD, namespaces, loop devices and OVS need it)".into());
+    }
+    let base = [
+        "lxd",
+        "lxc",
+        "mkfs.btrfs",
+        "nsenter",
+        "unshare",
+        "setsid",
+        "losetup",
+        "tar",
+    ];
+    if let Some(tool) = base.iter().chain(more).find(|t| !netkit::cmd::on_path(t)) {
+        return Some(format!("`{tool}` is not installed (scripts/setup)"));
+    }
+    if !Path::new("/bin/busybox").is_file() {
+        return Some("/bin/busybox is missing (busybox-static)".into());
+    }
+    if !Path::new("/var/lib/lxd").is_dir() {
+        return Some("/var/lib/lxd is missing (the lxd package)".into());
+    }
+    None
+}
