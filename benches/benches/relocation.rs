@@ -89,7 +89,7 @@ fn registration(addr: &str) -> ServiceModuleRegistration {
         get_service_notif_uri: format!("http://{addr}/services"),
         served_service_notif_uri: format!("http://{addr}/served-service"),
         execute_notif_uri: format!("http://{addr}/execute"),
-        notif_address: addr.into(),
+        notif_address: addr.parse().expect("module address"),
     }
 }
 

@@ -7,7 +7,7 @@ use crate::common::Dnai;
 use crate::nsmf_event_exposure::EventNotification;
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 
 /// How a service is moved: the service module backend that can do it. A target accepts a
 /// relocation only when it has a module registered with the same type.
@@ -106,9 +106,9 @@ pub struct ServiceModuleRegistration {
     pub served_service_notif_uri: String,
     /// `POST ExecuteRequest` → `ExecuteReport`: migrate a service to a target module.
     pub execute_notif_uri: String,
-    /// Where the module is hosted (`host:port` on the backhaul), given to source modules as the
+    /// Where the module is hosted (`ip:port` on the backhaul), given to source modules as the
     /// migration target.
-    pub notif_address: String,
+    pub notif_address: SocketAddr,
 }
 
 /// A registered service module, as the SMO stores and returns it.
@@ -145,7 +145,8 @@ pub struct Service {
 pub struct ExecuteRequest {
     pub relocation_id: String,
     pub service: Service,
-    pub target_address: String,
+    /// The target module's `notifAddress` (`ip:port`).
+    pub target_address: SocketAddr,
 }
 
 /// A service module's answer to [`ExecuteRequest`] when the service runs at the target.
@@ -225,7 +226,7 @@ pub struct PeerRelocationAnswer {
     pub cause: Option<String>,
     /// INITIATE: the `notifAddress` of the target's service module.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_module_address: Option<String>,
+    pub target_module_address: Option<SocketAddr>,
     /// The phase's time at the target (its stopwatch).
     pub took_us: u64,
     /// Time spent installing flows in this phase at the target, if it installed any.
@@ -287,7 +288,7 @@ pub struct RelocationRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target_module_address: Option<String>,
+    pub target_module_address: Option<SocketAddr>,
     /// Wall clock (µs since the Unix epoch) when the notification (source) or INITIATE (target)
     /// arrived.
     pub started_unix_us: u64,

@@ -291,7 +291,7 @@ impl SourceRelocation {
             Err(e) => Err(format!("peer {phase}: {e}")),
         };
         match (phase, proceed) {
-            (Phase::Initiate, Ok(a)) => match a.target_module_address.clone() {
+            (Phase::Initiate, Ok(a)) => match a.target_module_address {
                 Some(addr) => {
                     self.record.target_module_address = Some(addr);
                     self.next_phase(now_us, Phase::Validate);
@@ -304,22 +304,22 @@ impl SourceRelocation {
                 self.next_phase(now_us, Phase::Prepare);
                 self.apply(Phase::Prepare, self.trombone_set("trombone-source"))
             }
-            (Phase::Prepare, Ok(_)) => {
-                self.next_phase(now_us, Phase::Execute);
-                self.awaiting = Awaiting::Execute;
-                vec![SourceCommand::Execute {
-                    module: self.module.clone(),
-                    request: ExecuteRequest {
-                        relocation_id: self.record.relocation_id.clone(),
-                        service: self.record.service.clone(),
-                        target_address: self
-                            .record
-                            .target_module_address
-                            .clone()
-                            .unwrap_or_default(),
-                    },
-                }]
-            }
+            (Phase::Prepare, Ok(_)) => match self.record.target_module_address {
+                // INITIATE only proceeds with the target module's address: never here.
+                None => self.fail(now_us, "no target module address from INITIATE".into()),
+                Some(target_address) => {
+                    self.next_phase(now_us, Phase::Execute);
+                    self.awaiting = Awaiting::Execute;
+                    vec![SourceCommand::Execute {
+                        module: self.module.clone(),
+                        request: ExecuteRequest {
+                            relocation_id: self.record.relocation_id.clone(),
+                            service: self.record.service.clone(),
+                            target_address,
+                        },
+                    }]
+                }
+            },
             (Phase::Validate | Phase::Prepare, Err(e)) => self.fail(now_us, e),
             (Phase::Execute, result) => {
                 if let Err(e) = result {
@@ -681,8 +681,7 @@ impl TargetRelocation {
                 let result = match found {
                     Some(m) => {
                         self.record.module_id = Some(m.module_id.clone());
-                        self.record.target_module_address =
-                            Some(m.registration.notif_address.clone());
+                        self.record.target_module_address = Some(m.registration.notif_address);
                         Ok(())
                     }
                     None => Err(format!(
@@ -902,7 +901,7 @@ impl TargetRelocation {
             result,
             cause,
             target_module_address: (phase == Phase::Initiate && result == PeerResult::Proceed)
-                .then(|| self.record.target_module_address.clone())
+                .then_some(self.record.target_module_address)
                 .flatten(),
             took_us,
             flow_install_us,
@@ -992,7 +991,7 @@ mod tests {
                         get_service_notif_uri: "http://m.invalid/s".into(),
                         served_service_notif_uri: "http://m.invalid/ss".into(),
                         execute_notif_uri: "http://m.invalid/e".into(),
-                        notif_address: "10.0.1.1:9100".into(),
+                        notif_address: "10.0.1.1:9100".parse().expect("addr"),
                     },
                 },
                 service: Service {
@@ -1111,7 +1110,7 @@ mod tests {
                 get_service_notif_uri: "http://m.invalid/s".into(),
                 served_service_notif_uri: "http://m.invalid/ss".into(),
                 execute_notif_uri: "http://m.invalid/e".into(),
-                notif_address: "10.0.1.2:9100".into(),
+                notif_address: "10.0.1.2:9100".parse().expect("addr"),
             },
         }
     }

@@ -779,10 +779,11 @@ fn check_registration(reg: &ServiceModuleRegistration) -> Result<(), NegotiatorE
             )));
         }
     }
-    if reg.notif_address.trim().is_empty() {
-        return Err(NegotiatorError::Invalid(
-            "notifAddress must not be empty".into(),
-        ));
+    if reg.notif_address.ip().is_unspecified() || reg.notif_address.port() == 0 {
+        return Err(NegotiatorError::Invalid(format!(
+            "notifAddress must be a reachable ip:port, got `{}`",
+            reg.notif_address
+        )));
     }
     Ok(())
 }

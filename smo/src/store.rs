@@ -181,7 +181,7 @@ mod tests {
                 get_service_notif_uri: "http://m/s".into(),
                 served_service_notif_uri: "http://m/ss".into(),
                 execute_notif_uri: "http://m/e".into(),
-                notif_address: "10.0.1.1:9100".into(),
+                notif_address: "10.0.1.1:9100".parse().expect("addr"),
             },
         }
     }

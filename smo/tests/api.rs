@@ -335,7 +335,7 @@ async fn start_module(hosted: Vec<Service>, notif_address: &str) -> Module {
             get_service_notif_uri: format!("{root}/test-module/v1/services"),
             served_service_notif_uri: format!("{root}/test-module/v1/served"),
             execute_notif_uri: format!("{root}/test-module/v1/execute"),
-            notif_address: notif_address.into(),
+            notif_address: notif_address.parse().expect("ip:port"),
         },
         _stop: stop,
     }
@@ -442,7 +442,10 @@ async fn a_notification_relocates_the_service_from_x_to_y() {
     assert_eq!(record.ue_ipv4_addr, UE);
     assert_eq!(record.module_id.as_deref(), Some(mx.module_id.as_str()));
     assert_eq!(
-        record.target_module_address.as_deref(),
+        record
+            .target_module_address
+            .map(|a| a.to_string())
+            .as_deref(),
         Some("10.0.1.3:9100")
     );
     assert_eq!(
@@ -472,7 +475,7 @@ async fn a_notification_relocates_the_service_from_x_to_y() {
     {
         let st = module_x.state.lock().expect("lock");
         assert_eq!(st.executed.len(), 1);
-        assert_eq!(st.executed[0].target_address, "10.0.1.3:9100");
+        assert_eq!(st.executed[0].target_address.to_string(), "10.0.1.3:9100");
         assert_eq!(st.executed[0].relocation_id, record.relocation_id);
         assert!(!st.auth.is_empty());
         let bearer = format!("Bearer {TOKEN}");
@@ -597,7 +600,7 @@ async fn modules_are_resources() {
     assert_eq!(list.parse::<Vec<ServiceModule>>(), vec![m.clone()]);
 
     let mut changed = module.registration.clone();
-    changed.notif_address = "10.0.1.2:9200".into();
+    changed.notif_address = "10.0.1.2:9200".parse().expect("addr");
     changed.relocation_type = RelocationType::Criu;
     let a = call(
         reqwest::Method::PUT,

@@ -51,7 +51,7 @@ fn registration() -> ServiceModuleRegistration {
         get_service_notif_uri: "http://10.0.1.2:9100/criu/v1/services".into(),
         served_service_notif_uri: "http://10.0.1.2:9100/criu/v1/served".into(),
         execute_notif_uri: "http://10.0.1.2:9100/criu/v1/execute".into(),
-        notif_address: "10.0.1.2:9100".into(),
+        notif_address: "10.0.1.2:9100".parse().expect("addr"),
     }
 }
 
@@ -111,7 +111,7 @@ fn record() -> RelocationRecord {
         peer: Some(peer()),
         service: service(),
         module_id: Some("module-1".into()),
-        target_module_address: Some("10.0.1.3:9100".into()),
+        target_module_address: Some("10.0.1.3:9100".parse().expect("addr")),
         started_unix_us: 1_800_000_000_000_000,
         phases: RelocationPhase::SUCCESS_PATH.map(timing).to_vec(),
         peer_phases: RelocationPhase::SUCCESS_PATH.map(timing).to_vec(),
@@ -239,7 +239,7 @@ fn every_smo_type_matches_its_schema() {
         relocation_phase: RelocationPhase::Initiate,
         result: PeerResult::Proceed,
         cause: None,
-        target_module_address: Some("10.0.1.3:9100".into()),
+        target_module_address: Some("10.0.1.3:9100".parse().expect("addr")),
         took_us: 120,
         flow_install_us: Some(80),
     };
@@ -276,7 +276,7 @@ fn every_smo_type_matches_its_schema() {
             to_json(&ExecuteRequest {
                 relocation_id: "smo-x-3".into(),
                 service: service(),
-                target_address: "10.0.1.3:9100".into(),
+                target_address: "10.0.1.3:9100".parse().expect("addr"),
             }),
         ),
         ("ExecuteReport", to_json(&report())),

@@ -91,7 +91,7 @@ fn registration(kind: RelocationType, addr: &str) -> ServiceModuleRegistration {
         get_service_notif_uri: format!("http://{addr}/services"),
         served_service_notif_uri: format!("http://{addr}/served-service"),
         execute_notif_uri: format!("http://{addr}/execute"),
-        notif_address: addr.into(),
+        notif_address: addr.parse().expect("ip:port"),
     }
 }
 
@@ -762,7 +762,7 @@ async fn happy_path_runs_every_phase_in_order_at_both_ends() {
         Some(TARGET_ID)
     );
     assert_eq!(
-        rec.target_module_address.as_deref(),
+        rec.target_module_address.map(|a| a.to_string()).as_deref(),
         Some(TARGET_MODULE_ADDR)
     );
     assert_eq!(rec.module_id.as_deref(), Some("module-1"));
@@ -804,7 +804,10 @@ async fn happy_path_runs_every_phase_in_order_at_both_ends() {
     let t = w.target_record(&id);
     assert_eq!(t.state, RelocationState::Completed);
     assert_eq!(t.module_id.as_deref(), Some("module-1"));
-    assert_eq!(t.target_module_address.as_deref(), Some(TARGET_MODULE_ADDR));
+    assert_eq!(
+        t.target_module_address.map(|a| a.to_string()).as_deref(),
+        Some(TARGET_MODULE_ADDR)
+    );
     assert_eq!(
         t.phases,
         [
@@ -1549,7 +1552,10 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         TargetRelocation::start(0, 0, local.clone(), &message(id, Phase::Initiate), ctx);
     let a = answered(step);
     assert_eq!(a.result, PeerResult::Proceed);
-    assert_eq!(a.target_module_address.as_deref(), Some(TARGET_MODULE_ADDR));
+    assert_eq!(
+        a.target_module_address.map(|a| a.to_string()).as_deref(),
+        Some(TARGET_MODULE_ADDR)
+    );
 
     let rejected = |m: &mut TargetRelocation, now: u64, msg: PeerRelocationMessage, why: &str| {
         let before = m.clone();

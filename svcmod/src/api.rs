@@ -81,7 +81,7 @@ pub enum CallbackError {
     NotServed { ue: Ipv4Addr },
     #[error("target `{target}` is unusable: {reason}")]
     InvalidTarget {
-        target: String,
+        target: SocketAddr,
         reason: &'static str,
     },
     #[error(transparent)]
@@ -183,13 +183,10 @@ impl<B: Backend> Module<B> {
     /// Execute: checks the target, migrates, answers the report once the service runs there.
     pub async fn execute(&self, req: &ExecuteRequest) -> Result<ExecuteReport, CallbackError> {
         let invalid = |reason| CallbackError::InvalidTarget {
-            target: req.target_address.clone(),
+            target: req.target_address,
             reason,
         };
-        let target: SocketAddr = req
-            .target_address
-            .parse()
-            .map_err(|_| invalid("not ip:port"))?;
+        let target = req.target_address;
         if target.ip().is_unspecified() || target.port() == 0 {
             return Err(invalid("unspecified address or port 0"));
         }

@@ -441,7 +441,7 @@ pub fn registration(
         get_service_notif_uri: format!("{base}{}", api::SERVICES),
         served_service_notif_uri: format!("{base}{}", api::SERVED_SERVICE),
         execute_notif_uri: format!("{base}{}", api::EXECUTE),
-        notif_address: notif.to_string(),
+        notif_address: notif,
     }
 }
 
@@ -1074,7 +1074,7 @@ mod tests {
             r.execute_notif_uri,
             "http://10.100.0.41:9100/svcmod/v1/execute"
         );
-        assert_eq!(r.notif_address, "10.0.1.1:9200");
+        assert_eq!(r.notif_address.to_string(), "10.0.1.1:9200");
         assert_eq!(r.relocation_type, RelocationType::Criu);
         assert_eq!(
             callback_addr("0.0.0.0:9100".parse().expect("addr")).to_string(),

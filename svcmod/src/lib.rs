@@ -262,12 +262,7 @@ impl MigrationReport {
         service: &Service,
         strategy: Strategy,
     ) -> Result<(Self, std::net::SocketAddr), BackendError> {
-        let target = request.target_address.parse().map_err(|_| {
-            BackendError::BadRequest(format!(
-                "target address `{}` is not ip:port",
-                request.target_address
-            ))
-        })?;
+        let target = request.target_address;
         let report = Self {
             relocation_id: request.relocation_id.clone(),
             service: service.clone(),

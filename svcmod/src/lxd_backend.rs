@@ -1418,7 +1418,7 @@ mod tests {
         let request = ExecuteRequest {
             relocation_id: "r".into(),
             service: s,
-            target_address: "10.0.1.2:9100".into(),
+            target_address: "10.0.1.2:9100".parse().expect("addr"),
         };
         let e = b
             .migrate_out_with(&request, Strategy::LazyPages)

@@ -420,7 +420,7 @@ fn execute_request(id: &str, target: &str) -> ExecuteRequest {
     ExecuteRequest {
         relocation_id: format!("rel-{id}"),
         service: service(id, 50),
-        target_address: target.into(),
+        target_address: target.parse().expect("ip:port"),
     }
 }
 
@@ -532,7 +532,10 @@ async fn registers_serves_the_callbacks_and_deregisters_at_shutdown() {
     assert_eq!(rep.bytes_moved, Some(300_777));
     assert_eq!(rep.steps.len(), 5);
     assert!(rep.steps.iter().all(|s| s.at_unix_us.is_some()));
-    assert_eq!(backend.lock().executed[0].target_address, target);
+    assert_eq!(
+        backend.lock().executed[0].target_address.to_string(),
+        target
+    );
     let list: Vec<Service> = c.get(&d.url("/services")).await.expect("services");
     assert_eq!(
         list.iter()
@@ -705,14 +708,18 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
     // Unusable targets never reach the backend.
     backend.host(service("a", 50));
     let executed = backend.lock().executed.len();
+    // Not ip:port at all: the body does not parse (400, naming the field).
+    for bad in ["nonsense", "10.0.1.2"] {
+        let mut body = serde_json::to_value(execute_request("a", "10.0.1.2:9200")).expect("json");
+        body["targetAddress"] = serde_json::json!(bad);
+        let (status, _, p) =
+            problem_of(c.post::<_, ExecuteReport>(&d.url("/execute"), &body).await);
+        schemas.check(names::PROBLEM_DETAILS, &p);
+        assert_eq!(status, 400, "{bad}: {p}");
+        assert!(p.to_string().contains("targetAddress"), "{bad}: {p}");
+    }
     let own = d.notif.to_string();
-    for bad in [
-        "nonsense",
-        "10.0.1.2",
-        "0.0.0.0:9200",
-        "10.0.1.2:0",
-        own.as_str(),
-    ] {
+    for bad in ["0.0.0.0:9200", "10.0.1.2:0", own.as_str()] {
         let (status, cause, p) = problem_of(
             c.post::<_, ExecuteReport>(&d.url("/execute"), &execute_request("a", bad))
                 .await,

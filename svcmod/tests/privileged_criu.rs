@@ -174,7 +174,7 @@ impl World {
         ExecuteRequest {
             relocation_id: relocation_id.into(),
             service: service.clone(),
-            target_address: format!("{to}:{MODULE_PORT}"),
+            target_address: format!("{to}:{MODULE_PORT}").parse().expect("addr"),
         }
     }
 }

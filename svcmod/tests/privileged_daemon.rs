@@ -172,7 +172,9 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     let req = ExecuteRequest {
         relocation_id: "rel-daemon-1".into(),
         service: served.clone(),
-        target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}"),
+        target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}")
+            .parse()
+            .expect("addr"),
     };
     let t0 = Instant::now();
     let there: ExecuteReport = post_in(&x_ns, TOKEN, format!("{x_api}/execute"), req.clone())
@@ -230,7 +232,9 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     let to_itself = ExecuteRequest {
         relocation_id: "rel-daemon-self".into(),
         service: served_y.clone(),
-        target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}"),
+        target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}")
+            .parse()
+            .expect("addr"),
     };
     let own =
         post_in::<_, ExecuteReport>(&y_ns, TOKEN, format!("{y_api}/execute"), to_itself).await;
@@ -259,7 +263,9 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     let back = ExecuteRequest {
         relocation_id: "rel-daemon-2".into(),
         service: served_y,
-        target_address: format!("{X_BACKHAUL}:{MIGRATION_PORT}"),
+        target_address: format!("{X_BACKHAUL}:{MIGRATION_PORT}")
+            .parse()
+            .expect("addr"),
     };
     let t0 = Instant::now();
     let execute_at_ms = client_started.elapsed().as_secs_f64() * 1000.0;

@@ -176,7 +176,7 @@ impl World {
         ExecuteRequest {
             relocation_id: relocation_id.into(),
             service: service.clone(),
-            target_address: format!("{to}:{MODULE_PORT}"),
+            target_address: format!("{to}:{MODULE_PORT}").parse().expect("addr"),
         }
     }
 
@@ -772,7 +772,9 @@ async fn two_lxc_daemons_register_move_and_leave_nothing() {
     let req = ExecuteRequest {
         relocation_id: "rel-lxc-daemon".into(),
         service: served,
-        target_address: format!("{}:{MIGRATION_PORT}", common::Y_BACKHAUL),
+        target_address: format!("{}:{MIGRATION_PORT}", common::Y_BACKHAUL)
+            .parse()
+            .expect("addr"),
     };
     let t0 = Instant::now();
     let report: ExecuteReport = post_in(&x_ns, TOKEN, format!("{x_api}/execute"), req)

@@ -299,7 +299,7 @@ mod tests {
         ExecuteRequest {
             relocation_id: "smo-x-1".into(),
             service: svc(),
-            target_address: "10.100.0.42:9100".into(),
+            target_address: "10.100.0.42:9100".parse().expect("addr"),
         }
     }
 
