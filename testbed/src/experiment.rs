@@ -1160,13 +1160,35 @@ impl Runner<'_> {
                 )),
                 _ => None,
             };
+            // Only flows live before the handover measure downtime (an idle interval does not).
+            let rec_flows: Vec<FlowGaps> = match &o.ue_downtime {
+                Some(d) => rec_flows
+                    .into_iter()
+                    .filter(|f| d.live_flows.contains(&f.flow))
+                    .collect(),
+                None => rec_flows,
+            };
+            let cap_flows: Option<Vec<CaptureFlowGap>> = match (&o.ue_downtime, cap_flows) {
+                (Some(d), Some(c)) => Some(
+                    c.into_iter()
+                        .filter(|f| d.live_flows.contains(&f.flow))
+                        .collect(),
+                ),
+                (_, c) => c,
+            };
             let rec_largest = |src| recorder_downtime(&rec_flows, src, since);
             let cap_largest = |src| cap_flows.as_deref().and_then(|c| capture_downtime(c, src));
+            // A flow that was live before the handover and delivered nothing after the
+            // relocation ended has stopped: the run failed, whatever its tools say.
             if let Some(d) = &o.ue_downtime {
                 if !d.silent_flows.is_empty() {
-                    r.notes.push(format!(
-                        "{what}: flows silent after the relocation: {}",
-                        d.silent_flows.join(", ")
+                    errors.push(format!(
+                        "handover {what}: flows live before it stopped: {}",
+                        d.silent_flows
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ));
                 }
             }
@@ -1289,12 +1311,16 @@ impl Runner<'_> {
                 let a = format!("{addr}:{}", crate::nf::PROBE_PORT);
                 cmd.arg(self.bins.join("tbprobe"))
                     .args(["stream", &a, "--seconds"])
-                    .arg(format!("{}", t.duration_s));
+                    .arg(format!("{}", t.duration_s))
+                    .arg(format!(
+                        "--interval-ms={}",
+                        crate::probe::DEFAULT_INTERVAL.as_millis()
+                    ));
                 a
             }
             TrafficKind::Ping => {
                 let ms = t.params.interval_ms.unwrap_or(10);
-                cmd.args(["ping", "-q", "-n", "-i"])
+                cmd.args(["ping", "-n", "-i"])
                     .arg(format!("{:.3}", f64::from(ms) / 1e3))
                     .arg("-w")
                     .arg(format!("{}", t.duration_s.ceil().max(1.0) as u64))
@@ -1428,7 +1454,8 @@ pub fn recorder_downtime(flows: &[FlowGaps], src: Option<Ipv4Addr>, since_ms: f6
         .filter(|f| src.is_none_or(|s| flow_src(&f.flow) == Some(s)))
         .cloned()
         .collect();
-    let d = migration::largest_gap(&chosen, since_ms, since_ms);
+    let names: Vec<String> = chosen.iter().map(|f| f.flow.clone()).collect();
+    let d = migration::largest_gap(&chosen, &names, since_ms, since_ms);
     d.flow.map(|_| d.largest_gap_ms)
 }
 
@@ -1508,44 +1535,38 @@ fn finish_flow(f: &mut RunningFlow<'_>) -> FlowResult {
     }
     match f.plan.spec.kind {
         TrafficKind::Stream => {
-            let report: Option<serde_json::Value> = serde_json::from_str(stdout.trim()).ok();
-            let intact = report
-                .as_ref()
-                .and_then(|r| r["intact"].as_bool())
-                .unwrap_or(false);
-            let error = if intact {
-                None
-            } else if let Some(r) = &report {
-                Some(format!(
-                    "stream not intact: {} records, {} corrupt{}",
-                    r["records"],
-                    r["corrupt_records"],
-                    r["disconnected"]
-                        .as_str()
-                        .map(|d| format!(", disconnected: {d}"))
-                        .unwrap_or_default()
-                ))
-            } else {
-                Some(format!(
+            let report: Option<crate::probe::StreamReport> =
+                serde_json::from_str(stdout.trim()).ok();
+            let intact = report.as_ref().is_some_and(|r| r.intact);
+            let error = match &report {
+                _ if intact => None,
+                Some(r) => Some(format!(
+                    "stream not intact: {}",
+                    r.problem.as_deref().unwrap_or("no reason given")
+                )),
+                None => Some(format!(
                     "no report (exit {}): {}",
                     status.map_or_else(|| "?".to_owned(), |s| s.to_string()),
                     tail(&stderr)
-                ))
+                )),
             };
+            let report = report.and_then(|r| serde_json::to_value(r).ok());
             flow_result(&f.plan, address, intact, error, report)
         }
         TrafficKind::Ping => {
-            let counts = ping_counts(&stdout);
-            let ok = counts.is_some_and(|(_, rx)| rx > 0);
-            let report = counts.map(|(tx, rx)| {
-                serde_json::json!({
-                    "transmitted": tx,
-                    "received": rx,
-                    "lossPercent": if tx == 0 { 0.0 } else { 100.0 * (tx - rx.min(tx)) as f64 / tx as f64 },
-                })
-            });
-            let error =
-                (!ok).then(|| format!("no replies: {}", tail(&format!("{stdout}\n{stderr}"))));
+            let interval =
+                Duration::from_millis(u64::from(f.plan.spec.params.interval_ms.unwrap_or(10)));
+            let report = crate::probe::PingReport::parse(&stdout, interval);
+            let ok = report.as_ref().is_some_and(|r| r.ok);
+            let error = match &report {
+                _ if ok => None,
+                Some(r) => r.problem.clone(),
+                None => Some(format!(
+                    "no summary: {}",
+                    tail(&format!("{stdout}\n{stderr}"))
+                )),
+            };
+            let report = report.and_then(|r| serde_json::to_value(r).ok());
             flow_result(&f.plan, address, ok, error, report)
         }
         TrafficKind::Iperf3 => {
@@ -1606,17 +1627,6 @@ pub fn service_port(kind: crate::scenario::ServiceKind) -> u16 {
     }
 }
 
-/// `N packets transmitted, M received` from ping's summary.
-pub fn ping_counts(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
-    let mut nums = line.split(',').map(|p| {
-        p.split_whitespace()
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
-    });
-    Some((nums.next()??, nums.next()??))
-}
-
 /// Ends a child we started, by its PID: SIGTERM, then SIGKILL after 3 s; reaps it.
 fn end_child(child: &mut Child) {
     if matches!(child.try_wait(), Ok(Some(_))) {
@@ -1657,12 +1667,14 @@ mod tests {
     #[test]
     fn ping_summaries_and_flow_names_parse() {
         let out = "PING 20.0.0.100 (20.0.0.100) 56(84) bytes of data.\n\n--- 20.0.0.100 ping statistics ---\n800 packets transmitted, 781 received, 2.375% packet loss, time 7990ms\nrtt min/avg/max/mdev = 0.1/0.2/0.3/0.01 ms\n";
-        assert_eq!(ping_counts(out), Some((800, 781)));
-        assert_eq!(
-            ping_counts("3 packets transmitted, 0 received, +3 errors, 100% packet loss"),
-            Some((3, 0))
-        );
-        assert_eq!(ping_counts("connect: Network is unreachable"), None);
+        let r = crate::probe::PingReport::parse(out, Duration::from_millis(10)).expect("summary");
+        assert_eq!((r.transmitted, r.received), (800, 781));
+        let r = crate::probe::PingReport::parse(
+            "3 packets transmitted, 0 received, +3 errors, 100% packet loss",
+            Duration::from_millis(10),
+        )
+        .expect("summary");
+        assert_eq!((r.transmitted, r.received, r.ok), (3, 0, false));
         assert_eq!(
             flow_src("tcp 20.0.0.100:5000 > 192.168.1.2:40000"),
             Some(Ipv4Addr::new(20, 0, 0, 100))
@@ -1681,6 +1693,7 @@ mod tests {
             packets: 100,
             largest_gap_ms: gap,
             gap_ended_at_ms: end,
+            last_arrival_ms: end,
         };
         let flows = [
             rec(

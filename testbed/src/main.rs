@@ -54,7 +54,8 @@ enum Command {
     },
     /// Hand a UE over to another site (Xn handover with UPF relocation), print the timeline, then
     /// wait for the service relocation it triggers and print its phases, the migration and the
-    /// UE-side downtime.
+    /// UE-side downtime (on the flows live before the handover). Exits 1 when such a flow
+    /// stopped.
     Handover {
         #[arg(long)]
         name: Option<String>,
@@ -352,6 +353,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&outcome)?);
             } else {
                 print!("{}", testbed::migration::text(&ue, &outcome));
+            }
+            // A flow that was live before the handover and stopped is a failure, said plainly.
+            if let Some(d) = outcome
+                .ue_downtime
+                .as_ref()
+                .filter(|d| !d.silent_flows.is_empty())
+            {
+                eprintln!(
+                    "testbed: {} flow(s) of {ue} stopped after the handover: {}",
+                    d.silent_flows.len(),
+                    d.silent_flows
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                return Ok(ExitCode::FAILURE);
             }
         }
         Command::Relocations { name, json } => {

@@ -59,30 +59,61 @@ pub struct HandoverOutcome {
     pub ue_downtime: Option<UeDowntime>,
 }
 
-/// The largest downlink gap of the UE's flows that ended after the handover began.
+/// The largest downlink gap of the UE's flows that were live before the handover and whose gap
+/// ended after it began. A flow that was idle before the handover (a ping every second, a flow
+/// that had ended) is not measured: its interval is not downtime.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UeDowntime {
-    /// The flow with the largest gap (none when no flow had two packets).
+    /// The live flow with the largest gap (none when no live flow had one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub flow: Option<String>,
     pub largest_gap_ms: f64,
     /// When that gap ended, ms after the handover began.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gap_ended_after_handover_ms: Option<f64>,
+    /// The flows live just before the handover (at least [`ACTIVE_PACKETS`] packets in its last
+    /// [`ACTIVE_WINDOW_MS`]): the ones measured.
+    pub live_flows: Vec<String>,
     /// Every flow of the UE in the window from the handover's start (largest gap per flow).
     pub flows: Vec<FlowGaps>,
-    /// Flows active before the handover that delivered nothing after the relocation ended (within
-    /// [`RESUME_WITHIN`]): their gap is still open and larger than reported.
+    /// Live flows that delivered nothing after the relocation ended (within [`RESUME_WITHIN`]):
+    /// they stopped, and their gap is still open.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub silent_flows: Vec<String>,
+    pub silent_flows: Vec<StoppedFlow>,
 }
 
-/// Picks the largest gap among `flows` that ended at or after `since_ms` (UE clock); gap ends are
-/// reported relative to `handover_ms`.
-pub fn largest_gap(flows: &[FlowGaps], since_ms: f64, handover_ms: f64) -> UeDowntime {
+/// A flow that was live before the handover and stopped.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoppedFlow {
+    pub flow: String,
+    /// How long it has been silent when the handover's report was made, ms (`None`: no arrival
+    /// in the window at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub silent_for_ms: Option<f64>,
+}
+
+impl std::fmt::Display for StoppedFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.silent_for_ms {
+            Some(ms) => write!(f, "{} (silent for {:.0} ms)", self.flow, ms),
+            None => write!(f, "{}", self.flow),
+        }
+    }
+}
+
+/// Picks the largest gap among the `live` flows of `flows` that ended at or after `since_ms`
+/// (UE clock); gap ends are reported relative to `handover_ms`.
+pub fn largest_gap(
+    flows: &[FlowGaps],
+    live: &[String],
+    since_ms: f64,
+    handover_ms: f64,
+) -> UeDowntime {
     let best = flows
         .iter()
+        .filter(|f| live.contains(&f.flow))
         .filter(|f| f.gap_ended_at_ms.is_some_and(|e| e >= since_ms))
         .max_by(|a, b| a.largest_gap_ms.total_cmp(&b.largest_gap_ms));
     UeDowntime {
@@ -91,6 +122,7 @@ pub fn largest_gap(flows: &[FlowGaps], since_ms: f64, handover_ms: f64) -> UeDow
         gap_ended_after_handover_ms: best
             .and_then(|f| f.gap_ended_at_ms)
             .map(|e| e - handover_ms),
+        live_flows: live.to_vec(),
         flows: flows.to_vec(),
         silent_flows: Vec::new(),
     }
@@ -384,8 +416,19 @@ pub fn handover_and_follow(
             }
         }
         if let Ok(g) = ue_gaps(plan, ue, h - CLOCK_SLACK_MS) {
-            let mut d = largest_gap(&g, h - CLOCK_SLACK_MS, h);
-            d.silent_flows = silent;
+            let mut d = largest_gap(&g, &active_before, h - CLOCK_SLACK_MS, h);
+            let now = c.now_ms();
+            d.silent_flows = silent
+                .into_iter()
+                .map(|flow| StoppedFlow {
+                    silent_for_ms: g
+                        .iter()
+                        .find(|f| f.flow == flow)
+                        .and_then(|f| f.last_arrival_ms)
+                        .map(|last| (now - last).max(0.0)),
+                    flow,
+                })
+                .collect();
             outcome.ue_downtime = Some(d);
         }
     }
@@ -464,17 +507,24 @@ pub fn text(ue: &str, o: &HandoverOutcome) -> String {
                     d.gap_ended_after_handover_ms.unwrap_or(0.0)
                 );
             }
+            None if d.live_flows.is_empty() => {
+                let _ = writeln!(
+                    out,
+                    "\nUE-side downtime: not measured: no flow was live before the handover (an idle flow's interval is not downtime; start one, e.g. a tbprobe stream)"
+                );
+            }
             None => {
                 let _ = writeln!(
                     out,
-                    "\nUE-side downtime: no downlink gap since the handover began (no flow with two packets; start one, e.g. a tbprobe stream)"
+                    "\nUE-side downtime: no gap on the {} live flow(s) since the handover began",
+                    d.live_flows.len()
                 );
             }
         }
         for f in &d.silent_flows {
             let _ = writeln!(
                 out,
-                "  {f}: active before the handover, silent since the relocation ended (its gap is still open, or it ended)"
+                "  FLOW STOPPED: {f}: live before the handover, nothing since the relocation ended"
             );
         }
     }
@@ -493,6 +543,7 @@ mod tests {
             packets,
             largest_gap_ms: gap,
             gap_ended_at_ms: end,
+            last_arrival_ms: end,
         }
     }
 
@@ -504,14 +555,27 @@ mod tests {
             flow("udp c", 50, 120.0, Some(10_200.0)),
             flow("icmp d", 1, 0.0, None),
         ];
-        let d = largest_gap(&flows, 9_900.0, 10_000.0);
+        let live: Vec<String> = ["tcp a", "tcp b", "udp c"].map(String::from).to_vec();
+        let d = largest_gap(&flows, &live, 9_900.0, 10_000.0);
         assert_eq!(d.flow.as_deref(), Some("tcp b"));
         assert_eq!(d.largest_gap_ms, 310.0);
         assert_eq!(d.gap_ended_after_handover_ms, Some(450.0));
         assert_eq!(d.flows.len(), 4);
-        let none = largest_gap(&flows[3..], 0.0, 0.0);
+        let none = largest_gap(&flows[3..], &live, 0.0, 0.0);
         assert_eq!(none.flow, None);
         assert_eq!(none.largest_gap_ms, 0.0);
+        // A flow that was not live before the handover (a ping every second) is not measured,
+        // however large its gap.
+        let idle = [flow("icmp idle", 3, 1001.9, Some(10_900.0))];
+        let d = largest_gap(&idle, &[], 9_900.0, 10_000.0);
+        assert_eq!((d.flow, d.largest_gap_ms), (None, 0.0));
+        let d = largest_gap(
+            &[idle[0].clone(), flows[2].clone()],
+            &live,
+            9_900.0,
+            10_000.0,
+        );
+        assert_eq!(d.flow.as_deref(), Some("udp c"));
         assert_eq!(active(&flows, 1), ["tcp a", "tcp b", "udp c", "icmp d"]);
         assert_eq!(active(&flows, 5), ["tcp a", "tcp b", "udp c"]);
     }
@@ -631,8 +695,12 @@ mod tests {
                 flow: Some("tcp 20.0.0.100:5000 > 192.168.1.2:40000".into()),
                 largest_gap_ms: 456.7,
                 gap_ended_after_handover_ms: Some(1500.0),
+                live_flows: vec!["tcp 20.0.0.100:5000 > 192.168.1.2:40000".into()],
                 flows: Vec::new(),
-                silent_flows: Vec::new(),
+                silent_flows: vec![StoppedFlow {
+                    flow: "tcp 20.0.0.101:5000 > 192.168.1.2:40002".into(),
+                    silent_for_ms: Some(5210.0),
+                }],
             }),
         };
         let t = text("ue1", &o);
@@ -648,6 +716,7 @@ mod tests {
             "restore",
             "bytes moved: 654321",
             "UE-side downtime: largest downlink gap 456.7 ms (tcp 20.0.0.100:5000 > 192.168.1.2:40000), ended 1500 ms after",
+            "FLOW STOPPED: tcp 20.0.0.101:5000 > 192.168.1.2:40002 (silent for 5210 ms)",
         ] {
             assert!(t.contains(want), "`{want}` missing in:\n{t}");
         }

@@ -31,6 +31,10 @@ pub const DEFAULT_BUFFER_MS: u32 = 1000;
 pub const PROGRESS_PERIOD_S: f64 = 0.1;
 /// A run "played much less than the wall time" below this share of it (after the first frame).
 pub const MIN_PLAYED_SHARE: f64 = 0.75;
+/// A run whose media time stood still longer than this (ms, the stall at the end included) has
+/// stopped playing: a migration's freeze is ≤ 1 s even with LXD, and a dead stream at the end of
+/// a run leaves a tail too short to pull the played share under [`MIN_PLAYED_SHARE`].
+pub const MAX_STALL_MS: f64 = 3000.0;
 /// Lines of ffmpeg's stderr kept for the report.
 pub const STDERR_TAIL_LINES: usize = 12;
 /// Longest line read from ffmpeg (longer ones are cut).
@@ -211,8 +215,8 @@ pub struct PlayReport {
     pub progress_blocks: usize,
     /// The last lines ffmpeg wrote to stderr (warnings and errors).
     pub stderr_tail: Vec<String>,
-    /// Played without stopping, and at least [`MIN_PLAYED_SHARE`] of the wall time (after the
-    /// first frame).
+    /// Played without stopping, at least [`MIN_PLAYED_SHARE`] of the wall time (after the first
+    /// frame), and never stood still longer than [`MAX_STALL_MS`] (the end included).
     pub ok: bool,
     /// Why not `ok`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -257,12 +261,25 @@ impl PlayReport {
             Some("no frame played".to_owned())
         } else if media_ms < MIN_PLAYED_SHARE * playing_ms {
             Some(format!(
-                "played {:.1} s of media in {:.1} s",
+                "played {:.1} s of media in {:.1} s (expected at least {:.0}% of it)",
                 media_ms / 1e3,
-                playing_ms / 1e3
+                playing_ms / 1e3,
+                MIN_PLAYED_SHARE * 100.0
             ))
         } else {
-            None
+            stall.filter(|st| st.ms > MAX_STALL_MS).map(|st| {
+                format!(
+                    "the media stood still for {:.1} s from {:.1} s (at most {:.1} s expected){}",
+                    st.ms / 1e3,
+                    st.from_ms / 1e3,
+                    MAX_STALL_MS / 1e3,
+                    if st.from_ms + st.ms >= wall_ms - 1.0 {
+                        ": playing stopped before the end"
+                    } else {
+                        ""
+                    }
+                )
+            })
         };
         PlayReport {
             url: opts.url.clone(),
@@ -636,6 +653,30 @@ speed= x\nspeed=NaNx\nspeed=infx\ntotal_size=1e9\n\u{fffd}\u{0}=\u{0}\nprogress=
         assert!(!r.ok);
         let json = serde_json::to_value(&r).expect("json");
         assert_eq!(json["ending"], "stopped");
+    }
+
+    #[test]
+    fn a_stream_that_dies_near_the_end_fails_though_enough_media_played() {
+        // 1x with 2.5 s ahead for 32 s, then nothing more until the end at 40 s: 34.5 s of
+        // media in 39.5 s of playing is above the played share, but the media stood still 8 s.
+        let v: Vec<Sample> = (0..320)
+            .map(|i| s(500.0 + 100.0 * f64::from(i), 2500.0 + 100.0 * f64::from(i)))
+            .collect();
+        let r = PlayReport::new(&opts(), &v, 40_000.0, Ending::Stopped, vec![]);
+        assert!(r.media_seconds >= MIN_PLAYED_SHARE * 39.5, "{r:?}");
+        assert!(!r.ok, "{r:?}");
+        let p = r.problem.expect("a problem");
+        assert!(
+            p.contains("stood still") && p.contains("stopped before the end"),
+            "{p}"
+        );
+        // The same run with a 300 ms freeze in the middle and no dead end is fine.
+        let mut v: Vec<Sample> = (0..395)
+            .map(|i| s(500.0 + 100.0 * f64::from(i), 2500.0 + 100.0 * f64::from(i)))
+            .collect();
+        v.retain(|x| !(20_000.0..20_300.0).contains(&x.wall_ms));
+        let r = PlayReport::new(&opts(), &v, 40_000.0, Ending::Stopped, vec![]);
+        assert!(r.ok, "{r:?}");
     }
 
     #[test]

@@ -111,6 +111,9 @@ pub struct FlowGaps {
     pub largest_gap_ms: f64,
     /// When that gap ended, ms since the UE started.
     pub gap_ended_at_ms: Option<f64>,
+    /// The flow's last arrival, ms since the UE started: how long it has been silent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_arrival_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +218,7 @@ impl GapRecorder {
                             packets,
                             largest_gap_ms: best.map_or(0.0, |(g, _)| g as f64 / 1000.0),
                             gap_ended_at_ms: best.map(|(_, e)| e as f64 / 1000.0),
+                            last_arrival_ms: r.last_us.map(|l| l as f64 / 1000.0),
                         },
                     )
                 })
@@ -298,9 +302,11 @@ mod tests {
         assert_eq!(rep[0].packets, 13);
         assert_eq!(rep[0].largest_gap_ms, 150.0);
         assert_eq!(rep[0].gap_ended_at_ms, Some(350.0));
+        assert_eq!(rep[0].last_arrival_ms, Some(360.0));
         assert_eq!(rep[1].packets, 1);
         assert_eq!(rep[1].largest_gap_ms, 0.0);
         assert_eq!(rep[1].gap_ended_at_ms, None);
+        assert_eq!(rep[1].last_arrival_ms, Some(500.0));
     }
 
     #[test]

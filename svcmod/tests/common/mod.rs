@@ -298,6 +298,9 @@ pub struct StreamReport {
     pub max_gap_end_ms: f64,
     pub disconnected: Option<String>,
     pub intact: bool,
+    /// Why not intact, naming what was expected.
+    #[serde(default)]
+    pub problem: Option<String>,
 }
 
 pub async fn client_report(child: Child) -> StreamReport {

@@ -1,7 +1,10 @@
 //! `tbprobe`: the testbed's probe server and stream checker (run inside nodes with `testbed exec`).
 //!
 //! tbprobe serve [--tcp ADDR:PORT] [--udp ADDR:PORT] [--record-bytes N] [--interval-ms MS] [--ballast-mb MB]
-//! tbprobe stream ADDR:PORT [--seconds S] [--record-bytes N]     (prints a JSON report; exit 1 if not intact)
+//! tbprobe stream ADDR:PORT [--seconds S] [--record-bytes N] [--interval-ms MS] [--reconnect]
+//!                                   (prints a JSON report; exit 1 if not intact: a byte out of place,
+//!                                    a disconnect or reconnect, or fewer records than the server's
+//!                                    interval implies for the time checked)
 //! tbprobe rtmp-play rtmp://ADDR/vod/FILE [--seconds S] [--buffer-ms MS]
 //!                                   (ffmpeg plays it; prints a JSON report; exit 1 if the player stopped
 //!                                    early or played much less than the wall time)
@@ -39,13 +42,21 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ballast_mb: usize,
     },
-    /// Connect once to a stream and check every byte for a while.
+    /// Connect to a stream and check every byte, and that records keep coming, for a while.
     Stream {
         addr: SocketAddr,
         #[arg(long, default_value_t = 5.0)]
         seconds: f64,
         #[arg(long, default_value_t = 64)]
         record_bytes: usize,
+        /// The server's time between records: the check expects one per interval (0: none
+        /// expected, the server sends as fast as TCP allows).
+        #[arg(long, default_value_t = 10)]
+        interval_ms: u64,
+        /// Connect again when the connection ends, counting the reconnects (the stream is then
+        /// not intact, but the report shows how much still arrived).
+        #[arg(long)]
+        reconnect: bool,
     },
     /// Play an RTMP stream with ffmpeg (at the server's pace) for a while and report what played.
     RtmpPlay {
@@ -99,11 +110,17 @@ fn main() -> ExitCode {
             addr,
             seconds,
             record_bytes,
-        } => match testbed::probe::check_stream(
+            interval_ms,
+            reconnect,
+        } => match (testbed::probe::StreamCheck {
             addr,
             record_bytes,
-            Duration::from_secs_f64(seconds.max(0.0)),
-        ) {
+            duration: Duration::from_secs_f64(seconds.max(0.0)),
+            interval: Duration::from_millis(interval_ms),
+            reconnect,
+        })
+        .run(&testbed::probe::StreamWatch::default())
+        {
             Ok(rep) => {
                 println!("{}", serde_json::to_string(&rep).unwrap_or_default());
                 if rep.intact {
