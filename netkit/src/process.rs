@@ -25,6 +25,33 @@ impl Started {
     }
 }
 
+/// Marks every descriptor of this process above stderr close-on-exec, so that what it starts
+/// from now on inherits only stdin, stdout and stderr. A long-lived child (a network function,
+/// and the services it starts in turn) must not hold the caller's descriptors: a locked file
+/// among them (`flock FILE cmd` hands its lock down) makes CRIU refuse to dump the service
+/// ("Some file locks are hold by dumping tasks!"), and an open pipe keeps a reader waiting.
+#[allow(unsafe_code)]
+pub fn cloexec_inherited_fds() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_GETFD / F_SETFD read and set one descriptor's flags and touch no memory; a
+        // descriptor closed meanwhile (the directory's own) answers EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn is_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -168,5 +195,25 @@ mod tests {
         let status = reaper.join().expect("reaper").expect("wait");
         assert!(!status.success());
         assert!(!right.is_running());
+    }
+    #[test]
+    fn inherited_descriptors_become_close_on_exec() {
+        let f = std::fs::File::open("/proc/self/status").expect("open");
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&f);
+        cloexec_inherited_fds();
+        let flags = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).expect("fdinfo");
+        let octal = flags
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(str::trim)
+            .expect("flags line");
+        let v = u32::from_str_radix(octal, 8).expect("octal");
+        assert_ne!(v & 0o2000000, 0, "O_CLOEXEC not set: {octal}");
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("[ -e /proc/$$/fd/{fd} ]"))
+            .status()
+            .expect("sh");
+        assert!(!child.success(), "the child still has fd {fd}");
     }
 }

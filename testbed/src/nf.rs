@@ -641,6 +641,9 @@ pub fn spawn(
         "({line}) </dev/null >>{} 2>&1 & echo $!",
         sh_quote(&log.display().to_string())
     );
+    // The NF (and the services a module starts) must not inherit our descriptors: a locked
+    // file among them makes CRIU refuse to dump a service.
+    netkit::process::cloexec_inherited_fds();
     let out = std::process::Command::new("sh")
         .args(["-c", &script])
         .env(
