@@ -20,4 +20,5 @@ pub mod rtmp;
 pub mod scenario;
 pub mod spec;
 pub mod state;
+pub mod supervise;
 pub mod topo;

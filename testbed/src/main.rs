@@ -51,6 +51,9 @@ enum Command {
         /// type (instead of the built-in topology and `stream1`).
         #[arg(long, value_name = "SCENARIO.toml", conflicts_with_all = ["topology", "ues"])]
         scenario: Option<PathBuf>,
+        /// Do not start the supervisor (a network function that dies stays dead).
+        #[arg(long)]
+        no_supervise: bool,
     },
     /// Hand a UE over to another site (Xn handover with UPF relocation), print the timeline, then
     /// wait for the service relocation it triggers and print its phases, the migration and the
@@ -83,6 +86,22 @@ enum Command {
         /// Print the merged records as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// SIGKILL to one of the testbed's processes, for crash experiments (the supervisor starts
+    /// it again, with backoff; `testbed status` counts the restarts): `testbed kill edge-y
+    /// smo-y`, or just `testbed kill smo-y`.
+    Kill {
+        #[arg(long)]
+        name: Option<String>,
+        /// The node and the process (`edge-y smo-y`), or the process alone.
+        #[arg(num_args = 1..=2, required = true, value_names = ["NODE", "PROCESS"])]
+        what: Vec<String>,
+    },
+    /// Run the supervisor of a testbed (started by `testbed up`; not for direct use).
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        name: String,
     },
     /// Arm a fault in an edge cloud's service module, for failure experiments:
     /// `corrupt-images` makes the next migration into that edge fail at its restore (the source
@@ -182,15 +201,33 @@ enum ExperimentCommand {
     },
 }
 
+/// A closed pipe ends the CLI quietly (`testbed status | head`), as it ends `ls`: Rust ignores
+/// SIGPIPE, and `println!` panics on the broken pipe instead.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
+    let cli = Cli::parse();
+    // The supervisor's log is a file; its default filter says what it restarted.
+    let default_filter = match cli.command {
+        Command::Supervise { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TESTBED_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
-    match run(Cli::parse()) {
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("testbed: error: {e:#}");
@@ -282,11 +319,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             network_only,
             no_services,
             scenario,
+            no_supervise,
         } => {
             require_root()?;
             let mut opts = topo::UpOptions {
                 network_functions: !network_only,
                 services: !no_services,
+                supervise: !no_supervise,
                 ..Default::default()
             };
             let spec = if let Some(path) = &scenario {
@@ -394,6 +433,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if unreachable > 0 {
                 return Ok(ExitCode::FAILURE);
             }
+        }
+        Command::Kill { name, what } => {
+            require_root()?;
+            let name = current(name)?;
+            let (node, process) = match what.as_slice() {
+                [p] => (None, p.as_str()),
+                [n, p] => (Some(n.as_str()), p.as_str()),
+                _ => bail!("give NODE PROCESS or PROCESS"),
+            };
+            let p = testbed::supervise::kill(&name, node, process).map_err(anyhow::Error::msg)?;
+            println!(
+                "killed {} (pid {}) on {} with SIGKILL; the supervisor starts it again",
+                p.process.name, p.process.pid, p.node
+            );
+        }
+        Command::Supervise { name } => {
+            testbed::supervise::run(&name)?;
         }
         Command::Fault { name, edge, fault } => {
             let (name, plan, token) = running_with_token(name)?;
@@ -517,6 +573,16 @@ fn print_status(st: &topo::Status) {
             "  [bring-up incomplete]"
         }
     );
+    match &st.supervisor {
+        Some(p) => println!(
+            "supervisor pid {} {} (restarts network functions that die)",
+            p.pid,
+            if p.alive { "alive" } else { "DEAD" }
+        ),
+        None => {
+            println!("no supervisor (up --no-supervise): a network function that dies stays dead")
+        }
+    }
     for n in &st.nodes {
         let mark = if n.present { "up" } else { "MISSING" };
         println!(
@@ -545,7 +611,12 @@ fn print_status(st: &topo::Status) {
         }
         for p in &n.processes {
             let alive = if p.alive { "alive" } else { "DEAD" };
-            println!("    process {} pid {} {alive}", p.name, p.pid);
+            let restarts = match p.restarts {
+                0 => String::new(),
+                1 => ", restarted once".to_owned(),
+                n => format!(", restarted {n} times"),
+            };
+            println!("    process {} pid {} {alive}{restarts}", p.name, p.pid);
         }
     }
 }

@@ -628,17 +628,36 @@ pub fn spawn(
         args.extend(l.args.iter().cloned());
         marker = format!("{} {}", l.bin, l.args.join(" "));
     }
-    let mut line = format!(
-        "exec ip netns exec {} {}",
-        sh_quote(netns),
-        sh_quote(&bin.display().to_string())
-    );
-    for a in &args {
-        line.push(' ');
-        line.push_str(&sh_quote(a));
-    }
+    let mut argv = vec![
+        "ip".to_owned(),
+        "netns".into(),
+        "exec".into(),
+        netns.to_owned(),
+        bin.display().to_string(),
+    ];
+    argv.extend(args);
+    let pid = spawn_detached(&argv, &log).map_err(|e| match e {
+        LaunchError::Spawn { detail, .. } => LaunchError::Spawn {
+            name: l.name.clone(),
+            detail,
+        },
+        other => other,
+    })?;
+    Ok(Spawned { pid, marker, log })
+}
+
+/// Starts `argv` detached (its parent shell exits at once, so it is never a zombie of ours), with
+/// stdin from `/dev/null`, stdout and stderr appended to `log`, and none of our other
+/// descriptors; returns its PID.
+pub fn spawn_detached(argv: &[String], log: &Path) -> Result<i32, LaunchError> {
+    let what = argv.first().cloned().unwrap_or_default();
+    let line = argv
+        .iter()
+        .map(|a| sh_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ");
     let script = format!(
-        "({line}) </dev/null >>{} 2>&1 & echo $!",
+        "(exec {line}) </dev/null >>{} 2>&1 & echo $!",
         sh_quote(&log.display().to_string())
     );
     // The NF (and the services a module starts) must not inherit our descriptors: a locked
@@ -652,17 +671,16 @@ pub fn spawn(
         )
         .output()
         .map_err(|e| LaunchError::Spawn {
-            name: l.name.clone(),
+            name: what.clone(),
             detail: e.to_string(),
         })?;
-    let pid: i32 = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
         .map_err(|_| LaunchError::Spawn {
-            name: l.name.clone(),
+            name: what,
             detail: "no pid".into(),
-        })?;
-    Ok(Spawned { pid, marker, log })
+        })
 }
 
 /// The ready file of NF `name`.

@@ -15,6 +15,13 @@ pub struct NodeProcess {
     pub node: String,
     #[serde(flatten)]
     pub process: Started,
+    /// Times the supervisor started it again after it died ([`crate::supervise`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The persisted state of one testbed.
@@ -38,6 +45,14 @@ pub struct State {
     /// The SMOs' `UP_PATH_CH` subscription.
     #[serde(default)]
     pub notify: NotifyWhen,
+    /// Whether the service modules were told to start the plan's services (`up` without
+    /// `--no-services`): a restarted module is told the same.
+    #[serde(default = "yes")]
+    pub services_started: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A failure reading or writing state.
@@ -73,6 +88,7 @@ impl State {
             token: None,
             services: None,
             notify: NotifyWhen::default(),
+            services_started: true,
         }
     }
 
@@ -164,6 +180,7 @@ mod tests {
                 pid: 42,
                 marker: "/run/testbed/two-site/ovs-edge-x".into(),
             },
+            restarts: 2,
         });
         assert!(State::load(&dir).expect("load").is_none());
         s.save(&dir).expect("save");

@@ -72,6 +72,9 @@ pub struct UpOptions {
     pub service_specs: Option<Vec<ScenarioService>>,
     /// The SMOs' `UP_PATH_CH` subscription.
     pub notify: Notify,
+    /// Start the supervisor ([`crate::supervise`]): a network function that dies is started
+    /// again. Off for tests that need a killed process to stay dead.
+    pub supervise: bool,
 }
 
 impl Default for UpOptions {
@@ -81,6 +84,7 @@ impl Default for UpOptions {
             services: true,
             service_specs: None,
             notify: Notify::default(),
+            supervise: true,
         }
     }
 }
@@ -90,6 +94,7 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
     let mut state = State::new(spec.clone());
     state.services = opts.service_specs.clone();
     state.notify = opts.notify;
+    state.services_started = opts.services;
     let mut plan = Plan::new(spec);
     plan.notify = opts.notify;
     if let Some(services) = &opts.service_specs {
@@ -124,6 +129,12 @@ pub fn up(spec: &TopologySpec, opts: UpOptions) -> Result<Plan, UpError> {
         } else {
             Ok(())
         }
+    });
+    let built = built.and_then(|()| {
+        if opts.network_functions && opts.supervise {
+            crate::supervise::start(&plan.name, &mut state, &plan.state_dir)?;
+        }
+        Ok(())
     });
     match built {
         Ok(()) => {
@@ -294,6 +305,7 @@ fn start_functions(plan: &Plan, state: &mut State, opts: &UpOptions) -> Result<(
                 pid: s.pid,
                 marker: s.marker.clone(),
             },
+            restarts: 0,
         });
         state.save(&plan.state_dir)?;
         if l.waits_ready {
@@ -309,6 +321,7 @@ fn record(state: &mut State, node: &str, started: Vec<Started>) {
         .extend(started.into_iter().map(|process| NodeProcess {
             node: node.to_owned(),
             process,
+            restarts: 0,
         }));
 }
 
@@ -455,6 +468,8 @@ pub struct Status {
     pub name: String,
     pub prefix: String,
     pub complete: bool,
+    /// The supervisor that restarts dead network functions (none with `--no-supervise`).
+    pub supervisor: Option<ProcessStatus>,
     pub nodes: Vec<NodeStatus>,
 }
 
@@ -484,6 +499,8 @@ pub struct ProcessStatus {
     pub name: String,
     pub pid: i32,
     pub alive: bool,
+    /// Times the supervisor started it again.
+    pub restarts: u32,
 }
 
 /// Reads the live status of testbed `name`; `None` when it is not up.
@@ -533,22 +550,35 @@ pub fn status(name: &str) -> Result<Option<Status>, StateError> {
                         name: p.process.name.clone(),
                         pid: p.process.pid,
                         alive: p.process.is_running(),
+                        restarts: p.restarts,
                     })
                     .chain(
                         crate::lxd::running(&plan.name, &n.name).map(|d| ProcessStatus {
                             name: "lxd".into(),
                             pid: d.pid,
                             alive: d.is_running(),
+                            restarts: 0,
                         }),
                     )
                     .collect(),
             }
         })
         .collect();
+    let supervisor = state
+        .processes
+        .iter()
+        .find(|p| p.process.name == crate::supervise::NAME)
+        .map(|p| ProcessStatus {
+            name: p.process.name.clone(),
+            pid: p.process.pid,
+            alive: p.process.is_running(),
+            restarts: p.restarts,
+        });
     Ok(Some(Status {
         name: plan.name,
         prefix: plan.prefix,
         complete: state.complete,
+        supervisor,
         nodes,
     }))
 }

@@ -496,7 +496,15 @@ fn assert_failed_and_still_served_from_x(
 fn a_dead_target_module_fails_the_relocation_and_the_service_stays_at_edge_x() {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (plan, token, guard) = up("ci-mgf", "tbmf");
+    // No supervisor: the dead module must stay dead for this case.
+    let (plan, token, guard) = common::up_with(
+        "ci-mgf",
+        "tbmf",
+        testbed::topo::UpOptions {
+            supervise: false,
+            ..Default::default()
+        },
+    );
     let stream = stream_from_service(&plan);
 
     // The target module dies without de-registering.

@@ -435,6 +435,7 @@ fn testbed_for(
             services: true,
             service_specs: Some(sc.services.clone()),
             notify: sc.scenario.notify,
+            supervise: true,
         },
     )?;
     let guard = TestbedGuard {
