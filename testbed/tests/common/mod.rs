@@ -19,7 +19,7 @@ impl Drop for Guard {
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "privileged test: needs root (namespaces, TUN, OVS); run `sudo scripts/test`"
+        "privileged test: needs root (namespaces, TUN, OVS); run `scripts/test` as root"
     );
 }
 
