@@ -25,6 +25,7 @@ pub fn require_root() {
 
 /// Brings `two-site` up as `name`/`prefix` (after removing any leftovers of an earlier run) with
 /// every network function and SMO; the plan, the deployment's token and the tear-down guard.
+#[allow(dead_code)] // not every test file brings up the default testbed
 pub fn up(name: &str, prefix: &str) -> (Plan, String, Guard) {
     up_with(name, prefix, topo::UpOptions::default())
 }
