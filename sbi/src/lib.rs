@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod nf;
+pub mod probe;
 pub mod server;
 
 pub use client::{Client, ClientError};
