@@ -11,6 +11,7 @@ pub mod callback;
 pub mod client;
 pub mod nf;
 pub mod probe;
+pub mod ratelog;
 pub mod server;
 
 pub use callback::{CallbackError, CallbackNetworks};
