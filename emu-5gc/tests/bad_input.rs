@@ -11,7 +11,7 @@ use emu_5gc::lr::LrConfig;
 use emu_5gc::smf::SmfConfig;
 use emu_5gc::upf::port::ChannelPort;
 use sbi::nf::{Ready, Shutdown};
-use sbi::probe::{self, Try};
+use sbi::probe;
 use tokio::net::{TcpListener, UdpSocket};
 
 const TOKEN: &str = "test-token";
@@ -119,43 +119,11 @@ async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
         ("POST", format!("http://{lr}/lr/v1/subscriptions")),
         ("POST", format!("http://{iap}/iap/v1/locations")),
     ];
-    let failed = refusals(&endpoints).await;
-    drop(stops);
-    assert!(failed.is_empty(), "{failed:#?}");
-}
-
-/// For each endpoint: [`TRIES`] unauthenticated tries with a 256 KiB body (401) and as many
-/// authenticated ones with a body one octet over the limit (413). Returns the series that were
-/// not all answered so; prints every series.
-async fn refusals(endpoints: &[(&'static str, String)]) -> Vec<String> {
-    let scratch = std::env::temp_dir().join(format!("emu-5gc-bad-input-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    let mut failed = Vec::new();
-    for (method, url) in endpoints {
-        for (token, body_len, status) in [
-            (None, 256 << 10, 401),
-            (Some(TOKEN), sbi::server::MAX_BODY + 1, 413),
-        ] {
-            let (method, target, dir) = (*method, url.clone(), scratch.clone());
-            let answers = tokio::task::spawn_blocking(move || {
-                let t = Try {
-                    method,
-                    url: &target,
-                    token,
-                    body_len,
-                };
-                probe::repeat(&t, TRIES, &dir)
-            })
+    let (_, failed) =
+        tokio::task::spawn_blocking(move || probe::refusals(&endpoints, TOKEN, TRIES))
             .await
             .expect("curl task")
             .expect("curl runs");
-            let line = format!("{method} {url}: {}", probe::summary(&answers, status));
-            println!("{line}");
-            if answers.iter().any(|a| !a.is_problem(status)) {
-                failed.push(line);
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    failed
+    drop(stops);
+    assert!(failed.is_empty(), "{failed:#?}");
 }

@@ -124,3 +124,51 @@ pub fn summary(answers: &[Answer], status: u16) -> String {
         answers.len()
     )
 }
+
+/// What every SBI endpoint owes bad input: for each `(method, url)`, `tries` requests without
+/// the token and with a 256 KiB body (401) and as many with `token` and a body one octet over
+/// [`crate::server::MAX_BODY`] (413), each answered with its ProblemDetails. Blocks (runs curl).
+/// Returns one line per series (printed as it ends) and the lines of the series that were not
+/// all answered so.
+pub fn refusals(
+    endpoints: &[(&str, String)],
+    token: &str,
+    tries: usize,
+) -> std::io::Result<(Vec<String>, Vec<String>)> {
+    let scratch = std::env::temp_dir().join(format!(
+        "sbi-refusals-{}-{}",
+        std::process::id(),
+        NEXT_ANSWER.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&scratch)?;
+    let (mut lines, mut failed) = (Vec::new(), Vec::new());
+    for (method, url) in endpoints {
+        for (token, body_len, status) in [
+            (None, 256 << 10, 401),
+            (Some(token), crate::server::MAX_BODY + 1, 413),
+        ] {
+            let t = Try {
+                method,
+                url,
+                token,
+                body_len,
+            };
+            let answers = repeat(&t, tries, &scratch);
+            let answers = match answers {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&scratch);
+                    return Err(e);
+                }
+            };
+            let line = format!("{method} {url}: {}", summary(&answers, status));
+            println!("{line}");
+            if answers.iter().any(|a| !a.is_problem(status)) {
+                failed.push(line.clone());
+            }
+            lines.push(line);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok((lines, failed))
+}
