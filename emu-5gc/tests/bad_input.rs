@@ -4,7 +4,7 @@
 //! and a ProblemDetails, never a reset stream.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use emu_5gc::iap::IapConfig;
 use emu_5gc::lr::LrConfig;
@@ -16,22 +16,6 @@ use tokio::net::{TcpListener, UdpSocket};
 
 const TOKEN: &str = "test-token";
 const TRIES: usize = 100;
-
-/// A port free on 127.0.0.1 right now (for NFs that bind their own address).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: 1400 curl tries (about 75 s); scripts/test runs it"]
@@ -78,7 +62,10 @@ async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
         shutdown,
     ));
 
-    let iap = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port());
+    let iap = SocketAddrV4::new(
+        Ipv4Addr::LOCALHOST,
+        probe::free_loopback_port().expect("free port"),
+    );
     let iap_config = IapConfig {
         name: "iap-t".into(),
         site: "a".into(),
@@ -101,7 +88,10 @@ async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
         shutdown,
     ));
     for a in [lr, smf, SocketAddr::V4(iap)] {
-        wait_listening(a).await;
+        assert!(
+            probe::wait_listening(a, Duration::from_secs(10)).await,
+            "nothing listens on {a}"
+        );
     }
 
     let endpoints = [

@@ -4,7 +4,7 @@
 //! stream.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use emu_ran::gnb::GnbConfig;
 use sbi::probe;
@@ -12,18 +12,11 @@ use sbi::probe;
 const TOKEN: &str = "test-token";
 const TRIES: usize = 100;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "slow: 600 curl tries (about 30 s); scripts/test runs it"]
 async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
     let ip = Ipv4Addr::LOCALHOST;
-    let http = SocketAddrV4::new(ip, free_port());
+    let http = SocketAddrV4::new(ip, probe::free_loopback_port().expect("free port"));
     let config = GnbConfig {
         name: "gnb-t".into(),
         site: "t".into(),
@@ -39,18 +32,10 @@ async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
     };
     let (stop, shutdown) = sbi::nf::Shutdown::new();
     let gnb = tokio::spawn(emu_ran::gnb::run(config, sbi::nf::Ready::none(), shutdown));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(SocketAddr::V4(http))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the gnb does not listen on {http}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
+    assert!(
+        probe::wait_listening(SocketAddr::V4(http), Duration::from_secs(10)).await,
+        "the gnb does not listen on {http}"
+    );
     let endpoints: Vec<(&str, String)> = [
         "/xnap-lite/v1/handover-requests",
         "/xnap-lite/v1/ue-context-releases",

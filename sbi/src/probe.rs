@@ -172,3 +172,22 @@ pub fn refusals(
     let _ = std::fs::remove_dir_all(&scratch);
     Ok((lines, failed))
 }
+
+/// A TCP port free on 127.0.0.1 right now, for a server under test that binds its own address.
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+}
+
+/// Waits until something accepts connections on `addr`, at most `within`; false if nothing did.
+pub async fn wait_listening(addr: std::net::SocketAddr, within: std::time::Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    true
+}
