@@ -101,12 +101,12 @@ async fn send_json(
 async fn start_lr() -> (String, tokio::sync::watch::Sender<bool>) {
     let (l, a) = listener().await;
     let (stop, shutdown) = Shutdown::new();
-    tokio::spawn(emu_5gc::lr::run_on(
-        l,
-        Some(TOKEN.into()),
-        Ready::none(),
-        shutdown,
-    ));
+    let config = emu_5gc::lr::LrConfig {
+        sbi_addr: "127.0.0.1:0".parse().expect("addr"),
+        token: Some(TOKEN.into()),
+        callback_networks: Vec::new(),
+    };
+    tokio::spawn(emu_5gc::lr::run_on(config, l, Ready::none(), shutdown));
     (format!("http://{a}"), stop)
 }
 
@@ -571,6 +571,7 @@ async fn testbed() -> Testbed {
             peer("upf-b", "b", &upf_b, N3_B, N9_B),
         ],
         gnbs: vec![gnb("gnb-a", "a"), gnb("gnb-a2", "a"), gnb("gnb-b", "b")],
+        callback_networks: Vec::new(),
     };
     let (smf_stop, shutdown) = Shutdown::new();
     tokio::spawn(emu_5gc::smf::run_on(

@@ -8,7 +8,9 @@
 //! * `notifMethod` `ON_EVENT_DETECTION` (default) or `ONE_TIME`; `maxReportNbr` and `expiry`
 //!   end a subscription; `pduSeId` restricts it to that PDU session (the testbed's is 1);
 //!   `dnn`, `snssai`, `ImmeRep` and the alternative notification addresses are stored and
-//!   otherwise ignored.
+//!   otherwise ignored;
+//! * `notifUri`: an `http(s)` URI whose host is an IPv4 address in the SMF's callback networks
+//!   (its own SBI network unless configured), so the SMF never POSTs outside the deployment.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +22,7 @@ use model::nsmf_event_exposure::{
     SmfEvent, SubscriptionId,
 };
 use model::problem::{cause, InvalidParam};
+use sbi::CallbackNetworks;
 
 /// A request the subscription store refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,14 +91,21 @@ struct Entry {
 }
 
 /// The Individual SMF Notification Subscriptions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Subscriptions {
     entries: BTreeMap<SubscriptionId, Entry>,
     next: u64,
+    /// Where `notifUri`s may point.
+    callbacks: CallbackNetworks,
 }
 
-/// Checks that this SMF can serve `s` (see the module documentation).
-pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), SubscriptionError> {
+/// Checks that this SMF can serve `s` and call its `notifUri` (one of `callbacks`; see the module
+/// documentation).
+pub fn validate(
+    s: &NsmfEventExposure,
+    callbacks: &CallbackNetworks,
+    now: SystemTime,
+) -> Result<(), SubscriptionError> {
     let mut params = Vec::new();
     let mut first_cause = None;
     let mut bad = |c: &'static str, param: String, reason: &str| {
@@ -123,13 +133,11 @@ pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), Subscripti
         ),
         _ => {}
     }
-    let uri_ok = reqwest::Url::parse(&s.notif_uri)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    if !uri_ok {
+    if let Err(e) = callbacks.check(&s.notif_uri) {
         bad(
             cause::MANDATORY_IE_INCORRECT,
             "/notifUri".into(),
-            "not an http(s) URI",
+            &e.to_string(),
         );
     }
     for (i, e) in s.event_subs.iter().enumerate() {
@@ -185,13 +193,22 @@ pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), Subscripti
 }
 
 impl Subscriptions {
+    /// No subscriptions yet; `notifUri`s must point into `callbacks`.
+    pub fn new(callbacks: CallbackNetworks) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            next: 0,
+            callbacks,
+        }
+    }
+
     /// Stores a new subscription; returns it with its `subId`.
     pub fn create(
         &mut self,
         mut s: NsmfEventExposure,
         now: SystemTime,
     ) -> Result<NsmfEventExposure, SubscriptionError> {
-        validate(&s, now)?;
+        validate(&s, &self.callbacks, now)?;
         self.next += 1;
         let id = SubscriptionId::new(format!("sub-{}", self.next));
         s.sub_id = Some(id.clone());
@@ -224,7 +241,7 @@ impl Subscriptions {
             .entries
             .get_mut(id)
             .ok_or_else(|| SubscriptionError::NotFound(id.clone()))?;
-        validate(&s, now)?;
+        validate(&s, &self.callbacks, now)?;
         s.sub_id = Some(id.clone());
         *entry = Entry {
             subscription: s.clone(),
@@ -321,6 +338,10 @@ mod tests {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
     }
 
+    fn sbi_net() -> CallbackNetworks {
+        CallbackNetworks::new(vec!["10.100.0.0/24".parse().expect("net")])
+    }
+
     fn sub(timing: DnaiChangeType) -> NsmfEventExposure {
         let mut s = NsmfEventExposure::new(
             "n-1",
@@ -352,7 +373,7 @@ mod tests {
 
     #[test]
     fn create_assigns_ids_and_crud_works() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         let a = subs.create(sub(DnaiChangeType::Early), now()).expect("a");
         assert_eq!(a.sub_id, Some(SubscriptionId::new("sub-1")));
         let id = SubscriptionId::new("sub-1");
@@ -396,7 +417,7 @@ mod tests {
         s.notif_uri = "nowhere".into();
         s.expiry = Some(DateTime::from(now() - Duration::from_secs(1)));
         assert_eq!(
-            params(validate(&s, now()).expect_err("invalid")),
+            params(validate(&s, &sbi_net(), now()).expect_err("invalid")),
             [
                 "/anyUeInd",
                 "/notifUri",
@@ -409,7 +430,7 @@ mod tests {
         );
         let mut nobody = sub(DnaiChangeType::Early);
         nobody.any_ue_ind = None;
-        let e = validate(&nobody, now()).expect_err("no ue");
+        let e = validate(&nobody, &sbi_net(), now()).expect_err("no ue");
         assert!(matches!(
             &e,
             SubscriptionError::Invalid {
@@ -420,17 +441,61 @@ mod tests {
         let mut group = nobody.clone();
         group.group_id = Some("g-1".into());
         assert_eq!(
-            params(validate(&group, now()).expect_err("group")),
+            params(validate(&group, &sbi_net(), now()).expect_err("group")),
             ["/groupId"]
         );
         let mut gpsi = nobody;
         gpsi.gpsi = Some("msisdn-1".into());
-        assert_eq!(validate(&gpsi, now()), Ok(()));
+        assert_eq!(validate(&gpsi, &sbi_net(), now()), Ok(()));
+    }
+
+    #[test]
+    fn notif_uris_outside_the_deployment_are_refused() {
+        let mut subs = Subscriptions::new(sbi_net());
+        for uri in [
+            "http://8.8.8.8/x",
+            "http://10.100.1.41:8090/x",
+            "http://af.invalid/x",
+        ] {
+            let mut s = sub(DnaiChangeType::Early);
+            s.notif_uri = uri.into();
+            let e = subs.create(s, now()).expect_err(uri);
+            let SubscriptionError::Invalid {
+                cause,
+                invalid_params,
+                ..
+            } = &e
+            else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*cause, "MANDATORY_IE_INCORRECT");
+            assert_eq!(invalid_params[0].param, "/notifUri");
+            assert!(
+                invalid_params[0]
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(uri)),
+                "{e:?}"
+            );
+        }
+        assert!(subs.is_empty());
+        // Inside: accepted, and a replacement is checked the same way.
+        let created = subs
+            .create(sub(DnaiChangeType::Early), now())
+            .expect("inside");
+        let id = created.sub_id.expect("id");
+        let mut out = sub(DnaiChangeType::Late);
+        out.notif_uri = "http://8.8.8.8/x".into();
+        assert!(subs.replace(&id, out, now()).is_err());
+        assert_eq!(
+            subs.get(&id).map(|s| s.notif_uri),
+            Ok(sub(DnaiChangeType::Early).notif_uri)
+        );
     }
 
     #[test]
     fn early_and_late_reach_the_right_subscribers() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         subs.create(sub(DnaiChangeType::Early), now())
             .expect("early");
         subs.create(sub(DnaiChangeType::Late), now()).expect("late");
@@ -477,7 +542,7 @@ mod tests {
 
     #[test]
     fn one_time_max_reports_and_expiry_end_subscriptions() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         let mut once = sub(DnaiChangeType::EarlyLate);
         once.notif_method = Some(NotificationMethod::OneTime);
         subs.create(once, now()).expect("once");

@@ -63,6 +63,10 @@ pub struct SmfConfig {
     pub upfs: Vec<UpfPeer>,
     /// The gNBs and their sites (a gNB is served by its site's UPF).
     pub gnbs: Vec<GnbSite>,
+    /// Networks a subscription's `notifUri` may point into, e.g. `["10.100.0.0/24"]`; absent or
+    /// empty: the SMF's own SBI network ([`sbi::CallbackNetworks::or_own`]). Others get 400.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callback_networks: Vec<ipnet::Ipv4Net>,
 }
 
 /// One UPF the SMF controls.
@@ -168,7 +172,7 @@ pub async fn run(config: SmfConfig, ready: Ready, shutdown: Shutdown) -> Result<
 /// `config.pfcp_addr` are not used except the latter's address as Node ID when the socket is
 /// bound to `0.0.0.0`.
 pub async fn run_on(
-    config: SmfConfig,
+    mut config: SmfConfig,
     listener: TcpListener,
     pfcp: UdpSocket,
     ready: Ready,
@@ -183,7 +187,13 @@ pub async fn run_on(
         Ok(a) => format!("http://{a}"),
         Err(_) => format!("http://{}", config.sbi_addr),
     };
-    tracing::info!(%api_root, pfcp = %node, upfs = config.upfs.len(), "smf starting");
+    let own = match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => *a.ip(),
+        _ => *config.sbi_addr.ip(),
+    };
+    let callbacks = sbi::CallbackNetworks::or_own(&config.callback_networks, own);
+    config.callback_networks = callbacks.networks().to_vec();
+    tracing::info!(%api_root, pfcp = %node, upfs = config.upfs.len(), %callbacks, "smf starting");
     let n4 = n4::N4::new(pfcp, node);
     let mut tasks = JoinSet::new();
     tasks.spawn(n4.clone().receive());

@@ -46,6 +46,8 @@ pub enum N4Error {
 /// Counters of the N4 endpoint.
 #[derive(Debug, Default)]
 pub struct N4Counters {
+    /// Datagrams received (parsed or not).
+    pub received: AtomicU64,
     /// Requests sent (first tries).
     pub requests: AtomicU64,
     /// Retransmissions.
@@ -124,6 +126,11 @@ impl N4 {
         self.node
     }
 
+    /// The bound PFCP socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,6 +138,8 @@ impl N4 {
     /// Receives forever: hands answers to their requests and answers the UPFs' heartbeats.
     pub async fn receive(self: Arc<Self>) {
         let mut buf = vec![0u8; 65_536];
+        // A UPF (or anyone) may send junk as often as it likes: its log lines are bounded.
+        let mut noise = sbi::ratelog::LogLimiter::new();
         loop {
             let (len, from) = match self.socket.recv_from(&mut buf).await {
                 Ok(r) => r,
@@ -140,11 +149,14 @@ impl N4 {
                     continue;
                 }
             };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
             let message = match Message::parse(&buf[..len]) {
                 Ok(m) => m,
                 Err(error) => {
                     let malformed = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(%from, %error, malformed, "malformed pfcp message dropped");
+                    if let Some(suppressed) = noise.allow() {
+                        tracing::warn!(%from, %error, malformed, suppressed, "malformed pfcp message dropped");
+                    }
                     continue;
                 }
             };
@@ -173,7 +185,9 @@ impl N4 {
                     })
                 }
                 other => {
-                    tracing::warn!(%from, msg_type = other.header().msg_type, "unexpected pfcp request dropped");
+                    if let Some(suppressed) = noise.allow() {
+                        tracing::warn!(%from, msg_type = other.header().msg_type, suppressed, "unexpected pfcp request dropped");
+                    }
                     continue;
                 }
             };

@@ -123,7 +123,10 @@ impl Smf {
             lr: sbi::Client::new(config.token.clone(), LR_TIMEOUT),
             notifier: sbi::Client::new(config.token.clone(), NOTIFICATION_TIMEOUT),
             sessions: Mutex::new(SessionTable::new(config.ue_pool)),
-            subscriptions: Mutex::new(Subscriptions::default()),
+            subscriptions: Mutex::new(Subscriptions::new(sbi::CallbackNetworks::or_own(
+                &config.callback_networks,
+                *config.sbi_addr.ip(),
+            ))),
             ue_locks: Mutex::new(HashMap::new()),
             counters: SmfCounters::default(),
             config,

@@ -17,6 +17,7 @@ pub mod port;
 pub mod session;
 
 use port::{PacketPort, TunPort};
+use sbi::ratelog::LogLimiter;
 use serde::{Deserialize, Serialize};
 use session::{Flow, Session, SessionCounters, SessionTable, Tunnel, Verdict, CAUSE_RULE_FAILURE};
 use std::collections::VecDeque;
@@ -159,6 +160,10 @@ pub struct UpfState {
     retired: SessionCounters,
     /// Recent answers by (requester, sequence number, request type), oldest first.
     answers: VecDeque<((SocketAddr, u32, u8), Message)>,
+    /// Log lines about PFCP a peer got wrong (malformed, unexpected, unknown session), bounded.
+    pfcp_noise: LogLimiter,
+    /// Log lines about malformed GTP-U, bounded.
+    gtpu_noise: LogLimiter,
 }
 
 impl UpfState {
@@ -173,6 +178,8 @@ impl UpfState {
             counters: UpfCounters::default(),
             retired: SessionCounters::default(),
             answers: VecDeque::new(),
+            pfcp_noise: LogLimiter::new(),
+            gtpu_noise: LogLimiter::new(),
         }
     }
 
@@ -208,7 +215,9 @@ impl UpfState {
             Ok(m) => m,
             Err(error) => {
                 self.counters.pfcp_malformed += 1;
-                tracing::warn!(%error, len = datagram.len(), %from, "malformed pfcp message dropped");
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(%error, len = datagram.len(), %from, malformed = self.counters.pfcp_malformed, suppressed, "malformed pfcp message dropped");
+                }
                 return PfcpReaction::default();
             }
         };
@@ -326,10 +335,14 @@ impl UpfState {
             }
             other => {
                 self.counters.pfcp_unexpected += 1;
-                tracing::warn!(
-                    msg_type = other.header().msg_type,
-                    "unexpected pfcp message ignored"
-                );
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(
+                        msg_type = other.header().msg_type,
+                        unexpected = self.counters.pfcp_unexpected,
+                        suppressed,
+                        "unexpected pfcp message ignored"
+                    );
+                }
                 return PfcpReaction::default();
             }
         });
@@ -345,7 +358,9 @@ impl UpfState {
         match error {
             session::SessionError::NotFound(_) => {
                 self.counters.pfcp_unknown_seid += 1;
-                tracing::warn!(up_seid, "pfcp request for unknown session");
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(up_seid, suppressed, "pfcp request for unknown session");
+                }
                 // TS 29.244 7.2.2.4.2: SEID 0 when the session is not known.
                 (0, Cause::SESSION_CONTEXT_NOT_FOUND)
             }
@@ -364,7 +379,9 @@ impl UpfState {
             Ok(v) => v,
             Err(error) => {
                 self.counters.gtpu_malformed += 1;
-                tracing::debug!(%error, len = datagram.len(), "malformed gtp-u dropped");
+                if let Some(suppressed) = self.gtpu_noise.allow() {
+                    tracing::warn!(%error, len = datagram.len(), malformed = self.counters.gtpu_malformed, suppressed, "malformed gtp-u dropped");
+                }
                 return GtpuAction::Nothing;
             }
         };
