@@ -179,6 +179,18 @@ pub struct NetSpec {
     pub mtu: u32,
 }
 
+impl NetSpec {
+    /// The network identity of `service` on a veth of `mtu`.
+    pub fn of(service: &model::smo::Service, mtu: u32) -> Self {
+        Self {
+            service_id: service.service_id.clone(),
+            ipv4_addr: service.ipv4_addr,
+            mac_addr: service.mac_addr.clone(),
+            mtu,
+        }
+    }
+}
+
 /// Checks a service id: 1–13 characters of `a-z`, `0-9`, `-` (it becomes part of interface and
 /// namespace names).
 pub fn validate_service_id(id: &str) -> Result<(), ContainerError> {
@@ -489,21 +501,12 @@ impl Container {
     /// leaving any process in it alone. A new container of the same service can then be made at
     /// the same edge.
     pub fn remove_network(&self) -> Result<(), ContainerError> {
-        let link = match self.site.netns.ip(["link", "del", &self.port]) {
-            Err(CmdError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
-            other => other,
-        };
-        let port = self
-            .site
-            .ovs
-            .vsctl(["--if-exists", "del-port", &self.site.bridge, &self.port])
-            .map(drop);
+        let port = detach(&self.site, &self.port);
         let netns = if self.netns.exists() {
             self.netns.delete()
         } else {
             Ok(())
         };
-        link?;
         port?;
         netns?;
         Ok(())
@@ -512,12 +515,59 @@ impl Container {
     /// The peers of the service's established TCP connections (`ss -tnH state established` in its
     /// namespace), without duplicates, in order.
     pub fn tcp_peers(&self) -> Result<Vec<Ipv4Addr>, ContainerError> {
-        let text = Tool::new("nsenter")
-            .arg(format!("--net={}", self.netns.path().display()))
-            .args(["--", "ss", "-tnH", "state", "established"])
-            .stdout()?;
-        Ok(parse_ss_peers(&text))
+        Ok(tcp_peers_in(&self.netns.path())?)
     }
+}
+
+/// The peers of the established TCP connections in the network namespace at `netns`
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`): `ss -tnH state established` there, parsed with
+/// [`parse_ss_peers`].
+pub fn tcp_peers_in(netns: &std::path::Path) -> Result<Vec<Ipv4Addr>, CmdError> {
+    let text = Tool::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "ss", "-tnH", "state", "established"])
+        .stdout()?;
+    Ok(parse_ss_peers(&text))
+}
+
+/// Whether interface `port` exists in the edge's namespace.
+pub fn port_exists(site: &EdgeSite, port: &str) -> bool {
+    site.netns
+        .tool("ip")
+        .args(["link", "show", "dev", port])
+        .run()
+        .is_ok()
+}
+
+/// Attaches a container's veth host end `port` (made by LXC or LXD in the edge's namespace) to
+/// the edge's bridge, turns transmit checksum offload off on it and on `eth0` in the netns of
+/// `pid` (the container's init), and pins the gateway's MAC there ([`pin_gateway_args`]; CRIU
+/// does not carry neighbour entries). Leaves the link state as it is.
+pub fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
+    site.ovs.add_port(&site.bridge, port)?;
+    netkit::link::tx_checksum_off(&site.netns, port)?;
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    Tool::new("nsenter")
+        .arg(&netns)
+        .args(["--", "ethtool", "-K", SERVICE_IFNAME, "tx", "off"])
+        .run()?;
+    Tool::new("nsenter")
+        .args([netns.as_str(), "--", "ip"])
+        .args(pin_gateway_args())
+        .run()
+}
+
+/// Removes `port` from the edge's bridge and the interface (if it still exists).
+pub fn detach(site: &EdgeSite, port: &str) -> Result<(), CmdError> {
+    let link = match site.netns.ip(["link", "del", port]) {
+        Err(CmdError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
+        other => other,
+    };
+    let ovs = site
+        .ovs
+        .vsctl(["--if-exists", "del-port", &site.bridge, port])
+        .map(drop);
+    link.and(ovs)
 }
 
 /// The first child of `pid` (from `/proc/PID/task/PID/children`).

@@ -21,12 +21,16 @@
 //! it names (`backend`: CRIU or LXC).
 
 use crate::api::{self, Module};
+use crate::backend::{ArrivalHook, Backend, ARRIVAL_LIMIT};
 use crate::container::{self, EdgeSite};
-use crate::criu_backend::DEFAULT_WORK_ROOT;
-use crate::lxc_backend::{LxcBackend, LxcConfig};
+use crate::criu_backend::{CriuBackend, CriuConfig, CriuOptions};
+use crate::error::BackendError;
+use crate::lxc_backend::{LxcBackend, LxcConfig, LxcOptions};
 use crate::lxd_backend::{LxdBackend, LxdConfig};
 use crate::mount_ns::{MountNamespace, MountNsError};
-use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
+use crate::runtime::{Config, DEFAULT_WORK_ROOT};
+use crate::service::{ServiceSpec, Strategy};
+use crate::transfer;
 use model::smo::{RelocationType, ServiceArrival, ServiceModule, ServiceModuleRegistration};
 use netkit::Netns;
 use sbi::{Client, ClientError};
@@ -209,56 +213,55 @@ impl ModuleConfig {
         Ok(())
     }
 
-    /// The CRIU backend's configuration: defaults of [`CriuConfig::new`], the configured work
-    /// directory and strategy, page servers on the migration address.
-    pub fn criu_config(&self) -> CriuConfig {
-        let mut c = CriuConfig::new(self.prefix.clone(), self.site.clone());
+    /// What every backend's module takes from this config: the defaults of [`Config::new`], the
+    /// configured work directory and strategy, the source container removed in the background
+    /// (Execute answers as soon as the service runs at the target).
+    fn module_config<T>(&self, runtime: T) -> Config<T> {
+        let mut c = Config::new(self.prefix.clone(), self.site.clone(), runtime);
+        self.adapt(&mut c);
+        c
+    }
+
+    fn adapt<T>(&self, c: &mut Config<T>) {
         if let Some(w) = &self.work_dir {
             c.work_dir = w.clone();
         }
         c.strategy = self.strategy;
-        c.backhaul_addr = Some(*self.migration_addr.ip());
-        // Execute answers as soon as the service runs at the target.
         c.background_cleanup = true;
-        c
     }
 
-    /// The LXC backend's configuration: defaults of [`LxcConfig::new`], the configured work
-    /// directory.
+    /// The CRIU backend's configuration, with page servers on the migration address.
+    pub fn criu_config(&self) -> CriuConfig {
+        self.module_config(CriuOptions {
+            backhaul_addr: Some(*self.migration_addr.ip()),
+            ..CriuOptions::default()
+        })
+    }
+
+    /// The LXC backend's configuration.
     pub fn lxc_config(&self) -> LxcConfig {
-        let mut c = LxcConfig::new(self.prefix.clone(), self.site.clone());
-        if let Some(w) = &self.work_dir {
-            c.work_dir = w.clone();
-        }
-        // Execute answers as soon as the service runs at the target.
-        c.background_cleanup = true;
-        c
+        self.module_config(LxcOptions::default())
     }
 
     /// The LXD backend's configuration (backend `lxd`): the daemon of the `lxd` table, the
-    /// defaults of [`LxdConfig::new`] otherwise.
+    /// defaults of [`LxdConfig::for_daemon`] otherwise.
     pub fn lxd_config(&self) -> Option<LxdConfig> {
         let l = self.lxd.as_ref()?;
-        let mut c = LxdConfig::new(
+        let mut c = LxdConfig::for_daemon(
             self.prefix.clone(),
             self.site.clone(),
             l.socket.clone(),
             l.https_addr.into(),
             l.cert.clone(),
         );
-        c.image = l.image_alias.clone();
-        // Execute answers as soon as the service runs at the target.
-        c.background_cleanup = true;
+        c.runtime.image = l.image_alias.clone();
+        self.adapt(&mut c);
         Some(c)
     }
 
-    /// The work directory of the configured backend (LXD keeps its own state: the default one,
-    /// for logs).
+    /// The work directory of the configured backend (every backend's default is the same).
     pub fn work_dir(&self) -> PathBuf {
-        match self.backend {
-            ModuleBackend::Criu | ModuleBackend::Lxd => self.criu_config().work_dir,
-            ModuleBackend::Lxc => self.lxc_config().work_dir,
-        }
+        self.criu_config().work_dir
     }
 
     /// What [`run_with`] needs from the config.
@@ -503,7 +506,7 @@ pub async fn run(
         source,
     })?;
     // Both backends run CRIU (LXC's lxc-checkpoint the one on PATH): both profit.
-    match cfg.criu_config().criu.prime_kdat_cache() {
+    match cfg.criu_config().runtime.criu.prime_kdat_cache() {
         Ok(bytes) => tracing::debug!(bytes, "CRIU kernel-feature cache made"),
         Err(e) => {
             tracing::warn!(error = %sbi::error_chain(&e), "no CRIU kernel-feature cache: every dump and restore probes the kernel")
@@ -605,7 +608,7 @@ pub async fn run_with<B: Backend>(
     create_services(&*backend, &settings.services).await?;
 
     let (serve_stop_tx, serve_stop) = watch::channel(false);
-    let receiver = tokio::spawn(crate::run_receiver(
+    let receiver = tokio::spawn(crate::backend::run_receiver(
         Arc::clone(&backend),
         migration,
         stopped(serve_stop.clone()),
@@ -707,8 +710,8 @@ pub async fn run_with<B: Backend>(
 /// The [`crate::ArrivalHook`] of a daemon: `POST {smo_url}/service-mobility/v1/relocations/{id}/arrival`
 /// with the token, within [`crate::ARRIVAL_LIMIT`]; a failure is a warning (the service resumes
 /// anyway, and the SMO installs the new path when the source's EXECUTE comes).
-pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
-    let client = Client::new(settings.token.clone(), crate::ARRIVAL_LIMIT);
+pub fn arrival_hook(settings: &Settings) -> ArrivalHook {
+    let client = Client::new(settings.token.clone(), ARRIVAL_LIMIT);
     let base = format!("{}{RELOCATIONS}", settings.smo_url.trim_end_matches('/'));
     Arc::new(move |relocation_id: String, service_id: String| {
         let client = client.clone();
@@ -721,7 +724,7 @@ pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
             match client.post_no_content(&url, &body).await {
                 Ok(()) => tracing::info!(
                     relocation = %relocation_id, service = %service_id,
-                    took_us = crate::us(began.elapsed()),
+                    took_us = model::timeline::us(began.elapsed()),
                     "arrival reported: the SMO switched the path"
                 ),
                 Err(e) => tracing::warn!(
@@ -931,7 +934,7 @@ mod tests {
             Path::new("/dev/shm/testbed-svcmod/tb-x"),
             "the backend's default"
         );
-        assert_eq!(criu.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
+        assert_eq!(criu.runtime.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
         assert_eq!(cfg.backend, ModuleBackend::Criu, "the default backend");
         assert_eq!(cfg.work_dir(), criu.work_dir);
         // Optional fields may be left out.
@@ -989,9 +992,12 @@ mod tests {
         let cfg: ModuleConfig = serde_json::from_value(j.clone()).expect("lxd");
         assert_eq!(cfg.backend.relocation_type(), RelocationType::Lxd);
         let lxd = cfg.lxd_config().expect("lxd config");
-        assert_eq!(lxd.image, "testbed-busybox");
-        assert_eq!(lxd.https_addr, "10.0.1.1:8443".parse().expect("addr"));
-        assert_eq!(lxd.socket, Path::new("/run/t/lxd-x/unix.socket"));
+        assert_eq!(lxd.runtime.image, "testbed-busybox");
+        assert_eq!(
+            lxd.runtime.https_addr,
+            "10.0.1.1:8443".parse().expect("addr")
+        );
+        assert_eq!(lxd.runtime.socket, Path::new("/run/t/lxd-x/unix.socket"));
         let back: ModuleConfig =
             serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
         assert_eq!(back, cfg);

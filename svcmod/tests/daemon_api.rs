@@ -19,8 +19,8 @@ use svcmod::api::cause;
 use svcmod::daemon::{self, DaemonError, RegisterPolicy, Settings};
 use svcmod::transfer::TransferError;
 use svcmod::{
-    ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
-    ServiceSpec, ServiceState, Stopwatch, Strategy,
+    ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport, MoveError,
+    RuntimeError, ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -111,7 +111,8 @@ fn spec(id: &str, last_octet: u8) -> ServiceSpec {
 
 /// A successful migration's report, with steps the way the CRIU backend records them.
 fn report_for(req: &ExecuteRequest, s: Service) -> MigrationReport {
-    let mut sw = Stopwatch::start();
+    let now = tokio::time::Instant::now();
+    let mut sw = Stopwatch::start_at(now);
     for (step, took) in [
         ("prepare target", 1_500),
         ("dump", 40_000),
@@ -119,7 +120,7 @@ fn report_for(req: &ExecuteRequest, s: Service) -> MigrationReport {
         ("restore at target", 60_000),
         ("resume at target", 2_000),
     ] {
-        sw.record_took(step, took);
+        sw.record_took_at(step, took, now);
     }
     MigrationReport {
         relocation_id: req.relocation_id.clone(),
@@ -196,7 +197,7 @@ impl Backend for FakeBackend {
         let Some(pos) = st.services.iter().position(|s| s.service_id == id) else {
             return Err(MigrationError::NotStarted {
                 service_id: id.clone(),
-                source: BackendError::UnknownService { service_id: id },
+                cause: BackendError::UnknownService { service_id: id }.into(),
             });
         };
         match st.script.pop_front().unwrap_or(Ok(())) {
@@ -214,17 +215,17 @@ impl Backend for FakeBackend {
     }
 
     /// The fake "migration protocol": one line of JSON, the service.
-    async fn receive(&self, stream: TcpStream) -> Result<IncomingReport, BackendError> {
+    async fn receive(&self, stream: TcpStream) -> Result<IncomingReport, MoveError> {
         let mut line = String::new();
         tokio::io::BufReader::new(stream)
             .read_line(&mut line)
             .await
-            .map_err(|source| BackendError::Io {
-                path: PathBuf::from("migration connection"),
+            .map_err(|source| TransferError::Io {
+                what: "the fake migration line".into(),
                 source,
             })?;
-        let s: Service =
-            serde_json::from_str(&line).map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        let s: Service = serde_json::from_str(&line)
+            .map_err(|e| TransferError::Protocol(format!("bad service line: {e}")))?;
         // "Commit": the SMO hears of the arrival before the service resumes.
         let hook = self.1 .0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(hook) = hook {
@@ -599,82 +600,123 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
     let c = client();
     let target = free_port().to_string();
     let rolled_back_report = report_for(&execute_request("a", &target), service("a", 50));
-    let not_started = |source| MigrationError::NotStarted {
+    let not_started = |cause: MoveError| MigrationError::NotStarted {
         service_id: "a".into(),
-        source,
+        cause,
     };
-    // (the backend's outcome, status, cause, the service still hosted here)
-    let cases: Vec<(MigrationError, u16, &str, bool)> = vec![
+    let local = |step, what: &str| MoveError::local(step)(RuntimeError::State(what.into()));
+    // (the backend's outcome, status, cause, words the detail must hold, the service still
+    // hosted here)
+    let cases: Vec<(MigrationError, u16, &str, &str, bool)> = vec![
         (
-            not_started(BackendError::Busy {
-                service_id: "a".into(),
-                state: ServiceState::MigratingOut,
-            }),
+            not_started(
+                BackendError::Busy {
+                    service_id: "a".into(),
+                    state: ServiceState::MigratingOut,
+                }
+                .into(),
+            ),
             409,
             cause::SERVICE_BUSY,
+            "MigratingOut",
             true,
         ),
         (
-            not_started(BackendError::BadRequest(
-                "target address `x` is not ip:port".into(),
-            )),
+            not_started(
+                BackendError::BadRequest("target address `x` is not ip:port".into()).into(),
+            ),
             422,
             cause::INVALID_TARGET,
+            "not ip:port",
             true,
         ),
         (
-            not_started(BackendError::Refused("network namespace exists".into())),
+            not_started(MoveError::Refused("network namespace exists".into())),
             502,
             cause::TARGET_REFUSED,
+            "network namespace exists",
             true,
         ),
         (
-            not_started(BackendError::Transfer(TransferError::Timeout {
-                what: "answer to prepare".into(),
-                limit_ms: 10_000,
-            })),
+            not_started(
+                TransferError::Timeout {
+                    what: "answer to prepare".into(),
+                    limit_ms: 10_000,
+                }
+                .into(),
+            ),
             502,
             cause::TARGET_FAILED,
+            "no answer to prepare within 10000 ms",
             true,
         ),
         (
-            not_started(BackendError::Task("panicked".into())),
+            not_started(MoveError::Unexpected {
+                expected: "prepared",
+                got: "commit",
+            }),
+            502,
+            cause::TARGET_FAILED,
+            "expected prepared, got commit",
+            true,
+        ),
+        // A failure at the source is this module's, never the target's.
+        (
+            not_started(local("offer", "instance tb-svc-a is not running")),
             500,
             cause::MIGRATION_FAILED,
+            "offer failed here: instance tb-svc-a is not running",
+            true,
+        ),
+        (
+            not_started(BackendError::Unsupported("lazy-pages migration".into()).into()),
+            500,
+            cause::MIGRATION_FAILED,
+            "lazy-pages migration is not supported",
             true,
         ),
         (
             MigrationError::RolledBack {
                 service_id: "a".into(),
-                cause: "target restore failed".into(),
+                cause: MoveError::TargetFailed {
+                    step: "restore",
+                    cause: "criu restore failed".into(),
+                },
                 report: Box::new(rolled_back_report),
             },
             502,
             cause::MIGRATION_ROLLED_BACK,
+            "the target failed to restore: criu restore failed",
             true,
         ),
         (
             MigrationError::OutcomeUnknown {
                 service_id: "a".into(),
-                cause: "no answer to commit".into(),
+                cause: TransferError::Timeout {
+                    what: "answer to commit".into(),
+                    limit_ms: 10_000,
+                }
+                .into(),
             },
             504,
             cause::MIGRATION_OUTCOME_UNKNOWN,
+            "no answer to commit",
             false,
         ),
         (
             MigrationError::Lost {
                 service_id: "a".into(),
-                cause: "transfer failed".into(),
-                fallback: "restore at source failed".into(),
+                cause: local("checkpoint", "dump failed"),
+                fallback: Box::new(RuntimeError::State("restore at source failed".into())),
             },
             504,
             cause::SERVICE_LOST,
+            "restore at source failed",
             false,
         ),
     ];
-    for (outcome, want_status, want_cause, at_source) in cases {
-        let what = outcome.to_string();
+    for (outcome, want_status, want_cause, want_detail, at_source) in cases {
+        let what = sbi::error_chain(&outcome);
         if backend.ids().is_empty() {
             backend.host(service("a", 50));
         }
@@ -687,7 +729,9 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
         assert_eq!(status, want_status, "{what}");
         assert_eq!(cause.as_deref(), Some(want_cause), "{what}");
         assert!(
-            p["detail"].as_str().is_some_and(|t| !t.is_empty()),
+            p["detail"]
+                .as_str()
+                .is_some_and(|t| t.contains(want_detail)),
             "{what}: {p}"
         );
         let listed: Vec<Service> = c.get(&d.url("/services")).await.expect("services");
