@@ -102,7 +102,7 @@ pub enum MoveError {
         got: &'static str,
     },
     /// A step of this module's own runtime failed (at the source: the source's).
-    #[error("{step} failed here")]
+    #[error("{step} failed")]
     Local {
         step: &'static str,
         #[source]

@@ -812,9 +812,13 @@ impl TargetMove {
         cmds
     }
 
-    /// Undo what was made, *then* say `Failed`.
+    /// Undo what was made, *then* say `Failed` (with the runtime's own words: the source names
+    /// the step).
     fn fail_telling(&mut self, cause: MoveError) -> Vec<TargetCommand> {
-        let told = sbi::error_chain(&cause);
+        let told = match &cause {
+            MoveError::Local { source, .. } => sbi::error_chain(&**source),
+            other => sbi::error_chain(other),
+        };
         let mut cmds = self.fail(cause);
         cmds.insert(
             cmds.len() - 1,

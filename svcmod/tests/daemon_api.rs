@@ -665,7 +665,7 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
             not_started(local("offer", "instance tb-svc-a is not running")),
             500,
             cause::MIGRATION_FAILED,
-            "offer failed here: instance tb-svc-a is not running",
+            "offer failed: instance tb-svc-a is not running",
             true,
         ),
         (
