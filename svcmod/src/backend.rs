@@ -77,6 +77,13 @@ pub trait Backend: Send + Sync + 'static {
         async {}
     }
 
+    /// After a crash of the module (a restart with the same config): takes what runs at its
+    /// edge as its services and removes what a crash left half-made; the services hosted then.
+    /// Backends that keep nothing outside the process have nothing to find.
+    fn reconcile(&self) -> impl Future<Output = Result<Vec<Service>, BackendError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
     /// Takes in one service from a source module on an accepted migration connection.
     fn receive(
         &self,

@@ -530,6 +530,50 @@ pub fn tcp_peers_in(netns: &std::path::Path) -> Result<Vec<Ipv4Addr>, CmdError> 
     Ok(parse_ss_peers(&text))
 }
 
+/// The service of container `service_id` as its network namespace at `netns` shows it: the
+/// address and MAC of its `eth0` (what a restarted module adopts).
+pub fn service_in(
+    service_id: &str,
+    relocation_type: model::smo::RelocationType,
+    netns: &std::path::Path,
+) -> Result<model::smo::Service, ContainerError> {
+    let text = Tool::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "ip", "-j", "addr", "show", "dev", SERVICE_IFNAME])
+        .stdout()?;
+    let eth0 = netkit::link::parse_ip_addr_json(&text).into_iter().next();
+    let unreadable = |reason| ContainerError::Invalid {
+        what: "service interface",
+        value: netns.display().to_string(),
+        reason,
+    };
+    let eth0 = eth0.ok_or(unreadable("no eth0"))?;
+    let ipv4_addr = eth0
+        .addrs
+        .iter()
+        .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .ok_or(unreadable("no IPv4 address on eth0"))?;
+    Ok(model::smo::Service {
+        service_id: service_id.to_owned(),
+        ipv4_addr,
+        mac_addr: validate_mac(&eth0.mac.ok_or(unreadable("no MAC on eth0"))?)?,
+        ovs_port: ovs_port_name(service_id)?,
+        relocation_type,
+        resource_requirements: Default::default(),
+        ue_ipv4_addrs: Vec::new(),
+    })
+}
+
+/// The interfaces of the edge's namespace that are up.
+pub fn ports_up(site: &EdgeSite) -> Vec<String> {
+    netkit::link::list_ifaces(&site.netns)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.up)
+        .map(|i| i.name)
+        .collect()
+}
+
 /// Whether interface `port` exists in the edge's namespace.
 pub fn port_exists(site: &EdgeSite, port: &str) -> bool {
     site.netns
@@ -568,6 +612,19 @@ pub fn detach(site: &EdgeSite, port: &str) -> Result<(), CmdError> {
         .vsctl(["--if-exists", "del-port", &site.bridge, port])
         .map(drop);
     link.and(ovs)
+}
+
+/// Whether `pid` is PID 1 of a PID namespace of its own (a service tree's root), from the
+/// `NSpid` line of `/proc/PID/status` (`NSpid: 4242 1`).
+pub fn is_pid_ns_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
+    })
 }
 
 /// The first child of `pid` (from `/proc/PID/task/PID/children`).

@@ -30,7 +30,7 @@
 
 pub use crate::runtime::{Timeouts, DEFAULT_WORK_ROOT};
 
-use crate::container::{Carrier, Container, ContainerError, NetSpec};
+use crate::container::{self, Carrier, Container, ContainerError, NetSpec};
 use crate::criu::{
     Criu, CriuError, DumpRequest, GatedRestore, LazyDaemon, LazyDump, PageServer, PipeMaxSize,
     RestoreRequest, LAZY_PIPE_MAX_SIZE,
@@ -39,7 +39,8 @@ use crate::driver::Driver;
 use crate::error::RuntimeError;
 use crate::hosting::blocking_try;
 use crate::runtime::{
-    decode_offer, CheckpointError, Checkpointed, Config, Left, Leg, Resumed, Runtime, Transport,
+    decode_offer, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed, Runtime,
+    Transport,
 };
 use crate::service::{ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -516,6 +517,51 @@ impl Runtime for CriuRuntime {
         if let Some(d) = incoming.daemon {
             d.kill().await;
         }
+    }
+
+    async fn survey(&self) -> Result<Vec<Found<Container>>, RuntimeError> {
+        let (site, prefix) = (self.cfg.site.clone(), self.cfg.prefix.clone());
+        let (work_dir, limit) = (self.cfg.work_dir.clone(), self.cfg.timeouts.dump);
+        blocking_try(move || {
+            crate::criu::settle_orphans(&work_dir, limit);
+            let (head, tail) = (format!("{prefix}-svc-"), format!("-{}", site.edge));
+            let up = container::ports_up(&site);
+            let mut found = Vec::new();
+            for netns in netkit::Netns::list_with_prefix(&head) {
+                let Some(id) = netns
+                    .name()
+                    .strip_prefix(&head)
+                    .and_then(|r| r.strip_suffix(&tail))
+                    .filter(|id| container::validate_service_id(id).is_ok())
+                else {
+                    continue;
+                };
+                let mut c = Container::adopt(&site, &prefix, id)?;
+                // The tree's root: PID 1 of its own PID namespace.
+                let root = c.pids().into_iter().find(|p| container::is_pid_ns_init(*p));
+                c.set_root_pid(root);
+                let service = container::service_in(id, RelocationType::Criu, &netns.path()).ok();
+                let running = c.root_pid().is_some() && up.iter().any(|p| p == c.port());
+                found.push(Found {
+                    service_id: id.to_owned(),
+                    service,
+                    container: c,
+                    running,
+                });
+            }
+            Ok::<_, ContainerError>(found)
+        })
+        .await
+    }
+
+    async fn resume_interrupted(
+        &self,
+        leg: &Leg,
+        container: &mut Container,
+    ) -> Result<(), RuntimeError> {
+        let pid = self.restore_at_source(container, leg).await?;
+        container.set_root_pid(Some(pid));
+        Ok(())
     }
 
     async fn settle(&self, incoming: CriuIncoming) -> Option<Duration> {

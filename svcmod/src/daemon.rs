@@ -5,7 +5,11 @@
 //!    ([`crate::mount_ns`]) so the service namespaces it makes are visible to the host;
 //! 2. bind the callbacks on `api_addr` and the migration receiver on `migration_addr` (plainly
 //!    when it runs in the edge's namespace, else inside it with [`transfer::listen_in`]);
-//! 3. create the configured services — a failure is fatal and removes what was made;
+//! 3. create the configured services — a failure is fatal and removes what was made; or, when
+//!    the work directory says the module had started before (it was killed, and is restarted
+//!    with the same config), reconcile instead: host what runs at the edge, remove what a crash
+//!    left half-made, resume at the source a move cut off before `Commit`
+//!    ([`crate::driver::Driver::reconcile`]);
 //! 4. serve the callbacks ([`crate::api`]) and receive migrations ([`crate::run_receiver`]);
 //! 5. register with the SMO (`POST {smo_url}/service-mobility/v1/service-modules`), retrying every
 //!    200 ms for up to 10 s; a 4xx answer is fatal at start. When the SMO does not answer in that
@@ -272,6 +276,7 @@ impl ModuleConfig {
             token: self.token.clone(),
             services: self.services.clone(),
             register: RegisterPolicy::default(),
+            state_dir: Some(self.work_dir()),
         }
     }
 }
@@ -381,7 +386,16 @@ pub struct Settings {
     /// Created at start.
     pub services: Vec<ServiceSpec>,
     pub register: RegisterPolicy,
+    /// Where the module notes that it started (the work directory, removed at a clean
+    /// shutdown): when the note is there at start, the module was killed and is restarted, and
+    /// it reconciles ([`Backend::reconcile`]) instead of creating `services` — what runs at its
+    /// edge is the truth (a service may have moved away before the crash). `None`: always a
+    /// fresh start.
+    pub state_dir: Option<PathBuf>,
 }
+
+/// The note in [`Settings::state_dir`] that the module started.
+pub const STARTED: &str = "module-started";
 
 /// A failure that ends the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -409,6 +423,8 @@ pub enum DaemonError {
         #[source]
         source: BackendError,
     },
+    #[error("cannot take over what runs at the edge after a restart")]
+    Reconcile(#[source] BackendError),
     #[error("the SMO at {url} refused the registration")]
     Registration {
         url: String,
@@ -605,7 +621,23 @@ pub async fn run_with<B: Backend>(
     };
     let api_addr = callback_addr(local(&api, "callbacks")?);
     let notif = local(&migration, "migrations")?;
-    create_services(&*backend, &settings.services).await?;
+    let note = settings.state_dir.as_ref().map(|d| d.join(STARTED));
+    if note.as_ref().is_some_and(|n| n.exists()) {
+        let hosted = backend.reconcile().await.map_err(DaemonError::Reconcile)?;
+        tracing::warn!(
+            module = %settings.name,
+            services = ?hosted.iter().map(|s| s.service_id.as_str()).collect::<Vec<_>>(),
+            "restarted after a crash: hosting what runs at this edge"
+        );
+    } else {
+        create_services(&*backend, &settings.services).await?;
+        if let Some(n) = &note {
+            std::fs::write(n, b"").map_err(|source| DaemonError::WorkDir {
+                path: n.clone(),
+                source,
+            })?;
+        }
+    }
 
     let (serve_stop_tx, serve_stop) = watch::channel(false);
     let receiver = tokio::spawn(crate::backend::run_receiver(

@@ -201,6 +201,7 @@ impl<R: Runtime> Driver<R> {
                             if R::TRANSPORT == Transport::Images {
                                 fresh_dir(&leg.images())?;
                             }
+                            keep(&leg.work.join(MOVE_FILE), &serde_json::json!(leg))?;
                             let (o, offer) = rt.offer(&leg, strategy, container).await?;
                             out = Some(o);
                             Ok::<Value, RuntimeError>(offer)
@@ -236,6 +237,16 @@ impl<R: Runtime> Driver<R> {
                         Some(o) => rt.moved_bytes(o).await,
                         None => None,
                     })),
+                    C::MarkCommitting => {
+                        // Before `Commit`: if this write fails, `Commit` must not go out.
+                        match keep(&leg.work.join(COMMITTING), &serde_json::json!(true)) {
+                            Ok(()) => None,
+                            Err(e) => Some(E::Sent(Err(TransferError::Io {
+                                what: "marking the commit".into(),
+                                source: std::io::Error::other(sbi::error_chain(&e)),
+                            }))),
+                        }
+                    }
                     C::Close => {
                         conn = None;
                         None
@@ -274,6 +285,10 @@ impl<R: Runtime> Driver<R> {
                         return outcome;
                     }
                 };
+                // The machine waits for this; the commands after a failed one are void.
+                if event.is_some() {
+                    break;
+                }
             }
             let Some(event) = event else {
                 // The machine always ends a batch with what it waits for: never here.
@@ -413,6 +428,9 @@ impl<R: Runtime> Driver<R> {
                         return Err(e);
                     }
                 };
+                if event.is_some() {
+                    break;
+                }
             }
             let Some(event) = event else {
                 if let Some(h) = held.take() {
@@ -471,6 +489,100 @@ impl<R: Runtime> Driver<R> {
         }
     }
 
+    /// After a crash of the module (a restart with the same config): makes the service table
+    /// what runs at this edge, level-triggered. Every move the crash cut off lost its connection
+    /// (the peer aborts or resumes on its own), so:
+    ///
+    /// * an outgoing move that checkpointed the service and never marked `Commit` (the target
+    ///   cannot have it) is resumed here from its images, as a rollback would;
+    /// * every container whose service runs is hosted again;
+    /// * everything else of this module's is removed: half-made targets, sources a move left
+    ///   (`Commit` marked: the service is at the target or nowhere), services that died; and so
+    ///   are the moves' work directories.
+    ///
+    /// The services hosted afterwards.
+    pub async fn reconcile(&self) -> Result<Vec<Service>, BackendError> {
+        let found = self.runtime.survey().await?;
+        let moves = self.interrupted_moves();
+        let mut hosted = Vec::new();
+        for f in found {
+            let id = f.service_id;
+            let mut container = f.container;
+            let interrupted = moves.iter().find(|(leg, _)| leg.service.service_id == id);
+            let service = match (f.running, f.service, interrupted) {
+                (true, Some(service), _) => Some(service),
+                (false, _, Some((leg, false))) if R::TRANSPORT == Transport::Images => {
+                    match self.runtime.resume_interrupted(leg, &mut container).await {
+                        Ok(()) => {
+                            tracing::warn!(service = %id, relocation = %leg.relocation_id, "resumed the move a crash cut off, at the source");
+                            Some(leg.service.clone())
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %id, error = %sbi::error_chain(&e), "cannot resume the move a crash cut off: the service is lost");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match service {
+                Some(s) => {
+                    tracing::info!(service = %id, ip = %s.ipv4_addr, "hosted again after a restart");
+                    self.hosting.install(s.clone(), container);
+                    hosted.push(s);
+                }
+                None => {
+                    tracing::warn!(service = %id, "removing what a crash left of it");
+                    if let Err(e) = self.runtime.destroy(&container).await {
+                        tracing::warn!(service = %id, error = %sbi::error_chain(&e), "cannot remove it");
+                    }
+                }
+            }
+        }
+        for (leg, _) in &moves {
+            self.remove_work(&leg.work);
+        }
+        for dir in self.move_dirs() {
+            self.remove_work(&dir);
+        }
+        hosted.sort_by(|a, b| a.service_id.cmp(&b.service_id));
+        Ok(hosted)
+    }
+
+    /// The work directories of moves (`in-*`, `out-*`).
+    fn move_dirs(&self) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&self.config().work_dir)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        p.is_dir()
+                            && p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| MOVE_DIRS.iter().any(|m| n.starts_with(m)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The outgoing moves a crash cut off after their checkpoint: each move and whether it had
+    /// marked `Commit`.
+    fn interrupted_moves(&self) -> Vec<(Leg, bool)> {
+        self.move_dirs()
+            .into_iter()
+            .filter_map(|dir| {
+                let leg: Leg =
+                    serde_json::from_slice(&std::fs::read(dir.join(MOVE_FILE)).ok()?).ok()?;
+                let out = dir.file_name()?.to_str()?.starts_with("out-");
+                let checkpointed = leg.images().is_dir()
+                    && std::fs::read_dir(leg.images()).is_ok_and(|mut d| d.next().is_some());
+                (out && checkpointed && leg.work == dir)
+                    .then(|| (leg, dir.join(COMMITTING).exists()))
+            })
+            .collect()
+    }
+
     /// The armed fault (if any), then the runtime's restore.
     async fn restore(&self, h: &mut Held<R>) -> Result<(), RuntimeError> {
         let Some(incoming) = h.incoming.as_mut() else {
@@ -500,6 +612,24 @@ impl<R: Runtime> Driver<R> {
         self.hosting.unreserve(&h.leg.service.service_id);
         self.remove_work(&h.leg.work);
     }
+}
+
+/// A move's record in its work directory ([`Leg`]).
+const MOVE_FILE: &str = "move.json";
+/// Written (durably: the process may die, the host does not) before `Commit` goes out.
+const COMMITTING: &str = "committing";
+/// The moves' work directories start so.
+const MOVE_DIRS: [&str; 2] = ["in-", "out-"];
+
+/// Writes `value` to `path` whole (a file written and renamed into place).
+fn keep(path: &Path, value: &Value) -> Result<(), RuntimeError> {
+    let io = |source| RuntimeError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let part = path.with_extension("part");
+    std::fs::write(&part, value.to_string()).map_err(io)?;
+    std::fs::rename(&part, path).map_err(io)
 }
 
 fn not_connected() -> TransferError {
@@ -574,6 +704,10 @@ impl<R: Runtime> Backend for Driver<R> {
 
     async fn settle(&self) {
         self.hosting.settle().await;
+    }
+
+    async fn reconcile(&self) -> Result<Vec<Service>, BackendError> {
+        Driver::reconcile(self).await
     }
 }
 

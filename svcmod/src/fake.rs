@@ -12,7 +12,7 @@
 use crate::container::EdgeSite;
 use crate::error::RuntimeError;
 use crate::runtime::{
-    CheckpointError, Checkpointed, Config, Left, Leg, Resumed, Runtime, Transport,
+    CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed, Runtime, Transport,
 };
 use crate::service::{Fault, ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -341,6 +341,9 @@ impl<const PULL: bool> Runtime for Fake<PULL> {
         })?;
         self.world()
             .set(&c.edge, &c.service_id, Some(Copy::Stopped));
+        if act == Some(Act::HangAfter) {
+            self.hang().await;
+        }
         Ok(Checkpointed {
             image_bytes: image.len() as u64,
         })
@@ -465,6 +468,42 @@ impl<const PULL: bool> Runtime for Fake<PULL> {
 
     async fn abort(&self, _in: ()) {
         self.enter(Step::Abort).await;
+    }
+
+    async fn survey(&self) -> Result<Vec<Found<FakeContainer>>, RuntimeError> {
+        let mine: Vec<(String, Copy)> = lock(&self.world().copies)
+            .iter()
+            .filter(|((edge, _), _)| edge == self.edge())
+            .map(|((_, id), c)| (id.clone(), *c))
+            .collect();
+        Ok(mine
+            .into_iter()
+            .map(|(id, copy)| Found {
+                service: Some(service(&id, RelocationType::Test)),
+                container: FakeContainer {
+                    edge: self.edge().to_owned(),
+                    service_id: id.clone(),
+                },
+                service_id: id,
+                running: copy == Copy::Running,
+            })
+            .collect())
+    }
+
+    async fn resume_interrupted(
+        &self,
+        leg: &Leg,
+        c: &mut FakeContainer,
+    ) -> Result<(), RuntimeError> {
+        self.world()
+            .note(format!("{} resume interrupted", self.edge()));
+        let image = std::fs::read_to_string(leg.images().join(IMAGE)).unwrap_or_default();
+        if image != format!("image of {}", c.service_id).repeat(100) {
+            return Err(RuntimeError::State("no images".into()));
+        }
+        self.world()
+            .set(&c.edge, &c.service_id, Some(Copy::Running));
+        Ok(())
     }
 
     async fn settle(&self, _in: ()) -> Option<Duration> {

@@ -22,7 +22,8 @@ use crate::error::RuntimeError;
 use crate::hosting::{blocking, blocking_try};
 use crate::lxc::{self, ContainerSpec, Freezer, Lxc, LxcError};
 use crate::runtime::{
-    decode_offer, CheckpointError, Checkpointed, Config, Left, Leg, Resumed, Runtime, Transport,
+    decode_offer, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed, Runtime,
+    Transport,
 };
 use crate::service::{ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -437,6 +438,68 @@ impl Runtime for LxcRuntime {
         if let Some(g) = incoming.gated {
             g.abort(Duration::from_secs(5)).await;
         }
+    }
+
+    async fn survey(&self) -> Result<Vec<Found<LxcContainer>>, RuntimeError> {
+        let (lxc, site, prefix) = (
+            self.lxc.clone(),
+            self.cfg.site.clone(),
+            self.cfg.prefix.clone(),
+        );
+        let (work_dir, limit) = (self.cfg.work_dir.clone(), self.cfg.timeouts.dump);
+        blocking(move || {
+            crate::criu::settle_orphans(&work_dir, limit);
+            let (head, tail) = (format!("{prefix}-svc-"), format!("-{}", site.edge));
+            let up = container::ports_up(&site);
+            let mut found = Vec::new();
+            for name in lxc.names() {
+                let Some(id) = name
+                    .strip_prefix(&head)
+                    .and_then(|r| r.strip_suffix(&tail))
+                    .filter(|id| container::validate_service_id(id).is_ok())
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                let id = id.as_str();
+                let mut c = LxcContainer {
+                    port: format!("s-{id}"),
+                    spec: lxc.kept_spec(&name).unwrap_or_else(|| {
+                        tracing::warn!(container = %name, "no spec kept: it cannot move again");
+                        ContainerSpec {
+                            command: Vec::new(),
+                            binds: Vec::new(),
+                        }
+                    }),
+                    name,
+                    init_pid: None,
+                    cgroups: Vec::new(),
+                };
+                if let Ok(Some(pid)) = lxc.init_pid(&c.name) {
+                    c.running(pid);
+                }
+                let service = c
+                    .netns_path()
+                    .and_then(|ns| container::service_in(id, RelocationType::Lxc, &ns).ok());
+                let running = c.init_pid().is_some() && up.contains(&c.port);
+                found.push(Found {
+                    service_id: id.to_owned(),
+                    service,
+                    container: c,
+                    running,
+                });
+            }
+            found
+        })
+        .await
+    }
+
+    async fn resume_interrupted(
+        &self,
+        leg: &Leg,
+        container: &mut LxcContainer,
+    ) -> Result<(), RuntimeError> {
+        self.resume_at_source(leg, (), container).await.map(drop)
     }
 
     fn clean_up(&self) {

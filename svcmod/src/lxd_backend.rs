@@ -54,7 +54,7 @@ use crate::hosting::{blocking, blocking_try};
 use crate::lxc::LxcError;
 use crate::lxd::{LxdClient, LxdError};
 use crate::runtime::{
-    decode_offer, CheckpointError, Checkpointed, Config, Leg, Resumed, Runtime, Transport,
+    decode_offer, CheckpointError, Checkpointed, Config, Found, Leg, Resumed, Runtime, Transport,
 };
 use crate::service::{Fault, ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -641,6 +641,54 @@ impl Runtime for LxdRuntime {
         // The port first: the SMO's new path outputs to it.
         let pid = inst.running_pid()?;
         self.attach_port(inst, pid).await
+    }
+
+    /// Every instance `<prefix>-svc-<id>` of the edge's daemon: a running one is reachable again
+    /// (its port onto the bridge: a target may have crashed between the pull and the attach); a
+    /// frozen one is a source whose dump a crash left stuck: released and thawed, it runs.
+    async fn survey(&self) -> Result<Vec<Found<LxdInstance>>, RuntimeError> {
+        let head = format!("{}-svc-", self.cfg.prefix);
+        let listed = self.lxd.get("/1.0/instances").await?;
+        let mut found = Vec::new();
+        for url in listed.as_array().into_iter().flatten() {
+            let Some(name) = url.as_str().and_then(|u| u.rsplit('/').next()) else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_prefix(&head)
+                .filter(|id| container::validate_service_id(id).is_ok())
+            else {
+                continue;
+            };
+            let mut inst = LxdInstance {
+                name: name.to_owned(),
+                port: format!("s-{id}"),
+                init_pid: None,
+            };
+            let (mut status, pid) = self.state(name).await?;
+            if let (true, Some(pid)) = (status == "Frozen", pid) {
+                let (ino, n) = (self.cfg.site.netns.inode(), name.to_owned());
+                let released = blocking(move || release_stuck_dump(ino, &n, pid)).await?;
+                tracing::warn!(instance = %name, ?released, "a frozen source instance after a crash");
+                self.set_state(name, "unfreeze", false).await?;
+                status = self.state(name).await?.0;
+            }
+            let mut service = None;
+            if status == "Running" {
+                let pid = self.init_of(name).await?;
+                inst.init_pid = Some(pid);
+                self.attach_port(&inst, pid).await?;
+                let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                service = container::service_in(id, RelocationType::Lxd, &ns).ok();
+            }
+            found.push(Found {
+                service_id: id.to_owned(),
+                running: service.is_some(),
+                service,
+                container: inst,
+            });
+        }
+        Ok(found)
     }
 
     async fn abort(&self, incoming: LxdIncoming) {

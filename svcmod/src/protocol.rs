@@ -34,6 +34,12 @@
 //! **The target** undoes everything it made ([`TargetCommand::Abort`]) on any failure before
 //! `Done`, *before* it answers `Failed`, so the source — which resumes at once — never meets a
 //! live duplicate, and a retry finds the edge clean.
+//!
+//! **A crash** of either module closes the connection, which the other side takes as any lost
+//! connection. The source marks `Commit` durably before sending it
+//! ([`SourceCommand::MarkCommitting`]): a restarted source module resumes a move it left after
+//! the checkpoint only when that mark is absent (the target cannot have gone live without
+//! `Commit`); see [`crate::driver::Driver::reconcile`].
 
 use crate::error::{MigrationError, MoveError, RuntimeError};
 use crate::runtime::{CheckpointError, Checkpointed, Left, Resumed, Timeouts, Transport};
@@ -79,6 +85,10 @@ pub enum SourceCommand {
     SendImages { limit: Duration },
     /// Pull: the runtime counts what the pull moved. → [`SourceEvent::Measured`]
     Measure,
+    /// Note durably, before `Commit` goes out, that the target may go live: a module restarted
+    /// after a crash resumes an interrupted move at the source only without this mark. No
+    /// result.
+    MarkCommitting,
     /// Close the connection: the target aborts what it made. No result.
     Close,
     /// The offer is void, nothing stopped (the runtime undoes it). No result.
@@ -316,7 +326,7 @@ impl SourceMove {
                         vec![C::Measure]
                     } else {
                         self.stage = S::CommitSent;
-                        vec![C::Send(Message::Commit)]
+                        vec![C::MarkCommitting, C::Send(Message::Commit)]
                     }
                 }
                 Ok(Message::Failed { cause }) => self.roll_back(
@@ -926,7 +936,7 @@ mod tests {
             vec!["sendimages { limit: 30s }"],
             vec!["send restore"],
             vec!["receive answer to restore"],
-            vec!["send commit"],
+            vec!["markcommitting", "send commit"],
             vec!["receive answer to commit"],
             vec!["close", "complete"],
             vec!["removesource"],

@@ -124,8 +124,9 @@ pub enum Transport {
     Pull,
 }
 
-/// One side of one move: what the driver tells the runtime about it.
-#[derive(Debug, Clone)]
+/// One side of one move: what the driver tells the runtime about it (kept in the move's work
+/// directory as `move.json`, so a restarted module knows what it was doing).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Leg {
     pub relocation_id: String,
     pub service: Service,
@@ -165,6 +166,18 @@ pub struct CheckpointError {
     pub left: Left,
     #[source]
     pub source: RuntimeError,
+}
+
+/// A container of this module's that a restarted module finds at its edge.
+#[derive(Debug)]
+pub struct Found<C> {
+    pub service_id: String,
+    /// The service as its container shows it (address and MAC of `eth0`), when readable.
+    pub service: Option<Service>,
+    pub container: C,
+    /// The service runs and is reachable (its carrier up): a half-made target (carrier down), a
+    /// source a checkpoint stopped, or a service that died, does not.
+    pub running: bool,
 }
 
 /// How the service came back at the source after a failed move.
@@ -332,6 +345,28 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     /// Removes what the runtime keeps besides its containers (LXC: its lxcpath), once they are
     /// all gone.
     fn clean_up(&self) {}
+
+    /// After a crash of the module: ends the runtime's own runs the crash left behind (a dump is
+    /// let finish; a restore waiting for the dead module's decision is ended), then lists every
+    /// container of this module's at its edge.
+    fn survey(
+        &self,
+    ) -> impl Future<Output = Result<Vec<Found<Self::Container>>, RuntimeError>> + Send;
+
+    /// After a crash of the module at the source: brings the service back from the images its
+    /// checkpoint left in [`Leg::images`] (the move never sent `Commit`, so the target cannot
+    /// have it). Default: this runtime cannot.
+    fn resume_interrupted(
+        &self,
+        _leg: &Leg,
+        _container: &mut Self::Container,
+    ) -> impl Future<Output = Result<(), RuntimeError>> + Send {
+        async {
+            Err(RuntimeError::State(
+                "this runtime cannot resume an interrupted move".into(),
+            ))
+        }
+    }
 }
 
 /// The offer a runtime needs from the source, decoded (and refused when absent or malformed:

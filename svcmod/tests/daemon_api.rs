@@ -53,6 +53,10 @@ struct FakeState {
     script: VecDeque<Result<(), MigrationError>>,
     executed: Vec<ExecuteRequest>,
     removed: Vec<String>,
+    /// Services created, in order.
+    created: Vec<String>,
+    /// Reconciles asked for.
+    reconciled: u32,
 }
 
 #[derive(Debug, Default)]
@@ -167,7 +171,15 @@ impl Backend for FakeBackend {
             resource_requirements: spec.resource_requirements,
         };
         st.services.push(s.clone());
+        st.created.push(s.service_id.clone());
         Ok(s)
+    }
+
+    /// "What runs at the edge": the services it holds.
+    async fn reconcile(&self) -> Result<Vec<Service>, BackendError> {
+        let mut st = self.lock();
+        st.reconciled += 1;
+        Ok(st.services.clone())
     }
 
     async fn remove(&self, service_id: &str) -> Result<(), BackendError> {
@@ -322,6 +334,16 @@ async fn start(
     services: Vec<ServiceSpec>,
     register: RegisterPolicy,
 ) -> Daemon {
+    start_with_state(backend, smo_url, services, register, None).await
+}
+
+async fn start_with_state(
+    backend: &Arc<FakeBackend>,
+    smo_url: &str,
+    services: Vec<ServiceSpec>,
+    register: RegisterPolicy,
+    state_dir: Option<PathBuf>,
+) -> Daemon {
     init_tracing();
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let migration = TcpListener::bind("127.0.0.1:0")
@@ -339,6 +361,7 @@ async fn start(
         token: Some(TOKEN.into()),
         services,
         register,
+        state_dir,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
@@ -1053,4 +1076,46 @@ fn the_binary_refuses_a_bad_config_with_64_and_names_the_field() {
         assert!(stderr.contains(want), "{field}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_reconciles_instead_of_creating_its_services_again() {
+    let smo = smo(Behaviour::default()).await;
+    let state = std::env::temp_dir().join(format!("svcmod-daemon-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).expect("state dir");
+    // A fresh start creates the services and notes that it started.
+    let first = Arc::new(FakeBackend::default());
+    let specs = vec![spec("a", 50)];
+    let mut d = start_with_state(
+        &first,
+        &smo.url,
+        specs.clone(),
+        fast_policy(),
+        Some(state.clone()),
+    )
+    .await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    assert_eq!(first.lock().created, ["a"]);
+    assert_eq!(first.lock().reconciled, 0);
+    assert!(state.join(daemon::STARTED).exists());
+    d.shut_down().await.expect("clean");
+    // The same config again with the note there (a crash): what runs is taken over; the
+    // configured service (which may have moved away meanwhile) is not made again.
+    let again = Arc::new(FakeBackend::default());
+    again.host(service("b", 51));
+    let mut d = start_with_state(&again, &smo.url, specs, fast_policy(), Some(state.clone())).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    assert!(again.lock().created.is_empty(), "nothing created");
+    assert_eq!(again.lock().reconciled, 1);
+    let listed: Vec<Service> = client().get(&d.url("/services")).await.expect("services");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.service_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    d.shut_down().await.expect("clean");
+    let _ = std::fs::remove_dir_all(&state);
 }

@@ -7,6 +7,7 @@ use super::*;
 use crate::fake::{self, Act, Copy, Fake, FakeOptions, Step, World};
 use crate::transfer::Message;
 use std::path::PathBuf;
+use tokio::task::JoinHandle;
 
 const ID: &str = "p50";
 const MS: fn(u64) -> Duration = Duration::from_millis;
@@ -818,4 +819,114 @@ async fn a_pull_the_target_never_answers_recovers_the_source() {
     // The hung pull never stopped the fake source: untouched.
     expect_verdict(&out, "not started", "connection");
     assert_eq!(p.world.running(ID), ["x"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A module killed mid-move and restarted with the same config: the reconcile.
+
+impl<const PULL: bool> Pair<PULL> {
+    /// Starts the move x → y with the source as a task of its own; the source's task, the
+    /// target's task.
+    async fn start_move(
+        &self,
+    ) -> (
+        JoinHandle<Result<MigrationReport, MigrationError>>,
+        JoinHandle<Result<IncomingReport, MoveError>>,
+    ) {
+        let service = self.host().await;
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let y = Arc::clone(&self.y);
+        let target = tokio::spawn(async move { y.receive_over(b).await });
+        let (x, request) = (Arc::clone(&self.x), self.request(&service));
+        let source = tokio::spawn(async move {
+            x.migrate_out_via(&request, Strategy::StopAndCopy, async { Ok(a) })
+                .await
+        });
+        (source, target)
+    }
+
+    /// Module `edge` restarted: a new driver on the same config (and work directory), its
+    /// reconcile's services.
+    async fn restart(&mut self, edge: &str) -> Vec<String> {
+        let old = if edge == "x" { &self.x } else { &self.y };
+        let fresh = Arc::new(Driver::new(old.config().clone()));
+        let hosted = fresh.reconcile().await.expect("reconcile");
+        if edge == "x" {
+            self.x = fresh;
+        } else {
+            self.y = fresh;
+        }
+        hosted.into_iter().map(|s| s.service_id).collect()
+    }
+
+    /// Nothing of any move is left in the work directories.
+    fn no_move_dirs(&self) {
+        for edge in ["x", "y"] {
+            let left: Vec<_> = std::fs::read_dir(self.root.join(edge))
+                .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "{edge}: {left:?}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_source_killed_after_the_checkpoint_resumes_the_service_when_it_restarts() {
+    let mut p = Pair::<false>::new("crash-src");
+    p.world.script("x", Step::Checkpoint, Act::HangAfter);
+    let (source, target) = p.start_move().await;
+    p.world.hung.notified().await;
+    source.abort();
+    // The target sees the connection close and undoes what it made.
+    let incoming = target.await.expect("target task");
+    assert_eq!(target_verdict(&Some(incoming)), "connection");
+    assert!(p.world.running(ID).is_empty(), "stopped at x, nothing at y");
+    assert_eq!(p.restart("x").await, [ID]);
+    assert!(p.logged("x resume interrupted"));
+    p.ends_at(Some("x"));
+    p.no_move_dirs();
+    // The service moves on as ever.
+    p.x.settle().await;
+    let (out, _) = p
+        .run_service(
+            &fake::service(ID, RelocationType::Test),
+            Strategy::StopAndCopy,
+            OnHang::Silent,
+        )
+        .await;
+    expect_verdict(&out, "moved", "");
+}
+
+#[tokio::test(start_paused = true)]
+async fn after_commit_a_restarted_source_gives_up_and_a_restarted_target_keeps_its_live_copy() {
+    let mut p = Pair::<false>::new("crash-both");
+    // The target goes live, then both modules die before `Done`.
+    p.world.script("y", Step::GoLive, Act::HangAfter);
+    let (source, target) = p.start_move().await;
+    p.world.hung.notified().await;
+    source.abort();
+    target.abort();
+    assert_eq!(
+        p.restart("x").await,
+        Vec::<String>::new(),
+        "Commit was marked"
+    );
+    assert_eq!(p.restart("y").await, [ID]);
+    p.ends_at(Some("y"));
+    p.no_move_dirs();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_killed_mid_restore_leaves_nothing_once_restarted_and_the_source_rolled_back() {
+    let mut p = Pair::<false>::new("crash-tgt");
+    p.world.script("y", Step::Restore, Act::HangAfter);
+    let (out, _) = p.run(Strategy::StopAndCopy, OnHang::Crash).await;
+    expect_verdict(&out, "rolled back", "connection");
+    assert_eq!(p.world.copies(ID).len(), 2, "the restored copy waits at y");
+    assert!(p.restart("y").await.is_empty());
+    p.ends_at(Some("x"));
+    p.no_move_dirs();
+    // A restart of the source hosts its running service as it was.
+    assert_eq!(p.restart("x").await, [ID]);
+    p.ends_at(Some("x"));
 }
