@@ -238,6 +238,15 @@ pub fn netns_name(prefix: &str, service_id: &str, edge: &str) -> String {
     format!("{prefix}-svc-{service_id}-{edge}")
 }
 
+/// The service id in a name [`netns_name`] made (`<prefix>-svc-<id>-<edge>`), if it is one.
+pub fn service_id_in<'a>(name: &'a str, prefix: &str, edge: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?
+        .strip_prefix("-svc-")?
+        .strip_suffix(edge)?
+        .strip_suffix('-')
+        .filter(|id| validate_service_id(id).is_ok())
+}
+
 /// The service's OVS port (the host end of its veth), the same at every edge: `s-<id>`.
 pub fn ovs_port_name(service_id: &str) -> Result<String, ContainerError> {
     validate_service_id(service_id)?;
@@ -663,6 +672,16 @@ mod tests {
     #[test]
     fn names_are_unique_per_edge_and_ports_fit_an_interface_name() {
         assert_eq!(netns_name("tb", "video1", "x"), "tb-svc-video1-x");
+        assert_eq!(service_id_in("tb-svc-video1-x", "tb", "x"), Some("video1"));
+        assert_eq!(service_id_in("tb-svc-a-b-x", "tb", "x"), Some("a-b"));
+        for other in [
+            "tb-svc-video1-y",
+            "tc-svc-video1-x",
+            "tb-svc--x",
+            "tb-svc-Bad-x",
+        ] {
+            assert_eq!(service_id_in(other, "tb", "x"), None, "{other}");
+        }
         assert_ne!(
             netns_name("tb", "video1", "x"),
             netns_name("tb", "video1", "y")

@@ -848,17 +848,17 @@ pub fn log_tail(log: &Path) -> String {
         .join(" | ")
 }
 
-/// What a crashed module's CRIU runs in the moves' directories of `work_dir` (`in-*`, `out-*`)
-/// left (a restarted module's survey; a running LXC container's monitor, which names the
-/// lxcpath, is no such run): a run
-/// that dumps is let finish (within `limit`; its images are what the restarted module resumes
-/// from), every other one — a restore waiting for the dead module's decision, its action
-/// script, a lazy-pages daemon, a page server — is killed, and so is a dump still running after
-/// `limit`. The PIDs that were killed.
-pub fn settle_orphans(work_dir: &Path, limit: Duration) -> Vec<i32> {
+/// What a crashed module's CRIU runs in its moves' directories left (a restarted module's
+/// survey): the runs whose command line names a path starting with one of `prefixes` (a running
+/// LXC container's monitor, which names the lxcpath, is no such run). A run that dumps is let
+/// finish (within `limit`; its images are what the restarted module resumes from), every other
+/// one — a restore waiting for the dead module's decision, its action script, a lazy-pages
+/// daemon, a page server — is killed, and so is a dump still running after `limit`. The PIDs
+/// that were killed.
+pub fn settle_orphans(prefixes: &[PathBuf], limit: Duration) -> Vec<i32> {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let needles = ["in-", "out-"].map(|side| work_dir.join(side).display().to_string());
+    let needles: Vec<String> = prefixes.iter().map(|p| p.display().to_string()).collect();
     let runs = || -> Vec<(i32, bool)> {
         let Ok(dir) = std::fs::read_dir("/proc") else {
             return Vec::new();
@@ -907,7 +907,7 @@ pub fn settle_orphans(work_dir: &Path, limit: Duration) -> Vec<i32> {
         std::thread::sleep(Duration::from_millis(20));
     }
     if !killed.is_empty() {
-        tracing::warn!(pids = ?killed, work_dir = %work_dir.display(), "ended the CRIU runs a crash left");
+        tracing::warn!(pids = ?killed, ?prefixes, "ended the CRIU runs a crash left");
     }
     killed
 }

@@ -39,8 +39,8 @@ use crate::driver::Driver;
 use crate::error::RuntimeError;
 use crate::hosting::blocking_try;
 use crate::runtime::{
-    decode_offer, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed, Runtime,
-    Transport,
+    decode_offer, moves_prefix, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed,
+    Runtime, Transport,
 };
 use crate::service::{ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -521,19 +521,15 @@ impl Runtime for CriuRuntime {
 
     async fn survey(&self) -> Result<Vec<Found<Container>>, RuntimeError> {
         let (site, prefix) = (self.cfg.site.clone(), self.cfg.prefix.clone());
-        let (work_dir, limit) = (self.cfg.work_dir.clone(), self.cfg.timeouts.dump);
+        let runs =
+            ["in", "out"].map(|side| moves_prefix(&self.cfg.work_dir, side, RelocationType::Criu));
+        let limit = self.cfg.timeouts.dump;
         blocking_try(move || {
-            crate::criu::settle_orphans(&work_dir, limit);
-            let (head, tail) = (format!("{prefix}-svc-"), format!("-{}", site.edge));
+            crate::criu::settle_orphans(&runs, limit);
             let up = container::ports_up(&site);
             let mut found = Vec::new();
-            for netns in netkit::Netns::list_with_prefix(&head) {
-                let Some(id) = netns
-                    .name()
-                    .strip_prefix(&head)
-                    .and_then(|r| r.strip_suffix(&tail))
-                    .filter(|id| container::validate_service_id(id).is_ok())
-                else {
+            for netns in netkit::Netns::list_with_prefix(&format!("{prefix}-svc-")) {
+                let Some(id) = container::service_id_in(netns.name(), &prefix, &site.edge) else {
                     continue;
                 };
                 let mut c = Container::adopt(&site, &prefix, id)?;

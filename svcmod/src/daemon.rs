@@ -276,7 +276,7 @@ impl ModuleConfig {
             token: self.token.clone(),
             services: self.services.clone(),
             register: RegisterPolicy::default(),
-            state_dir: Some(self.work_dir()),
+            start_note: Some(start_note(&self.work_dir(), &self.name)),
         }
     }
 }
@@ -386,16 +386,23 @@ pub struct Settings {
     /// Created at start.
     pub services: Vec<ServiceSpec>,
     pub register: RegisterPolicy,
-    /// Where the module notes that it started (the work directory, removed at a clean
-    /// shutdown): when the note is there at start, the module was killed and is restarted, and
-    /// it reconciles ([`Backend::reconcile`]) instead of creating `services` — what runs at its
-    /// edge is the truth (a service may have moved away before the crash). `None`: always a
-    /// fresh start.
-    pub state_dir: Option<PathBuf>,
+    /// Where the module notes that it runs (an empty directory — `testbed down` sweeps it with
+    /// the work directories — made once its services are, removed when [`run_with`] ends: only
+    /// a killed module leaves it). When it is there at start, the module
+    /// was killed and is restarted, and it reconciles ([`Backend::reconcile`]) instead of
+    /// creating `services` — what runs at its edge is the truth (a service may have moved away
+    /// before the crash). `None`: always a fresh start.
+    pub start_note: Option<PathBuf>,
 }
 
-/// The note in [`Settings::state_dir`] that the module started.
-pub const STARTED: &str = "module-started";
+/// The start note of module `name` whose work directory is `work_dir`: beside it (the modules of
+/// an edge may share a work directory, and it holds only the moves' directories),
+/// `<work_dir>.<name>.started`.
+pub fn start_note(work_dir: &Path, name: &str) -> PathBuf {
+    let mut file = work_dir.as_os_str().to_owned();
+    file.push(format!(".{name}.started"));
+    PathBuf::from(file)
+}
 
 /// A failure that ends the daemon.
 #[derive(Debug, thiserror::Error)]
@@ -621,7 +628,7 @@ pub async fn run_with<B: Backend>(
     };
     let api_addr = callback_addr(local(&api, "callbacks")?);
     let notif = local(&migration, "migrations")?;
-    let note = settings.state_dir.as_ref().map(|d| d.join(STARTED));
+    let note = settings.start_note.clone();
     if note.as_ref().is_some_and(|n| n.exists()) {
         let hosted = backend.reconcile().await.map_err(DaemonError::Reconcile)?;
         tracing::warn!(
@@ -632,7 +639,7 @@ pub async fn run_with<B: Backend>(
     } else {
         create_services(&*backend, &settings.services).await?;
         if let Some(n) = &note {
-            std::fs::write(n, b"").map_err(|source| DaemonError::WorkDir {
+            std::fs::create_dir_all(n).map_err(|source| DaemonError::WorkDir {
                 path: n.clone(),
                 source,
             })?;
@@ -733,9 +740,13 @@ pub async fn run_with<B: Backend>(
         }
     }
     let _ = receiver.await;
-    // 3. The services go (after the source containers still being removed).
+    // 3. The services go (after the source containers still being removed), and the note that
+    // the module runs.
     backend.settle().await;
     let removed = remove_services(&*backend).await;
+    if let Some(n) = &note {
+        let _ = std::fs::remove_dir(n);
+    }
     outcome.and(removed)
 }
 

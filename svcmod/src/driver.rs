@@ -15,7 +15,7 @@ use crate::hosting::{check_incoming, fresh_dir, path_safe, ArrivalSlot, FaultSlo
 use crate::protocol::{
     SourceCommand, SourceEvent, SourceMove, SourceStart, TargetCommand, TargetEvent, TargetMove,
 };
-use crate::runtime::{CheckpointError, Config, Left, Leg, Runtime, Transport};
+use crate::runtime::{moves_prefix, CheckpointError, Config, Left, Leg, Runtime, Transport};
 use crate::service::{Fault, IncomingReport, MigrationReport, ServiceSpec, ServiceState, Strategy};
 use crate::transfer::{self, Conn, TransferError, MAX_IMAGE_BYTES};
 use model::smo::{ExecuteRequest, RelocationType, Service};
@@ -95,10 +95,13 @@ impl<R: Runtime> Driver<R> {
         self.runtime.clean_up();
     }
 
+    /// The work directory of a move on `side` (`in`, `out`):
+    /// `<work_dir>/<side>-<type>-<service>-<relocation>`.
     fn work(&self, side: &str, service_id: &str, relocation_id: &str) -> std::path::PathBuf {
-        self.config()
-            .work_dir
-            .join(format!("{side}-{service_id}-{}", path_safe(relocation_id)))
+        let prefix = moves_prefix(&self.config().work_dir, side, R::RELOCATION_TYPE);
+        let mut name = prefix.into_os_string();
+        name.push(format!("{service_id}-{}", path_safe(relocation_id)));
+        name.into()
     }
 
     /// Removes a move's work directory (unless configured to keep it).
@@ -549,17 +552,21 @@ impl<R: Runtime> Driver<R> {
         Ok(hosted)
     }
 
-    /// The work directories of moves (`in-*`, `out-*`).
+    /// The work directories of this module's moves.
     fn move_dirs(&self) -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&self.config().work_dir)
+        let work_dir = &self.config().work_dir;
+        let prefixes = MOVE_SIDES.map(|side| {
+            moves_prefix(work_dir, side, R::RELOCATION_TYPE)
+                .display()
+                .to_string()
+        });
+        std::fs::read_dir(work_dir)
             .map(|d| {
                 d.filter_map(Result::ok)
                     .map(|e| e.path())
                     .filter(|p| {
-                        p.is_dir()
-                            && p.file_name()
-                                .and_then(|n| n.to_str())
-                                .is_some_and(|n| MOVE_DIRS.iter().any(|m| n.starts_with(m)))
+                        let p_text = p.display().to_string();
+                        p.is_dir() && prefixes.iter().any(|m| p_text.starts_with(m.as_str()))
                     })
                     .collect()
             })
@@ -574,7 +581,10 @@ impl<R: Runtime> Driver<R> {
             .filter_map(|dir| {
                 let leg: Leg =
                     serde_json::from_slice(&std::fs::read(dir.join(MOVE_FILE)).ok()?).ok()?;
-                let out = dir.file_name()?.to_str()?.starts_with("out-");
+                let out = dir.display().to_string().starts_with(
+                    &*moves_prefix(&self.config().work_dir, "out", R::RELOCATION_TYPE)
+                        .to_string_lossy(),
+                );
                 let checkpointed = leg.images().is_dir()
                     && std::fs::read_dir(leg.images()).is_ok_and(|mut d| d.next().is_some());
                 (out && checkpointed && leg.work == dir)
@@ -618,8 +628,8 @@ impl<R: Runtime> Driver<R> {
 const MOVE_FILE: &str = "move.json";
 /// Written (durably: the process may die, the host does not) before `Commit` goes out.
 const COMMITTING: &str = "committing";
-/// The moves' work directories start so.
-const MOVE_DIRS: [&str; 2] = ["in-", "out-"];
+/// The two sides of a move, as its work directory names them.
+const MOVE_SIDES: [&str; 2] = ["in", "out"];
 
 /// Writes `value` to `path` whole (a file written and renamed into place).
 fn keep(path: &Path, value: &Value) -> Result<(), RuntimeError> {

@@ -22,8 +22,8 @@ use crate::error::RuntimeError;
 use crate::hosting::{blocking, blocking_try};
 use crate::lxc::{self, ContainerSpec, Freezer, Lxc, LxcError};
 use crate::runtime::{
-    decode_offer, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed, Runtime,
-    Transport,
+    decode_offer, moves_prefix, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed,
+    Runtime, Transport,
 };
 use crate::service::{ServiceSpec, Strategy};
 use model::smo::{RelocationType, Service};
@@ -446,18 +446,16 @@ impl Runtime for LxcRuntime {
             self.cfg.site.clone(),
             self.cfg.prefix.clone(),
         );
-        let (work_dir, limit) = (self.cfg.work_dir.clone(), self.cfg.timeouts.dump);
+        let runs =
+            ["in", "out"].map(|side| moves_prefix(&self.cfg.work_dir, side, RelocationType::Lxc));
+        let limit = self.cfg.timeouts.dump;
         blocking(move || {
-            crate::criu::settle_orphans(&work_dir, limit);
-            let (head, tail) = (format!("{prefix}-svc-"), format!("-{}", site.edge));
+            crate::criu::settle_orphans(&runs, limit);
             let up = container::ports_up(&site);
             let mut found = Vec::new();
             for name in lxc.names() {
-                let Some(id) = name
-                    .strip_prefix(&head)
-                    .and_then(|r| r.strip_suffix(&tail))
-                    .filter(|id| container::validate_service_id(id).is_ok())
-                    .map(str::to_owned)
+                let Some(id) =
+                    container::service_id_in(&name, &prefix, &site.edge).map(str::to_owned)
                 else {
                     continue;
                 };

@@ -369,6 +369,14 @@ pub trait Runtime: Send + Sync + Sized + 'static {
     }
 }
 
+/// The work directories of the moves of a runtime of `relocation_type` on `side` (`in`: the
+/// target's, `out`: the source's) start so: `<work_dir>/<side>-<type>-` (every module of an edge
+/// may share one work directory; each keeps to its own moves).
+pub fn moves_prefix(work_dir: &Path, side: &str, relocation_type: RelocationType) -> PathBuf {
+    let kind = relocation_type.to_string().to_lowercase();
+    work_dir.join(format!("{side}-{kind}-"))
+}
+
 /// The offer a runtime needs from the source, decoded (and refused when absent or malformed:
 /// `what` names it).
 pub fn decode_offer<T: serde::de::DeserializeOwned>(

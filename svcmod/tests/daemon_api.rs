@@ -342,7 +342,7 @@ async fn start_with_state(
     smo_url: &str,
     services: Vec<ServiceSpec>,
     register: RegisterPolicy,
-    state_dir: Option<PathBuf>,
+    start_note: Option<PathBuf>,
 ) -> Daemon {
     init_tracing();
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
@@ -361,7 +361,7 @@ async fn start_with_state(
         token: Some(TOKEN.into()),
         services,
         register,
-        state_dir,
+        start_note,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
@@ -1081,30 +1081,37 @@ fn the_binary_refuses_a_bad_config_with_64_and_names_the_field() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_reconciles_instead_of_creating_its_services_again() {
     let smo = smo(Behaviour::default()).await;
-    let state = std::env::temp_dir().join(format!("svcmod-daemon-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&state);
-    std::fs::create_dir_all(&state).expect("state dir");
-    // A fresh start creates the services and notes that it started.
-    let first = Arc::new(FakeBackend::default());
+    let note = std::env::temp_dir().join(format!("svcmod-daemon-{}.started", std::process::id()));
+    let _ = std::fs::remove_dir(&note);
     let specs = vec![spec("a", 50)];
-    let mut d = start_with_state(
-        &first,
-        &smo.url,
-        specs.clone(),
-        fast_policy(),
-        Some(state.clone()),
-    )
-    .await;
+    let start = async |backend: &Arc<FakeBackend>| {
+        start_with_state(
+            backend,
+            &smo.url,
+            specs.clone(),
+            fast_policy(),
+            Some(note.clone()),
+        )
+        .await
+    };
+    // A fresh start creates the services and notes that it runs; a clean end removes the note.
+    let first = Arc::new(FakeBackend::default());
+    let mut d = start(&first).await;
     d.wait_ready(Duration::from_secs(5)).await;
     assert_eq!(first.lock().created, ["a"]);
-    assert_eq!(first.lock().reconciled, 0);
-    assert!(state.join(daemon::STARTED).exists());
+    assert!(note.exists());
     d.shut_down().await.expect("clean");
-    // The same config again with the note there (a crash): what runs is taken over; the
-    // configured service (which may have moved away meanwhile) is not made again.
+    assert!(!note.exists(), "a clean end leaves no note");
+    // Killed: the note stays. The same config again: what runs is taken over; the configured
+    // service (which may have moved away meanwhile) is not made again.
+    let second = Arc::new(FakeBackend::default());
+    let mut d = start(&second).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    d.run.abort();
+    assert!(note.exists(), "a killed module leaves its note");
     let again = Arc::new(FakeBackend::default());
     again.host(service("b", 51));
-    let mut d = start_with_state(&again, &smo.url, specs, fast_policy(), Some(state.clone())).await;
+    let mut d = start(&again).await;
     d.wait_ready(Duration::from_secs(5)).await;
     assert!(again.lock().created.is_empty(), "nothing created");
     assert_eq!(again.lock().reconciled, 1);
@@ -1117,5 +1124,5 @@ async fn a_restarted_daemon_reconciles_instead_of_creating_its_services_again() 
         ["b"]
     );
     d.shut_down().await.expect("clean");
-    let _ = std::fs::remove_dir_all(&state);
+    assert!(!note.exists());
 }

@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::daemon::{get_in, post_in, DaemonProcess};
+use common::daemon::{get_in, post_in, served_service, DaemonProcess};
 use common::fake_smo::{Behaviour, FakeSmo};
 use common::{
     client_report, ms, require_root, tbprobe, Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP,
@@ -55,6 +55,30 @@ fn module_config(
     }
 }
 
+/// The fake SMO on edge X's backhaul address, where both daemons register.
+async fn fake_smo(fabric: &Fabric) -> FakeSmo {
+    let listener =
+        svcmod::transfer::listen_in(&fabric.x.netns, SocketAddr::from((X_BACKHAUL, SMO_PORT)))
+            .await
+            .expect("fake SMO listener in edge x");
+    FakeSmo::start(listener, Some(TOKEN.into()), Behaviour::default())
+}
+
+/// The probe service (`tbprobe serve`) X starts.
+fn probe() -> ServiceSpec {
+    ServiceSpec {
+        service_id: SERVICE_ID.into(),
+        ipv4_addr: SERVICE_IP,
+        mac_addr: SERVICE_MAC.into(),
+        command: vec![
+            tbprobe().display().to_string(),
+            "serve".into(),
+            "--tcp=0.0.0.0:5000".into(),
+        ],
+        resource_requirements: Default::default(),
+    }
+}
+
 fn status_of<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (u16, Option<String>) {
     match r {
         Err(ClientError::Status {
@@ -88,23 +112,8 @@ fn ids(list: &[Service]) -> Vec<&str> {
 async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     require_root();
     let fabric = Fabric::up('d');
-    let smo_listener =
-        svcmod::transfer::listen_in(&fabric.x.netns, SocketAddr::from((X_BACKHAUL, SMO_PORT)))
-            .await
-            .expect("fake SMO listener in edge x");
-    let smo = FakeSmo::start(smo_listener, Some(TOKEN.into()), Behaviour::default());
-
-    let probe = ServiceSpec {
-        service_id: SERVICE_ID.into(),
-        ipv4_addr: SERVICE_IP,
-        mac_addr: SERVICE_MAC.into(),
-        command: vec![
-            tbprobe().display().to_string(),
-            "serve".into(),
-            "--tcp=0.0.0.0:5000".into(),
-        ],
-        resource_requirements: Default::default(),
-    };
+    let smo = fake_smo(&fabric).await;
+    let probe = probe();
     // X moves by stop-and-copy, Y (the way back) by lazy pages.
     let x_cfg = module_config(
         &fabric,
@@ -390,24 +399,10 @@ async fn wait_for_file(path: &Path, limit: Duration) {
 async fn a_module_killed_mid_move_at_the_target_or_the_source_restarts_with_one_copy_serving() {
     require_root();
     let fabric = Fabric::up('k');
-    let smo_listener =
-        svcmod::transfer::listen_in(&fabric.x.netns, SocketAddr::from((X_BACKHAUL, SMO_PORT)))
-            .await
-            .expect("fake SMO listener in edge x");
-    let _smo = FakeSmo::start(smo_listener, Some(TOKEN.into()), Behaviour::default());
+    let _smo = fake_smo(&fabric).await;
     let bin = fabric.root.join("bin");
     slow_criu(&bin);
-    let probe = ServiceSpec {
-        service_id: SERVICE_ID.into(),
-        ipv4_addr: SERVICE_IP,
-        mac_addr: SERVICE_MAC.into(),
-        command: vec![
-            tbprobe().display().to_string(),
-            "serve".into(),
-            "--tcp=0.0.0.0:5000".into(),
-        ],
-        resource_requirements: Default::default(),
-    };
+    let probe = probe();
     let x_cfg = module_config(
         &fabric,
         &fabric.x,
@@ -459,13 +454,7 @@ async fn a_module_killed_mid_move_at_the_target_or_the_source_restarts_with_one_
     };
     let client = fabric.start_client(16.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let served: Service = get_in(
-        &x_ns,
-        TOKEN,
-        format!("{x_api}/served-service?ueIpv4Addr={UE_IP}"),
-    )
-    .await
-    .expect("served at x");
+    let served = served_service(&x_ns, TOKEN, &x_api, UE_IP).await;
     let execute = |relocation_id: &str| {
         let req = ExecuteRequest {
             relocation_id: relocation_id.into(),
@@ -521,18 +510,9 @@ async fn a_module_killed_mid_move_at_the_target_or_the_source_restarts_with_one_
     let text = x.log_text();
     assert!(text.contains("resumed the move a crash cut off"), "{text}");
 
-    let stream = client_report(client).await;
-    println!(
-        "client over both crashes: {} records, largest gap {:.1} ms (ended at {:.0} ms), corrupt {}, disconnected {:?}",
-        stream.records,
-        stream.max_gap_ms,
-        stream.max_gap_end_ms,
-        stream.corrupt_records,
-        stream.disconnected
-    );
-    assert!(stream.intact, "{stream:?}");
-    assert!(stream.disconnected.is_none());
-    assert_eq!(stream.corrupt_records, 0);
+    client_report(client)
+        .await
+        .print_and_check("client over both crashes");
 
     assert!(x.terminate(Duration::from_secs(20)).await.success());
     assert!(y.terminate(Duration::from_secs(20)).await.success());

@@ -167,6 +167,8 @@ impl World {
                 SocketAddr::V4(d.https_addr),
                 d.dir.join("lxd/server.crt"),
             );
+            // The moves' directories: under the fabric's root, removed with it.
+            cfg.work_dir = fabric.root.join(format!("work-{}", cfg.site.edge));
             cfg.background_cleanup = true;
             Arc::new(LxdBackend::new(cfg))
         };

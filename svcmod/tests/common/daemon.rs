@@ -129,6 +129,18 @@ impl Drop for DaemonProcess {
     }
 }
 
+/// ServedService of the module at `api` (its callbacks' base URL) for `ue`, from inside `ns`.
+pub async fn served_service(
+    ns: &Netns,
+    token: &str,
+    api: &str,
+    ue: std::net::Ipv4Addr,
+) -> model::smo::Service {
+    get_in(ns, token, format!("{api}/served-service?ueIpv4Addr={ue}"))
+        .await
+        .unwrap_or_else(|e| panic!("served-service at {api}: {e}"))
+}
+
 /// `GET url` from a thread inside `ns`.
 pub async fn get_in<T: DeserializeOwned + Send + 'static>(
     ns: &Netns,
