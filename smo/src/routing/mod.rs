@@ -2,14 +2,13 @@
 //!
 //! * [`rules`] generates the flow sets of each relocation phase (pure, unit-tested);
 //! * [`FlowProgrammer`] installs one [`FlowSet`] atomically: [`ovs::OvsProgrammer`] over a long-lived
-//!   OpenFlow 1.3 connection to the bridge's management socket, [`fake::FakeProgrammer`] in memory
-//!   for unit tests.
+//!   OpenFlow 1.3 connection to the bridge's management socket (the codec is [`wire::openflow`]),
+//!   [`fake::FakeProgrammer`] in memory for unit tests.
 //!
 //! Ports are named (`bh`, `n6`, the service's port); the programmer resolves names to OpenFlow port
 //! numbers itself.
 
 pub mod fake;
-pub mod openflow;
 pub mod ovs;
 pub mod rules;
 

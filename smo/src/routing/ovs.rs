@@ -62,8 +62,8 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::openflow::{self as of, BundleCtrl, CodecError, FlowMod, Message, PortReason};
 use super::{FlowError, FlowProgrammer, FlowReport, FlowSet, PacketOut};
+use wire::openflow::{self as of, BundleCtrl, CodecError, FlowMod, Message, PortReason};
 
 /// Bundle flags of every set.
 const BUNDLE_FLAGS: u16 = of::OFPBF_ATOMIC | of::OFPBF_ORDERED;
@@ -460,7 +460,7 @@ impl Conn {
             let mut unknown = None;
             for rule in &set.add {
                 let ports = &self.ports;
-                let resolved = FlowMod::from_rule(rule, |name| {
+                let resolved = rule.to_flow_mod(|name| {
                     let no = ports.get(name).copied();
                     if let Some(no) = no {
                         used.push((name.to_owned(), no));
@@ -1087,7 +1087,7 @@ mod tests {
         want.extend(
             set.add
                 .iter()
-                .map(|r| FlowMod::from_rule(r, ports()).expect("ports")),
+                .map(|r| r.to_flow_mod(ports()).expect("ports")),
         );
         for (add, fm) in bundle[1..5].iter().zip(&want) {
             assert_eq!(add.exp_type(), Some(of::ONF_ET_BUNDLE_ADD_MESSAGE));

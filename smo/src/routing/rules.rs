@@ -16,6 +16,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use wire::openflow::{Action, FlowMod, Oxm, OFPP_IN_PORT, OFPP_NORMAL};
+
 use super::{
     CookieDelete, FlowAction, FlowMatch, FlowRule, FlowSet, Mac, PacketOut, GATEWAY_IP,
     GATEWAY_MAC, TROMBONE_MAC, TROMBONE_UPLINK_MAC,
@@ -351,6 +353,44 @@ impl FlowRule {
     }
 }
 
+impl FlowRule {
+    /// The rule as an OpenFlow FLOW_MOD (add, table 0), with `port` resolving port names to
+    /// numbers (`Err(name)` for the first name it does not know). Match fields are written in OXM
+    /// prerequisite order.
+    pub fn to_flow_mod(
+        &self,
+        mut port: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<FlowMod, String> {
+        let mut resolve = |name: &str| port(name).ok_or_else(|| name.to_owned());
+        let m = &self.matches;
+        let mut matches = Vec::with_capacity(6);
+        if let Some(p) = &m.in_port {
+            matches.push(Oxm::InPort(resolve(p)?));
+        }
+        matches.extend(m.eth_type.map(Oxm::EthType));
+        matches.extend(m.ipv4_src.map(Oxm::Ipv4Src));
+        matches.extend(m.ipv4_dst.map(Oxm::Ipv4Dst));
+        matches.extend(m.arp_op.map(Oxm::ArpOp));
+        matches.extend(m.arp_tpa.map(Oxm::ArpTpa));
+        let mut actions = Vec::with_capacity(self.actions.len());
+        for a in &self.actions {
+            actions.push(match a {
+                FlowAction::Output(p) => Action::Output(resolve(p)?),
+                FlowAction::InPort => Action::Output(OFPP_IN_PORT),
+                FlowAction::Normal => Action::Output(OFPP_NORMAL),
+                FlowAction::SetEthSrc(mac) => Action::SetField(Oxm::EthSrc(mac.0)),
+                FlowAction::SetEthDst(mac) => Action::SetField(Oxm::EthDst(mac.0)),
+                FlowAction::SetArpOp(op) => Action::SetField(Oxm::ArpOp(*op)),
+                FlowAction::SetArpSha(mac) => Action::SetField(Oxm::ArpSha(mac.0)),
+                FlowAction::SetArpSpa(a) => Action::SetField(Oxm::ArpSpa(*a)),
+                FlowAction::SetArpTha(mac) => Action::SetField(Oxm::ArpTha(mac.0)),
+                FlowAction::SetArpTpa(a) => Action::SetField(Oxm::ArpTpa(*a)),
+            });
+        }
+        Ok(FlowMod::add(self.cookie, self.priority, matches, actions))
+    }
+}
+
 impl CookieDelete {
     /// The deletion as an `ovs-ofctl del-flows` flow spec: `cookie=0x…/-1`.
     pub fn to_ofctl(&self) -> String {
@@ -577,6 +617,45 @@ mod tests {
                 "cookie=0x534d4f531400000a/-1"
             ]
         );
+    }
+
+    #[test]
+    fn the_arp_responder_becomes_a_flow_mod_with_ports_resolved() {
+        let set = trombone_target(
+            relocation_cookie(1),
+            &EdgePorts::testbed(),
+            SVC,
+            SVC_MAC,
+            UE,
+        );
+        let ports = |n: &str| match n {
+            "bh" => Some(1),
+            "n6" => Some(2),
+            _ => None,
+        };
+        let fm = set.add[0].to_flow_mod(ports).expect("ports known");
+        assert_eq!(
+            fm.matches,
+            [
+                Oxm::InPort(2),
+                Oxm::EthType(ETH_TYPE_ARP),
+                Oxm::ArpOp(ARP_REQUEST),
+                Oxm::ArpTpa(SVC)
+            ]
+        );
+        assert_eq!(fm.actions.len(), 8);
+        assert_eq!(
+            fm.actions.first(),
+            Some(&Action::SetField(Oxm::EthDst(GATEWAY_MAC.0)))
+        );
+        assert_eq!(fm.actions.last(), Some(&Action::Output(OFPP_IN_PORT)));
+        // 48 fixed + match (4 + 8 + 6 + 6 + 8 = 32) + instruction 8 + 7 set-fields × 16 + output 16.
+        assert_eq!(fm.encoded_len(), 48 + 32 + 8 + 7 * 16 + 16);
+        assert!(fm.check_len().is_ok());
+        let out = set.add[1].to_flow_mod(ports).expect("ports known");
+        assert_eq!(out.actions.last(), Some(&Action::Output(1)));
+        let unknown = set.add[0].to_flow_mod(|_| None);
+        assert_eq!(unknown, Err("n6".to_owned()));
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! A minimal OpenFlow 1.3 codec (OpenFlow Switch Specification 1.3.5, section 7), no I/O: what
-//! the [`super::ovs::OvsProgrammer`] sends and reads on its connection.
+//! the SMO's Open vSwitch programmer (`smo::routing::ovs`) sends and reads on its connection.
 //!
 //! * sent: HELLO (with a version bitmap), ECHO request/reply, FEATURES request, MULTIPART
 //!   PORT_DESC request, FLOW_MOD (add with OXM match and one APPLY_ACTIONS instruction; delete by
-//!   cookie), PACKET_OUT (a frame from the controller, with an action list), BARRIER request, and the ONF bundle extension for OpenFlow 1.3 (`OFPT_EXPERIMENTER`,
-//!   experimenter `ONF` 0x4F4E4600, exp_type 2300 bundle control, 2301 bundle add);
+//!   cookie), PACKET_OUT (a frame from the controller, with an action list), BARRIER request, and
+//!   the ONF bundle extension for OpenFlow 1.3 (`OFPT_EXPERIMENTER`, experimenter `ONF`
+//!   0x4F4E4600, exp_type 2300 bundle control, 2301 bundle add);
 //! * read: HELLO, ERROR (standard and experimenter), ECHO request/reply, FEATURES reply,
 //!   MULTIPART PORT_DESC reply, BARRIER reply, bundle control replies; anything else is
 //!   [`Message::Other`].
@@ -17,8 +18,6 @@
 //! 2300–2315.
 
 use std::net::Ipv4Addr;
-
-use super::{FlowAction, FlowRule};
 
 /// Protocol version of OpenFlow 1.3.
 pub const OFP_VERSION: u8 = 0x04;
@@ -833,41 +832,6 @@ impl FlowMod {
         }
     }
 
-    /// The FLOW_MOD for `rule`, with `port` resolving port names to numbers (`Err(name)` for the
-    /// first name it does not know). Match fields are written in OXM prerequisite order.
-    pub fn from_rule(
-        rule: &FlowRule,
-        mut port: impl FnMut(&str) -> Option<u32>,
-    ) -> Result<Self, String> {
-        let mut resolve = |name: &str| port(name).ok_or_else(|| name.to_owned());
-        let m = &rule.matches;
-        let mut matches = Vec::with_capacity(6);
-        if let Some(p) = &m.in_port {
-            matches.push(Oxm::InPort(resolve(p)?));
-        }
-        matches.extend(m.eth_type.map(Oxm::EthType));
-        matches.extend(m.ipv4_src.map(Oxm::Ipv4Src));
-        matches.extend(m.ipv4_dst.map(Oxm::Ipv4Dst));
-        matches.extend(m.arp_op.map(Oxm::ArpOp));
-        matches.extend(m.arp_tpa.map(Oxm::ArpTpa));
-        let mut actions = Vec::with_capacity(rule.actions.len());
-        for a in &rule.actions {
-            actions.push(match a {
-                FlowAction::Output(p) => Action::Output(resolve(p)?),
-                FlowAction::InPort => Action::Output(OFPP_IN_PORT),
-                FlowAction::Normal => Action::Output(OFPP_NORMAL),
-                FlowAction::SetEthSrc(mac) => Action::SetField(Oxm::EthSrc(mac.0)),
-                FlowAction::SetEthDst(mac) => Action::SetField(Oxm::EthDst(mac.0)),
-                FlowAction::SetArpOp(op) => Action::SetField(Oxm::ArpOp(*op)),
-                FlowAction::SetArpSha(mac) => Action::SetField(Oxm::ArpSha(mac.0)),
-                FlowAction::SetArpSpa(a) => Action::SetField(Oxm::ArpSpa(*a)),
-                FlowAction::SetArpTha(mac) => Action::SetField(Oxm::ArpTha(mac.0)),
-                FlowAction::SetArpTpa(a) => Action::SetField(Oxm::ArpTpa(*a)),
-            });
-        }
-        Ok(Self::add(rule.cookie, rule.priority, matches, actions))
-    }
-
     fn match_len(&self) -> usize {
         4 + self.matches.iter().map(Oxm::len).sum::<usize>()
     }
@@ -935,8 +899,6 @@ impl FlowMod {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::rules::{relocation_cookie, trombone_target, EdgePorts};
-    use crate::routing::Mac;
 
     fn bytes(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
         let mut v = Vec::new();
@@ -1240,7 +1202,7 @@ mod tests {
             0, 0, 0, 0,                                     // flags, pad
             0, 1, 0, 4, 0, 0, 0, 0,                         // empty OXM match, padded
         ];
-        let fm = FlowMod::delete_cookie(relocation_cookie(9));
+        let fm = FlowMod::delete_cookie(0x534d_4f52_0000_0009);
         assert_eq!(fm.encoded_len(), 56);
         assert_eq!(bytes(|o| fm.emit(o, 7)), want);
     }
@@ -1304,48 +1266,42 @@ mod tests {
     }
 
     #[test]
-    fn trombone_arp_responder_encodes() {
-        let set = trombone_target(
-            relocation_cookie(1),
-            &EdgePorts::testbed(),
-            Ipv4Addr::new(20, 0, 0, 10),
-            Mac([2, 0x20, 0, 0, 0, 0x0a]),
-            Ipv4Addr::new(192, 168, 1, 2),
-        );
-        let ports = |n: &str| match n {
-            "bh" => Some(1),
-            "n6" => Some(2),
-            _ => None,
-        };
-        let fm = FlowMod::from_rule(&set.add[0], ports).expect("ports known");
-        assert_eq!(
-            fm.matches,
-            [
+    fn an_arp_responder_encodes_in_prerequisite_order() {
+        // priority=200,in_port=2,arp,arp_op=1,arp_tpa=20.0.0.10, seven set-fields, IN_PORT.
+        let svc = Ipv4Addr::new(20, 0, 0, 10);
+        let (svc_mac, gw_mac) = ([2, 0x20, 0, 0, 0, 0x0a], [2, 0x14, 0, 0, 0, 1]);
+        let fm = FlowMod::add(
+            0x534d_4f52_0000_0001,
+            200,
+            vec![
                 Oxm::InPort(2),
                 Oxm::EthType(0x0806),
                 Oxm::ArpOp(1),
-                Oxm::ArpTpa(Ipv4Addr::new(20, 0, 0, 10))
-            ]
+                Oxm::ArpTpa(svc),
+            ],
+            vec![
+                Action::SetField(Oxm::EthDst(gw_mac)),
+                Action::SetField(Oxm::EthSrc(svc_mac)),
+                Action::SetField(Oxm::ArpOp(2)),
+                Action::SetField(Oxm::ArpSha(svc_mac)),
+                Action::SetField(Oxm::ArpSpa(svc)),
+                Action::SetField(Oxm::ArpTha(gw_mac)),
+                Action::SetField(Oxm::ArpTpa(Ipv4Addr::new(20, 0, 0, 1))),
+                Action::Output(OFPP_IN_PORT),
+            ],
         );
-        assert_eq!(fm.actions.last(), Some(&Action::Output(OFPP_IN_PORT)));
         // 48 fixed + match (4 + 8 + 6 + 6 + 8 = 32) + instruction 8 + 7 set-fields × 16 + output 16.
         assert_eq!(fm.encoded_len(), 48 + 32 + 8 + 7 * 16 + 16);
         let b = bytes(|o| fm.emit(o, 1));
         assert_eq!(b.len(), fm.encoded_len());
         assert_eq!(usize::from(u16::from_be_bytes([b[2], b[3]])), b.len());
         assert!(fm.check_len().is_ok());
-        let unknown = FlowMod::from_rule(&set.add[0], |_| None);
-        assert_eq!(unknown, Err("n6".to_owned()));
     }
 
     #[test]
     fn packet_out_of_a_controller_frame() {
-        // An ARP reply out of port 2, as the trombone's target sends it.
-        let data = crate::routing::rules::arp_announce(
-            Ipv4Addr::new(20, 0, 0, 10),
-            Mac([2, 0x20, 0, 0, 0, 0x0a]),
-        );
-        assert_eq!(data.len(), 42);
+        // A 42-octet frame (an ARP reply's length) out of port 2.
+        let data: Vec<u8> = (0..42).collect();
         let actions = [Action::Output(2)];
         #[rustfmt::skip]
         let mut want: Vec<u8> = vec![
