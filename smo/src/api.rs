@@ -1,11 +1,10 @@
 //! The SMO's HTTP API (described in `smo/openapi.yaml`): handlers only parse, hand the request to
-//! the component that owns the state (the [`Negotiator`] or the [`EventForwarder`]), and map
-//! errors to ProblemDetails — in one place, [`problem`].
+//! the component that owns the state (the [`Negotiator`]), and map errors to ProblemDetails — in
+//! one place, [`problem`].
 //!
 //! | route | module |
 //! |---|---|
-//! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked, then forwarded over HTTP to the negotiator |
-//! | `POST /application-function/v1/notifications` | negotiator, 5GC interface (starts relocations) |
+//! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked once ([`events::validate_notification`]), then handed to the negotiator in process (its 5GC interface, which starts relocations) |
 //! | `GET /application-function/v1/relocations[/{relocationId}]` | negotiator, stopwatch |
 //! | `POST /smo-peer/v1/relocations` | negotiator, peer interface (target side) |
 //! | `/service-mobility/v1/service-modules[/{moduleId}]`, `GET /service-mobility/v1/services` | negotiator, service-mobility API |
@@ -29,41 +28,19 @@ use model::smo::{
     PeerRelocationAnswer, PeerRelocationMessage, RelocationRecord, ServiceArrival, ServiceModule,
     ServiceModuleRegistration,
 };
-use sbi::{ApiError, ClientError, Json};
+use sbi::{ApiError, Json};
 
-use crate::events::{validate_notification, EventForwarder, InvalidNotification};
+use crate::events::{self, InvalidNotification};
 use crate::metrics;
 use crate::negotiator::{Backends, Negotiator, NegotiatorError};
+use crate::paths;
 use crate::routing::FlowProgrammer;
 use crate::store::HostedService;
-
-/// The API's paths.
-pub mod paths {
-    /// The SMF's callback (the `notifUri` of the SMO's subscription).
-    pub const EVENT_NOTIFICATIONS: &str = "/event-signalling/v1/notifications";
-    /// The handover negotiator's 5GC interface (thesis: the AF's fixed URI).
-    pub const AF_NOTIFICATIONS: &str = "/application-function/v1/notifications";
-    /// The relocation records.
-    pub const AF_RELOCATIONS: &str = "/application-function/v1/relocations";
-    /// The peer protocol (target side).
-    pub const PEER_RELOCATIONS: &str = "/smo-peer/v1/relocations";
-    /// Service-module registrations.
-    pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
-    /// The service database.
-    pub const SERVICES: &str = "/service-mobility/v1/services";
-    /// Relocations as the service modules see them: `{RELOCATIONS}/{relocationId}/arrival`.
-    pub const RELOCATIONS: &str = "/service-mobility/v1/relocations";
-    /// Prometheus metrics.
-    pub const METRICS: &str = "/metrics";
-    /// This API's OpenAPI description.
-    pub const OPENAPI: &str = "/openapi.yaml";
-}
 
 /// Every route the router serves: method and path template (OpenAPI spelling). `smo/openapi.yaml`
 /// describes exactly these (checked by a test).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/event-signalling/v1/notifications"),
-    ("POST", "/application-function/v1/notifications"),
     ("GET", "/application-function/v1/relocations"),
     ("GET", "/application-function/v1/relocations/{relocationId}"),
     ("POST", "/smo-peer/v1/relocations"),
@@ -90,7 +67,6 @@ pub const MAX_RELOCATION_ID_LEN: usize = 64;
 /// What the handlers share.
 struct Api<B, F> {
     negotiator: Negotiator<B, F>,
-    events: EventForwarder,
     /// `http://host:port`, for `Location` headers.
     api_root: Arc<str>,
 }
@@ -99,27 +75,23 @@ impl<B, F> Clone for Api<B, F> {
     fn clone(&self) -> Self {
         Self {
             negotiator: self.negotiator.clone(),
-            events: self.events.clone(),
             api_root: self.api_root.clone(),
         }
     }
 }
 
-/// The SMO's routes. `events` forwards the SMF's notifications to the negotiator (normally at
-/// this same API); `api_root` (`http://10.100.0.41:8090`) prefixes `Location` headers.
+/// The SMO's routes over `negotiator`; `api_root` (`http://10.100.0.41:8090`) prefixes
+/// `Location` headers.
 pub fn router<B: Backends, F: FlowProgrammer>(
     negotiator: Negotiator<B, F>,
-    events: EventForwarder,
     api_root: &str,
 ) -> Router {
     let api = Api {
         negotiator,
-        events,
         api_root: api_root.trim_end_matches('/').into(),
     };
     Router::new()
         .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<B, F>))
-        .route(paths::AF_NOTIFICATIONS, post(af_notification::<B, F>))
         .route(paths::AF_RELOCATIONS, get(relocations::<B, F>))
         .route(
             &format!("{}/{{relocationId}}", paths::AF_RELOCATIONS),
@@ -152,7 +124,6 @@ pub fn router<B: Backends, F: FlowProgrammer>(
 enum Failure {
     Negotiator(NegotiatorError),
     Notification(InvalidNotification),
-    Forward(ClientError),
     BadPath(PathRejection),
     BadRelocationId(String),
     NoRelocation(String),
@@ -208,21 +179,6 @@ fn problem(f: Failure) -> ApiError {
             cause,
             invalid_params,
         }) => ApiError(ProblemDetails::bad_request(detail, invalid_params).with_cause(cause)),
-        Failure::Forward(e) => {
-            let detail = format!(
-                "cannot forward to the handover negotiator: {}",
-                sbi::error_chain(&e)
-            );
-            tracing::warn!(error = %detail, "notification not forwarded");
-            match e {
-                // Not reached at all: the negotiator is not serving (yet).
-                ClientError::Transport { .. } => {
-                    ApiError::status(StatusCode::SERVICE_UNAVAILABLE, detail)
-                }
-                // It answered, with an error.
-                _ => ApiError::status(StatusCode::BAD_GATEWAY, detail),
-            }
-        }
         Failure::BadPath(r) => ApiError::bad_request(r.body_text(), None),
         Failure::BadRelocationId(reason) => ApiError(
             ProblemDetails::bad_request(
@@ -267,29 +223,19 @@ pub fn check_relocation_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-// ----- event signalling -----
+// ----- event signalling → handover negotiator (5GC interface) -----
 
 async fn event_notification<B: Backends, F: FlowProgrammer>(
     State(api): State<Api<B, F>>,
     Json(n): Json<NsmfEventExposureNotification>,
 ) -> Result<StatusCode, ApiError> {
-    validate_notification(&n).map_err(Failure::Notification)?;
-    api.events.forward(&n).await.map_err(Failure::Forward)?;
-    tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), "notification forwarded to the handover negotiator");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ----- handover negotiator: 5GC interface and stopwatch -----
-
-async fn af_notification<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
-    Json(n): Json<NsmfEventExposureNotification>,
-) -> Result<StatusCode, ApiError> {
-    validate_notification(&n).map_err(Failure::Notification)?;
+    events::validate_notification(&n).map_err(Failure::Notification)?;
     let started = api.negotiator.on_notification(&n);
-    tracing::info!(notif_id = %n.notif_id, relocations = ?started, "notification received");
+    tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), relocations = ?started, "notification handed to the handover negotiator");
     Ok(StatusCode::NO_CONTENT)
 }
+
+// ----- handover negotiator: stopwatch -----
 
 async fn relocations<B: Backends, F: FlowProgrammer>(
     State(api): State<Api<B, F>>,

@@ -19,9 +19,9 @@ use model::smo::{
 };
 use sbi::{Client, ClientError};
 
-use crate::api::paths;
 use crate::config::Timeouts;
 use crate::core::ExecuteFailure;
+use crate::paths;
 
 use crate::negotiator::Backends;
 
@@ -68,7 +68,11 @@ impl HttpBackends {
     pub async fn warm_up(&self, peers: &[model::smo::PeerInfo], patience: std::time::Duration) {
         let start = tokio::time::Instant::now();
         for peer in peers {
-            let url = format!("{}/application-function/v1/relocations", peer.api_root);
+            let url = format!(
+                "{}{}",
+                peer.api_root.trim_end_matches('/'),
+                paths::AF_RELOCATIONS
+            );
             loop {
                 match self
                     .client

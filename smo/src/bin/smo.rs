@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use smo::api;
 use smo::config::SmoConfig;
-use smo::events::{self, EventForwarder};
+use smo::events;
 use smo::http::HttpBackends;
 use smo::negotiator::{Clock, Negotiator};
 use smo::routing::ovs::OvsProgrammer;
@@ -22,8 +22,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const OVS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the SMO keeps trying to subscribe while the SMF is not up.
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(10);
-/// Bound on forwarding one notification to the negotiator (the SMF waits 1 s per notification).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the SMO keeps trying to open its connections to peers that are not up yet.
 const PEER_WARM_UP_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on each subscription request.
@@ -54,11 +52,7 @@ async fn run(
     let backends = HttpBackends::new(config.token.clone(), &config.timeouts);
     let warm = backends.clone();
     let negotiator = Negotiator::new(&config, backends, flows, store, Clock::Wall)?;
-    let forwarder = EventForwarder::new(
-        sbi::Client::new(config.token.clone(), FORWARD_TIMEOUT),
-        &api_root,
-    );
-    let router = api::router(negotiator.clone(), forwarder, &api_root);
+    let router = api::router(negotiator.clone(), &api_root);
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
