@@ -66,6 +66,17 @@ pub struct ServiceAt {
     pub port: String,
 }
 
+impl ServiceAt {
+    /// Where `service` is on the switch: `None` when its MAC address does not parse.
+    pub fn of(service: &model::smo::Service) -> Option<Self> {
+        Some(Self {
+            ip: service.ipv4_addr,
+            mac: service.mac_addr.parse().ok()?,
+            port: service.ovs_port.clone(),
+        })
+    }
+}
+
 /// The cookie of the flows of relocation number `n` (`SMOR` in the top half).
 pub fn relocation_cookie(n: u32) -> u64 {
     0x534d_4f52_0000_0000 | u64::from(n)
