@@ -21,7 +21,7 @@ use model::smo::{
 };
 use smo::config::{SmoConfig, Timeouts};
 use smo::core::ExecuteFailure;
-use smo::negotiator::{Backends, Clock, Negotiator};
+use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::EdgePorts;
 use smo::store::Store;
@@ -40,16 +40,16 @@ fn service() -> Service {
     }
 }
 
-type Smo = Negotiator<InstantBackends, FakeProgrammer>;
+type Smo = Negotiator<InstantRemote, FakeProgrammer>;
 
 /// Peer calls go straight to the target negotiator; the module serves one service and migrates
 /// it at once.
 #[derive(Debug, Clone, Default)]
-struct InstantBackends {
+struct InstantRemote {
     target: Option<Smo>,
 }
 
-impl Backends for InstantBackends {
+impl Remote for InstantRemote {
     async fn call_peer(
         &self,
         _peer: &PeerInfo,
@@ -133,7 +133,7 @@ fn notification() -> NsmfEventExposureNotification {
 fn pair() -> Smo {
     let target = Negotiator::new(
         &config("smo-y", "edge-y", Vec::new()),
-        InstantBackends::default(),
+        InstantRemote::default(),
         FakeProgrammer::new(),
         Store::memory(),
         Clock::tokio(0),
@@ -150,7 +150,7 @@ fn pair() -> Smo {
     };
     let source = Negotiator::new(
         &config("smo-x", "edge-x", vec![peer]),
-        InstantBackends {
+        InstantRemote {
             target: Some(target),
         },
         FakeProgrammer::new(),

@@ -32,7 +32,7 @@ use sbi::{ApiError, Json};
 
 use crate::events::{self, InvalidNotification};
 use crate::metrics;
-use crate::negotiator::{Backends, Negotiator, NegotiatorError};
+use crate::negotiator::{Negotiator, NegotiatorError, Remote};
 use crate::paths;
 use crate::routing::FlowProgrammer;
 use crate::store::HostedService;
@@ -65,13 +65,13 @@ pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 pub const MAX_RELOCATION_ID_LEN: usize = 64;
 
 /// What the handlers share.
-struct Api<B, F> {
-    negotiator: Negotiator<B, F>,
+struct Api<R, F> {
+    negotiator: Negotiator<R, F>,
     /// `http://host:port`, for `Location` headers.
     api_root: Arc<str>,
 }
 
-impl<B, F> Clone for Api<B, F> {
+impl<R, F> Clone for Api<R, F> {
     fn clone(&self) -> Self {
         Self {
             negotiator: self.negotiator.clone(),
@@ -82,8 +82,8 @@ impl<B, F> Clone for Api<B, F> {
 
 /// The SMO's routes over `negotiator`; `api_root` (`http://10.100.0.41:8090`) prefixes
 /// `Location` headers.
-pub fn router<B: Backends, F: FlowProgrammer>(
-    negotiator: Negotiator<B, F>,
+pub fn router<R: Remote, F: FlowProgrammer>(
+    negotiator: Negotiator<R, F>,
     api_root: &str,
 ) -> Router {
     let api = Api {
@@ -91,29 +91,29 @@ pub fn router<B: Backends, F: FlowProgrammer>(
         api_root: api_root.trim_end_matches('/').into(),
     };
     Router::new()
-        .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<B, F>))
-        .route(paths::AF_RELOCATIONS, get(relocations::<B, F>))
+        .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<R, F>))
+        .route(paths::AF_RELOCATIONS, get(relocations::<R, F>))
         .route(
             &format!("{}/{{relocationId}}", paths::AF_RELOCATIONS),
-            get(relocation::<B, F>),
+            get(relocation::<R, F>),
         )
-        .route(paths::PEER_RELOCATIONS, post(peer_message::<B, F>))
+        .route(paths::PEER_RELOCATIONS, post(peer_message::<R, F>))
         .route(
             paths::SERVICE_MODULES,
-            post(register::<B, F>).get(modules::<B, F>),
+            post(register::<R, F>).get(modules::<R, F>),
         )
         .route(
             &format!("{}/{{moduleId}}", paths::SERVICE_MODULES),
-            get(module::<B, F>)
-                .put(update::<B, F>)
-                .delete(deregister::<B, F>),
+            get(module::<R, F>)
+                .put(update::<R, F>)
+                .delete(deregister::<R, F>),
         )
-        .route(paths::SERVICES, get(services::<B, F>))
+        .route(paths::SERVICES, get(services::<R, F>))
         .route(
             &format!("{}/{{relocationId}}/arrival", paths::RELOCATIONS),
-            post(arrival::<B, F>),
+            post(arrival::<R, F>),
         )
-        .route(paths::METRICS, get(metrics_text::<B, F>))
+        .route(paths::METRICS, get(metrics_text::<R, F>))
         .route(paths::OPENAPI, get(openapi))
         .with_state(api)
 }
@@ -225,8 +225,8 @@ pub fn check_relocation_id(id: &str) -> Result<(), String> {
 
 // ----- event signalling → handover negotiator (5GC interface) -----
 
-async fn event_notification<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn event_notification<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(n): Json<NsmfEventExposureNotification>,
 ) -> Result<StatusCode, ApiError> {
     events::validate_notification(&n).map_err(Failure::Notification)?;
@@ -237,14 +237,14 @@ async fn event_notification<B: Backends, F: FlowProgrammer>(
 
 // ----- handover negotiator: stopwatch -----
 
-async fn relocations<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn relocations<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<RelocationRecord>> {
     Json(api.negotiator.relocations())
 }
 
-async fn relocation<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn relocation<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RelocationRecord>, ApiError> {
     let id = path(id)?;
@@ -256,8 +256,8 @@ async fn relocation<B: Backends, F: FlowProgrammer>(
 
 // ----- handover negotiator: peer interface -----
 
-async fn peer_message<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn peer_message<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(msg): Json<PeerRelocationMessage>,
 ) -> Result<Json<PeerRelocationAnswer>, ApiError> {
     check_relocation_id(&msg.relocation_id).map_err(Failure::BadRelocationId)?;
@@ -274,8 +274,8 @@ async fn peer_message<B: Backends, F: FlowProgrammer>(
 
 // ----- service-mobility API -----
 
-async fn register<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn register<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(reg): Json<ServiceModuleRegistration>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = api.negotiator.register(reg).map_err(Failure::Negotiator)?;
@@ -284,14 +284,14 @@ async fn register<B: Backends, F: FlowProgrammer>(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(m)))
 }
 
-async fn modules<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn modules<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<ServiceModule>> {
     Json(api.negotiator.modules())
 }
 
-async fn module<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn module<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ServiceModule>, ApiError> {
     let id = path(id)?;
@@ -301,8 +301,8 @@ async fn module<B: Backends, F: FlowProgrammer>(
     }
 }
 
-async fn update<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn update<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
     Json(reg): Json<ServiceModuleRegistration>,
 ) -> Result<Json<ServiceModule>, ApiError> {
@@ -315,8 +315,8 @@ async fn update<B: Backends, F: FlowProgrammer>(
     Ok(Json(m))
 }
 
-async fn deregister<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn deregister<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path(id)?;
@@ -327,14 +327,14 @@ async fn deregister<B: Backends, F: FlowProgrammer>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn services<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn services<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<HostedService>> {
     Json(api.negotiator.hosted_services())
 }
 
-async fn arrival<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn arrival<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
     Json(body): Json<ServiceArrival>,
 ) -> Result<StatusCode, ApiError> {
@@ -349,8 +349,8 @@ async fn arrival<B: Backends, F: FlowProgrammer>(
 
 // ----- observability and description -----
 
-async fn metrics_text<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn metrics_text<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> impl IntoResponse {
     let n = &api.negotiator;
     let relocations = n.relocations();

@@ -1,4 +1,4 @@
-//! [`HttpBackends`]: the negotiator's calls to peer SMOs and service modules, over HTTP/2 (h2c)
+//! [`HttpRemote`]: the negotiator's calls to peer SMOs and service modules, over HTTP/2 (h2c)
 //! with the deployment's bearer token.
 //!
 //! * peer: `POST {apiRoot}/smo-peer/v1/relocations` `PeerRelocationMessage` → 200
@@ -23,19 +23,19 @@ use crate::config::Timeouts;
 use crate::core::ExecuteFailure;
 use crate::paths;
 
-use crate::negotiator::Backends;
+use crate::negotiator::Remote;
 
 /// What the client's backstop adds to the longest negotiator time limit.
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 
 /// Peer SMOs and service modules over HTTP.
 #[derive(Debug, Clone)]
-pub struct HttpBackends {
+pub struct HttpRemote {
     client: Client,
 }
 
-impl HttpBackends {
-    /// Backends that send `token` and give up on their own only after the longest of `timeouts`
+impl HttpRemote {
+    /// Calls that send `token` and give up on their own only after the longest of `timeouts`
     /// (plus a margin): the negotiator cuts every call at its own limit first.
     pub fn new(token: Option<String>, timeouts: &Timeouts) -> Self {
         let longest = timeouts
@@ -47,7 +47,7 @@ impl HttpBackends {
         }
     }
 
-    /// Backends over an existing client.
+    /// Calls over an existing client.
     pub fn with_client(client: Client) -> Self {
         Self { client }
     }
@@ -61,7 +61,7 @@ fn served_service_url(uri: &str, ue: Ipv4Addr) -> Result<String, String> {
     Ok(url.into())
 }
 
-impl HttpBackends {
+impl HttpRemote {
     /// Opens the h2c connection to every peer ahead of the first relocation (the first
     /// INITIATE otherwise pays for the connection set-up: ≈ 40 ms measured). Peers that are not
     /// up yet are retried for `patience`; failures are only logged.
@@ -97,7 +97,7 @@ impl HttpBackends {
     }
 }
 
-impl Backends for HttpBackends {
+impl Remote for HttpRemote {
     async fn call_peer(
         &self,
         peer: &PeerInfo,

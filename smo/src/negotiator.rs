@@ -1,7 +1,7 @@
 //! The handover negotiator (thesis §4.2.2): topology and service databases, registered service
 //! modules, and the driver that runs the relocation state machines of [`crate::core`] — one task
 //! per source relocation, target phases answered inline — performing their commands through
-//! [`Backends`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
+//! [`Remote`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
 //! persisting every step in the [`Store`].
 
 use crate::config::{SmoConfig, Timeouts};
@@ -24,9 +24,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The calls a relocation makes to other processes. Time limits are applied by the negotiator,
-/// so implementations may simply wait.
-pub trait Backends: Send + Sync + 'static {
+/// What the SMO asks of other processes (peer SMOs, its service modules): [`crate::http::HttpRemote`]
+/// in production, fakes in tests. (Named apart from `svcmod::Backend`, a module's migration
+/// backend.) Time limits are applied by the negotiator, so implementations may simply wait.
+pub trait Remote: Send + Sync + 'static {
     /// One peer-protocol message to `peer`.
     fn call_peer(
         &self,
@@ -127,12 +128,12 @@ struct Db {
     order: Vec<String>,
 }
 
-struct Inner<B, F> {
+struct Inner<R, F> {
     local: Local,
     peers: Vec<PeerInfo>,
     capacity: ResourceRequirements,
     timeouts: Timeouts,
-    backends: B,
+    remote: R,
     flows: F,
     store: Store,
     clock: Clock,
@@ -162,11 +163,11 @@ impl Drop for TaskGuard {
 }
 
 /// The handover negotiator. Cheap to clone (shared state).
-pub struct Negotiator<B, F> {
-    inner: Arc<Inner<B, F>>,
+pub struct Negotiator<R, F> {
+    inner: Arc<Inner<R, F>>,
 }
 
-impl<B, F> Clone for Negotiator<B, F> {
+impl<R, F> Clone for Negotiator<R, F> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -174,7 +175,7 @@ impl<B, F> Clone for Negotiator<B, F> {
     }
 }
 
-impl<B, F> std::fmt::Debug for Negotiator<B, F> {
+impl<R, F> std::fmt::Debug for Negotiator<R, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Negotiator")
             .field("smo_id", &self.inner.local.smo_id)
@@ -186,12 +187,12 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
+impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
     /// A negotiator for `config`, loading registrations, services and relocations from `store`.
     /// Call [`Negotiator::resume`] once the runtime runs to finish interrupted relocations.
     pub fn new(
         config: &SmoConfig,
-        backends: B,
+        remote: R,
         flows: F,
         store: Store,
         clock: Clock,
@@ -243,7 +244,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                 peers: config.peers.clone(),
                 capacity: config.capacity,
                 timeouts: config.timeouts,
-                backends,
+                remote,
                 flows,
                 store,
                 clock,
@@ -386,7 +387,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
         let modules: Vec<ServiceModule> = self.db().modules.values().cloned().collect();
         let limit = ms(self.inner.timeouts.module_ms);
         let asks = modules.into_iter().map(|m| async move {
-            match tokio::time::timeout(limit, self.inner.backends.served_service(&m, ue)).await {
+            match tokio::time::timeout(limit, self.inner.remote.served_service(&m, ue)).await {
                 Ok(Ok(Some(s))) => Some((m, s)),
                 Ok(Ok(None)) => None,
                 Ok(Err(e)) => {
@@ -414,7 +415,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     SourceCommand::CallPeer { peer, message } => {
                         let r = tokio::time::timeout(
                             ms(t.peer_ms),
-                            self.inner.backends.call_peer(&peer, &message),
+                            self.inner.remote.call_peer(&peer, &message),
                         )
                         .await
                         .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.peer_ms)));
@@ -435,7 +436,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     SourceCommand::Execute { module, request } => {
                         let r = tokio::time::timeout(
                             ms(t.execute_ms),
-                            self.inner.backends.execute(&module, &request),
+                            self.inner.remote.execute(&module, &request),
                         )
                         .await
                         .unwrap_or_else(|_| {
@@ -449,7 +450,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     SourceCommand::CheckServiceLocal { module, service_id } => {
                         let r = tokio::time::timeout(
                             ms(t.module_ms),
-                            self.inner.backends.services(&module),
+                            self.inner.remote.services(&module),
                         )
                         .await
                         .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.module_ms)))

@@ -25,7 +25,7 @@ use model::smo::{
 use serde_json::{json, Value};
 use smo::config::{NotifyWhen, SmoConfig, Timeouts};
 use smo::events::{self, SubscribeError};
-use smo::http::HttpBackends;
+use smo::http::HttpRemote;
 use smo::negotiator::{Clock, Negotiator};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::EdgePorts;
@@ -54,7 +54,7 @@ async fn serve(listener: TcpListener, router: Router) -> tokio::sync::oneshot::S
 struct Smo {
     root: String,
     flows: FakeProgrammer,
-    negotiator: Negotiator<HttpBackends, FakeProgrammer>,
+    negotiator: Negotiator<HttpRemote, FakeProgrammer>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -90,7 +90,7 @@ async fn start_smo(listener: TcpListener, id: &str, dnai: &str, peers: Vec<PeerI
     let flows = FakeProgrammer::new();
     let negotiator = Negotiator::new(
         &config,
-        HttpBackends::new(config.token.clone(), &config.timeouts),
+        HttpRemote::new(config.token.clone(), &config.timeouts),
         flows.clone(),
         Store::memory(),
         Clock::Wall,

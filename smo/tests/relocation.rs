@@ -1,6 +1,6 @@
 //! The relocation procedure end to end, in process (no root, no sockets): a source and a target
 //! [`Negotiator`] whose machines both run for real, [`FakeProgrammer`] switches, a scripted service
-//! module, and a peer transport ([`FakeBackends::call_peer`]) that hands each message to the target
+//! module, and a peer transport ([`FakeRemote::call_peer`]) that hands each message to the target
 //! negotiator — or refuses, errs or hangs at a chosen phase. Everything runs on tokio's paused
 //! clock: timeouts elapse at once and every phase time is exact.
 //!
@@ -19,7 +19,7 @@ use model::smo::{
 };
 use smo::config::{SmoConfig, Timeouts};
 use smo::core::{cookie_for, ExecuteFailure, Local, TargetContext, TargetRelocation, TargetStep};
-use smo::negotiator::{Backends, Clock, Negotiator};
+use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::{self, service_cookie, EdgePorts, ServiceAt};
 use smo::routing::{FlowProgrammer, FlowRule, FlowSet, Mac};
@@ -230,11 +230,11 @@ enum PeerFault {
     Hang,
 }
 
-type Smo = Negotiator<FakeBackends, FakeProgrammer>;
+type Smo = Negotiator<FakeRemote, FakeProgrammer>;
 
 /// Peer SMOs (in-process negotiators) and the local service module, with faults per phase.
 #[derive(Debug, Clone)]
-struct FakeBackends {
+struct FakeRemote {
     module: FakeModule,
     peers: Arc<Mutex<BTreeMap<String, Smo>>>,
     faults: Arc<Mutex<BTreeMap<Phase, PeerFault>>>,
@@ -244,7 +244,7 @@ struct FakeBackends {
     hangs: Arc<AtomicUsize>,
 }
 
-impl FakeBackends {
+impl FakeRemote {
     fn new(module: FakeModule) -> Self {
         Self {
             module,
@@ -272,7 +272,7 @@ impl FakeBackends {
     }
 }
 
-impl Backends for FakeBackends {
+impl Remote for FakeRemote {
     async fn call_peer(
         &self,
         peer: &PeerInfo,
@@ -435,7 +435,7 @@ impl Default for Setup {
 struct Site {
     smo: Smo,
     flows: FakeProgrammer,
-    backends: FakeBackends,
+    remote: FakeRemote,
     clock: Clock,
 }
 
@@ -458,7 +458,7 @@ struct World {
     survivors: Survivors,
 }
 
-fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
+fn source_smo(s: &Survivors, remote: FakeRemote, clock: Clock) -> Smo {
     let store = Store::open(&s.source_dir).expect("source store");
     Negotiator::new(
         &config(
@@ -467,7 +467,7 @@ fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
             vec![peer(TARGET_ID, TARGET_DNAI, 0)],
             CAPACITY,
         ),
-        backends,
+        remote,
         s.source_flows.clone(),
         store,
         clock,
@@ -475,18 +475,18 @@ fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
     .expect("source negotiator")
 }
 
-fn target_smo(s: &Survivors, clock: Clock) -> (Smo, FakeBackends) {
+fn target_smo(s: &Survivors, clock: Clock) -> (Smo, FakeRemote) {
     let store = Store::open(&s.target_dir).expect("target store");
-    let backends = FakeBackends::new(FakeModule::new(Vec::new(), Migration::Refused));
+    let remote = FakeRemote::new(FakeModule::new(Vec::new(), Migration::Refused));
     let smo = Negotiator::new(
         &config(TARGET_ID, TARGET_DNAI, Vec::new(), s.target_capacity),
-        backends.clone(),
+        remote.clone(),
         s.target_flows.clone(),
         store,
         clock,
     )
     .expect("target negotiator");
-    (smo, backends)
+    (smo, remote)
 }
 
 impl World {
@@ -539,22 +539,22 @@ impl World {
     /// Both SMOs (re)started over the survivors, their clocks going on from the given µs.
     fn start(survivors: Survivors, source_us: u64, target_us: u64) -> Self {
         let target_clock = Clock::tokio(target_us);
-        let (target, target_backends) = target_smo(&survivors, target_clock.clone());
+        let (target, target_remote) = target_smo(&survivors, target_clock.clone());
         let source_clock = Clock::tokio(source_us);
-        let backends = FakeBackends::new(survivors.module.clone());
-        backends.add_peer(TARGET_ID, target.clone());
-        let source = source_smo(&survivors, backends.clone(), source_clock.clone());
+        let remote = FakeRemote::new(survivors.module.clone());
+        remote.add_peer(TARGET_ID, target.clone());
+        let source = source_smo(&survivors, remote.clone(), source_clock.clone());
         Self {
             source: Site {
                 smo: source,
                 flows: survivors.source_flows.clone(),
-                backends,
+                remote,
                 clock: source_clock,
             },
             target: Site {
                 smo: target,
                 flows: survivors.target_flows.clone(),
-                backends: target_backends,
+                remote: target_remote,
                 clock: target_clock,
             },
             module: survivors.module.clone(),
@@ -697,7 +697,7 @@ fn assert_failed(w: &World, rec: &RelocationRecord, cause: &str, target_took_par
         );
         assert_eq!(ofctl(&w.target.flows.installed()), target_trombone(id, 1));
         assert_eq!(
-            w.source.backends.sent().last(),
+            w.source.remote.sent().last(),
             Some(&(TARGET_ID.to_owned(), Phase::Failure))
         );
     } else {
@@ -834,13 +834,7 @@ async fn happy_path_runs_every_phase_in_order_at_both_ends() {
         "only the new path"
     );
     assert!(w.source.flows.installed().is_empty());
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(sent, Phase::SUCCESS_PATH);
     assert_eq!(w.module.executed(), 1);
     assert!(!w.module.hosts("svc-1"));
@@ -880,13 +874,7 @@ async fn the_arrival_installs_the_new_path_before_execute_returns() {
         ["trombone-target", "new-path-target"]
     );
     assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(sent, Phase::SUCCESS_PATH);
 
     // The target's EXECUTE is timed from the arrival (end of the 300 ms migration, 2 ms of
@@ -995,13 +983,7 @@ async fn source_tromboning_flows_failing_in_prepare_fail_the_relocation() {
         ]
     );
     assert_eq!(w.module.executed(), 0);
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(
         sent,
         [Phase::Initiate, Phase::Validate, Phase::Failure],
@@ -1041,7 +1023,7 @@ async fn every_peer_fault_before_execute_fails_cleanly() {
         for fault in [PeerFault::Refuse, PeerFault::Unreachable, PeerFault::Hang] {
             let dir = TempDir::new();
             let w = World::new(&dir, Setup::default()).await;
-            w.source.backends.fault(phase, fault);
+            w.source.remote.fault(phase, fault);
             let rec = w.relocate(1).await;
             let cause = match fault {
                 PeerFault::Refuse => format!("peer refused {phase}: refused by the test"),
@@ -1172,7 +1154,7 @@ async fn peer_unreachable_at_execute_after_migration_still_completes() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
     w.source
-        .backends
+        .remote
         .fault(Phase::Execute, PeerFault::Unreachable);
     let rec = w.relocate(1).await;
     assert_completed(&w, &rec, 1);
@@ -1202,7 +1184,7 @@ async fn peer_unreachable_at_execute_after_migration_still_completes() {
 async fn peer_silent_at_complete_still_completes_at_the_source() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
-    w.source.backends.fault(Phase::Complete, PeerFault::Hang);
+    w.source.remote.fault(Phase::Complete, PeerFault::Hang);
     let rec = w.relocate(1).await;
     assert_eq!(rec.state, RelocationState::Completed);
     assert_eq!(
@@ -1294,7 +1276,7 @@ async fn no_peer_serving_the_target_dnai_fails_without_asking_anyone() {
     assert_failed(&w, &rec, "no peer SMO serves the target DNAI", false);
     assert_eq!(phases(&rec.phases), [Phase::Initiate, Phase::Failure]);
     assert_eq!(rec.peer, None);
-    assert!(w.source.backends.sent().is_empty());
+    assert!(w.source.remote.sent().is_empty());
     assert_eq!(w.module.executed(), 0);
 }
 
@@ -1314,7 +1296,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     let cheap_flows = FakeProgrammer::with_delay(TARGET_FLOW_DELAY);
     let cheap = Negotiator::new(
         &config("smo-w", TARGET_DNAI, Vec::new(), CAPACITY),
-        FakeBackends::new(FakeModule::new(Vec::new(), Migration::Refused)),
+        FakeRemote::new(FakeModule::new(Vec::new(), Migration::Refused)),
         cheap_flows.clone(),
         Store::memory(),
         Clock::tokio(0),
@@ -1327,9 +1309,9 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     target
         .register(registration(RelocationType::Test, TARGET_MODULE_ADDR))
         .expect("register");
-    let backends = FakeBackends::new(module.clone());
-    backends.add_peer("smo-w", cheap.clone());
-    backends.add_peer(TARGET_ID, target.clone());
+    let remote = FakeRemote::new(module.clone());
+    remote.add_peer("smo-w", cheap.clone());
+    remote.add_peer(TARGET_ID, target.clone());
     let source = Negotiator::new(
         &config(
             SOURCE_ID,
@@ -1341,7 +1323,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
             ],
             CAPACITY,
         ),
-        backends.clone(),
+        remote.clone(),
         survivors.source_flows.clone(),
         Store::open(&survivors.source_dir).expect("store"),
         Clock::tokio(0),
@@ -1362,7 +1344,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     assert_eq!(rec.cause, None);
     assert_eq!(phases(&rec.phases), Phase::SUCCESS_PATH);
     assert_eq!(
-        backends.sent(),
+        remote.sent(),
         [
             ("smo-w".to_owned(), Phase::Initiate),
             (TARGET_ID.to_owned(), Phase::Initiate),
@@ -1413,7 +1395,7 @@ async fn notifications_for_other_dnais_or_unserved_ues_start_nothing() {
     assert_eq!(w.source.smo.skipped(), 1, "the unserved UE is counted");
     assert!(w.source.smo.relocations().is_empty());
     assert!(w.source.smo.relocation(&unserved[0]).is_none());
-    assert!(w.source.backends.sent().is_empty());
+    assert!(w.source.remote.sent().is_empty());
     assert_eq!(
         w.source.flows.applied().len(),
         1,
@@ -1843,7 +1825,7 @@ fn crash_and_resume(
     let (survivors, id, source_us, target_us) = first.block_on(async {
         let w = World::new(dir, setup).await;
         for (phase, fault) in faults {
-            w.source.backends.fault(*phase, *fault);
+            w.source.remote.fault(*phase, *fault);
         }
         let ids = w
             .source
@@ -1883,7 +1865,7 @@ fn record(w: &World, id: &str) -> RelocationRecord {
 }
 
 fn hang_seen(w: &World) -> bool {
-    w.source.backends.hangs() > 0 || w.module.hangs() > 0
+    w.source.remote.hangs() > 0 || w.module.hangs() > 0
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use smo::api;
 use smo::config::SmoConfig;
 use smo::events;
-use smo::http::HttpBackends;
+use smo::http::HttpRemote;
 use smo::negotiator::{Clock, Negotiator};
 use smo::routing::ovs::OvsProgrammer;
 use smo::store::Store;
@@ -49,9 +49,9 @@ async fn run(
             "edge switch not reachable yet; connecting on first use"
         ),
     }
-    let backends = HttpBackends::new(config.token.clone(), &config.timeouts);
-    let warm = backends.clone();
-    let negotiator = Negotiator::new(&config, backends, flows, store, Clock::Wall)?;
+    let remote = HttpRemote::new(config.token.clone(), &config.timeouts);
+    let warm = remote.clone();
+    let negotiator = Negotiator::new(&config, remote, flows, store, Clock::Wall)?;
     let router = api::router(negotiator.clone(), &api_root);
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
