@@ -308,6 +308,7 @@ mod tests {
             total_us: None,
             execute: None,
             cause: None,
+            control: Default::default(),
         }
     }
 

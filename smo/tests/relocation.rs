@@ -1498,7 +1498,7 @@ fn flows_ok(mods: usize) -> Result<smo::routing::FlowReport, String> {
 }
 
 #[test]
-fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
+fn target_machine_rejects_out_of_order_phases_replays_repeated_ones_and_keeps_its_state() {
     let local = Local {
         smo_id: TARGET_ID.into(),
         dnai: Dnai::new(TARGET_DNAI),
@@ -1532,10 +1532,13 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
 
     let (mut m, step) =
         TargetRelocation::start(0, 0, local.clone(), &message(id, Phase::Initiate), ctx);
-    let a = answered(step);
-    assert_eq!(a.result, PeerResult::Proceed);
+    let initiated = answered(step);
+    assert_eq!(initiated.result, PeerResult::Proceed);
     assert_eq!(
-        a.target_module_address.map(|a| a.to_string()).as_deref(),
+        initiated
+            .target_module_address
+            .map(|a| a.to_string())
+            .as_deref(),
         Some(TARGET_MODULE_ADDR)
     );
 
@@ -1552,12 +1555,20 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         "PREPARE out of order (expected VALIDATE)",
     );
     rejected(&mut m, 1, message(id, Phase::Execute), "out of order");
-    rejected(
-        &mut m,
-        1,
-        message(id, Phase::Initiate),
-        "INITIATE out of order",
-    );
+    // A phase already answered (its answer was lost, the source sends it again): the same answer.
+    let replayed = |m: &mut TargetRelocation,
+                    now: u64,
+                    msg: PeerRelocationMessage,
+                    first: &PeerRelocationAnswer| {
+        let before = m.clone();
+        assert_eq!(&answered(m.on_message(now, &msg, ctx)), first);
+        assert_eq!(
+            *m, before,
+            "a repeated {} changes nothing",
+            msg.relocation_phase
+        );
+    };
+    replayed(&mut m, 1, message(id, Phase::Initiate), &initiated);
     rejected(
         &mut m,
         1,
@@ -1565,16 +1576,9 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         "wrong relocation",
     );
 
-    assert_eq!(
-        answered(m.on_message(2, &message(id, Phase::Validate), ctx)).result,
-        PeerResult::Proceed
-    );
-    rejected(
-        &mut m,
-        3,
-        message(id, Phase::Validate),
-        "VALIDATE out of order",
-    );
+    let validated = answered(m.on_message(2, &message(id, Phase::Validate), ctx));
+    assert_eq!(validated.result, PeerResult::Proceed);
+    replayed(&mut m, 3, message(id, Phase::Validate), &validated);
     rejected(
         &mut m,
         3,
@@ -1594,15 +1598,9 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         applies(m.on_message(10, &message(id, Phase::Execute), ctx)).label,
         "new-path-target"
     );
-    let (a, _) = m.on_flows(12, flows_ok(3));
-    assert_eq!(a.result, PeerResult::Proceed);
-    rejected(
-        &mut m,
-        13,
-        message(id, Phase::Execute),
-        "EXECUTE out of order (expected COMPLETE)",
-    );
-    rejected(&mut m, 13, message(id, Phase::Prepare), "out of order");
+    let (executed, _) = m.on_flows(12, flows_ok(3));
+    assert_eq!(executed.result, PeerResult::Proceed);
+    replayed(&mut m, 13, message(id, Phase::Execute), &executed);
     rejected(
         &mut m,
         13,
@@ -1612,13 +1610,13 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
 
     let set = applies(m.on_message(14, &message(id, Phase::Complete), ctx));
     assert!(set.is_empty(), "the new path is in since EXECUTE");
-    let (a, effects) = m.on_flows(14, flows_ok(0));
-    assert_eq!(a.result, PeerResult::Proceed);
+    let (completed, effects) = m.on_flows(14, flows_ok(0));
+    assert_eq!(completed.result, PeerResult::Proceed);
     assert_eq!(effects.len(), 1, "the service arrived");
     assert_eq!(m.record().state, RelocationState::Completed);
     assert!(m.is_done());
-    rejected(&mut m, 15, message(id, Phase::Complete), "already ended");
-    rejected(&mut m, 15, message(id, Phase::Execute), "already ended");
+    replayed(&mut m, 15, message(id, Phase::Complete), &completed);
+    replayed(&mut m, 15, message(id, Phase::Execute), &executed);
     rejected(
         &mut m,
         15,
@@ -1734,7 +1732,7 @@ fn target_machine_goes_on_after_an_interrupted_phase() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
+async fn target_replays_repeated_phases_and_refuses_others_over_the_peer_protocol() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
     let t = &w.target.smo;
@@ -1750,6 +1748,7 @@ async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
         "no record for a PREPARE out of nowhere"
     );
 
+    let mut first = Vec::new();
     for phase in [
         Phase::Initiate,
         Phase::Validate,
@@ -1758,18 +1757,18 @@ async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
     ] {
         let a = t.on_peer_message(&message(id, phase)).await;
         assert_eq!(a.result, PeerResult::Proceed, "{a:?}");
+        first.push(a);
     }
     let before = t.relocation(id).expect("record");
     let flows_before = w.target.flows.applied();
-    for phase in [
-        Phase::Execute,
-        Phase::Prepare,
-        Phase::Validate,
-        Phase::Initiate,
-    ] {
-        let a = t.on_peer_message(&message(id, phase)).await;
-        assert_eq!(a.result, PeerResult::Fail, "{phase} after EXECUTE: {a:?}");
+    // Every phase again, latest first (answers lost, the source re-drives): the same answers.
+    for a in first.iter().rev() {
+        let again = t.on_peer_message(&message(id, a.relocation_phase)).await;
+        assert_eq!(&again, a, "{} again", a.relocation_phase);
     }
+    // FAILURE once the service is here: refused.
+    let a = t.on_peer_message(&message(id, Phase::Failure)).await;
+    assert_eq!(a.result, PeerResult::Fail, "FAILURE after EXECUTE: {a:?}");
     assert_eq!(t.relocation(id), Some(before), "state unchanged");
     assert_eq!(w.target.flows.applied(), flows_before, "no flows");
     let a = t.on_peer_message(&message(id, Phase::Complete)).await;

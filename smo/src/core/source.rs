@@ -137,6 +137,7 @@ impl SourceRelocation {
             total_us: None,
             execute: None,
             cause: None,
+            control: Default::default(),
         };
         let mut m = Self {
             record,

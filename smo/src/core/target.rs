@@ -11,6 +11,7 @@ use model::smo::{
     ServiceModule,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 /// What the target knows about its own edge when it answers.
@@ -55,6 +56,10 @@ pub struct TargetRelocation {
     /// The source's EXECUTE came: the source knows the service moved, so it will not roll back.
     #[serde(default)]
     peer_executed: bool,
+    /// The PROCEED answer given to each phase: a phase message that comes again (its answer was
+    /// lost, the source re-drives it) gets the same answer and changes nothing.
+    #[serde(default)]
+    answers: BTreeMap<Phase, PeerRelocationAnswer>,
 }
 
 impl TargetRelocation {
@@ -89,6 +94,7 @@ impl TargetRelocation {
             total_us: None,
             execute: None,
             cause: None,
+            control: Default::default(),
         };
         let mut m = Self {
             record,
@@ -98,6 +104,7 @@ impl TargetRelocation {
             new_path_installed: false,
             arrived: false,
             peer_executed: false,
+            answers: BTreeMap::new(),
         };
         let step = m.on_message(now_us, msg, ctx);
         (m, step)
@@ -129,6 +136,14 @@ impl TargetRelocation {
             // phase this message asks for (FAILURE, COMPLETE, or the same one again) installs
             // what it needs itself.
             self.note(format!("{interrupted} interrupted before it answered"));
+        }
+        if let Some(answered) = self.answers.get(&phase) {
+            // The same message again (relocation id + phase): the same answer. Only PROCEEDs are
+            // kept; a phase that failed (e.g. its flows) is handled again.
+            if matches!(phase, Phase::Execute | Phase::Complete) {
+                self.peer_executed = true;
+            }
+            return TargetStep::Answer(answered.clone());
         }
         if phase == Phase::Failure {
             if self.peer_executed || self.record.state == RelocationState::Completed {
@@ -402,7 +417,7 @@ impl TargetRelocation {
             }
             _ => {}
         }
-        PeerRelocationAnswer {
+        let answer = PeerRelocationAnswer {
             relocation_id: self.record.relocation_id.clone(),
             relocation_phase: phase,
             result,
@@ -412,7 +427,11 @@ impl TargetRelocation {
                 .flatten(),
             took_us,
             flow_install_us,
+        };
+        if result == PeerResult::Proceed {
+            self.answers.insert(phase, answer.clone());
         }
+        answer
     }
 
     fn service_at(&self) -> Option<ServiceAt> {
@@ -687,5 +706,42 @@ mod tests {
         let (a, _) = m.on_flows(2_100, flows_ok(4, 90));
         assert_eq!(a.result, PeerResult::Proceed);
         assert_eq!(m.record().state, RelocationState::Failed);
+    }
+
+    #[test]
+    fn a_repeated_phase_gets_its_first_answer_and_a_failed_one_is_tried_again() {
+        let modules = [target_module()];
+        let ctx = TargetContext {
+            modules: &modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
+        };
+        let mut m = target(true);
+        // EXECUTE's new path fails, COMPLETE's too: each is a FAIL, and nothing is kept.
+        let step = m.on_message(1_000, &peer_msg(Phase::Execute), ctx);
+        assert!(matches!(step, TargetStep::Apply(s) if s.label == "new-path-target"));
+        assert_eq!(
+            m.on_flows(1_010, Err("switch gone".into())).0.result,
+            PeerResult::Fail
+        );
+        let step = m.on_message(1_100, &peer_msg(Phase::Complete), ctx);
+        assert!(matches!(step, TargetStep::Apply(s) if s.label == "new-path-target"));
+        assert_eq!(
+            m.on_flows(1_110, Err("switch gone".into())).0.result,
+            PeerResult::Fail
+        );
+        assert_eq!(m.record().state, RelocationState::Running, "not confirmed");
+        // The source sends COMPLETE again: the flows are tried again, and this time they go in.
+        let step = m.on_message(1_200, &peer_msg(Phase::Complete), ctx);
+        assert!(matches!(step, TargetStep::Apply(s) if s.label == "new-path-target"));
+        let (done, effects) = m.on_flows(1_250, flows_ok(3, 40));
+        assert_eq!(done.result, PeerResult::Proceed);
+        assert_eq!(effects.len(), 1);
+        assert_eq!(m.record().state, RelocationState::Completed);
+        // Its answer was lost: the same COMPLETE gets the same answer, and nothing changes.
+        let before = m.clone();
+        let step = m.on_message(1_900, &peer_msg(Phase::Complete), ctx);
+        assert_eq!(step, TargetStep::Answer(done));
+        assert_eq!(m, before);
     }
 }
