@@ -14,8 +14,8 @@ use crate::store::{HostedService, Store, StoreError, StoredRelocation};
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification, SmfEvent};
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, RelocationPhase, RelocationRecord, RelocationState, ResourceRequirements, Service,
-    ServiceArrival, ServiceModule, ServiceModuleRegistration,
+    PeerResult, RelocationControl, RelocationPhase, RelocationRecord, RelocationState,
+    ResourceRequirements, Service, ServiceArrival, ServiceModule, ServiceModuleRegistration,
 };
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -363,6 +363,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             service,
             notified_us,
             notified_unix_us,
+            control: RelocationControl::default(),
         };
         let (m, cmds) = SourceRelocation::start(self.inner.clock.now_us(), start);
         {
@@ -462,6 +463,21 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                         if let Err(e) = self.inner.store.delete_service(&service_id) {
                             tracing::error!("{e}");
                         }
+                    }
+                    SourceCommand::Wait {
+                        ms: pause,
+                        phase,
+                        why,
+                    } => {
+                        tracing::info!(
+                            relocation = %m.record().relocation_id,
+                            phase = %phase,
+                            retry_in_ms = pause,
+                            redrives = m.record().control.redrives,
+                            "{why}: sending it again"
+                        );
+                        tokio::time::sleep(ms(pause)).await;
+                        event = Some(SourceEvent::Waited);
                     }
                     SourceCommand::Done => {}
                 }

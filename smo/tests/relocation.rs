@@ -27,7 +27,7 @@ use smo::store::{HostedService, Store};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -228,20 +228,35 @@ enum PeerFault {
     Unreachable,
     /// The message does not get through and no answer ever comes.
     Hang,
+    /// The message reaches the target, which handles it, but its answer is lost (an error).
+    LoseAnswer,
+    /// The target crashes when the message arrives, before it handles it.
+    KillBefore,
+    /// The target handles the message and crashes before it answers.
+    KillAfter,
+    /// The target crashes while it installs the phase's flows (its switch is slow for once).
+    KillDuring,
 }
 
 type Smo = Negotiator<FakeRemote, FakeProgrammer>;
+
+/// A phase's fault, and for how many more messages (`None`: every one).
+type Fault = (PeerFault, Option<usize>);
 
 /// Peer SMOs (in-process negotiators) and the local service module, with faults per phase.
 #[derive(Debug, Clone)]
 struct FakeRemote {
     module: FakeModule,
     peers: Arc<Mutex<BTreeMap<String, Smo>>>,
-    faults: Arc<Mutex<BTreeMap<Phase, PeerFault>>>,
+    faults: Arc<Mutex<BTreeMap<Phase, Fault>>>,
     /// Every message sent: (peer, phase).
     sent: Arc<Mutex<Vec<(String, Phase)>>>,
     /// Peer calls that hung.
     hangs: Arc<AtomicUsize>,
+    /// The target crashed (a `Kill…` fault) and is not up again yet: messages are refused.
+    target_down: Arc<AtomicBool>,
+    /// The target's switch, slowed down by [`PeerFault::KillDuring`].
+    target_flows: Arc<Mutex<Option<FakeProgrammer>>>,
 }
 
 impl FakeRemote {
@@ -252,15 +267,54 @@ impl FakeRemote {
             faults: Arc::default(),
             sent: Arc::default(),
             hangs: Arc::default(),
+            target_down: Arc::default(),
+            target_flows: Arc::default(),
         }
+    }
+
+    fn target_is_down(&self) -> bool {
+        self.target_down.load(Ordering::SeqCst)
+    }
+
+    /// A crash: the target is down until [`World::restart_target`].
+    fn crash_target(&self, how: &str) -> Result<PeerRelocationAnswer, String> {
+        self.target_down.store(true, Ordering::SeqCst);
+        Err(format!("connection reset: the target crashed {how}"))
     }
 
     fn add_peer(&self, id: &str, smo: Smo) {
         self.peers.lock().expect("peers").insert(id.into(), smo);
     }
 
+    /// Every message of `phase` meets `fault`.
     fn fault(&self, phase: Phase, fault: PeerFault) {
-        self.faults.lock().expect("faults").insert(phase, fault);
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(phase, (fault, None));
+    }
+
+    /// The next `times` messages of `phase` meet `fault`, later ones go through.
+    fn fault_times(&self, phase: Phase, fault: PeerFault, times: usize) {
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(phase, (fault, Some(times)));
+    }
+
+    /// The fault the next message of `phase` meets, counting it.
+    fn take_fault(&self, phase: Phase) -> Option<PeerFault> {
+        let mut faults = self.faults.lock().expect("faults");
+        let (fault, left) = faults.get_mut(&phase)?;
+        let fault = *fault;
+        match left {
+            None => Some(fault),
+            Some(0) => None,
+            Some(n) => {
+                *n -= 1;
+                Some(fault)
+            }
+        }
     }
 
     fn sent(&self) -> Vec<(String, Phase)> {
@@ -283,23 +337,55 @@ impl Remote for FakeRemote {
             .lock()
             .expect("sent")
             .push((peer.smo_id.clone(), phase));
-        let fault = self.faults.lock().expect("faults").get(&phase).copied();
+        if self.target_is_down() {
+            return Err("connection refused: the target is down".into());
+        }
+        let fault = self.take_fault(phase);
         match fault {
             Some(PeerFault::Hang) => {
                 self.hangs.fetch_add(1, Ordering::SeqCst);
                 return std::future::pending().await;
             }
             Some(PeerFault::Unreachable) => return Err("connection refused".into()),
+            Some(PeerFault::KillBefore) => {
+                return self.crash_target("before it handled the message")
+            }
             _ => {}
         }
         let target = self.peers.lock().expect("peers").get(&peer.smo_id).cloned();
         let Some(target) = target else {
             return Err(format!("no route to {}", peer.api_root));
         };
-        let mut answer = target.on_peer_message(msg).await;
-        if fault == Some(PeerFault::Refuse) {
-            answer.result = PeerResult::Fail;
-            answer.cause = Some("refused by the test".into());
+        let mut answer = if fault == Some(PeerFault::KillDuring) {
+            let flows = self.target_flows.lock().expect("flows").clone();
+            if let Some(f) = &flows {
+                f.set_delay(FOREVER);
+            }
+            let handled = tokio::select! {
+                a = target.on_peer_message(msg) => Some(a),
+                () = tokio::time::sleep(ms(10)) => None,
+            };
+            if let Some(f) = &flows {
+                f.set_delay(TARGET_FLOW_DELAY);
+            }
+            match handled {
+                Some(a) => a,
+                // The handler is dropped mid-await, as in a crash.
+                None => return self.crash_target("while it installed the flows"),
+            }
+        } else {
+            target.on_peer_message(msg).await
+        };
+        if fault == Some(PeerFault::KillAfter) {
+            return self.crash_target("before it answered");
+        }
+        match fault {
+            Some(PeerFault::Refuse) => {
+                answer.result = PeerResult::Fail;
+                answer.cause = Some("refused by the test".into());
+            }
+            Some(PeerFault::LoseAnswer) => return Err("connection reset before the answer".into()),
+            _ => {}
         }
         Ok(answer)
     }
@@ -543,6 +629,7 @@ impl World {
         let source_clock = Clock::tokio(source_us);
         let remote = FakeRemote::new(survivors.module.clone());
         remote.add_peer(TARGET_ID, target.clone());
+        *remote.target_flows.lock().expect("flows") = Some(survivors.target_flows.clone());
         let source = source_smo(&survivors, remote.clone(), source_clock.clone());
         Self {
             source: Site {
@@ -560,6 +647,24 @@ impl World {
             module: survivors.module.clone(),
             survivors,
         }
+    }
+
+    /// The target SMO starts again over its state directory, its switch and its clock (after a
+    /// `Kill…` fault): a new negotiator the source's messages reach from now on.
+    fn restart_target(&mut self) {
+        let clock = Clock::tokio(self.target.clock.now_us());
+        let (smo, remote) = target_smo(&self.survivors, clock.clone());
+        self.source.remote.add_peer(TARGET_ID, smo.clone());
+        self.source
+            .remote
+            .target_down
+            .store(false, Ordering::SeqCst);
+        self.target = Site {
+            smo,
+            flows: self.survivors.target_flows.clone(),
+            remote,
+            clock,
+        };
     }
 
     /// Notifies the source that UE `n` moved to the target DNAI; waits for the relocation to
@@ -1029,6 +1134,7 @@ async fn every_peer_fault_before_execute_fails_cleanly() {
                 PeerFault::Refuse => format!("peer refused {phase}: refused by the test"),
                 PeerFault::Unreachable => format!("peer {phase}: connection refused"),
                 PeerFault::Hang => format!("peer {phase}: no answer within 1000 ms"),
+                other => unreachable!("{other:?} is not among the cases"),
             };
             assert_failed(&w, &rec, &cause, true);
             assert_eq!(w.module.executed(), 0, "{phase} {fault:?}");
@@ -1150,55 +1256,183 @@ async fn execute_timeout_with_the_service_gone_completes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn peer_unreachable_at_execute_after_migration_still_completes() {
+async fn a_peer_unreachable_at_execute_is_re_driven_until_it_answers() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
     w.source
         .remote
-        .fault(Phase::Execute, PeerFault::Unreachable);
+        .fault_times(Phase::Execute, PeerFault::Unreachable, 3);
     let rec = w.relocate(1).await;
     assert_completed(&w, &rec, 1);
+    assert_eq!(rec.cause, None);
+    assert_eq!(rec.control.redrives, 3);
+    // EXECUTE: the 300 ms migration, then the pauses of three re-sends (100, 200, 400 ms), then
+    // the target's new path (2 ms).
+    let exec = rec
+        .phases
+        .iter()
+        .find(|t| t.phase == Phase::Execute)
+        .expect("EXECUTE");
+    assert_eq!(exec.took_us, 300_000 + 700_000 + 2_000);
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(
-        rec.cause.as_deref(),
-        Some("peer EXECUTE: connection refused")
-    );
-    // The target never saw EXECUTE: COMPLETE installed its new path.
-    let t = w.target_record(&rec.relocation_id);
-    assert_eq!(
-        phases(&t.phases),
+        sent,
         [
             Phase::Initiate,
             Phase::Validate,
             Phase::Prepare,
+            Phase::Execute,
+            Phase::Execute,
+            Phase::Execute,
+            Phase::Execute,
             Phase::Complete
         ]
     );
-    assert_eq!(t.phases.last().map(|p| p.flow_mods), Some(3));
     assert_eq!(
-        labels(&w.target.flows),
-        ["trombone-target", "new-path-target"]
+        phases(&w.target_record(&rec.relocation_id).phases),
+        Phase::SUCCESS_PATH
     );
 }
 
 #[tokio::test(start_paused = true)]
-async fn peer_silent_at_complete_still_completes_at_the_source() {
+async fn lost_answers_are_re_driven_and_answered_again_without_a_second_effect() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
-    w.source.remote.fault(Phase::Complete, PeerFault::Hang);
+    // EXECUTE's answer is lost once, COMPLETE's once, and then COMPLETE hangs once.
+    w.source
+        .remote
+        .fault_times(Phase::Execute, PeerFault::LoseAnswer, 1);
+    w.source
+        .remote
+        .fault_times(Phase::Complete, PeerFault::LoseAnswer, 1);
     let rec = w.relocate(1).await;
-    assert_eq!(rec.state, RelocationState::Completed);
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.cause, None);
+    assert_eq!(rec.control.redrives, 2);
+    // The target applied its new path once and recorded each phase once.
     assert_eq!(
-        rec.cause.as_deref(),
-        Some("peer COMPLETE: no answer within 1000 ms")
+        labels(&w.target.flows),
+        ["trombone-target", "new-path-target"]
     );
+    let t = w.target_record(&rec.relocation_id);
+    assert_eq!(phases(&t.phases), Phase::SUCCESS_PATH);
+    assert_eq!(hosted(&w.target.smo), ["svc-1"]);
+
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    w.source
+        .remote
+        .fault_times(Phase::Complete, PeerFault::Hang, 1);
+    let rec = w.relocate(1).await;
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.control.redrives, 1);
     let complete = rec.phases.last().expect("COMPLETE");
     assert_eq!(
         (complete.phase, complete.took_us),
-        (Phase::Complete, 1_000 + 1_000_000)
+        (Phase::Complete, 1_000 + 1_000_000 + 100_000),
+        "cleanup, the peer timeout, the first pause; the answer itself takes no time"
     );
-    // The target got as far as EXECUTE: its new path is in, it waits for COMPLETE.
-    assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
-    assert!(w.source.flows.installed().is_empty());
+}
+
+/// The target SMO crashes at every phase — before it handles the message, after it handled it
+/// (its answer lost), or while it installs the phase's flows — and comes back 3 s later over its
+/// store: the source re-drives what must be answered, and both records end final and agree.
+#[tokio::test(start_paused = true)]
+async fn a_target_that_restarts_at_every_phase_ends_final_and_in_agreement() {
+    let cases = [
+        (Phase::Initiate, PeerFault::KillBefore),
+        (Phase::Initiate, PeerFault::KillAfter),
+        (Phase::Validate, PeerFault::KillBefore),
+        (Phase::Validate, PeerFault::KillAfter),
+        (Phase::Prepare, PeerFault::KillBefore),
+        (Phase::Prepare, PeerFault::KillAfter),
+        (Phase::Prepare, PeerFault::KillDuring),
+        (Phase::Execute, PeerFault::KillBefore),
+        (Phase::Execute, PeerFault::KillAfter),
+        (Phase::Execute, PeerFault::KillDuring),
+        (Phase::Complete, PeerFault::KillBefore),
+        (Phase::Complete, PeerFault::KillAfter),
+    ];
+    for (phase, kill) in cases {
+        let dir = TempDir::new();
+        let mut w = World::new(&dir, Setup::default()).await;
+        w.source.remote.fault_times(phase, kill, 1);
+        let ids = w
+            .source
+            .smo
+            .on_notification(&up_path_change(UE, SOURCE_DNAI, TARGET_DNAI));
+        wait_until("the target crashes", || w.source.remote.target_is_down()).await;
+        tokio::time::sleep(ms(3_000)).await;
+        assert_eq!(
+            w.source.smo.relocation(&ids[0]).map(|r| r.state),
+            Some(RelocationState::Running),
+            "{phase} {kill:?}: the source waits for the target"
+        );
+        w.restart_target();
+        w.source.smo.idle().await;
+        let rec = w.source.smo.relocation(&ids[0]).expect("record");
+        if phase < Phase::Execute {
+            assert_failed(&w, &rec, "the target crashed", true);
+            assert_eq!(w.module.executed(), 0, "{phase} {kill:?}");
+        } else {
+            assert_completed(&w, &rec, 1);
+            assert_eq!(w.module.executed(), 1, "{phase} {kill:?}");
+            assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
+        }
+        assert!(rec.control.redrives >= 1, "{phase} {kill:?}: {rec:#?}");
+        eprintln!(
+            "target killed {kill:?} at {phase}: {:?} after {} re-sends",
+            rec.state, rec.control.redrives
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_source_is_not_completed_until_the_target_confirms_its_new_path() {
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    // The target's switch refuses the new path at EXECUTE and at the first two COMPLETEs.
+    for _ in 0..3 {
+        w.target.flows.fail_next("new-path-target");
+    }
+    let ids = w
+        .source
+        .smo
+        .on_notification(&up_path_change(UE, SOURCE_DNAI, TARGET_DNAI));
+    wait_until("the service moved", || {
+        w.module.executed() == 1 && !w.module.hosts("svc-1")
+    })
+    .await;
+    wait_until("COMPLETE refused twice", || {
+        w.target.flows.attempts().len() == 4
+    })
+    .await;
+    let running = w.source.smo.relocation(&ids[0]).expect("record");
+    assert_eq!(
+        (running.state, running.phase),
+        (RelocationState::Running, Phase::Complete),
+        "no COMPLETED without the target's new path: {running:#?}"
+    );
+    w.source.smo.idle().await;
+    let rec = w.source.smo.relocation(&ids[0]).expect("record");
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.control.redrives, 2);
+    assert!(
+        rec.cause
+            .as_deref()
+            .is_some_and(|c| c.contains("peer refused EXECUTE: EXECUTE flows: injected failure")),
+        "{rec:#?}"
+    );
+    assert_eq!(
+        w.target.flows.attempts(),
+        [
+            "trombone-target",
+            "new-path-target",
+            "new-path-target",
+            "new-path-target",
+            "new-path-target"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]

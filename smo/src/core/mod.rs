@@ -11,8 +11,10 @@
 //! → EXECUTE (the module migrates the service; then the target swaps its trombone for the new path)
 //! → COMPLETE (cleanup here, target records the service) — or FAILURE from any phase before the
 //! service moved: the trombone is (re)installed on both sides so the UE keeps reaching the service
-//! at the source. After the service moved, nothing fails the relocation any more: trouble in
-//! COMPLETE is recorded as its cause, the state is still `COMPLETED`.
+//! at the source. After the service moved, nothing fails the relocation any more: the source
+//! re-sends EXECUTE and COMPLETE until the target answers, and records `COMPLETED` only once the
+//! target confirmed the new path (its PROCEED to COMPLETE); the target answers a phase it saw
+//! before with the same answer, so every phase message is idempotent.
 
 pub mod source;
 pub mod target;

@@ -1,5 +1,13 @@
 //! The source side of one relocation: [`SourceRelocation`], from the notification to COMPLETE or
 //! FAILURE.
+//!
+//! Once the service may have left (EXECUTE, COMPLETE) and in FAILURE, a peer message that gets no
+//! answer is sent again after a backoff ([`redrive_ms`]) until the target answers: the target
+//! answers a phase it saw before with the same answer, so re-sending is safe. The source records
+//! COMPLETED only once the target PROCEEDed COMPLETE, i.e. confirmed the service's new path there
+//! (a refused COMPLETE is re-driven as well); FAILURE gives up after [`FAILURE_PATIENCE_US`] (the
+//! service runs here either way). Before EXECUTE a peer that does not answer fails the
+//! relocation: the service never left, and FAILURE re-installs the trombone on both sides.
 
 use super::{cookie_for, elapsed, note, Local};
 use crate::routing::rules::{self, ServiceAt};
@@ -8,11 +16,25 @@ use model::common::Dnai;
 use model::nsmf_event_exposure::EventNotification;
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, PhaseTiming, RelocationPhase as Phase, RelocationRecord, RelocationRole,
-    RelocationState, Service, ServiceModule,
+    PeerResult, PhaseTiming, RelocationControl, RelocationPhase as Phase, RelocationRecord,
+    RelocationRole, RelocationState, Service, ServiceModule,
 };
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
+
+/// The first pause before a peer message is sent again, and the longest (the pause doubles).
+pub const REDRIVE_FIRST_MS: u64 = 100;
+pub const REDRIVE_MAX_MS: u64 = 2_000;
+/// How long FAILURE is re-sent to a peer that does not answer before the source records FAILED
+/// without it.
+pub const FAILURE_PATIENCE_US: u64 = 60_000_000;
+
+/// The pause before the `attempt`-th re-send (0-based): 100 ms, 200 ms, … up to 2 s.
+pub fn redrive_ms(attempt: u32) -> u64 {
+    REDRIVE_FIRST_MS
+        .saturating_mul(1u64 << attempt.min(20))
+        .min(REDRIVE_MAX_MS)
+}
 
 /// How a module's Execute call ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +53,8 @@ pub enum SourceEvent {
     Executed(Result<ExecuteReport, ExecuteFailure>),
     /// Answer to [`SourceCommand::CheckServiceLocal`]: does the local module still host it?
     ServiceLocal(Result<bool, String>),
+    /// The pause of [`SourceCommand::Wait`] is over.
+    Waited,
 }
 
 /// What the source asks its driver to do.
@@ -55,6 +79,13 @@ pub enum SourceCommand {
     ServiceMoved {
         service_id: String,
     },
+    /// Pause `ms`, then feed [`SourceEvent::Waited`]: the peer message of `phase` got no answer
+    /// (`why`) and is sent again afterwards.
+    Wait {
+        ms: u64,
+        phase: Phase,
+        why: String,
+    },
     /// The relocation ended (see the record's state); persist it one last time.
     Done,
 }
@@ -65,6 +96,8 @@ enum Awaiting {
     Flows(Phase),
     Execute,
     ServiceLocal,
+    /// The pause before the phase's message is sent again.
+    Redrive(Phase),
     Nothing,
 }
 
@@ -85,6 +118,11 @@ pub struct SourceRelocation {
     flow_us: Option<u64>,
     flow_mods: u32,
     migrated: bool,
+    /// Re-sends of the current phase's message, and when the first one was due.
+    #[serde(default)]
+    attempts: u32,
+    #[serde(default)]
+    redrive_since_us: Option<u64>,
 }
 
 /// Peers that serve `target_dnai`, best (lowest cost, then id) first.
@@ -114,6 +152,8 @@ pub struct SourceStart {
     /// When the notification arrived (driver clock, µs) and on the wall clock.
     pub notified_us: u64,
     pub notified_unix_us: u64,
+    /// What started it (a notification unless said otherwise).
+    pub control: RelocationControl,
 }
 
 impl SourceRelocation {
@@ -137,7 +177,7 @@ impl SourceRelocation {
             total_us: None,
             execute: None,
             cause: None,
-            control: Default::default(),
+            control: s.control,
         };
         let mut m = Self {
             record,
@@ -151,6 +191,8 @@ impl SourceRelocation {
             flow_us: None,
             flow_mods: 0,
             migrated: false,
+            attempts: 0,
+            redrive_since_us: None,
         };
         let cmds = if m.service_at().is_none() {
             let mac = m.record.service.mac_addr.clone();
@@ -182,7 +224,7 @@ impl SourceRelocation {
                 self.fail(now_us, format!("SMO restarted during {p}"))
             }
             Awaiting::Execute | Awaiting::ServiceLocal => self.check_local(),
-            Awaiting::Peer(p) => self.call_peer(p, None),
+            Awaiting::Peer(p) | Awaiting::Redrive(p) => self.call_peer(p, None),
             Awaiting::Flows(Phase::Complete) => self.apply(Phase::Complete, self.cleanup_set()),
             Awaiting::Flows(_) => self.apply(Phase::Failure, self.failure_set()),
         }
@@ -220,6 +262,7 @@ impl SourceRelocation {
                 // Unknown: assume the service stayed, the only state FAILURE can keep working.
                 Err(e) => self.fail(now_us, format!("cannot tell where the service is: {e}")),
             },
+            (Awaiting::Redrive(phase), SourceEvent::Waited) => self.call_peer(phase, None),
             // An event nobody waits for (a late answer after a restart): ignore it.
             _ => Vec::new(),
         }
@@ -238,6 +281,18 @@ impl SourceRelocation {
             )),
             other => other,
         };
+        // Phases the target must hear: no answer (or a COMPLETE it could not confirm) is sent
+        // again; everything else ends the phase.
+        match &answer {
+            Err(e) if matches!(phase, Phase::Execute | Phase::Complete | Phase::Failure) => {
+                return self.redrive(now_us, phase, format!("peer {phase}: {e}"));
+            }
+            Ok(a) if phase == Phase::Complete && a.result == PeerResult::Fail => {
+                let why = a.cause.as_deref().unwrap_or("no cause given");
+                return self.redrive(now_us, phase, format!("peer refused COMPLETE: {why}"));
+            }
+            _ => {}
+        }
         if let Ok(a) = &answer {
             self.record.peer_phases.push(PhaseTiming {
                 phase,
@@ -293,10 +348,8 @@ impl SourceRelocation {
                 self.next_phase(now_us, Phase::Complete);
                 self.apply(Phase::Complete, self.cleanup_set())
             }
-            (Phase::Complete, result) => {
-                if let Err(e) = result {
-                    self.note(e);
-                }
+            // Only a PROCEED gets here (see above): the target confirmed the new path.
+            (Phase::Complete, _) => {
                 self.end_phase(now_us);
                 self.record.state = RelocationState::Completed;
                 self.record.total_us = Some(elapsed(now_us, self.notified_us));
@@ -315,6 +368,24 @@ impl SourceRelocation {
                 self.finish_failed(now_us)
             }
         }
+    }
+
+    /// The message of `phase` got no answer (`why`): pause, then send it again; FAILURE gives up
+    /// after [`FAILURE_PATIENCE_US`].
+    fn redrive(&mut self, now_us: u64, phase: Phase, why: String) -> Vec<SourceCommand> {
+        let since = *self.redrive_since_us.get_or_insert(now_us);
+        if phase == Phase::Failure && elapsed(now_us, since) >= FAILURE_PATIENCE_US {
+            self.note(format!(
+                "{why} (given up after {} s)",
+                FAILURE_PATIENCE_US / 1_000_000
+            ));
+            return self.finish_failed(now_us);
+        }
+        let ms = redrive_ms(self.attempts);
+        self.attempts = self.attempts.saturating_add(1);
+        self.record.control.redrives = self.record.control.redrives.saturating_add(1);
+        self.awaiting = Awaiting::Redrive(phase);
+        vec![SourceCommand::Wait { ms, phase, why }]
     }
 
     fn on_flows(
@@ -460,6 +531,8 @@ impl SourceRelocation {
     fn next_phase(&mut self, now_us: u64, next: Phase) {
         self.end_phase(now_us);
         self.record.phase = next;
+        self.attempts = 0;
+        self.redrive_since_us = None;
     }
 }
 
@@ -517,6 +590,7 @@ mod tests {
                 candidates,
                 notified_us: 5,
                 notified_unix_us: 0,
+                control: RelocationControl::default(),
             },
         )
     }
@@ -596,5 +670,144 @@ mod tests {
             .handle(10, SourceEvent::Flows(Err("late".into())))
             .is_empty());
         assert_eq!(m, before);
+    }
+
+    fn proceed(phase: Phase) -> SourceEvent {
+        SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            relocation_id: "smo-x-1".into(),
+            relocation_phase: phase,
+            result: PeerResult::Proceed,
+            cause: None,
+            target_module_address: (phase == Phase::Initiate)
+                .then(|| "10.0.1.2:9200".parse().expect("addr")),
+            took_us: 0,
+            flow_install_us: None,
+        }))
+    }
+
+    fn flows() -> SourceEvent {
+        SourceEvent::Flows(Ok(FlowReport {
+            flow_mods: 2,
+            took: std::time::Duration::from_micros(10),
+        }))
+    }
+
+    /// A relocation whose service moved: the module's Execute answered, the source asks the target
+    /// for EXECUTE.
+    fn migrated() -> SourceRelocation {
+        let (mut m, _) = start("02:00:00:00:00:0a", vec![peer("smo-y", "edge-y", 0)]);
+        m.handle(10, proceed(Phase::Initiate));
+        m.handle(20, proceed(Phase::Validate));
+        m.handle(30, flows());
+        m.handle(40, proceed(Phase::Prepare));
+        let cmds = m.handle(50, SourceEvent::Executed(Ok(ExecuteReport::default())));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::CallPeer { message, .. }] if message.relocation_phase == Phase::Execute
+        ));
+        m
+    }
+
+    fn waits(cmds: &[SourceCommand]) -> (u64, Phase) {
+        match cmds {
+            [SourceCommand::Wait { ms, phase, .. }] => (*ms, *phase),
+            other => panic!("expected a pause, got {other:?}"),
+        }
+    }
+
+    fn sends(cmds: &[SourceCommand]) -> Phase {
+        match cmds {
+            [SourceCommand::CallPeer { message, .. }] => message.relocation_phase,
+            other => panic!("expected a peer message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn re_sends_back_off_from_100_ms_to_2_s() {
+        let pauses: Vec<u64> = (0..7).map(redrive_ms).collect();
+        assert_eq!(pauses, [100, 200, 400, 800, 1_600, 2_000, 2_000]);
+        assert_eq!(redrive_ms(u32::MAX), 2_000);
+    }
+
+    #[test]
+    fn no_completed_without_the_targets_confirmation() {
+        let mut m = migrated();
+        // EXECUTE unanswered twice: sent again after 100, then 200 ms.
+        let cmds = m.handle(60, SourceEvent::Peer(Err("connection refused".into())));
+        assert_eq!(waits(&cmds), (100, Phase::Execute));
+        assert_eq!(sends(&m.handle(160, SourceEvent::Waited)), Phase::Execute);
+        let cmds = m.handle(170, SourceEvent::Peer(Err("connection refused".into())));
+        assert_eq!(waits(&cmds), (200, Phase::Execute));
+        // A restart while pausing sends it at once.
+        let mut restarted = m.clone();
+        assert_eq!(sends(&restarted.resume(180)), Phase::Execute);
+        assert_eq!(sends(&m.handle(370, SourceEvent::Waited)), Phase::Execute);
+        // The target answers: COMPLETE, cleanup first; the pauses start over.
+        let cmds = m.handle(380, proceed(Phase::Execute));
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "cleanup-source")
+        );
+        assert_eq!(sends(&m.handle(390, flows())), Phase::Complete);
+        // The target refuses COMPLETE (its new path is not in): not COMPLETED, sent again.
+        let refused = SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            result: PeerResult::Fail,
+            cause: Some("COMPLETE flows: switch gone".into()),
+            ..match proceed(Phase::Complete) {
+                SourceEvent::Peer(Ok(a)) => a,
+                _ => unreachable!(),
+            }
+        }));
+        let cmds = m.handle(400, refused);
+        assert_eq!(waits(&cmds), (100, Phase::Complete));
+        assert_eq!(m.record().state, RelocationState::Running);
+        assert!(m
+            .record()
+            .peer_phases
+            .iter()
+            .all(|t| t.phase != Phase::Complete));
+        assert_eq!(sends(&m.handle(500, SourceEvent::Waited)), Phase::Complete);
+        let cmds = m.handle(510, proceed(Phase::Complete));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::ServiceMoved { .. }, SourceCommand::Done]
+        ));
+        let r = m.record();
+        assert_eq!(r.state, RelocationState::Completed);
+        assert_eq!(r.control.redrives, 3);
+        assert_eq!(r.cause, None, "a re-sent message is no cause");
+        let peer: Vec<Phase> = r.peer_phases.iter().map(|t| t.phase).collect();
+        assert_eq!(peer, Phase::SUCCESS_PATH, "one timing per phase");
+    }
+
+    #[test]
+    fn an_unanswered_failure_is_given_up_after_a_minute() {
+        let (mut m, _) = start("02:00:00:00:00:0a", vec![peer("smo-y", "edge-y", 0)]);
+        m.handle(10, proceed(Phase::Initiate));
+        let cmds = m.handle(20, SourceEvent::Peer(Err("connection refused".into())));
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "failure-source")
+        );
+        assert_eq!(sends(&m.handle(30, flows())), Phase::Failure);
+        let mut now = 40;
+        loop {
+            let cmds = m.handle(now, SourceEvent::Peer(Err("connection refused".into())));
+            if cmds == [SourceCommand::Done] {
+                break;
+            }
+            let (pause, phase) = waits(&cmds);
+            assert_eq!(phase, Phase::Failure);
+            now += pause * 1_000;
+            assert_eq!(sends(&m.handle(now, SourceEvent::Waited)), Phase::Failure);
+            assert!(now < 40 + FAILURE_PATIENCE_US + 3_000_000, "never gave up");
+        }
+        assert!(now >= 40 + FAILURE_PATIENCE_US);
+        let r = m.record();
+        assert_eq!(r.state, RelocationState::Failed);
+        assert!(
+            r.cause
+                .as_deref()
+                .is_some_and(|c| c.contains("given up after 60 s")),
+            "{r:#?}"
+        );
     }
 }
