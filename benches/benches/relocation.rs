@@ -73,6 +73,10 @@ impl Remote for InstantRemote {
         Ok(Vec::new())
     }
 
+    async fn ue_location(&self, _ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        Ok(None)
+    }
+
     async fn execute(
         &self,
         _module: &ServiceModule,
@@ -100,6 +104,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>) -> SmoConfig {
         api_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8090),
         token: None,
         smf_url: None,
+        lr_url: None,
         notify_when: Default::default(),
         peers,
         ovs_mgmt: PathBuf::from("/nonexistent"),

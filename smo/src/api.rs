@@ -357,7 +357,8 @@ async fn metrics_text<R: Remote, F: FlowProgrammer>(
     let text = metrics::render(&metrics::Snapshot {
         smo_id: n.smo_id(),
         relocations: &relocations,
-        notifications_skipped: n.skipped(),
+        notifications: n.notification_counts(),
+        queued_hints: n.queued_hints(),
         service_modules: n.modules().len(),
         hosted_services: n.hosted_services().len(),
     });

@@ -55,6 +55,12 @@ pub struct SmoConfig {
     /// Base URL of the SMF, e.g. `http://10.100.0.10:8000`. Without it the SMO does not subscribe
     /// (notifications can still be posted to it).
     pub smf_url: Option<String>,
+    /// Base URL of the Location Registry, e.g. `http://10.100.0.10:8001`: where the SMO asks which
+    /// site (DNAI) a UE is at (`GET /lr/v1/ues/{ip}`) when it re-evaluates queued notifications
+    /// and when it reconciles. Without it queued notifications are re-evaluated against the
+    /// latest of them, and the reconciler starts no relocation.
+    #[serde(default)]
+    pub lr_url: Option<String>,
     #[serde(default)]
     pub notify_when: NotifyWhen,
     /// The topology database: peer SMOs.

@@ -5,7 +5,8 @@
 //!   `PeerRelocationAnswer`;
 //! * module: `GET {servedServiceNotifUri}?ueIpv4Addr=A` → 200 `Service` or 404;
 //!   `GET {getServiceNotifUri}` → `[Service]`; `POST {executeNotifUri}` `ExecuteRequest` → 200
-//!   `ExecuteReport`.
+//!   `ExecuteReport`;
+//! * Location Registry: `GET {lrUrl}/lr/v1/ues/{ip}` → 200 `UeLocation` (its `dnai`) or 404.
 //!
 //! The negotiator applies the time limits of [`Timeouts`]; the client's own limit is only a
 //! backstop above the longest of them, so one client (one connection pool) serves every call.
@@ -13,6 +14,8 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use model::common::Dnai;
+use model::ran::lr::UeLocation;
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage, Service,
     ServiceModule,
@@ -28,10 +31,12 @@ use crate::negotiator::Remote;
 /// What the client's backstop adds to the longest negotiator time limit.
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 
-/// Peer SMOs and service modules over HTTP.
+/// Peer SMOs, service modules and the Location Registry over HTTP.
 #[derive(Debug, Clone)]
 pub struct HttpRemote {
     client: Client,
+    /// The LR's base URL, when there is one to ask.
+    lr_url: Option<String>,
 }
 
 impl HttpRemote {
@@ -44,12 +49,22 @@ impl HttpRemote {
             .max(timeouts.execute_ms);
         Self {
             client: Client::new(token, Duration::from_millis(longest) + BACKSTOP_MARGIN),
+            lr_url: None,
         }
     }
 
     /// Calls over an existing client.
     pub fn with_client(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            lr_url: None,
+        }
+    }
+
+    /// Asks the LR at `lr_url` (a base URL, e.g. `http://10.100.0.10:8001`) where UEs are.
+    pub fn with_lr(mut self, lr_url: Option<String>) -> Self {
+        self.lr_url = lr_url.map(|u| u.trim_end_matches('/').to_owned());
+        self
     }
 }
 
@@ -122,6 +137,18 @@ impl Remote for HttpRemote {
         let url = served_service_url(&module.registration.served_service_notif_uri, ue)?;
         match self.client.get(&url).await {
             Ok(service) => Ok(Some(service)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(sbi::error_chain(&e)),
+        }
+    }
+
+    async fn ue_location(&self, ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        let Some(lr) = &self.lr_url else {
+            return Ok(None);
+        };
+        let url = format!("{lr}{}/ues/{ue}", model::ran::lr::BASE);
+        match self.client.get::<UeLocation>(&url).await {
+            Ok(l) => Ok(Some(Dnai::new(&l.dnai))),
             Err(ClientError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(sbi::error_chain(&e)),
         }

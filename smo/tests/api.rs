@@ -68,6 +68,7 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         api_addr,
         token: Some(TOKEN.into()),
         smf_url: None,
+        lr_url: None,
         notify_when: NotifyWhen::Late,
         peers,
         ovs_mgmt: "/nonexistent/br.mgmt".into(),

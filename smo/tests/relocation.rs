@@ -111,6 +111,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         api_addr: SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 41), 8090),
         token: None,
         smf_url: None,
+        lr_url: None,
         notify_when: Default::default(),
         peers,
         ovs_mgmt: PathBuf::from("/nonexistent/br.mgmt"),
@@ -402,6 +403,11 @@ impl Remote for FakeRemote {
             .iter()
             .find(|s| s.ue_ipv4_addrs.contains(&ue))
             .cloned())
+    }
+
+    async fn ue_location(&self, _ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        // No LR in these tests: re-evaluations go by the latest notification.
+        Ok(None)
     }
 
     async fn services(&self, _module: &ServiceModule) -> Result<Vec<Service>, String> {

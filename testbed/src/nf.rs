@@ -369,6 +369,7 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
                 smf_url: Some(smf_url.to_owned()),
+                lr_url: Some(format!("http://{}:{LR_PORT}", addr(plan, "core", "sbi"))),
                 notify_when: plan.notify,
                 peers: plan
                     .switches

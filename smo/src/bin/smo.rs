@@ -49,7 +49,8 @@ async fn run(
             "edge switch not reachable yet; connecting on first use"
         ),
     }
-    let remote = HttpRemote::new(config.token.clone(), &config.timeouts);
+    let remote =
+        HttpRemote::new(config.token.clone(), &config.timeouts).with_lr(config.lr_url.clone());
     let warm = remote.clone();
     let negotiator = Negotiator::new(&config, remote, flows, store, Clock::Wall)?;
     let router = api::router(negotiator.clone(), &api_root);

@@ -213,6 +213,28 @@ impl SourceRelocation {
         self.record.state != RelocationState::Running
     }
 
+    /// Whether [`SourceRelocation::cancel`] may still stop it: running and not yet in EXECUTE
+    /// (the service has not been asked to move).
+    pub fn can_cancel(&self) -> bool {
+        !self.is_done()
+            && matches!(
+                self.record.phase,
+                Phase::Initiate | Phase::Validate | Phase::Prepare
+            )
+    }
+
+    /// Cancels it because the UE moved on (`cause`): FAILURE at once, withdrawing this side's
+    /// trombone instead of keeping it (the UE is no longer at the target's site; where it is now
+    /// is for the next relocation to decide), and telling the target. The commands of the step
+    /// the driver was about to take are dropped. Only when [`SourceRelocation::can_cancel`].
+    pub fn cancel(&mut self, now_us: u64, cause: String) -> Vec<SourceCommand> {
+        if !self.can_cancel() {
+            return Vec::new();
+        }
+        self.record.control.cancelled = true;
+        self.fail(now_us, cause)
+    }
+
     /// After a restart: go on from the persisted state. Before EXECUTE the relocation fails
     /// (the service never left); during EXECUTE the module is asked where the service is; after
     /// it, the pending step is repeated (every step from there on is idempotent).
@@ -504,7 +526,14 @@ impl SourceRelocation {
         }
     }
 
+    /// FAILURE's flows here: the trombone (the UE at the target's site keeps reaching the
+    /// service here), or, for a cancelled relocation, the trombone's removal.
     fn failure_set(&self) -> FlowSet {
+        if self.record.control.cancelled {
+            let mut set = rules::withdraw(self.cookie());
+            set.label = "withdraw-source".into();
+            return set;
+        }
         self.trombone_set("failure-source")
     }
 

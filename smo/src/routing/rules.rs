@@ -292,6 +292,19 @@ pub fn new_path_target(relocation_cookie: u64, ports: &EdgePorts, svc: &ServiceA
     }
 }
 
+/// Removes every flow of one relocation (its trombone), on either side: a cancelled
+/// relocation's, or one the reconciler finds stale.
+pub fn withdraw(relocation_cookie: u64) -> FlowSet {
+    FlowSet {
+        label: "withdraw".into(),
+        delete: vec![CookieDelete {
+            cookie: relocation_cookie,
+        }],
+        add: Vec::new(),
+        packets: Vec::new(),
+    }
+}
+
 /// The service has left the source edge: remove the source's trombone and the service's old
 /// direct path there.
 pub fn cleanup_source(relocation_cookie: u64, svc_ip: Ipv4Addr) -> FlowSet {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod reach;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
