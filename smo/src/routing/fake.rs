@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{FlowError, FlowProgrammer, FlowReport, FlowRule, FlowSet, PacketOut};
+use super::{FlowError, FlowProgrammer, FlowReport, FlowRule, FlowSet, InstalledFlows, PacketOut};
 
 /// A switch in memory. Clones share one table, so a test keeps a clone to look at what the code
 /// under test installed.
@@ -135,6 +135,19 @@ impl FlowProgrammer for FakeProgrammer {
         Ok(FlowReport {
             flow_mods: set.delete.len() + set.add.len(),
             took: start.elapsed(),
+        })
+    }
+
+    async fn flows(&self) -> Result<InstalledFlows, FlowError> {
+        let st = self.lock();
+        Ok(InstalledFlows {
+            rules: st
+                .installed
+                .iter()
+                .filter(|r| super::rules::is_smo_cookie(r.cookie))
+                .cloned()
+                .collect(),
+            unreadable: Vec::new(),
         })
     }
 }

@@ -16,7 +16,7 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
-use wire::openflow::{Action, FlowMod, Oxm, OFPP_IN_PORT, OFPP_NORMAL};
+use wire::openflow::{Action, FlowMod, FlowStats, Oxm, OFPP_IN_PORT, OFPP_NORMAL};
 
 use super::{
     CookieDelete, FlowAction, FlowMatch, FlowRule, FlowSet, Mac, PacketOut, GATEWAY_IP,
@@ -75,6 +75,26 @@ impl ServiceAt {
             port: service.ovs_port.clone(),
         })
     }
+}
+
+/// What every SMO cookie starts with (`SMO`), and the mask that selects those three octets: the
+/// switch's flows the SMO reads back (its own, relocations' and services').
+pub const SMO_COOKIE: u64 = 0x534d_4f00_0000_0000;
+pub const SMO_COOKIE_MASK: u64 = 0xffff_ff00_0000_0000;
+
+/// Whether `cookie` is one of the SMO's (a relocation's or a service's).
+pub fn is_smo_cookie(cookie: u64) -> bool {
+    cookie & SMO_COOKIE_MASK == SMO_COOKIE
+}
+
+/// Whether `cookie` is a relocation's ([`relocation_cookie`]).
+pub fn is_relocation_cookie(cookie: u64) -> bool {
+    cookie >> 32 == 0x534d_4f52
+}
+
+/// The service address of a service cookie ([`service_cookie`]), `None` for any other cookie.
+pub fn service_of_cookie(cookie: u64) -> Option<Ipv4Addr> {
+    (cookie >> 32 == 0x534d_4f53).then(|| Ipv4Addr::from(cookie as u32))
 }
 
 /// The cookie of the flows of relocation number `n` (`SMOR` in the top half).
@@ -415,6 +435,55 @@ impl FlowRule {
     }
 }
 
+impl FlowRule {
+    /// A flow read back from the switch as the rule that installed it, with `port` naming port
+    /// numbers (an unknown number becomes `#N`, which no rule names); `None` when it has match
+    /// fields or actions the SMO never installs.
+    pub fn from_flow_stats(
+        stats: &FlowStats,
+        mut port: impl FnMut(u32) -> Option<String>,
+    ) -> Option<Self> {
+        if stats.unknown > 0 || stats.table_id != 0 {
+            return None;
+        }
+        let mut name = |no: u32| port(no).unwrap_or_else(|| format!("#{no}"));
+        let mut m = FlowMatch::default();
+        for oxm in &stats.matches {
+            match *oxm {
+                Oxm::InPort(no) => m.in_port = Some(name(no)),
+                Oxm::EthType(t) => m.eth_type = Some(t),
+                Oxm::Ipv4Src(a) => m.ipv4_src = Some(a),
+                Oxm::Ipv4Dst(a) => m.ipv4_dst = Some(a),
+                Oxm::ArpOp(op) => m.arp_op = Some(op),
+                Oxm::ArpTpa(a) => m.arp_tpa = Some(a),
+                _ => return None,
+            }
+        }
+        let mut actions = Vec::with_capacity(stats.actions.len());
+        for a in &stats.actions {
+            actions.push(match *a {
+                Action::Output(OFPP_IN_PORT) => FlowAction::InPort,
+                Action::Output(OFPP_NORMAL) => FlowAction::Normal,
+                Action::Output(no) => FlowAction::Output(name(no)),
+                Action::SetField(Oxm::EthSrc(mac)) => FlowAction::SetEthSrc(Mac(mac)),
+                Action::SetField(Oxm::EthDst(mac)) => FlowAction::SetEthDst(Mac(mac)),
+                Action::SetField(Oxm::ArpOp(op)) => FlowAction::SetArpOp(op),
+                Action::SetField(Oxm::ArpSha(mac)) => FlowAction::SetArpSha(Mac(mac)),
+                Action::SetField(Oxm::ArpSpa(a)) => FlowAction::SetArpSpa(a),
+                Action::SetField(Oxm::ArpTha(mac)) => FlowAction::SetArpTha(Mac(mac)),
+                Action::SetField(Oxm::ArpTpa(a)) => FlowAction::SetArpTpa(a),
+                Action::SetField(_) => return None,
+            });
+        }
+        Some(Self {
+            cookie: stats.cookie,
+            priority: stats.priority,
+            matches: m,
+            actions,
+        })
+    }
+}
+
 impl CookieDelete {
     /// The deletion as an `ovs-ofctl del-flows` flow spec: `cookie=0x…/-1`.
     pub fn to_ofctl(&self) -> String {
@@ -680,6 +749,62 @@ mod tests {
         assert_eq!(out.actions.last(), Some(&Action::Output(1)));
         let unknown = set.add[0].to_flow_mod(|_| None);
         assert_eq!(unknown, Err("n6".to_owned()));
+    }
+
+    #[test]
+    fn every_rule_reads_back_from_its_flow_stats() {
+        let ports = EdgePorts::testbed();
+        let number = |n: &str| match n {
+            "bh" => Some(1),
+            "n6" => Some(2),
+            "srv" => Some(3),
+            _ => None,
+        };
+        let name = |no: u32| match no {
+            1 => Some("bh".to_owned()),
+            2 => Some("n6".to_owned()),
+            3 => Some("srv".to_owned()),
+            _ => None,
+        };
+        let sets = [
+            trombone_source(relocation_cookie(1), &ports, &svc(), UE),
+            trombone_target(relocation_cookie(1), &ports, SVC, SVC_MAC, UE),
+            new_path_target(relocation_cookie(1), &ports, &svc()),
+        ];
+        for rule in sets.iter().flat_map(|s| &s.add) {
+            let fm = rule.to_flow_mod(number).expect("ports known");
+            let stats = FlowStats {
+                table_id: 0,
+                priority: fm.priority,
+                cookie: fm.cookie,
+                matches: fm.matches.clone(),
+                actions: fm.actions.clone(),
+                unknown: 0,
+            };
+            assert_eq!(FlowRule::from_flow_stats(&stats, name).as_ref(), Some(rule));
+            // A port renumbered since: the rule names a port nobody has.
+            let renumbered = FlowRule::from_flow_stats(&stats, |_| None).expect("readable");
+            assert_ne!(&renumbered, rule);
+            assert!(
+                renumbered.to_ofctl().contains('#'),
+                "{}",
+                renumbered.to_ofctl()
+            );
+            let odd = FlowStats {
+                unknown: 1,
+                ..stats.clone()
+            };
+            assert_eq!(FlowRule::from_flow_stats(&odd, name), None);
+        }
+    }
+
+    #[test]
+    fn cookies_tell_relocations_and_services_apart() {
+        assert!(is_smo_cookie(relocation_cookie(9)) && is_relocation_cookie(relocation_cookie(9)));
+        assert!(is_smo_cookie(service_cookie(SVC)) && !is_relocation_cookie(service_cookie(SVC)));
+        assert_eq!(service_of_cookie(service_cookie(SVC)), Some(SVC));
+        assert_eq!(service_of_cookie(relocation_cookie(9)), None);
+        assert!(!is_smo_cookie(0x1), "the testbed's base flows");
     }
 
     #[test]
