@@ -116,6 +116,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>) -> SmoConfig {
         },
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: Timeouts::default(),
+        reconcile: Default::default(),
     }
 }
 

@@ -354,11 +354,14 @@ async fn metrics_text<R: Remote, F: FlowProgrammer>(
 ) -> impl IntoResponse {
     let n = &api.negotiator;
     let relocations = n.relocations();
+    let (reconciler_runs, reconciler) = n.reconciler_counts();
     let text = metrics::render(&metrics::Snapshot {
         smo_id: n.smo_id(),
         relocations: &relocations,
         notifications: n.notification_counts(),
         queued_hints: n.queued_hints(),
+        reconciler_runs,
+        reconciler: &reconciler,
         service_modules: n.modules().len(),
         hosted_services: n.hosted_services().len(),
     });

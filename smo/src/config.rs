@@ -1,5 +1,6 @@
 //! The SMO's configuration file (JSON, `smo --config FILE`).
 
+use crate::core::reconcile::Policy;
 use crate::routing::rules::EdgePorts;
 use model::common::Dnai;
 use model::smo::{PeerInfo, ResourceRequirements};
@@ -36,6 +37,44 @@ impl Default for Timeouts {
             peer_ms: 5_000,
             module_ms: 2_000,
             execute_ms: 60_000,
+        }
+    }
+}
+
+/// The reconciler's period and patience (`reconcile` in the config; every field optional).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct ReconcileConfig {
+    /// How often the reconciler compares what is with what should be (the first round runs at
+    /// start); 0 turns it off.
+    pub period_ms: u64,
+    /// A service whose relocation ended less than this ago is left alone (the modules' and the
+    /// switch's view may lag the records).
+    pub settle_ms: u64,
+    /// After a failed relocation, the next one of the same service waits this long, doubling
+    /// with every further failure up to `retry_max_ms`.
+    pub retry_first_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        Self {
+            period_ms: 1_000,
+            settle_ms: 2_000,
+            retry_first_ms: 10_000,
+            retry_max_ms: 300_000,
+        }
+    }
+}
+
+impl ReconcileConfig {
+    /// The decision's [`Policy`].
+    pub fn policy(&self) -> Policy {
+        Policy {
+            settle_us: self.settle_ms.saturating_mul(1_000),
+            retry_first_us: self.retry_first_ms.saturating_mul(1_000),
+            retry_max_us: self.retry_max_ms.saturating_mul(1_000),
         }
     }
 }
@@ -78,6 +117,8 @@ pub struct SmoConfig {
     pub state_dir: PathBuf,
     #[serde(default)]
     pub timeouts: Timeouts,
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
 }
 
 /// What an edge can host when the config names no capacity.

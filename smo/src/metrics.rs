@@ -18,6 +18,9 @@
 //! | `smo_notifications_coalesced_total` | counter: notifications folded into a UE's queued one | |
 //! | `smo_notifications_queued` | gauge: UEs with a notification queued now | |
 //! | `smo_reevaluations_total` | counter: queued notifications re-evaluated against the LR once the UE's relocation ended | |
+//! | `smo_reconciler_runs_total` | counter: reconciler rounds | |
+//! | `smo_reconciler_corrections_total` | counter: corrections made | `action` (`install_direct_path`, `remove_direct_path`, `install_trombone`, `remove_trombone`, `start_relocation`, `adopt_service`, `forget_service`) |
+//! | `smo_reconciler_errors_total` | counter: what a round could not observe or correct | `what` (`switch`, `module`, `lr`, `apply`) |
 //! | `smo_service_modules` | gauge: registered service modules | |
 //! | `smo_hosted_services` | gauge: the service database's size | |
 //!
@@ -30,7 +33,8 @@ use model::smo::{
     RelocationPhase, RelocationRecord, RelocationRole, RelocationState, RelocationTrigger,
 };
 
-use crate::negotiator::NotificationCounts;
+use crate::core::reconcile::{ACTIONS, ERRORS};
+use crate::negotiator::{NotificationCounts, ReconcilerTally};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -43,6 +47,8 @@ pub struct Snapshot<'a> {
     pub notifications: NotificationCounts,
     /// UEs with a notification queued now.
     pub queued_hints: usize,
+    pub reconciler_runs: u64,
+    pub reconciler: &'a ReconcilerTally,
     pub service_modules: usize,
     pub hosted_services: usize,
 }
@@ -326,6 +332,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
 
     let mut f = Family::new(
         &mut out,
+        "smo_reconciler_runs_total",
+        "counter",
+        "Reconciler rounds (at start and every period).",
+    );
+    f.sample("smo_reconciler_runs_total", &[], s.reconciler_runs);
+    let mut f = Family::new(
+        &mut out,
+        "smo_reconciler_corrections_total",
+        "counter",
+        "What the reconciler corrected, by action.",
+    );
+    for action in ACTIONS {
+        let n = s.reconciler.corrections.get(action).copied().unwrap_or(0);
+        f.sample("smo_reconciler_corrections_total", &[("action", action)], n);
+    }
+    let mut f = Family::new(
+        &mut out,
+        "smo_reconciler_errors_total",
+        "counter",
+        "What a reconciler round could not observe or correct, by what failed.",
+    );
+    for what in ERRORS {
+        let n = s.reconciler.errors.get(what).copied().unwrap_or(0);
+        f.sample("smo_reconciler_errors_total", &[("what", what)], n);
+    }
+
+    let mut f = Family::new(
+        &mut out,
         "smo_service_modules",
         "gauge",
         "Registered service modules.",
@@ -414,6 +448,8 @@ mod tests {
             relocations: &[],
             notifications: NotificationCounts::default(),
             queued_hints: 0,
+            reconciler_runs: 0,
+            reconciler: &ReconcilerTally::default(),
             service_modules: 0,
             hosted_services: 0,
         });
@@ -433,6 +469,9 @@ mod tests {
             ("smo_notifications_coalesced_total", "counter"),
             ("smo_notifications_queued", "gauge"),
             ("smo_reevaluations_total", "counter"),
+            ("smo_reconciler_runs_total", "counter"),
+            ("smo_reconciler_corrections_total", "counter"),
+            ("smo_reconciler_errors_total", "counter"),
             ("smo_service_modules", "gauge"),
             ("smo_hosted_services", "gauge"),
         ] {
@@ -491,6 +530,11 @@ mod tests {
                 reevaluated: 4,
             },
             queued_hints: 1,
+            reconciler_runs: 7,
+            reconciler: &ReconcilerTally {
+                corrections: [("remove_trombone", 2)].into_iter().collect(),
+                errors: [("lr", 1)].into_iter().collect(),
+            },
             service_modules: 2,
             hosted_services: 1,
         });
@@ -520,6 +564,11 @@ mod tests {
             "smo_notifications_coalesced_total 5",
             "smo_notifications_queued 1",
             "smo_reevaluations_total 4",
+            "smo_reconciler_runs_total 7",
+            r#"smo_reconciler_corrections_total{action="remove_trombone"} 2"#,
+            r#"smo_reconciler_corrections_total{action="start_relocation"} 0"#,
+            r#"smo_reconciler_errors_total{what="lr"} 1"#,
+            r#"smo_reconciler_errors_total{what="switch"} 0"#,
             "smo_service_modules 2",
             "smo_hosted_services 1",
         ] {
@@ -537,6 +586,8 @@ mod tests {
             relocations: &[],
             notifications: NotificationCounts::default(),
             queued_hints: 0,
+            reconciler_runs: 0,
+            reconciler: &ReconcilerTally::default(),
             service_modules: 0,
             hosted_services: 0,
         });

@@ -80,6 +80,7 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         },
         state_dir: "/nonexistent/state".into(),
         timeouts: Timeouts::default(),
+        reconcile: Default::default(),
     }
 }
 
@@ -584,6 +585,16 @@ async fn modules_are_resources() {
 
     let list = get(&format!("{}/service-mobility/v1/service-modules", x.root)).await;
     assert_eq!(list.parse::<Vec<ServiceModule>>(), vec![m.clone()]);
+
+    // The module is killed and comes back (same notifAddress, no de-registration): the same
+    // module, not a dead one beside a live one.
+    let mut back = module.registration.clone();
+    back.execute_notif_uri = back.execute_notif_uri.replace("/execute", "/execute?again");
+    let again = register(&x, &back).await;
+    assert_eq!(again.module_id, m.module_id);
+    assert_eq!(again.registration, back);
+    assert_eq!(module_count(&x).await, 1);
+    let m = register(&x, &module.registration).await;
 
     let mut changed = module.registration.clone();
     changed.notif_address = "10.0.1.2:9200".parse().expect("addr");

@@ -7,7 +7,9 @@
 //!
 //! What is tested: a notification that arrives while the UE's relocation runs is queued (never
 //! dropped), coalesced with later ones, and re-evaluated against the LR when the relocation ends;
-//! one that arrives before EXECUTE cancels the relocation instead.
+//! one that arrives before EXECUTE cancels the relocation instead; and each SMO's reconciler
+//! repairs what notifications alone leave off: a missing new path, a stale trombone, a service at
+//! the wrong edge.
 
 mod common;
 
@@ -23,7 +25,7 @@ use smo::config::{SmoConfig, Timeouts};
 use smo::core::ExecuteFailure;
 use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
-use smo::routing::rules::EdgePorts;
+use smo::routing::rules::{self, EdgePorts, ServiceAt};
 use smo::store::Store;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -68,6 +70,8 @@ struct Module(Arc<Mutex<ModuleState>>);
 struct ModuleState {
     services: Vec<Service>,
     executed: usize,
+    /// Execute fails (the restore at the target, say): the service stays.
+    refuse: bool,
 }
 
 impl Module {
@@ -156,6 +160,11 @@ impl Remote for MeshRemote {
         };
         self.module.lock().executed += 1;
         tokio::time::sleep(MIGRATION).await;
+        if self.module.lock().refuse {
+            return Err(ExecuteFailure::Refused(
+                "the restore failed at the target".into(),
+            ));
+        }
         let moved = {
             let mut st = self.module.lock();
             let at = st
@@ -255,6 +264,7 @@ impl Mesh {
                 capacity: smo::config::default_capacity(),
                 state_dir: dir.0.join(e.to_string()),
                 timeouts: TIMEOUTS,
+                reconcile: Default::default(),
             };
             let module = Module::default();
             shared
@@ -267,14 +277,20 @@ impl Mesh {
                 module: module.clone(),
                 shared: shared.clone(),
             };
-            let smo = Negotiator::new(
-                &config,
-                remote,
-                flows.clone(),
-                Store::open(&config.state_dir).expect("store"),
-                Clock::tokio(0),
-            )
-            .expect("negotiator");
+            let store = Store::open(&config.state_dir).expect("store");
+            if i == 0 {
+                // The service runs here from the start: in the database, its direct path in.
+                store
+                    .put_service(&smo::store::HostedService {
+                        module_id: "module-1".into(),
+                        service: service(),
+                    })
+                    .expect("seed");
+                let at = ServiceAt::of(&service()).expect("a MAC");
+                flows.seed(&rules::direct_path(&EdgePorts::testbed(), &at));
+            }
+            let smo = Negotiator::new(&config, remote, flows.clone(), store, Clock::tokio(0))
+                .expect("negotiator");
             let addr = module_addr(i);
             smo.register(ServiceModuleRegistration {
                 relocation_type: RelocationType::Test,
@@ -576,7 +592,7 @@ async fn a_handover_back_before_execute_cancels_the_relocation() {
     );
     assert_eq!(mesh.service_at(), dnai('x'));
     assert!(
-        x.flows.installed().is_empty(),
+        trombones(x).is_empty(),
         "X withdrew its trombone: {}",
         mesh.dump()
     );
@@ -668,5 +684,218 @@ async fn ping_pongs_at_any_pace_end_with_the_service_where_the_ue_is() {
             sources.len(),
             sources.iter().filter(|r| r.control.cancelled).count()
         );
+    }
+}
+
+// ----- the reconciler -----
+
+/// The SMO's reconciler patience (the default config): past it a service is judged.
+const SETTLE: Duration = Duration::from_millis(2_000);
+
+/// SMO cookies of relocations (trombones) on a site's switch.
+fn trombones(site: &Site) -> Vec<String> {
+    site.flows
+        .installed()
+        .into_iter()
+        .filter(|r| smo::routing::rules::is_relocation_cookie(r.cookie))
+        .map(|r| r.to_ofctl())
+        .collect()
+}
+
+fn corrections(c: &[smo::core::reconcile::Correction]) -> Vec<&'static str> {
+    c.iter().map(|c| c.action()).collect()
+}
+
+/// The brief's crash: edge Y kept its trombone and nobody installed the new path (the target's
+/// record says COMPLETED all the same). The UE's packets trombone to X, where the service is not:
+/// Y's reconciler swaps the trombone for the direct path.
+#[tokio::test(start_paused = true)]
+async fn the_reconciler_swaps_a_left_over_trombone_for_the_new_path() {
+    let mesh = Mesh::new(&['x', 'y']);
+    let y = mesh.site('y');
+    let id = mesh.hand_over('y')[0].clone();
+    mesh.settle().await;
+    let at = ServiceAt::of(&service()).expect("a MAC");
+    let cookie = smo::core::cookie_for(&id);
+    let mut broken = rules::trombone_target(cookie, &EdgePorts::testbed(), at.ip, at.mac, UE);
+    broken.delete.push(smo::routing::CookieDelete {
+        cookie: rules::service_cookie(at.ip),
+    });
+    y.flows.seed(&broken);
+    let unreachable =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| mesh.check_reachable()));
+    assert!(unreachable.is_err(), "the verdict sees the broken path");
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(
+        corrections(&y.smo.reconcile().await),
+        ["install_direct_path", "remove_trombone"]
+    );
+    mesh.check_reachable();
+    assert!(trombones(y).is_empty());
+    assert_eq!(
+        corrections(&y.smo.reconcile().await),
+        Vec::<&str>::new(),
+        "nothing more to do"
+    );
+    let (runs, tally) = y.smo.reconciler_counts();
+    assert_eq!(runs, 2);
+    assert_eq!(tally.corrections.get("install_direct_path"), Some(&1));
+    assert_eq!(tally.corrections.get("remove_trombone"), Some(&1));
+}
+
+/// A relocation FAILED (the target's restore failed): the trombone is the path and stays. The UE
+/// goes back to A without a relocation (nothing to move): both halves are now stale and each
+/// SMO's reconciler removes its own; later the UE goes to B again and its notification is lost:
+/// the reconciler moves the service, once the failure's backoff has passed.
+#[tokio::test(start_paused = true)]
+async fn the_reconciler_removes_a_stale_trombone_and_moves_a_misplaced_service() {
+    let mesh = Mesh::new(&['x', 'y']);
+    let (x, y) = (mesh.site('x'), mesh.site('y'));
+    x.module.lock().refuse = true;
+    let first = mesh.hand_over('y')[0].clone();
+    mesh.settle().await;
+    assert_eq!(
+        x.smo.relocation(&first).map(|r| r.state),
+        Some(RelocationState::Failed)
+    );
+    mesh.check_reachable();
+    tokio::time::sleep(SETTLE).await;
+    for s in [x, y] {
+        assert_eq!(
+            corrections(&s.smo.reconcile().await),
+            Vec::<&str>::new(),
+            "{}: the trombone is the path",
+            s.dnai
+        );
+    }
+
+    mesh.hand_over('x');
+    mesh.settle().await;
+    assert!(!trombones(x).is_empty() && !trombones(y).is_empty());
+    tokio::time::sleep(SETTLE).await;
+    assert_eq!(corrections(&x.smo.reconcile().await), ["remove_trombone"]);
+    assert_eq!(corrections(&y.smo.reconcile().await), ["remove_trombone"]);
+    assert!(
+        trombones(x).is_empty() && trombones(y).is_empty(),
+        "{}",
+        mesh.dump()
+    );
+    mesh.check_reachable();
+
+    // To B again, the SMF's notification lost: only the LR knows. Within the failure's backoff
+    // (10 s) the trombone comes back (X's half, and Y's), so the UE reaches the service; after
+    // it, the service moves.
+    x.module.lock().refuse = false;
+    mesh.shared.lr.lock().expect("lr").insert(UE, dnai('y'));
+    assert_eq!(corrections(&x.smo.reconcile().await), ["install_trombone"]);
+    assert_eq!(corrections(&y.smo.reconcile().await), ["install_trombone"]);
+    mesh.check_reachable();
+    tokio::time::sleep(ms(10_000)).await;
+    let c = x.smo.reconcile().await;
+    assert_eq!(corrections(&c), ["start_relocation"], "the backoff is over");
+    mesh.settle().await;
+    assert_eq!(mesh.service_at(), dnai('y'));
+    mesh.check_reachable();
+    let last = x
+        .smo
+        .relocations()
+        .into_iter()
+        .last()
+        .expect("the reconciler's relocation");
+    assert_eq!(last.control.trigger, RelocationTrigger::Reconciler);
+    assert_eq!(last.state, RelocationState::Completed);
+}
+
+/// A failed relocation is not retried before its backoff, and retries back off.
+#[tokio::test(start_paused = true)]
+async fn the_reconciler_retries_a_failed_relocation_after_a_growing_backoff() {
+    let mesh = Mesh::new(&['x', 'y']);
+    let x = mesh.site('x');
+    x.module.lock().refuse = true;
+    mesh.hand_over('y');
+    mesh.settle().await;
+    let handle = x.smo.spawn_reconciler(ms(1_000));
+    // Failures at ~0 s, then retries 10 s and 20 s after each failure: three in 40 s.
+    tokio::time::sleep(ms(40_000)).await;
+    let tries = x.module.lock().executed;
+    assert_eq!(tries, 3, "{}", mesh.dump());
+    x.module.lock().refuse = false;
+    tokio::time::sleep(ms(45_000)).await;
+    handle.abort();
+    mesh.settle().await;
+    assert_eq!(
+        mesh.service_at(),
+        dnai('y'),
+        "the fourth try, 40 s after the third"
+    );
+    mesh.check_reachable();
+}
+
+/// Ten ping-pongs with every SMO's reconciler running: in the end the service is where the UE
+/// is, every record final, and no trombone or stray direct path is left anywhere.
+#[tokio::test(start_paused = true)]
+async fn after_ping_pongs_the_reconcilers_leave_only_the_services_path() {
+    for gap_ms in [50, 120, 300] {
+        let mesh = Mesh::new(&['x', 'y']);
+        mesh.site('y').flows.set_delay(ms(20));
+        let handles: Vec<_> = mesh
+            .sites
+            .iter()
+            .map(|s| s.smo.spawn_reconciler(ms(1_000)))
+            .collect();
+        let mut to = 'y';
+        for _ in 0..10 {
+            mesh.hand_over(to);
+            tokio::time::sleep(ms(gap_ms)).await;
+            to = if to == 'y' { 'x' } else { 'y' };
+        }
+        mesh.settle().await;
+        tokio::time::sleep(SETTLE + ms(2_000)).await;
+        mesh.settle().await;
+        for h in handles {
+            h.abort();
+        }
+        let ue_at = mesh
+            .shared
+            .lr
+            .lock()
+            .expect("lr")
+            .get(&UE)
+            .cloned()
+            .expect("UE");
+        assert_eq!(mesh.service_at(), ue_at, "gap {gap_ms}: {}", mesh.dump());
+        mesh.check_reachable();
+        for s in &mesh.sites {
+            assert!(trombones(s).is_empty(), "gap {gap_ms}: {}", mesh.dump());
+            let paths = s.flows.installed().len();
+            let want = if s.dnai == ue_at { 2 } else { 0 };
+            assert_eq!(
+                paths,
+                want,
+                "gap {gap_ms}: only the direct path, where the service is: {}",
+                mesh.dump()
+            );
+            for r in s.smo.relocations() {
+                assert_ne!(r.state, RelocationState::Running);
+            }
+        }
+        let cancelled = mesh
+            .records(RelocationRole::Source)
+            .iter()
+            .filter(|r| r.control.cancelled)
+            .count();
+        let fixed: u64 = mesh
+            .sites
+            .iter()
+            .map(|s| {
+                s.smo
+                    .reconciler_counts()
+                    .1
+                    .corrections
+                    .values()
+                    .sum::<u64>()
+            })
+            .sum();
+        eprintln!("gap {gap_ms} ms: {cancelled} cancelled, {fixed} reconciler corrections");
     }
 }

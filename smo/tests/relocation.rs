@@ -119,6 +119,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         capacity,
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: TIMEOUTS,
+        reconcile: Default::default(),
     }
 }
 

@@ -385,6 +385,7 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 capacity: smo::config::default_capacity(),
                 state_dir: plan.state_dir.join(&name),
                 timeouts: Timeouts::default(),
+                reconcile: Default::default(),
             };
             (sw.node.clone(), cfg)
         })

@@ -2,8 +2,9 @@
 //!
 //! Opens the store, connects to the edge's Open vSwitch bridge (a missing bridge is only a
 //! warning: the programmer connects again on first use), serves the API, resumes interrupted
-//! relocations, subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best
-//! effort) and stops.
+//! relocations, starts the reconciler (a round at once, then every `reconcile.period_ms`),
+//! subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best effort) and
+//! stops.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -76,6 +77,10 @@ async fn run(
     if resumed > 0 {
         tracing::info!(resumed, "resuming relocations of the previous run");
     }
+    let reconciler = (config.reconcile.period_ms > 0).then(|| {
+        tracing::info!(period_ms = config.reconcile.period_ms, "reconciler running");
+        negotiator.spawn_reconciler(Duration::from_millis(config.reconcile.period_ms))
+    });
 
     let smf = sbi::Client::new(config.token.clone(), SMF_TIMEOUT);
     let subscription = match &config.smf_url {
@@ -115,6 +120,9 @@ async fn run(
                 tracing::warn!(%location, error = %sbi::error_chain(&e), "cannot unsubscribe")
             }
         }
+    }
+    if let Some(r) = reconciler {
+        r.abort();
     }
     let _ = stop_server.send(());
     server.await??;

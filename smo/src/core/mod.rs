@@ -17,6 +17,7 @@
 //! before with the same answer, so every phase message is idempotent.
 
 pub mod hints;
+pub mod reconcile;
 pub mod source;
 pub mod target;
 

@@ -53,6 +53,20 @@ impl FakeProgrammer {
         self.lock().failures.push(label_contains.to_owned());
     }
 
+    /// Puts `set` on the switch as someone else would (`ovs-ofctl`): no delay, no injected
+    /// failure, not recorded among the sets applied.
+    pub fn seed(&self, set: &FlowSet) {
+        let mut st = self.lock();
+        for d in &set.delete {
+            st.installed.retain(|r| r.cookie != d.cookie);
+        }
+        for r in &set.add {
+            st.installed
+                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
+            st.installed.push(r.clone());
+        }
+    }
+
     /// The sets applied successfully, in order.
     pub fn applied(&self) -> Vec<FlowSet> {
         self.lock().applied.clone()

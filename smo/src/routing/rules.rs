@@ -280,36 +280,54 @@ pub fn arp_announce(svc_ip: Ipv4Addr, svc_mac: Mac) -> Vec<u8> {
 /// The service now runs at the target: replace the trombone by the direct path from the site to
 /// the service's port, IPv4 and ARP alike.
 pub fn new_path_target(relocation_cookie: u64, ports: &EdgePorts, svc: &ServiceAt) -> FlowSet {
-    let cookie = service_cookie(svc.ip);
     FlowSet {
         label: "new-path-target".into(),
         delete: vec![CookieDelete {
             cookie: relocation_cookie,
         }],
-        add: vec![
-            rule(
-                cookie,
-                SERVICE_PRIORITY,
-                FlowMatch {
-                    in_port: Some(ports.n6.clone()),
-                    ipv4_dst: Some(svc.ip),
-                    ..ipv4()
-                },
-                vec![FlowAction::Output(svc.port.clone())],
-            ),
-            rule(
-                cookie,
-                SERVICE_PRIORITY,
-                FlowMatch {
-                    in_port: Some(ports.n6.clone()),
-                    arp_tpa: Some(svc.ip),
-                    ..arp()
-                },
-                vec![FlowAction::Output(svc.port.clone())],
-            ),
-        ],
+        add: direct_path_rules(ports, svc),
         packets: Vec::new(),
     }
+}
+
+/// A service's direct path at the edge it runs at, as one set that replaces whatever its cookie
+/// holds there (the reconciler's repair).
+pub fn direct_path(ports: &EdgePorts, svc: &ServiceAt) -> FlowSet {
+    FlowSet {
+        label: "direct-path".into(),
+        delete: vec![CookieDelete {
+            cookie: service_cookie(svc.ip),
+        }],
+        add: direct_path_rules(ports, svc),
+        packets: Vec::new(),
+    }
+}
+
+/// The direct path: from the site to the service's port, IPv4 and ARP alike.
+pub fn direct_path_rules(ports: &EdgePorts, svc: &ServiceAt) -> Vec<FlowRule> {
+    let cookie = service_cookie(svc.ip);
+    vec![
+        rule(
+            cookie,
+            SERVICE_PRIORITY,
+            FlowMatch {
+                in_port: Some(ports.n6.clone()),
+                ipv4_dst: Some(svc.ip),
+                ..ipv4()
+            },
+            vec![FlowAction::Output(svc.port.clone())],
+        ),
+        rule(
+            cookie,
+            SERVICE_PRIORITY,
+            FlowMatch {
+                in_port: Some(ports.n6.clone()),
+                arp_tpa: Some(svc.ip),
+                ..arp()
+            },
+            vec![FlowAction::Output(svc.port.clone())],
+        ),
+    ]
 }
 
 /// Removes every flow of one relocation (its trombone), on either side: a cancelled

@@ -6,6 +6,7 @@
 
 use crate::config::{SmoConfig, Timeouts};
 use crate::core::hints::{Hint, Hints, Queued};
+use crate::core::reconcile::{Ended, Policy};
 use crate::core::{
     candidates_for, ExecuteFailure, Local, SourceCommand, SourceEvent, SourceRelocation,
     SourceStart, TargetContext, TargetEffect, TargetRelocation, TargetStep,
@@ -26,6 +27,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+mod reconcile;
 
 /// What the SMO asks of other processes (peer SMOs, its service modules): [`crate::http::HttpRemote`]
 /// in production, fakes in tests. (Named apart from `svcmod::Backend`, a module's migration
@@ -142,6 +145,9 @@ struct Db {
     /// Cancellations asked for, by relocation id, with their cause (the driver applies them
     /// between steps while the relocation can still be cancelled).
     cancels: BTreeMap<String, String>,
+    /// Per service id, how its relocations here ended lately (the reconciler's settle time and
+    /// retry backoff; not persisted: after a restart nothing waits).
+    ended: BTreeMap<String, Ended>,
 }
 
 impl Db {
@@ -178,6 +184,19 @@ struct Counters {
     cancelled: AtomicU64,
     /// Hints taken after a relocation ended and re-evaluated against the LR.
     reevaluated: AtomicU64,
+    /// Reconciler rounds, corrections by action, errors by what failed.
+    reconciler_runs: AtomicU64,
+    reconciler: Mutex<ReconcilerTally>,
+}
+
+/// What the reconciler corrected, and what it could not observe or correct.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcilerTally {
+    /// By [`Correction::action`].
+    pub corrections: BTreeMap<&'static str, u64>,
+    /// By what failed: `switch` (reading the flows), `module` (GetServices), `lr`, `apply` (a
+    /// correction's flows).
+    pub errors: BTreeMap<&'static str, u64>,
 }
 
 /// What the negotiator did with notifications so far.
@@ -193,6 +212,8 @@ pub struct NotificationCounts {
 struct Inner<R, F> {
     local: Local,
     peers: Vec<PeerInfo>,
+    /// The reconciler's patience.
+    policy: Policy,
     capacity: ResourceRequirements,
     timeouts: Timeouts,
     remote: R,
@@ -304,6 +325,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                     ports: config.ports.clone(),
                 },
                 peers: config.peers.clone(),
+                policy: config.reconcile.policy(),
                 capacity: config.capacity,
                 timeouts: config.timeouts,
                 remote,
@@ -490,6 +512,22 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         };
         if let Some((m, cmds)) = begun {
             self.drive(m, cmds).await;
+        }
+    }
+
+    /// Notes that a relocation of `service_id` ended now: for a source one (`source`), whether it
+    /// failed in a row with earlier ones.
+    fn ended(&self, service_id: &str, source: Option<&RelocationRecord>) {
+        let now = self.inner.clock.now_us();
+        let mut db = self.db();
+        let e = db.ended.entry(service_id.to_owned()).or_default();
+        e.at_us = now;
+        if let Some(r) = source {
+            match r.state {
+                RelocationState::Completed => e.failures = 0,
+                RelocationState::Failed if !r.control.cancelled => e.failures += 1,
+                _ => {}
+            }
         }
     }
 
@@ -688,6 +726,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             cause = ?r.cause,
             "relocation ended"
         );
+        self.ended(&r.service.service_id, Some(r));
         self.after_relocation();
     }
 
@@ -768,6 +807,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         let answer = self.target_step(&mut m, step).await;
         self.save_target(&m);
         if m.is_done() {
+            self.ended(&m.record().service.service_id, None);
             self.after_relocation();
         }
         answer
@@ -859,15 +899,26 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
 
     // ----- service-mobility API (service modules) -----
 
-    /// Registers a module; its id.
+    /// Registers a module; its id. A module that registers again with the same `notifAddress`
+    /// (it was killed and came back without de-registering) gets its old id and its new
+    /// registration: one module, not a live one and a dead one.
     pub fn register(
         &self,
         reg: ServiceModuleRegistration,
     ) -> Result<ServiceModule, NegotiatorError> {
         check_registration(&reg)?;
-        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let known = self
+            .db()
+            .modules
+            .values()
+            .find(|m| m.registration.notif_address == reg.notif_address)
+            .map(|m| m.module_id.clone());
+        let module_id = known.unwrap_or_else(|| {
+            let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            format!("module-{seq}")
+        });
         let m = ServiceModule {
-            module_id: format!("module-{seq}"),
+            module_id,
             registration: reg,
         };
         self.inner.store.put_module(&m)?;
@@ -963,6 +1014,17 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             cancelled: c.cancelled.load(Ordering::Relaxed),
             reevaluated: c.reevaluated.load(Ordering::Relaxed),
         }
+    }
+
+    /// Reconciler rounds so far, and what they corrected or could not.
+    pub fn reconciler_counts(&self) -> (u64, ReconcilerTally) {
+        let c = &self.inner.counters;
+        let tally = c
+            .reconciler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (c.reconciler_runs.load(Ordering::Relaxed), tally)
     }
 
     /// UEs with a notification queued behind a running relocation.
