@@ -117,6 +117,9 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>) -> SmoConfig {
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: Timeouts::default(),
         reconcile: Default::default(),
+        callback_networks: vec!["10.100.1.0/24"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("a network"))],
     }
 }
 

@@ -30,6 +30,7 @@ use model::smo::{
 };
 use sbi::{ApiError, Json};
 
+use crate::config::BadCallback;
 use crate::events::{self, InvalidNotification};
 use crate::metrics;
 use crate::negotiator::{Negotiator, NegotiatorError, Remote};
@@ -127,15 +128,8 @@ enum Failure {
     BadPath(PathRejection),
     BadRelocationId(String),
     NoRelocation(String),
+    BadCallback(BadCallback),
 }
-
-/// Fields of a registration, as [`NegotiatorError::Invalid`] names them first in its text.
-const REGISTRATION_FIELDS: [&str; 4] = [
-    "getServiceNotifUri",
-    "servedServiceNotifUri",
-    "executeNotifUri",
-    "notifAddress",
-];
 
 fn with_cause(status: StatusCode, cause: &str, detail: String) -> ApiError {
     let ApiError(p) = ApiError::status(status, detail);
@@ -148,15 +142,14 @@ fn problem(f: Failure) -> ApiError {
         Failure::Negotiator(NegotiatorError::NoModule(id)) => {
             ApiError::not_found(format!("no service module `{id}`"))
         }
-        Failure::Negotiator(NegotiatorError::Invalid(detail)) => {
-            let params = REGISTRATION_FIELDS
-                .iter()
-                .find(|f| detail.starts_with(**f))
-                .map(|f| vec![InvalidParam::new(format!("/{f}"), detail.clone())])
-                .unwrap_or_default();
+        Failure::Negotiator(NegotiatorError::Invalid(bad)) | Failure::BadCallback(bad) => {
+            let detail = bad.to_string();
             ApiError(
-                ProblemDetails::bad_request(detail, params)
-                    .with_cause(cause::MANDATORY_IE_INCORRECT),
+                ProblemDetails::bad_request(
+                    detail,
+                    vec![InvalidParam::new(format!("/{}", bad.field), bad.reason)],
+                )
+                .with_cause(cause::MANDATORY_IE_INCORRECT),
             )
         }
         Failure::Negotiator(NegotiatorError::NoTargetRelocation(id)) => {
@@ -261,6 +254,10 @@ async fn peer_message<R: Remote, F: FlowProgrammer>(
     Json(msg): Json<PeerRelocationMessage>,
 ) -> Result<Json<PeerRelocationAnswer>, ApiError> {
     check_relocation_id(&msg.relocation_id).map_err(Failure::BadRelocationId)?;
+    api.negotiator
+        .callbacks()
+        .check("notifUri", &msg.notif_uri)
+        .map_err(Failure::BadCallback)?;
     let answer = api.negotiator.on_peer_message(&msg).await;
     tracing::info!(
         relocation = %msg.relocation_id,

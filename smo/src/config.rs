@@ -2,6 +2,7 @@
 
 use crate::core::reconcile::Policy;
 use crate::routing::rules::EdgePorts;
+use ipnet::Ipv4Net;
 use model::common::Dnai;
 use model::smo::{PeerInfo, ResourceRequirements};
 use serde::{Deserialize, Serialize};
@@ -119,6 +120,12 @@ pub struct SmoConfig {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub reconcile: ReconcileConfig,
+    /// The deployment's networks: a callback URI the SMO is given (a module registration's
+    /// `getServiceNotifUri`, `servedServiceNotifUri`, `executeNotifUri`; a peer message's
+    /// `notifUri`) must name an IPv4 address inside one of them. Default: the /24 of
+    /// `api_addr` (the SMO's own SBI network).
+    #[serde(default)]
+    pub callback_networks: Vec<Ipv4Net>,
 }
 
 /// What an edge can host when the config names no capacity.
@@ -134,5 +141,123 @@ impl SmoConfig {
     /// Base URL of this SMO's API.
     pub fn api_root(&self) -> String {
         format!("http://{}", self.api_addr)
+    }
+
+    /// Where callbacks may point: `callback_networks`, or the /24 of `api_addr`.
+    pub fn callbacks(&self) -> CallbackNetworks {
+        if self.callback_networks.is_empty() {
+            let sbi = Ipv4Net::new(*self.api_addr.ip(), 24)
+                .map(|n| n.trunc())
+                .unwrap_or_else(|_| unreachable!("24 is a valid IPv4 prefix length"));
+            return CallbackNetworks(vec![sbi]);
+        }
+        CallbackNetworks(self.callback_networks.clone())
+    }
+}
+
+/// The networks a callback URI may point into (see [`SmoConfig::callback_networks`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallbackNetworks(pub Vec<Ipv4Net>);
+
+/// A callback URI the SMO refuses, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct BadCallback {
+    /// The field, as the API spells it (e.g. `executeNotifUri`).
+    pub field: &'static str,
+    pub reason: String,
+}
+
+impl CallbackNetworks {
+    /// `uri`, the value of `field`: an `http://` or `https://` URI whose host is an IPv4 address
+    /// inside one of the networks (a name would have to be resolved first, and could resolve
+    /// anywhere).
+    pub fn check(&self, field: &'static str, uri: &str) -> Result<(), BadCallback> {
+        let bad = |reason: String| BadCallback { field, reason };
+        let url =
+            reqwest::Url::parse(uri).map_err(|e| bad(format!("`{uri}` is not a URI: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "must be an http:// or https:// URI, got `{uri}`"
+            )));
+        }
+        let ip = match url.host_str().map(str::parse::<std::net::Ipv4Addr>) {
+            Some(Ok(ip)) => ip,
+            _ => {
+                return Err(bad(format!(
+                    "the host of `{uri}` must be an IPv4 address in the deployment's networks ({})",
+                    self.list()
+                )))
+            }
+        };
+        if !self.0.iter().any(|n| n.contains(&ip)) {
+            return Err(bad(format!(
+                "{ip} is outside the deployment's networks ({})",
+                self.list()
+            )));
+        }
+        Ok(())
+    }
+
+    fn list(&self) -> String {
+        self.0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(list: &[&str]) -> CallbackNetworks {
+        CallbackNetworks(list.iter().map(|n| n.parse().expect("a network")).collect())
+    }
+
+    #[test]
+    fn callbacks_must_point_into_the_deployments_networks() {
+        let n = nets(&["10.100.0.0/24", "10.0.1.0/24"]);
+        assert_eq!(
+            n.check(
+                "executeNotifUri",
+                "http://10.100.0.41:9100/svcmod/v1/execute"
+            ),
+            Ok(())
+        );
+        assert_eq!(n.check("notifUri", "https://10.0.1.2/x"), Ok(()));
+        for (uri, why) in [
+            (
+                "http://192.0.2.7:80/steal",
+                "192.0.2.7 is outside the deployment's networks (10.100.0.0/24, 10.0.1.0/24)",
+            ),
+            ("http://example.invalid/x", "must be an IPv4 address"),
+            ("http://[::1]:9100/x", "must be an IPv4 address"),
+            ("ftp://10.100.0.41/x", "http:// or https://"),
+            ("not a uri", "is not a URI"),
+        ] {
+            let e = n.check("getServiceNotifUri", uri).expect_err(uri);
+            assert_eq!(e.field, "getServiceNotifUri");
+            assert!(e.reason.contains(why), "{uri}: {e}");
+        }
+    }
+
+    #[test]
+    fn without_networks_the_smos_own_sbi_24_is_the_default() {
+        let json = serde_json::json!({
+            "smo_id": "smo-x", "dnai": "edge-x", "api_addr": "10.100.0.41:8090", "token": null,
+            "smf_url": null, "ovs_mgmt": "/x", "ports": {"backhaul": "bh", "n6": "n6"},
+            "state_dir": "/tmp/x"
+        });
+        let c: SmoConfig = serde_json::from_value(json).expect("a minimal config");
+        assert_eq!(c.callbacks(), nets(&["10.100.0.0/24"]));
+        assert_eq!(c.reconcile, ReconcileConfig::default());
+        assert_eq!(c.lr_url, None);
+        let with = SmoConfig {
+            callback_networks: vec!["10.0.1.0/24".parse().expect("net")],
+            ..c
+        };
+        assert_eq!(with.callbacks(), nets(&["10.0.1.0/24"]));
     }
 }

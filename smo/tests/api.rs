@@ -81,6 +81,7 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         state_dir: "/nonexistent/state".into(),
         timeouts: Timeouts::default(),
         reconcile: Default::default(),
+        callback_networks: Vec::new(),
     }
 }
 
@@ -733,6 +734,25 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
     let p = check(&post(&modules, &ftp).await, "getServiceNotifUri");
     assert_eq!(p["invalidParams"][0]["param"], "/getServiceNotifUri");
     assert_eq!(p["cause"], "MANDATORY_IE_INCORRECT");
+    // A callback outside the deployment's networks (here: the SMO's own /24, 127.0.0.0/24).
+    for field in [
+        "getServiceNotifUri",
+        "servedServiceNotifUri",
+        "executeNotifUri",
+    ] {
+        let mut outside = registration_json();
+        outside[field] = json!("http://192.0.2.7:80/anywhere");
+        let p = check(
+            &post(&modules, &outside).await,
+            "outside the deployment's networks",
+        );
+        assert_eq!(p["invalidParams"][0]["param"], format!("/{field}"), "{p}");
+        assert_eq!(p["cause"], "MANDATORY_IE_INCORRECT");
+        let mut named = registration_json();
+        named[field] = json!("http://module.example/anywhere");
+        let p = check(&post(&modules, &named).await, "must be an IPv4 address");
+        assert_eq!(p["invalidParams"][0]["param"], format!("/{field}"), "{p}");
+    }
     // The same for an update of a registered module.
     let m: ServiceModule = post(&modules, &registration_json()).await.parse();
     let a = call(
@@ -759,6 +779,15 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
         let p = check(&post(&peer, &peer_message_json(id)).await, why);
         assert_eq!(p["invalidParams"][0]["param"], "/relocationId", "{p}");
     }
+    // A peer message whose notifUri points outside the deployment's networks.
+    let mut outside = peer_message_json("smo-x-1");
+    outside["notifUri"] = json!("http://198.51.100.9:8090/smo-peer/v1/relocations/smo-x-1");
+    let p = check(&post(&peer, &outside).await, "198.51.100.9 is outside");
+    assert_eq!(p["invalidParams"][0]["param"], "/notifUri", "{p}");
+    assert!(
+        x.negotiator.relocation("smo-x-1").is_none(),
+        "a refused message changes nothing"
+    );
     let mut unknown = peer_message_json("smo-x-1");
     unknown["extra"] = json!(true);
     check(&post(&peer, &unknown).await, "extra");

@@ -265,6 +265,7 @@ impl Mesh {
                 state_dir: dir.0.join(e.to_string()),
                 timeouts: TIMEOUTS,
                 reconcile: Default::default(),
+                callback_networks: vec!["10.0.1.0/24".parse().expect("net")],
             };
             let module = Module::default();
             shared

@@ -120,6 +120,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: TIMEOUTS,
         reconcile: Default::default(),
+        callback_networks: vec!["10.100.0.0/16".parse().expect("net")],
     }
 }
 

@@ -386,6 +386,14 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 state_dir: plan.state_dir.join(&name),
                 timeouts: Timeouts::default(),
                 reconcile: Default::default(),
+                // Module callbacks and peers are on the SBI segment, modules' migration
+                // addresses on the backhaul.
+                callback_networks: plan
+                    .segments
+                    .iter()
+                    .filter(|seg| seg.name == "sbi" || seg.name == "bh")
+                    .map(|seg| seg.subnet)
+                    .collect(),
             };
             (sw.node.clone(), cfg)
         })

@@ -4,7 +4,7 @@
 //! [`Remote`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
 //! persisting every step in the [`Store`].
 
-use crate::config::{SmoConfig, Timeouts};
+use crate::config::{BadCallback, CallbackNetworks, SmoConfig, Timeouts};
 use crate::core::hints::{Hint, Hints, Queued};
 use crate::core::reconcile::{Ended, Policy};
 use crate::core::{
@@ -102,8 +102,10 @@ impl Clock {
 pub enum NegotiatorError {
     #[error("no service module `{0}`")]
     NoModule(String),
+    /// A field of the request the SMO will not use (a callback outside the deployment's
+    /// networks, an unusable address).
     #[error("bad request: {0}")]
-    Invalid(String),
+    Invalid(#[from] BadCallback),
     #[error("no relocation `{0}` with this SMO as its target")]
     NoTargetRelocation(String),
     /// The request does not fit the relocation's state (nothing changed).
@@ -214,6 +216,8 @@ struct Inner<R, F> {
     peers: Vec<PeerInfo>,
     /// The reconciler's patience.
     policy: Policy,
+    /// Where callback URIs may point.
+    callbacks: CallbackNetworks,
     capacity: ResourceRequirements,
     timeouts: Timeouts,
     remote: R,
@@ -326,6 +330,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                 },
                 peers: config.peers.clone(),
                 policy: config.reconcile.policy(),
+                callbacks: config.callbacks(),
                 capacity: config.capacity,
                 timeouts: config.timeouts,
                 remote,
@@ -347,6 +352,11 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where callback URIs may point (the API checks a peer message's `notifUri` against it).
+    pub fn callbacks(&self) -> &CallbackNetworks {
+        &self.inner.callbacks
     }
 
     /// This SMO's id.
@@ -906,7 +916,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         &self,
         reg: ServiceModuleRegistration,
     ) -> Result<ServiceModule, NegotiatorError> {
-        check_registration(&reg)?;
+        check_registration(&reg, &self.inner.callbacks)?;
         let known = self
             .db()
             .modules
@@ -932,7 +942,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         id: &str,
         reg: ServiceModuleRegistration,
     ) -> Result<ServiceModule, NegotiatorError> {
-        check_registration(&reg)?;
+        check_registration(&reg, &self.inner.callbacks)?;
         if !self.db().modules.contains_key(id) {
             return Err(NegotiatorError::NoModule(id.into()));
         }
@@ -1097,23 +1107,24 @@ fn refuse(msg: &PeerRelocationMessage, cause: &str) -> PeerRelocationAnswer {
     }
 }
 
-fn check_registration(reg: &ServiceModuleRegistration) -> Result<(), NegotiatorError> {
-    for (name, uri) in [
+/// A registration's callbacks point into the deployment's networks, its address is usable.
+fn check_registration(
+    reg: &ServiceModuleRegistration,
+    callbacks: &CallbackNetworks,
+) -> Result<(), NegotiatorError> {
+    for (field, uri) in [
         ("getServiceNotifUri", &reg.get_service_notif_uri),
         ("servedServiceNotifUri", &reg.served_service_notif_uri),
         ("executeNotifUri", &reg.execute_notif_uri),
     ] {
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.len() < 10 {
-            return Err(NegotiatorError::Invalid(format!(
-                "{name} must be an http:// or https:// URI, got `{uri}`"
-            )));
-        }
+        callbacks.check(field, uri)?;
     }
     if reg.notif_address.ip().is_unspecified() || reg.notif_address.port() == 0 {
-        return Err(NegotiatorError::Invalid(format!(
-            "notifAddress must be a reachable ip:port, got `{}`",
-            reg.notif_address
-        )));
+        return Err(BadCallback {
+            field: "notifAddress",
+            reason: format!("must be a reachable ip:port, got `{}`", reg.notif_address),
+        }
+        .into());
     }
     Ok(())
 }
