@@ -14,6 +14,7 @@
 mod common;
 
 use common::reach::{reaches, Edge};
+use common::{ms, wait_until, TempDir};
 use model::common::{DateTime, Dnai, DnaiChangeType, RouteToLocation};
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification};
 use model::smo::{
@@ -42,10 +43,6 @@ const TIMEOUTS: Timeouts = Timeouts {
 const MIGRATION: Duration = Duration::from_millis(100);
 /// What each flow set takes on every switch.
 const FLOW_DELAY: Duration = Duration::from_millis(1);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 fn service() -> Service {
     Service {
@@ -188,16 +185,6 @@ impl Remote for MeshRemote {
 
 // ----- the mesh -----
 
-/// A temporary directory, removed when dropped.
-#[derive(Debug)]
-struct TempDir(std::path::PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[derive(Debug)]
 struct Site {
     dnai: Dnai,
@@ -231,12 +218,7 @@ impl Mesh {
     /// Edges `edges` (e.g. `['x', 'y']`), every SMO a peer of every other, the service at the
     /// first edge and the UE at its site.
     fn new(edges: &[char]) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = TempDir(std::env::temp_dir().join(format!(
-            "smo-handovers-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        )));
+        let dir = TempDir::new();
         let shared = Shared::default();
         let mut sites = Vec::new();
         for (i, e) in edges.iter().enumerate() {
@@ -262,7 +244,7 @@ impl Mesh {
                 ovs_mgmt: "/nonexistent/br.mgmt".into(),
                 ports: EdgePorts::testbed(),
                 capacity: smo::config::default_capacity(),
-                state_dir: dir.0.join(e.to_string()),
+                state_dir: dir.join(&e.to_string()),
                 timeouts: TIMEOUTS,
                 reconcile: Default::default(),
                 callback_networks: vec!["10.0.1.0/24".parse().expect("net")],
@@ -435,16 +417,6 @@ impl Mesh {
 
 fn phase_of(smo: &Smo, id: &str) -> Option<(RelocationState, Phase)> {
     smo.relocation(id).map(|r| (r.state, r.phase))
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(ms(1)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 // ----- the cases -----

@@ -9,6 +9,9 @@
 //! negotiators over the same state directories, with the same switches and module (separate
 //! processes that survive an SMO restart), and resumes.
 
+mod common;
+
+use common::{ms, wait_until, TempDir};
 use model::common::{DateTime, Dnai, DnaiChangeType, RouteToLocation};
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification};
 use model::smo::{
@@ -57,10 +60,6 @@ const CAPACITY: ResourceRequirements = ResourceRequirements {
 };
 /// Long enough to be "forever" for a test that crashes first.
 const FOREVER: Duration = Duration::from_secs(3600);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// Service `n` (1-based): 20.0.0.(9+n), MAC 02:00:00:00:00:(9+n), port `svc{n}`, serving UE
 /// 192.168.1.(1+n). Service 1 is 20.0.0.10 / 02:00:00:00:00:0a / `svc1` for 192.168.1.2.
@@ -467,34 +466,6 @@ impl Remote for FakeRemote {
                 std::future::pending().await
             }
         }
-    }
-}
-
-/// A state directory per test, removed at the end.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "smo-relocation-{}-{n}-{}",
-            std::process::id(),
-            model::ran::unix_now_us()
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -2032,16 +2003,6 @@ async fn target_replays_repeated_phases_and_refuses_others_over_the_peer_protoco
 }
 
 // ----- SMO restarts -----
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(ms(1)).await;
-    }
-    panic!("never happened: {what}");
-}
 
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()

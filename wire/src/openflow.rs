@@ -1458,12 +1458,12 @@ mod tests {
         assert_eq!(Header::parse(&b[24..]).map(|h| h.xid), Ok(0x77));
     }
 
-    #[test]
-    fn an_arp_responder_encodes_in_prerequisite_order() {
-        // priority=200,in_port=2,arp,arp_op=1,arp_tpa=20.0.0.10, seven set-fields, IN_PORT.
+    /// The trombone's ARP responder: priority=200,in_port=2,arp,arp_op=1,arp_tpa=20.0.0.10, seven
+    /// set-fields, IN_PORT.
+    fn arp_responder() -> FlowMod {
         let svc = Ipv4Addr::new(20, 0, 0, 10);
         let (svc_mac, gw_mac) = ([2, 0x20, 0, 0, 0, 0x0a], [2, 0x14, 0, 0, 0, 1]);
-        let fm = FlowMod::add(
+        FlowMod::add(
             0x534d_4f52_0000_0001,
             200,
             vec![
@@ -1482,7 +1482,12 @@ mod tests {
                 Action::SetField(Oxm::ArpTpa(Ipv4Addr::new(20, 0, 0, 1))),
                 Action::Output(OFPP_IN_PORT),
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn an_arp_responder_encodes_in_prerequisite_order() {
+        let fm = arp_responder();
         // 48 fixed + match (4 + 8 + 6 + 6 + 8 = 32) + instruction 8 + 7 set-fields × 16 + output 16.
         assert_eq!(fm.encoded_len(), 48 + 32 + 8 + 7 * 16 + 16);
         let b = bytes(|o| fm.emit(o, 1));
@@ -1575,22 +1580,7 @@ mod tests {
 
     #[test]
     fn flow_stats_read_back_what_a_flow_mod_wrote() {
-        let responder = FlowMod::add(
-            0x534d_4f52_0000_0001,
-            200,
-            vec![
-                Oxm::InPort(2),
-                Oxm::EthType(0x0806),
-                Oxm::ArpOp(1),
-                Oxm::ArpTpa(Ipv4Addr::new(20, 0, 0, 10)),
-            ],
-            vec![
-                Action::SetField(Oxm::EthDst([2, 0x14, 0, 0, 0, 1])),
-                Action::SetField(Oxm::ArpSha([2, 0x20, 0, 0, 0, 0x0a])),
-                Action::SetField(Oxm::ArpSpa(Ipv4Addr::new(20, 0, 0, 10))),
-                Action::Output(OFPP_IN_PORT),
-            ],
-        );
+        let responder = arp_responder();
         let path = FlowMod::add(
             0x534d_4f53_1400_000a,
             150,

@@ -65,6 +65,22 @@ fn note(record: &mut RelocationRecord, cause: String) {
     });
 }
 
+/// A test module of type TEST registered as `module_id`, migrating to `notif_address`.
+#[cfg(test)]
+fn test_module(module_id: &str, notif_address: &str) -> model::smo::ServiceModule {
+    model::smo::ServiceModule {
+        module_id: module_id.into(),
+        registration: model::smo::ServiceModuleRegistration {
+            relocation_type: model::smo::RelocationType::Test,
+            resource_requirements: Default::default(),
+            get_service_notif_uri: "http://m.invalid/s".into(),
+            served_service_notif_uri: "http://m.invalid/ss".into(),
+            execute_notif_uri: "http://m.invalid/e".into(),
+            notif_address: notif_address.parse().expect("addr"),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

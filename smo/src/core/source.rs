@@ -596,17 +596,7 @@ mod tests {
                 notification: EventNotification::new(SmfEvent::UpPathCh, at),
                 ue: Ipv4Addr::new(192, 168, 1, 2),
                 target_dnai: Dnai::new("edge-y"),
-                module: ServiceModule {
-                    module_id: "module-1".into(),
-                    registration: model::smo::ServiceModuleRegistration {
-                        relocation_type: RelocationType::Test,
-                        resource_requirements: ResourceRequirements::default(),
-                        get_service_notif_uri: "http://m.invalid/s".into(),
-                        served_service_notif_uri: "http://m.invalid/ss".into(),
-                        execute_notif_uri: "http://m.invalid/e".into(),
-                        notif_address: "10.0.1.1:9100".parse().expect("addr"),
-                    },
-                },
+                module: super::super::test_module("module-1", "10.0.1.1:9100"),
                 service: Service {
                     service_id: "svc-1".into(),
                     ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),

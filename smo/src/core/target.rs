@@ -479,16 +479,15 @@ mod tests {
     use model::smo::RelocationType;
 
     fn target_module() -> ServiceModule {
-        ServiceModule {
-            module_id: "module-9".into(),
-            registration: model::smo::ServiceModuleRegistration {
-                relocation_type: RelocationType::Test,
-                resource_requirements: ResourceRequirements::default(),
-                get_service_notif_uri: "http://m.invalid/s".into(),
-                served_service_notif_uri: "http://m.invalid/ss".into(),
-                execute_notif_uri: "http://m.invalid/e".into(),
-                notif_address: "10.0.1.2:9100".parse().expect("addr"),
-            },
+        super::super::test_module("module-9", "10.0.1.2:9100")
+    }
+
+    /// What the target knows: `modules`, room for anything.
+    fn context(modules: &[ServiceModule]) -> TargetContext<'_> {
+        TargetContext {
+            modules,
+            capacity: ResourceRequirements::default(),
+            used: ResourceRequirements::default(),
         }
     }
 
@@ -528,11 +527,7 @@ mod tests {
     /// A target relocation through INITIATE and VALIDATE (and PREPARE when `prepare`).
     fn target(prepare: bool) -> TargetRelocation {
         let modules = [target_module()];
-        let ctx = || TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = || context(&modules);
         let local = Local {
             smo_id: "smo-y".into(),
             dnai: Dnai::new("edge-y"),
@@ -564,11 +559,7 @@ mod tests {
     #[test]
     fn an_arrival_after_prepare_installs_the_new_path_and_execute_only_confirms_it() {
         let modules = [target_module()];
-        let ctx = TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = context(&modules);
         let mut m = target(true);
         let step = m.on_arrival(1_000, "svc-1").expect("may arrive");
         let TargetStep::Apply(set) = step else {
@@ -643,11 +634,7 @@ mod tests {
 
         // After FAILURE (the trombone stays): no arrival.
         let modules = [target_module()];
-        let ctx = TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = context(&modules);
         let step = m.on_message(600, &peer_msg(Phase::Failure), ctx);
         assert!(matches!(step, TargetStep::Apply(s) if s.label == "failure-target"));
         let _ = m.on_flows(610, flows_ok(4, 5));
@@ -660,11 +647,7 @@ mod tests {
     #[test]
     fn when_the_arrivals_flows_fail_execute_applies_them_again() {
         let modules = [target_module()];
-        let ctx = TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = context(&modules);
         let mut m = target(true);
         assert!(matches!(
             m.on_arrival(1_000, "svc-1"),
@@ -686,11 +669,7 @@ mod tests {
         // The module reported the arrival, then failed to resume at the target and rolled back to
         // the source: the source's FAILURE must trombone again, not be refused.
         let modules = [target_module()];
-        let ctx = TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = context(&modules);
         let mut m = target(true);
         assert!(matches!(
             m.on_arrival(1_000, "svc-1"),
@@ -711,11 +690,7 @@ mod tests {
     #[test]
     fn a_repeated_phase_gets_its_first_answer_and_a_failed_one_is_tried_again() {
         let modules = [target_module()];
-        let ctx = TargetContext {
-            modules: &modules,
-            capacity: ResourceRequirements::default(),
-            used: ResourceRequirements::default(),
-        };
+        let ctx = context(&modules);
         let mut m = target(true);
         // EXECUTE's new path fails, COMPLETE's too: each is a FAIL, and nothing is kept.
         let step = m.on_message(1_000, &peer_msg(Phase::Execute), ctx);

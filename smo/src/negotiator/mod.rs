@@ -11,7 +11,7 @@ use crate::core::{
     candidates_for, ExecuteFailure, Local, SourceCommand, SourceEvent, SourceRelocation,
     SourceStart, TargetContext, TargetEffect, TargetRelocation, TargetStep,
 };
-use crate::routing::FlowProgrammer;
+use crate::routing::{FlowProgrammer, FlowReport, FlowSet};
 use crate::store::{HostedService, Store, StoreError, StoredRelocation};
 use model::common::Dnai;
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification, SmfEvent};
@@ -653,16 +653,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                         event = Some(SourceEvent::Peer(r));
                     }
                     SourceCommand::ApplyFlows(set) => {
-                        let r = self
-                            .inner
-                            .flows
-                            .apply(&set)
-                            .await
-                            .map_err(|e| e.to_string());
-                        if let Ok(rep) = &r {
-                            tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
-                        }
-                        event = Some(SourceEvent::Flows(r));
+                        event = Some(SourceEvent::Flows(self.apply_flows(&set).await));
                     }
                     SourceCommand::Execute { module, request } => {
                         let r = tokio::time::timeout(
@@ -738,6 +729,15 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         );
         self.ended(&r.service.service_id, Some(r));
         self.after_relocation();
+    }
+
+    /// Applies a relocation's flow set on this edge's switch, logging what it cost.
+    async fn apply_flows(&self, set: &FlowSet) -> Result<FlowReport, String> {
+        let r = self.inner.flows.apply(set).await.map_err(|e| e.to_string());
+        if let Ok(rep) = &r {
+            tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
+        }
+        r
     }
 
     fn save_source(&self, m: &SourceRelocation) {
@@ -834,15 +834,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             TargetStep::Answer(a) => a,
             TargetStep::Apply(set) => {
                 self.save_target(m);
-                let r = self
-                    .inner
-                    .flows
-                    .apply(&set)
-                    .await
-                    .map_err(|e| e.to_string());
-                if let Ok(rep) = &r {
-                    tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
-                }
+                let r = self.apply_flows(&set).await;
                 let (a, effects) = m.on_flows(self.inner.clock.now_us(), r);
                 for e in effects {
                     match e {

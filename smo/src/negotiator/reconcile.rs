@@ -9,7 +9,9 @@
 //! so a cookie seen on the switch always has its record in the snapshot. A correction for a
 //! service is skipped when a relocation of it started since the snapshot.
 
-use super::{join_all, ms, up_path_event, Entry, Negotiator, Remote, TaskGuard, Trigger};
+use super::{
+    join_all, ms, up_path_event, Entry, Negotiator, ReconcilerTally, Remote, TaskGuard, Trigger,
+};
 use crate::core::reconcile::{decide, Correction, Hosted, Observed};
 use crate::routing::FlowProgrammer;
 use crate::store::HostedService;
@@ -223,22 +225,24 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
     }
 
     fn tally(&self, action: &'static str) {
-        let mut t = self
-            .inner
-            .counters
-            .reconciler
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *t.corrections.entry(action).or_default() += 1;
+        self.count(action, |t| &mut t.corrections);
     }
 
     fn tally_error(&self, what: &'static str) {
+        self.count(what, |t| &mut t.errors);
+    }
+
+    fn count(
+        &self,
+        key: &'static str,
+        table: impl FnOnce(&mut ReconcilerTally) -> &mut BTreeMap<&'static str, u64>,
+    ) {
         let mut t = self
             .inner
             .counters
             .reconciler
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *t.errors.entry(what).or_default() += 1;
+        *table(&mut t).entry(key).or_default() += 1;
     }
 }

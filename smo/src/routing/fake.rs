@@ -28,6 +28,21 @@ struct State {
     delay: Duration,
 }
 
+impl State {
+    /// `set`'s deletions (by cookie), then its additions (each replacing a flow with the same
+    /// priority and match, as OFPFC_ADD does).
+    fn take_effect(&mut self, set: &FlowSet) {
+        for d in &set.delete {
+            self.installed.retain(|r| r.cookie != d.cookie);
+        }
+        for r in &set.add {
+            self.installed
+                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
+            self.installed.push(r.clone());
+        }
+    }
+}
+
 impl FakeProgrammer {
     /// An empty switch that applies sets at once.
     pub fn new() -> Self {
@@ -56,15 +71,7 @@ impl FakeProgrammer {
     /// Puts `set` on the switch as someone else would (`ovs-ofctl`): no delay, no injected
     /// failure, not recorded among the sets applied.
     pub fn seed(&self, set: &FlowSet) {
-        let mut st = self.lock();
-        for d in &set.delete {
-            st.installed.retain(|r| r.cookie != d.cookie);
-        }
-        for r in &set.add {
-            st.installed
-                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
-            st.installed.push(r.clone());
-        }
+        self.lock().take_effect(set);
     }
 
     /// The sets applied successfully, in order.
@@ -136,14 +143,7 @@ impl FlowProgrammer for FakeProgrammer {
                 set.label
             )));
         }
-        for d in &set.delete {
-            st.installed.retain(|r| r.cookie != d.cookie);
-        }
-        for r in &set.add {
-            st.installed
-                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
-            st.installed.push(r.clone());
-        }
+        st.take_effect(set);
         st.packets_out.extend(set.packets.iter().cloned());
         st.applied.push(set.clone());
         Ok(FlowReport {
