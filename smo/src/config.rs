@@ -56,6 +56,10 @@ pub struct ReconcileConfig {
     /// with every further failure up to `retry_max_ms`.
     pub retry_first_ms: u64,
     pub retry_max_ms: u64,
+    /// While a relocation that began less than this ago runs here, rounds are put off: the
+    /// relocation owns what it touches, and a round's GetServices calls and flow dump would only
+    /// add to its times. A relocation stuck for longer holds nothing up.
+    pub defer_ms: u64,
 }
 
 impl Default for ReconcileConfig {
@@ -65,6 +69,7 @@ impl Default for ReconcileConfig {
             settle_ms: 2_000,
             retry_first_ms: 10_000,
             retry_max_ms: 300_000,
+            defer_ms: 30_000,
         }
     }
 }
@@ -76,6 +81,7 @@ impl ReconcileConfig {
             settle_us: self.settle_ms.saturating_mul(1_000),
             retry_first_us: self.retry_first_ms.saturating_mul(1_000),
             retry_max_us: self.retry_max_ms.saturating_mul(1_000),
+            defer_us: self.defer_ms.saturating_mul(1_000),
         }
     }
 }

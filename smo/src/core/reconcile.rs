@@ -40,6 +40,8 @@ pub struct Policy {
     /// further failure up to `retry_max_us`.
     pub retry_first_us: u64,
     pub retry_max_us: u64,
+    /// A round is put off while a relocation that began less than this ago runs here.
+    pub defer_us: u64,
 }
 
 impl Policy {
@@ -421,6 +423,7 @@ mod tests {
         settle_us: SETTLE,
         retry_first_us: 10_000_000,
         retry_max_us: 300_000_000,
+        defer_us: 30_000_000,
     };
 
     fn local(edge: &str) -> Local {

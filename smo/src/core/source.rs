@@ -208,6 +208,11 @@ impl SourceRelocation {
         &self.record
     }
 
+    /// When its notification arrived, µs on the driver's clock.
+    pub fn started_us(&self) -> u64 {
+        self.notified_us
+    }
+
     /// True once the relocation ended.
     pub fn is_done(&self) -> bool {
         self.record.state != RelocationState::Running

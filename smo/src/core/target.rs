@@ -114,6 +114,11 @@ impl TargetRelocation {
         &self.record
     }
 
+    /// When the source's first message arrived, µs on the driver's clock.
+    pub fn started_us(&self) -> u64 {
+        self.started_us
+    }
+
     pub fn is_done(&self) -> bool {
         self.record.state != RelocationState::Running && self.pending.is_none()
     }

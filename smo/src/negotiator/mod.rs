@@ -131,6 +131,14 @@ impl Entry {
             Self::Target(m) => m.record(),
         }
     }
+
+    /// When it began (driver clock, µs), while it runs.
+    fn running_since_us(&self) -> Option<u64> {
+        (self.record().state == RelocationState::Running).then(|| match self {
+            Self::Source(m) => m.started_us(),
+            Self::Target(m) => m.started_us(),
+        })
+    }
 }
 
 #[derive(Debug, Default)]

@@ -37,8 +37,18 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         })
     }
 
-    /// One round; returns the corrections it made (or tried to).
+    /// One round; returns the corrections it made (or tried to). Put off (nothing observed, not
+    /// counted) while a relocation that began less than `defer_ms` ago runs here.
     pub async fn reconcile(&self) -> Vec<Correction> {
+        let now = self.inner.clock.now_us();
+        let busy = self.db().relocations.values().any(|e| {
+            e.running_since_us()
+                .is_some_and(|t| now.saturating_sub(t) < self.inner.policy.defer_us)
+        });
+        if busy {
+            tracing::debug!("reconciler: a relocation runs; round put off");
+            return Vec::new();
+        }
         let c = &self.inner.counters;
         c.reconciler_runs.fetch_add(1, Ordering::Relaxed);
         let flows = match self.inner.flows.flows().await {
