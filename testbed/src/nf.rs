@@ -378,6 +378,7 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
                 smf_url: Some(smf_url.to_owned()),
+                lr_url: Some(format!("http://{}:{LR_PORT}", addr(plan, "core", "sbi"))),
                 notify_when: plan.notify,
                 peers: plan
                     .switches
@@ -393,6 +394,15 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 capacity: smo::config::default_capacity(),
                 state_dir: plan.state_dir.join(&name),
                 timeouts: Timeouts::default(),
+                reconcile: Default::default(),
+                // Module callbacks and peers are on the SBI segment, modules' migration
+                // addresses on the backhaul.
+                callback_networks: plan
+                    .segments
+                    .iter()
+                    .filter(|seg| seg.name == "sbi" || seg.name == "bh")
+                    .map(|seg| seg.subnet)
+                    .collect(),
             };
             (sw.node.clone(), cfg)
         })

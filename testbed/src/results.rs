@@ -875,6 +875,7 @@ pub(crate) mod tests {
                 steps: vec![],
             }),
             cause: None,
+            control: Default::default(),
         }
     }
 
