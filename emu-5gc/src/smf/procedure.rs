@@ -14,9 +14,9 @@ use model::ran::lr::{self, UeLocation};
 use model::ran::n2::{
     PathSwitchAck, PathSwitchRequest, PduSessionSetupRequest, PduSessionSetupResponse,
 };
-use model::ran::{TimelineStep, TunnelEndpoint};
+use model::ran::TunnelEndpoint;
+use model::timeline::Stopwatch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use super::events::{SubscriptionError, Subscriptions, Timing, UpPathChange};
 use super::n4::{N4Error, N4};
@@ -65,40 +65,6 @@ pub struct SmfCounters {
     pub notifications_failed: AtomicU64,
     /// PFCP requests whose failure did not stop a procedure (clean-up, source deletion).
     pub pfcp_cleanup_failures: AtomicU64,
-}
-
-/// Times the steps of one procedure with the monotonic clock.
-#[derive(Debug)]
-struct Stopwatch {
-    start: Instant,
-    steps: Vec<TimelineStep>,
-}
-
-impl Stopwatch {
-    fn start() -> Self {
-        Self {
-            start: Instant::now(),
-            steps: Vec::new(),
-        }
-    }
-
-    async fn time<T>(
-        &mut self,
-        step: impl Into<String>,
-        f: impl std::future::Future<Output = T>,
-    ) -> T {
-        let begin = Instant::now();
-        let at_unix_us = Some(model::ran::unix_now_us());
-        let out = f.await;
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.steps.push(TimelineStep {
-            step: step.into(),
-            at_us: micros(begin - self.start),
-            took_us: micros(begin.elapsed()),
-            at_unix_us,
-        });
-        out
-    }
 }
 
 /// The SMF.
@@ -367,7 +333,7 @@ impl Smf {
         let ack = PathSwitchAck {
             upf_tunnel: moved.tunnels.uplink,
             upf: moved.upf.clone(),
-            timeline: clock.steps,
+            timeline: clock.into_steps(),
         };
         tracing::info!(supi = %moved.supi, ue = %moved.ue_ipv4, upf = %moved.upf, gnb = %moved.gnb,
             steps = ?ack.timeline.iter().map(|s| (s.step.as_str(), s.took_us)).collect::<Vec<_>>(),
