@@ -51,6 +51,8 @@ async fn every_endpoint_answers_401_and_413_as_problem_details_over_http2() {
         upfs: Vec::new(),
         gnbs: Vec::new(),
         callback_networks: Vec::new(),
+        state_dir: None,
+        ack_timeout_ms: None,
     };
     let (stop, shutdown) = Shutdown::new();
     stops.push(stop);

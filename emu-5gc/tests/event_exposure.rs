@@ -34,6 +34,8 @@ async fn start() -> Smf {
         upfs: Vec::new(),
         gnbs: Vec::new(),
         callback_networks: Vec::new(),
+        state_dir: None,
+        ack_timeout_ms: None,
     };
     let (stop, shutdown) = Shutdown::new();
     tokio::spawn(emu_5gc::smf::run_on(

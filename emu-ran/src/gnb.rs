@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use self::context::{Action, CoreConfig, Event, Failure, GnbCore, RequestId};
+use self::context::{Action, CallFailure, CoreConfig, Event, Failure, GnbCore, RequestId};
 use crate::radio::{self, Frame};
 
 /// The gNB's configuration (`gnb --config gnb-a.json`).
@@ -431,7 +431,15 @@ impl Driver {
                     let result = client
                         .post::<_, PathSwitchAck>(&url, &request)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| match &e {
+                            sbi::ClientError::Transport { .. } => {
+                                CallFailure::transient(sbi::error_chain(&e))
+                            }
+                            sbi::ClientError::Status { status, .. } if *status >= 500 => {
+                                CallFailure::transient(e.to_string())
+                            }
+                            _ => CallFailure::refused(e.to_string()),
+                        });
                     let _ = tx
                         .send(Input::Event(Event::PathSwitched {
                             supi,

@@ -227,6 +227,8 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
                 })
                 .collect(),
             callback_networks: sbi_networks,
+            state_dir: Some(plan.state_dir.join("smf")),
+            ack_timeout_ms: None,
         }),
     ));
     for (node, cfg) in smo_configs(plan, token.as_deref().unwrap_or_default(), &smf_url) {

@@ -23,6 +23,7 @@ use model::nsmf_event_exposure::{
 };
 use model::problem::{cause, InvalidParam};
 use sbi::CallbackNetworks;
+use serde::{Deserialize, Serialize};
 
 /// A request the subscription store refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -39,10 +40,43 @@ pub enum SubscriptionError {
 }
 
 /// Which notification of a path change: before (`EARLY`) or after (`LATE`) the new path is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Timing {
     Early,
     Late,
+}
+
+impl Timing {
+    /// `early` or `late`, for logs and timelines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Timing::Early => "early",
+            Timing::Late => "late",
+        }
+    }
+}
+
+/// Which of a timing's notifications a step sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Audience {
+    /// Every subscription that wants this timing.
+    All,
+    /// Only those that expect an acknowledgement.
+    AckExpected,
+    /// Only those that expect none.
+    NoAck,
+}
+
+impl Audience {
+    fn includes(self, expects_ack: bool) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::AckExpected => expects_ack,
+            Audience::NoAck => !expects_ack,
+        }
+    }
 }
 
 impl Timing {
@@ -84,16 +118,26 @@ pub struct Delivery {
     pub body: NsmfEventExposureNotification,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    subscription: NsmfEventExposure,
-    reports: u64,
+/// One subscription as the store keeps it: the subscription and the reports it has had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredSubscription {
+    pub subscription: NsmfEventExposure,
+    pub reports: u64,
+}
+
+/// The notifications a path change owes, and the subscriptions that ended with them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Owed {
+    pub deliveries: Vec<Delivery>,
+    /// Subscriptions that expired or had their last report: gone from the table.
+    pub ended: Vec<SubscriptionId>,
 }
 
 /// The Individual SMF Notification Subscriptions.
 #[derive(Debug)]
 pub struct Subscriptions {
-    entries: BTreeMap<SubscriptionId, Entry>,
+    entries: BTreeMap<SubscriptionId, StoredSubscription>,
     next: u64,
     /// Where `notifUri`s may point.
     callbacks: CallbackNetworks,
@@ -202,6 +246,33 @@ impl Subscriptions {
         }
     }
 
+    /// The subscriptions a restarted SMF had (`entries`), its id counter at `next` (the last id
+    /// handed out: ids are never reused).
+    pub fn restore(
+        callbacks: CallbackNetworks,
+        next: u64,
+        entries: impl IntoIterator<Item = StoredSubscription>,
+    ) -> Self {
+        let mut subs = Self::new(callbacks);
+        subs.next = next;
+        for e in entries {
+            if let Some(id) = e.subscription.sub_id.clone() {
+                subs.entries.insert(id, e);
+            }
+        }
+        subs
+    }
+
+    /// The number of the last id handed out (`sub-N`).
+    pub fn last_id(&self) -> u64 {
+        self.next
+    }
+
+    /// Subscription `id` as the store keeps it.
+    pub fn stored(&self, id: &SubscriptionId) -> Option<&StoredSubscription> {
+        self.entries.get(id)
+    }
+
     /// Stores a new subscription; returns it with its `subId`.
     pub fn create(
         &mut self,
@@ -214,7 +285,7 @@ impl Subscriptions {
         s.sub_id = Some(id.clone());
         self.entries.insert(
             id,
-            Entry {
+            StoredSubscription {
                 subscription: s.clone(),
                 reports: 0,
             },
@@ -243,7 +314,7 @@ impl Subscriptions {
             .ok_or_else(|| SubscriptionError::NotFound(id.clone()))?;
         validate(&s, &self.callbacks, now)?;
         s.sub_id = Some(id.clone());
-        *entry = Entry {
+        *entry = StoredSubscription {
             subscription: s.clone(),
             reports: 0,
         };
@@ -268,21 +339,30 @@ impl Subscriptions {
         self.entries.is_empty()
     }
 
-    /// The notifications owed for the `timing` notification of `change`, counted as reports:
-    /// subscriptions that expired are dropped first, and those that reach their last report
-    /// (`ONE_TIME`, `maxReportNbr`) end here.
+    /// The notifications owed to `audience` for the `timing` notification of `change`, counted
+    /// as reports: subscriptions that expired are dropped first, and those that reach their last
+    /// report (`ONE_TIME`, `maxReportNbr`) end here. (TS 29.508 subscriptions expect no
+    /// acknowledgement.)
     pub fn up_path_change(
         &mut self,
         timing: Timing,
+        audience: Audience,
         change: &UpPathChange,
         now: SystemTime,
-    ) -> Vec<Delivery> {
+    ) -> Owed {
         let now_dt = DateTime::from(now);
-        self.entries
-            .retain(|_, e| e.subscription.expiry.is_none_or(|x| x > now_dt));
+        let mut ended: Vec<SubscriptionId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.subscription.expiry.is_some_and(|x| x <= now_dt))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            self.entries.remove(id);
+        }
         let supi = Supi::new(change.supi.as_str());
         let mut deliveries = Vec::new();
-        let mut ended = Vec::new();
+        let mut last = Vec::new();
         for (id, e) in &mut self.entries {
             let s = &e.subscription;
             let ue_matches = s.is_any_ue() || s.supi.as_ref() == Some(&supi);
@@ -294,7 +374,7 @@ impl Subscriptions {
                         .as_ref()
                         .is_some_and(|t| timing.wanted_by(t))
             });
-            if !(ue_matches && session_matches && wanted) {
+            if !(ue_matches && session_matches && wanted && audience.includes(false)) {
                 continue;
             }
             let mut event = EventNotification::up_path_change(
@@ -318,13 +398,14 @@ impl Subscriptions {
                 _ => s.max_report_nbr.filter(|n| *n > 0),
             };
             if limit.is_some_and(|n| e.reports >= n) {
-                ended.push(id.clone());
+                last.push(id.clone());
             }
         }
-        for id in ended {
+        for id in last {
             self.entries.remove(&id);
+            ended.push(id);
         }
-        deliveries
+        Owed { deliveries, ended }
     }
 }
 
@@ -515,9 +596,13 @@ mod tests {
         subs.create(other_session, now()).expect("other session");
 
         let ids = |d: &[Delivery]| d.iter().map(|d| d.sub_id.0.clone()).collect::<Vec<_>>();
-        let early = subs.up_path_change(Timing::Early, &change(), now());
+        let early = subs
+            .up_path_change(Timing::Early, Audience::All, &change(), now())
+            .deliveries;
         assert_eq!(ids(&early), ["sub-1", "sub-3", "sub-4"]);
-        let late = subs.up_path_change(Timing::Late, &change(), now());
+        let late = subs
+            .up_path_change(Timing::Late, Audience::All, &change(), now())
+            .deliveries;
         assert_eq!(ids(&late), ["sub-2", "sub-3"]);
 
         let e = &early[2];
@@ -553,17 +638,55 @@ mod tests {
         soon.expiry = Some(DateTime::from(now() + Duration::from_secs(10)));
         subs.create(soon, now()).expect("soon");
 
-        assert_eq!(
-            subs.up_path_change(Timing::Early, &change(), now()).len(),
-            3
-        );
+        let first = subs.up_path_change(Timing::Early, Audience::All, &change(), now());
+        assert_eq!(first.deliveries.len(), 3);
+        assert_eq!(first.ended, [SubscriptionId::new("sub-1")]);
         assert_eq!(subs.len(), 2, "the one-time subscription ended");
+        assert_eq!(
+            subs.stored(&SubscriptionId::new("sub-2"))
+                .map(|s| s.reports),
+            Some(1)
+        );
         assert!(subs
-            .up_path_change(Timing::Late, &change(), now())
+            .up_path_change(Timing::Late, Audience::All, &change(), now())
+            .deliveries
             .is_empty());
         let later = now() + Duration::from_secs(20);
-        let d = subs.up_path_change(Timing::Early, &change(), later);
-        assert_eq!(d.len(), 1, "the expired one is gone");
+        let d = subs.up_path_change(Timing::Early, Audience::All, &change(), later);
+        assert_eq!(d.deliveries.len(), 1, "the expired one is gone");
+        assert_eq!(
+            d.ended,
+            [SubscriptionId::new("sub-3"), SubscriptionId::new("sub-2")],
+            "expired first, then the one that had its last report"
+        );
         assert!(subs.is_empty(), "the second report was the last");
+    }
+
+    #[test]
+    fn restored_subscriptions_keep_their_ids_reports_and_counter() {
+        let mut subs = Subscriptions::new(sbi_net());
+        let mut twice = sub(DnaiChangeType::Early);
+        twice.max_report_nbr = Some(2);
+        subs.create(twice, now()).expect("twice");
+        subs.create(sub(DnaiChangeType::Late), now()).expect("late");
+        subs.delete(&SubscriptionId::new("sub-2")).expect("delete");
+        subs.up_path_change(Timing::Early, Audience::All, &change(), now());
+        let kept: Vec<StoredSubscription> = subs.entries.values().cloned().collect();
+        let json = serde_json::to_string(&kept).expect("serialize");
+        let back: Vec<StoredSubscription> = serde_json::from_str(&json).expect("parse");
+
+        let mut restored = Subscriptions::restore(sbi_net(), subs.last_id(), back);
+        assert_eq!(restored.last_id(), 2);
+        let d = restored.up_path_change(Timing::Early, Audience::NoAck, &change(), now());
+        assert_eq!(d.deliveries.len(), 1);
+        assert_eq!(d.ended, [SubscriptionId::new("sub-1")], "its second report");
+        let next = restored
+            .create(sub(DnaiChangeType::Late), now())
+            .expect("next");
+        assert_eq!(
+            next.sub_id,
+            Some(SubscriptionId::new("sub-3")),
+            "the deleted sub-2 is not handed out again"
+        );
     }
 }

@@ -109,13 +109,16 @@ fn is_answer(m: &Message) -> bool {
 }
 
 impl N4 {
-    /// An endpoint on `socket` whose Node ID and F-SEID address is `node`.
+    /// An endpoint on `socket` whose Node ID and F-SEID address is `node`. Its sequence numbers
+    /// start at a random point: a restarted SMF must not reuse the numbers of its previous run,
+    /// whose answers a UPF may still keep for retransmissions (it would answer a new request
+    /// with an old answer).
     pub fn new(socket: UdpSocket, node: Ipv4Addr) -> Arc<Self> {
         Arc::new(Self {
             socket,
             node,
             recovery_time_stamp: ntp_seconds(SystemTime::now()),
-            next_seq: AtomicU32::new(1),
+            next_seq: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             pending: Mutex::new(HashMap::new()),
             counters: N4Counters::default(),
         })

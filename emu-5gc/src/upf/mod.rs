@@ -154,7 +154,8 @@ pub struct UpfState {
     name: String,
     node_ip: Ipv4Addr,
     recovery_time_stamp: u32,
-    association: Option<NodeId>,
+    /// The CP function associated with, and its Recovery Time Stamp.
+    association: Option<(NodeId, u32)>,
     table: SessionTable,
     counters: UpfCounters,
     retired: SessionCounters,
@@ -221,6 +222,13 @@ impl UpfState {
                 return PfcpReaction::default();
             }
         };
+        if let Message::AssociationSetupRequest(a) = &msg {
+            if self.association != Some((a.node_id, a.recovery_time_stamp)) {
+                // A new or restarted CP function: it numbers its requests afresh, and answers
+                // kept for its previous run must not answer them. Its sessions stay.
+                self.answers.retain(|((peer, _, _), _)| *peer != from);
+            }
+        }
         let header = msg.header();
         let key = (from, header.seq, header.msg_type);
         if let Some((_, answer)) = self.answers.iter().find(|(k, _)| *k == key) {
@@ -250,8 +258,9 @@ impl UpfState {
                 recovery_time_stamp: self.recovery_time_stamp,
             }),
             Message::AssociationSetupRequest(a) => {
-                tracing::info!(peer = ?a.node_id, "pfcp association set up");
-                self.association = Some(a.node_id);
+                tracing::info!(peer = ?a.node_id, recovery_time_stamp = a.recovery_time_stamp,
+                    sessions = self.table.sessions().count(), "pfcp association set up (sessions kept)");
+                self.association = Some((a.node_id, a.recovery_time_stamp));
                 Message::AssociationSetupResponse(AssociationSetup {
                     seq: a.seq,
                     node_id,
@@ -805,6 +814,43 @@ mod tests {
         let other = SocketAddr::from((Ipv4Addr::new(10, 100, 0, 11), 8805));
         assert_eq!(s.on_pfcp(&m, other).end_markers.len(), 1);
         assert_eq!(s.status().session_totals.end_markers, 2);
+    }
+
+    #[test]
+    fn a_restarted_smf_gets_no_answer_kept_for_its_previous_run_and_keeps_its_sessions() {
+        let mut s = state();
+        let associate = |stamp, seq| {
+            Message::AssociationSetupRequest(AssociationSetup {
+                seq,
+                node_id: NodeId::Ipv4(Ipv4Addr::new(10, 100, 0, 10)),
+                cause: None,
+                recovery_time_stamp: stamp,
+            })
+            .to_vec()
+            .unwrap()
+        };
+        let establish = |cp_seid, ul, dl| {
+            let mut e = session::tests::establishment(cp_seid, ul, dl, 3);
+            e.seq = 5;
+            Message::SessionEstablishmentRequest(e).to_vec().unwrap()
+        };
+        let up_seid = |r: PfcpReaction| match r.reply {
+            Some(Message::SessionEstablishmentResponse(e)) => e.up_f_seid.unwrap().seid,
+            other => panic!("{other:?}"),
+        };
+        s.on_pfcp(&associate(100, 1), SMF);
+        let first = up_seid(s.on_pfcp(&establish(7, 1, 2), SMF));
+        // The same association again (a retransmission): the kept answers stay.
+        s.on_pfcp(&associate(100, 1), SMF);
+        assert_eq!(up_seid(s.on_pfcp(&establish(7, 1, 2), SMF)), first);
+        assert_eq!(s.counters().pfcp_retransmissions, 2);
+        // The SMF restarted (a new Recovery Time Stamp) and happens to use sequence number 5
+        // again for another session: that is a new request, not a retransmission.
+        s.on_pfcp(&associate(200, 1), SMF);
+        let second = up_seid(s.on_pfcp(&establish(8, 11, 12), SMF));
+        assert_ne!(second, first);
+        assert_eq!(s.counters().pfcp_retransmissions, 2);
+        assert_eq!(s.table().sessions().count(), 2, "the old session is kept");
     }
 
     #[test]

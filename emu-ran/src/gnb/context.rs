@@ -8,6 +8,7 @@
 //! attach:  AttachRequest ─▶ Attaching ─(SMF answers)─▶ Connected
 //! source:  Connected ─(trigger)─▶ Preparing ─(ack)─▶ Forwarding ─(release + End Marker or 1 s)─▶ gone
 //! target:  (HandoverRequest) AwaitingUe ─(HandoverConfirm)─▶ PathSwitching ─(ack)─▶ Connected
+//!          (no answer or 5xx from the SMF: PathSwitching, the request again after a backoff)
 //! ```
 //!
 //! This file holds the types, the context table (radio ids, TEIDs, epochs) and the dispatch of
@@ -45,6 +46,14 @@ pub const HANDOVER_GUARD: Duration = Duration::from_secs(10);
 pub const AWAITING_UE_GUARD: Duration = Duration::from_secs(10);
 /// How long the target keeps the forwarding tunnel after the path switch when no End Marker came.
 pub const FORWARDING_TUNNEL_LIFETIME: Duration = Duration::from_secs(2);
+/// The first wait before a path switch the SMF did not answer is sent again; it doubles up to
+/// [`PATH_SWITCH_RETRY_MAX`].
+pub const PATH_SWITCH_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a path switch.
+pub const PATH_SWITCH_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long after its first try a path switch is tried again at the most (the source's trigger
+/// gives up after [`HANDOVER_GUARD`] from the trigger, which came earlier).
+pub const PATH_SWITCH_GUARD: Duration = HANDOVER_GUARD;
 
 /// A failed request, answered as ProblemDetails with `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +71,32 @@ impl Failure {
     }
 }
 
+/// Why a call to the core failed, and whether trying again may help (no answer, or a 5xx: the
+/// SMF answers a repeated path switch with the same result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    pub detail: String,
+    pub retry: bool,
+}
+
+impl CallFailure {
+    /// A failure that another try will not change (a 4xx, an answer that does not parse).
+    pub fn refused(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            retry: false,
+        }
+    }
+
+    /// A failure another try may mend (no answer, a 5xx).
+    pub fn transient(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            retry: true,
+        }
+    }
+}
+
 /// Timers a context asks for ([`Action::StartTimer`]); they come back as [`Event::Timer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
@@ -75,6 +110,8 @@ pub enum Timer {
     ForwardingDone,
     /// Target: the UE never arrived.
     AwaitingUe,
+    /// Target: send the path switch again.
+    PathSwitchRetry,
 }
 
 /// Something that happened to the gNB.
@@ -125,7 +162,7 @@ pub enum Event {
     PathSwitched {
         supi: String,
         epoch: u64,
-        result: Result<PathSwitchAck, String>,
+        result: Result<PathSwitchAck, CallFailure>,
     },
     /// A timer started by [`Action::StartTimer`] expired.
     Timer {
@@ -266,7 +303,10 @@ pub struct Arrival {
     pub end_marker: bool,
     pub hold_expired: bool,
     pub hold_started: bool,
+    /// When the first PathSwitchRequest was sent.
     pub path_switch_sent: Option<Instant>,
+    /// PathSwitchRequests sent (tries).
+    pub path_switch_tries: u32,
     /// Forwarded packets dropped because the buffer was full.
     pub dropped: u64,
 }
@@ -548,6 +588,7 @@ impl GnbCore {
             Timer::NewPathHold => self.on_new_path_hold(supi, out),
             Timer::ForwardingDone => self.on_forwarding_done(supi, out),
             Timer::AwaitingUe => self.on_awaiting_ue(supi),
+            Timer::PathSwitchRetry => self.on_path_switch_retry(supi, out),
         }
     }
 }

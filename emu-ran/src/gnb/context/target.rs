@@ -12,8 +12,9 @@ use model::ran::{TimelineStep, TunnelEndpoint};
 use tokio::time::{Duration, Instant};
 
 use super::{
-    stamp, step, unix_at, us, Action, Arrival, Failure, GnbCore, Phase, RequestId, TeidRole, Timer,
-    AWAITING_UE_GUARD, FORWARDING_TUNNEL_LIFETIME, MAX_BUFFERED, NEW_PATH_HOLD,
+    stamp, step, unix_at, us, Action, Arrival, CallFailure, Failure, GnbCore, Phase, RequestId,
+    TeidRole, Timer, UeContext, AWAITING_UE_GUARD, FORWARDING_TUNNEL_LIFETIME, MAX_BUFFERED,
+    NEW_PATH_HOLD, PATH_SWITCH_GUARD, PATH_SWITCH_RETRY_FIRST, PATH_SWITCH_RETRY_MAX,
 };
 
 impl GnbCore {
@@ -90,6 +91,7 @@ impl GnbCore {
             hold_expired: false,
             hold_started: false,
             path_switch_sent: None,
+            path_switch_tries: 0,
             dropped: 0,
         });
         let (radio_id, epoch) = (ctx.radio_id, ctx.epoch);
@@ -171,21 +173,14 @@ impl GnbCore {
         ));
         let buffered = arrival.fwd_pending.len();
         arrival.path_switch_sent = Some(now);
+        arrival.path_switch_tries = 1;
         arrival.timeline.push(step(
             format!("forwarded packets buffered before arrival delivered: {buffered}"),
             at,
             Duration::ZERO,
         ));
         tracing::info!(supi, %from, buffered, "ue arrived; path switch");
-        let request = PathSwitchRequest {
-            supi: supi.to_owned(),
-            ue_ipv4,
-            gnb,
-            gnb_tunnel: TunnelEndpoint {
-                ipv4: n3,
-                teid: ctx.dl_teid,
-            },
-        };
+        let request = Self::path_switch_request(&gnb, n3, ctx, ue_ipv4);
         let epoch = ctx.epoch;
         self.flush(supi, out);
         out.push(Action::PathSwitch {
@@ -193,6 +188,53 @@ impl GnbCore {
             epoch,
             request,
         });
+    }
+
+    /// The PathSwitchRequest of `ctx` (the same at every try).
+    fn path_switch_request(
+        gnb: &str,
+        n3: std::net::Ipv4Addr,
+        ctx: &UeContext,
+        ue_ipv4: std::net::Ipv4Addr,
+    ) -> PathSwitchRequest {
+        PathSwitchRequest {
+            supi: ctx.supi.clone(),
+            ue_ipv4,
+            gnb: gnb.to_owned(),
+            gnb_tunnel: TunnelEndpoint {
+                ipv4: n3,
+                teid: ctx.dl_teid,
+            },
+        }
+    }
+
+    /// Target: the backoff after a try the SMF did not answer is over: the same request again.
+    pub(super) fn on_path_switch_retry(&mut self, supi: &str, out: &mut Vec<Action>) {
+        let (gnb, n3) = (self.config.name.clone(), self.config.n3_addr);
+        let Some(ctx) = self.contexts.get_mut(supi) else {
+            return;
+        };
+        if ctx.phase != Phase::PathSwitching {
+            return;
+        }
+        let (Some(ue_ipv4), Some(a)) = (ctx.ue_ipv4, ctx.arrival.as_mut()) else {
+            return;
+        };
+        a.path_switch_tries += 1;
+        let tries = a.path_switch_tries;
+        tracing::info!(supi, tries, "path switch sent again");
+        let request = Self::path_switch_request(&gnb, n3, ctx, ue_ipv4);
+        out.push(Action::PathSwitch {
+            supi: supi.to_owned(),
+            epoch: ctx.epoch,
+            request,
+        });
+    }
+
+    /// The wait before try `tries + 1`.
+    fn path_switch_backoff(tries: u32) -> Duration {
+        let doublings = tries.saturating_sub(1).min(16);
+        (PATH_SWITCH_RETRY_FIRST * 2u32.pow(doublings)).min(PATH_SWITCH_RETRY_MAX)
     }
 
     /// Target: delivers whatever the ordering rules allow.
@@ -297,7 +339,7 @@ impl GnbCore {
         now: Instant,
         supi: &str,
         epoch: u64,
-        result: Result<PathSwitchAck, String>,
+        result: Result<PathSwitchAck, CallFailure>,
         out: &mut Vec<Action>,
     ) {
         let Some(ctx) = self.contexts.get_mut(supi) else {
@@ -311,7 +353,39 @@ impl GnbCore {
         };
         let sent = a.path_switch_sent.unwrap_or(now);
         match result {
-            Err(detail) => {
+            Err(CallFailure {
+                detail,
+                retry: true,
+            }) if now - sent + Self::path_switch_backoff(a.path_switch_tries)
+                < PATH_SWITCH_GUARD =>
+            {
+                // The SMF did not answer (it may be restarting): the same request again later;
+                // it answers a repeated path switch with the same result.
+                let wait = Self::path_switch_backoff(a.path_switch_tries);
+                tracing::warn!(
+                    supi,
+                    detail,
+                    tries = a.path_switch_tries,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "path switch not answered; trying again"
+                );
+                a.timeline.push(step(
+                    format!(
+                        "path switch request to smf failed (try {}): {detail}; again in {} ms",
+                        a.path_switch_tries,
+                        wait.as_millis()
+                    ),
+                    now - a.started,
+                    Duration::ZERO,
+                ));
+                out.push(Action::StartTimer {
+                    supi: supi.to_owned(),
+                    epoch,
+                    timer: Timer::PathSwitchRetry,
+                    at: now + wait,
+                });
+            }
+            Err(CallFailure { detail, .. }) => {
                 // The UE stays here on the old UPF's uplink tunnel; no release is sent, so the
                 // source's trigger fails on its guard timer.
                 tracing::error!(

@@ -243,7 +243,7 @@ fn the_forwarding_tunnel_expires_after_the_path_switch() {
             Event::PathSwitched {
                 supi: SUPI.into(),
                 epoch,
-                result: Err("late".into())
+                result: Err(CallFailure::refused("late"))
             }
         )
         .is_empty());
@@ -261,13 +261,146 @@ fn a_failed_path_switch_keeps_the_old_uplink_and_sends_no_release() {
         Event::PathSwitched {
             supi: SUPI.into(),
             epoch,
-            result: Err("smf down".into()),
+            result: Err(CallFailure::refused("404 no pdu session")),
         },
     );
     assert!(a.is_empty());
     let c = g.context(SUPI).unwrap();
     assert_eq!(c.phase, Phase::Connected);
     assert_eq!(c.upf_tunnel, Some(upf_a()));
+}
+
+#[test]
+fn a_path_switch_the_smf_does_not_answer_is_sent_again_with_backoff_within_the_guard() {
+    let mut g = core("gnb-b", 2);
+    let t0 = Instant::now();
+    let ack = prepared(&mut g, t0);
+    let a = confirm(&mut g, t0, ack.radio_id);
+    let Some(Action::PathSwitch { request: first, .. }) = a.last().cloned() else {
+        panic!("{a:?}")
+    };
+    let epoch = g.context(SUPI).unwrap().epoch;
+    let failed = |g: &mut GnbCore, at: Instant| {
+        g.handle(
+            at,
+            Event::PathSwitched {
+                supi: SUPI.into(),
+                epoch,
+                result: Err(CallFailure::transient("cannot reach the smf")),
+            },
+        )
+    };
+    let retry = |g: &mut GnbCore, at: Instant| {
+        g.handle(
+            at,
+            Event::Timer {
+                supi: SUPI.into(),
+                epoch,
+                timer: Timer::PathSwitchRetry,
+            },
+        )
+    };
+    // Each failure waits 100, 200, 400, 800, 1000, 1000 … ms, then the same request again.
+    let mut now = t0;
+    let mut waits = Vec::new();
+    loop {
+        let a = failed(&mut g, now);
+        let [Action::StartTimer {
+            timer: Timer::PathSwitchRetry,
+            at,
+            ..
+        }] = a.as_slice()
+        else {
+            // The guard: no more tries, and the handover fails as before.
+            assert!(a.is_empty(), "{a:?}");
+            break;
+        };
+        waits.push((*at - now).as_millis());
+        now = *at;
+        assert_eq!(g.context(SUPI).unwrap().phase, Phase::PathSwitching);
+        let a = retry(&mut g, now);
+        assert_eq!(
+            a,
+            [Action::PathSwitch {
+                supi: SUPI.into(),
+                epoch,
+                request: first.clone()
+            }]
+        );
+    }
+    assert_eq!(waits[..5], [100, 200, 400, 800, 1000]);
+    assert!(waits[5..].iter().all(|w| *w == 1000), "{waits:?}");
+    assert!(now - t0 < PATH_SWITCH_GUARD, "{:?}", now - t0);
+    assert!(now - t0 + Duration::from_secs(1) >= PATH_SWITCH_GUARD);
+    let c = g.context(SUPI).unwrap();
+    assert_eq!(c.phase, Phase::Connected);
+    assert_eq!(c.upf_tunnel, Some(upf_a()), "uplink stays on the old upf");
+    // A retry timer after the end does nothing.
+    assert!(retry(&mut g, now).is_empty());
+}
+
+#[test]
+fn a_path_switch_answered_on_a_later_try_completes_the_handover() {
+    let mut g = core("gnb-b", 2);
+    let t0 = Instant::now();
+    let ack = prepared(&mut g, t0);
+    confirm(&mut g, t0, ack.radio_id);
+    let epoch = g.context(SUPI).unwrap().epoch;
+    let ms = Duration::from_millis;
+    g.handle(
+        t0 + ms(2),
+        Event::PathSwitched {
+            supi: SUPI.into(),
+            epoch,
+            result: Err(CallFailure::transient("503 smf starting")),
+        },
+    );
+    let a = g.handle(
+        t0 + ms(102),
+        Event::Timer {
+            supi: SUPI.into(),
+            epoch,
+            timer: Timer::PathSwitchRetry,
+        },
+    );
+    assert!(matches!(a.as_slice(), [Action::PathSwitch { .. }]), "{a:?}");
+    let a = g.handle(
+        t0 + ms(150),
+        Event::PathSwitched {
+            supi: SUPI.into(),
+            epoch,
+            result: Ok(PathSwitchAck {
+                upf_tunnel: upf_b(),
+                upf: "upf-b".into(),
+                timeline: vec![],
+            }),
+        },
+    );
+    assert!(
+        a.iter()
+            .any(|a| matches!(a, Action::ReleaseUeContext { .. })),
+        "{a:?}"
+    );
+    let c = g.context(SUPI).unwrap();
+    assert_eq!(
+        (c.phase.clone(), c.upf_tunnel),
+        (Phase::Connected, Some(upf_b()))
+    );
+    let steps: Vec<String> = c
+        .arrival
+        .as_ref()
+        .map(|a| a.timeline.iter().map(|s| s.step.clone()).collect())
+        .unwrap_or_default();
+    assert!(
+        steps
+            .iter()
+            .any(|s| s.starts_with("path switch request to smf failed (try 1): 503")),
+        "{steps:?}"
+    );
+    assert!(
+        steps.contains(&"path switch request to smf (acknowledged, upf-b)".to_owned()),
+        "{steps:?}"
+    );
 }
 
 #[test]
