@@ -67,7 +67,7 @@ impl Default for ReconcileConfig {
         Self {
             period_ms: 1_000,
             settle_ms: 2_000,
-            retry_first_ms: 10_000,
+            retry_first_ms: 1_000,
             retry_max_ms: 300_000,
             defer_ms: 30_000,
         }

@@ -246,7 +246,11 @@ impl Mesh {
                 capacity: smo::config::default_capacity(),
                 state_dir: dir.join(&e.to_string()),
                 timeouts: TIMEOUTS,
-                reconcile: Default::default(),
+                // The retry timings the tests below count on (10 s, doubling).
+                reconcile: smo::config::ReconcileConfig {
+                    retry_first_ms: 10_000,
+                    ..Default::default()
+                },
                 callback_networks: vec!["10.0.1.0/24".parse().expect("net")],
             };
             let module = Module::default();

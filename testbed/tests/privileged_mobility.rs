@@ -44,8 +44,8 @@ impl World {
         spec.prefix = prefix.into();
         testbed::topo::down(name, Some(prefix));
         let guard = common::Guard(name.into(), prefix.into());
-        let plan = testbed::topo::up(&spec, testbed::topo::UpOptions::default())
-            .expect("testbed up");
+        let plan =
+            testbed::topo::up(&spec, testbed::topo::UpOptions::default()).expect("testbed up");
         let token = testbed::state::State::load(&plan.state_dir)
             .expect("state")
             .and_then(|s| s.token)
@@ -65,11 +65,9 @@ impl World {
 
     /// The edge cloud of the site whose gNB serves ue1 now.
     fn ue_edge(&self) -> Result<String, String> {
-        let st: emu_ran::ue::UeStatus = testbed::handover::ue_get(
-            &testbed::nf::ue_socket(&self.plan, "ue1"),
-            "/ue/v1/status",
-        )
-        .map_err(|e| e.to_string())?;
+        let st: emu_ran::ue::UeStatus =
+            testbed::handover::ue_get(&testbed::nf::ue_socket(&self.plan, "ue1"), "/ue/v1/status")
+                .map_err(|e| e.to_string())?;
         let radio = *st.gnb_radio.ip();
         let site = self
             .plan
@@ -166,7 +164,9 @@ impl World {
         let want = self.ue_edge()?;
         let hosts = self.hosts()?;
         if hosts != [want.clone()] {
-            return Err(format!("service hosted at {hosts:?}, ue1 is at {want}'s site"));
+            return Err(format!(
+                "service hosted at {hosts:?}, ue1 is at {want}'s site"
+            ));
         }
         let ports = self.ports();
         if ports != [want.clone()] {
@@ -225,12 +225,14 @@ impl World {
     }
 
     fn logs(&self) -> String {
-        ["smo-x", "smo-y", "smo-z", "svcmod-x", "svcmod-y", "svcmod-z", "smf"]
-            .iter()
-            .map(|n| self.plan.state_dir.join(format!("{n}.log")))
-            .filter(|p| p.exists())
-            .map(|p| format!("--- {}\n{}\n", p.display(), testbed::nf::tail(&p, 25)))
-            .collect()
+        [
+            "smo-x", "smo-y", "smo-z", "svcmod-x", "svcmod-y", "svcmod-z", "smf",
+        ]
+        .iter()
+        .map(|n| self.plan.state_dir.join(format!("{n}.log")))
+        .filter(|p| p.exists())
+        .map(|p| format!("--- {}\n{}\n", p.display(), testbed::nf::tail(&p, 25)))
+        .collect()
     }
 }
 
@@ -322,7 +324,10 @@ fn ping_pong_handovers_never_strand_the_service() {
     case(&w, "A→B→A within 400 ms", back_after(400));
     case(&w, "A→B→A during EXECUTE", |w| {
         w.hand_over("site-b");
-        let at = w.wait_phase(model::smo::RelocationPhase::Execute, Duration::from_secs(10));
+        let at = w.wait_phase(
+            model::smo::RelocationPhase::Execute,
+            Duration::from_secs(10),
+        );
         assert!(at.is_some(), "the relocation never reached EXECUTE");
         w.hand_over("site-a");
     });
@@ -367,7 +372,11 @@ fn a_crash_in_execute_converges_after_the_restart() {
     ] {
         let site = to.next().unwrap_or("site-b");
         // The source is the edge the service is at now; name the killed process by its role.
-        let source = w.hosts().ok().and_then(|h| h.first().cloned()).unwrap_or_default();
+        let source = w
+            .hosts()
+            .ok()
+            .and_then(|h| h.first().cloned())
+            .unwrap_or_default();
         let role = if process == "smf" {
             "SMF"
         } else if node == source {
@@ -379,8 +388,11 @@ fn a_crash_in_execute_converges_after_the_restart() {
         case(&w, &name, |w| {
             w.hand_over(site);
             assert!(
-                w.wait_phase(model::smo::RelocationPhase::Execute, Duration::from_secs(10))
-                    .is_some(),
+                w.wait_phase(
+                    model::smo::RelocationPhase::Execute,
+                    Duration::from_secs(10)
+                )
+                .is_some(),
                 "{name}: the relocation never reached EXECUTE"
             );
             std::thread::sleep(Duration::from_millis(40));
