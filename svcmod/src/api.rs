@@ -90,6 +90,9 @@ pub enum CallbackError {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Migration(#[from] MigrationError),
+    /// The task that ran the move panicked or was cancelled: where the service is, is unknown.
+    #[error("the migration task ended without an outcome: {0}")]
+    MigrationTask(String),
 }
 
 /// The status and cause Execute answers for a failed migration (see the module docs): where the
@@ -140,6 +143,9 @@ impl From<CallbackError> for ApiError {
             }
             CallbackError::Backend(_) => (StatusCode::INTERNAL_SERVER_ERROR, cause::BACKEND_FAILED),
             CallbackError::Migration(m) => migration_status(m),
+            CallbackError::MigrationTask(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, cause::BACKEND_FAILED)
+            }
         };
         let ApiError(problem) = ApiError::status(status, detail);
         ApiError(problem.with_cause(cause))
@@ -197,7 +203,15 @@ impl<B: Backend> Module<B> {
         }
         let service = &req.service.service_id;
         tracing::info!(relocation = %req.relocation_id, %service, %target, "execute: migrating");
-        match self.backend.migrate_out(req).await {
+        // The move runs in a task of its own: if the SMO that asked goes away (it crashed, or the
+        // connection broke), its request's future is dropped, and a move dropped half-way would
+        // leave the service frozen or dumped and running nowhere. The move finishes (or rolls
+        // back) either way; the SMO learns the outcome by asking where the service runs.
+        let (backend, request) = (Arc::clone(&self.backend), req.clone());
+        let moved = tokio::spawn(async move { backend.migrate_out(&request).await })
+            .await
+            .map_err(|e| CallbackError::MigrationTask(e.to_string()))?;
+        match moved {
             Ok(report) => {
                 tracing::info!(
                     relocation = %req.relocation_id, %service, %target,
@@ -280,4 +294,81 @@ async fn arm_fault<B: Backend>(
 ) -> Result<StatusCode, ApiError> {
     m.arm_fault(req.fault)?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::{IncomingReport, MigrationReport, ServiceSpec};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+    use tokio::net::TcpStream;
+
+    /// A backend whose one move takes a second and then says so.
+    #[derive(Default)]
+    struct SlowMove {
+        ended: AtomicBool,
+    }
+
+    impl Backend for SlowMove {
+        fn relocation_type(&self) -> model::smo::RelocationType {
+            model::smo::RelocationType::Criu
+        }
+        async fn create(&self, _spec: ServiceSpec) -> Result<Service, BackendError> {
+            Err(BackendError::Unsupported("create".into()))
+        }
+        async fn remove(&self, _id: &str) -> Result<(), BackendError> {
+            Ok(())
+        }
+        async fn services(&self) -> Result<Vec<Service>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn migrate_out(
+            &self,
+            request: &ExecuteRequest,
+        ) -> Result<MigrationReport, MigrationError> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.ended.store(true, Ordering::SeqCst);
+            Err(MigrationError::NotStarted {
+                service_id: request.service.service_id.clone(),
+                cause: MoveError::Refused("test".into()),
+            })
+        }
+        async fn receive(&self, _stream: TcpStream) -> Result<IncomingReport, MoveError> {
+            Err(MoveError::Refused("test".into()))
+        }
+    }
+
+    fn request() -> ExecuteRequest {
+        ExecuteRequest {
+            relocation_id: "r-1".into(),
+            service: Service {
+                service_id: "s1".into(),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, 100),
+                mac_addr: "02:00:00:00:01:00".into(),
+                ovs_port: "s-s1".into(),
+                relocation_type: model::smo::RelocationType::Criu,
+                resource_requirements: Default::default(),
+                ue_ipv4_addrs: Vec::new(),
+            },
+            target_address: "10.0.1.2:9200".parse().expect("addr"),
+        }
+    }
+
+    /// The SMO that asked for the move crashes 10 ms in: its request's future is dropped, and the
+    /// move still runs to its end (a move dropped half-way would leave the service running
+    /// nowhere).
+    #[tokio::test(start_paused = true)]
+    async fn a_move_outlives_the_request_that_started_it() {
+        let backend = Arc::new(SlowMove::default());
+        let module = Module::new(Arc::clone(&backend), "10.0.1.1:9200".parse().expect("addr"));
+        let req = request();
+        let cut = tokio::time::timeout(Duration::from_millis(10), module.execute(&req)).await;
+        assert!(cut.is_err(), "the request was cut before the move ended");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert!(
+            backend.ended.load(Ordering::SeqCst),
+            "the move was dropped with the request"
+        );
+    }
 }
