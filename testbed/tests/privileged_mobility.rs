@@ -204,20 +204,36 @@ impl World {
         );
     }
 
-    /// Waits until some source relocation is in `phase`; how long that took.
-    fn wait_phase(&self, phase: model::smo::RelocationPhase, limit: Duration) -> Option<Duration> {
+    /// Waits until a running source relocation is in `phase` or a later one, and returns the
+    /// phase it saw; `None` when the relocation ended (or never showed) before: a short phase
+    /// (PREPARE takes a few ms) can pass between two looks, and the kill then lands later.
+    fn wait_phase_from(
+        &self,
+        phase: model::smo::RelocationPhase,
+        limit: Duration,
+    ) -> Option<model::smo::RelocationPhase> {
+        let rank = |p: model::smo::RelocationPhase| {
+            model::smo::RelocationPhase::SUCCESS_PATH
+                .iter()
+                .position(|q| *q == p)
+                .unwrap_or(usize::MAX)
+        };
         let start = Instant::now();
+        let mut seen_running = false;
         while start.elapsed() < limit {
-            for a in testbed::relocations::collect(&self.plan, &self.token) {
-                if a.records.is_ok_and(|rs| {
-                    rs.iter().any(|r| {
-                        r.role == RelocationRole::Source
-                            && r.state == RelocationState::Running
-                            && r.phase == phase
-                    })
-                }) {
-                    return Some(start.elapsed());
-                }
+            let running: Vec<_> = testbed::relocations::collect(&self.plan, &self.token)
+                .into_iter()
+                .filter_map(|a| a.records.ok())
+                .flatten()
+                .filter(|r| r.role == RelocationRole::Source && r.state == RelocationState::Running)
+                .map(|r| r.phase)
+                .collect();
+            if let Some(p) = running.iter().find(|p| rank(**p) >= rank(phase)) {
+                return Some(*p);
+            }
+            seen_running |= !running.is_empty();
+            if running.is_empty() && (seen_running || start.elapsed() > Duration::from_secs(2)) {
+                return None;
             }
             std::thread::sleep(Duration::from_millis(2));
         }
@@ -324,11 +340,15 @@ fn ping_pong_handovers_never_strand_the_service() {
     case(&w, "A→B→A within 400 ms", back_after(400));
     case(&w, "A→B→A during EXECUTE", |w| {
         w.hand_over("site-b");
-        let at = w.wait_phase(
+        let at = w.wait_phase_from(
             model::smo::RelocationPhase::Execute,
             Duration::from_secs(10),
         );
-        assert!(at.is_some(), "the relocation never reached EXECUTE");
+        assert_eq!(
+            at,
+            Some(model::smo::RelocationPhase::Execute),
+            "the relocation was not seen in EXECUTE"
+        );
         w.hand_over("site-a");
     });
     case(&w, "ten ping-pongs in 3 s", |w| {
@@ -356,12 +376,22 @@ fn a_to_b_to_c_on_three_sites_ends_at_the_third_edge() {
 
 #[test]
 #[ignore = "privileged: needs root; run with --include-ignored as root"]
-fn a_crash_in_execute_converges_after_the_restart() {
+fn a_crash_at_every_phase_converges_after_the_restart() {
     require_root();
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let w = World::up("ci-cr", "tbcr", "two-site");
-    // Each case kills one process 40 ms into EXECUTE of a relocation X → Y (or Y → X), and the
-    // supervisor starts it again with its config and store.
+    // Each case kills one process at one point of a relocation X → Y (or Y → X): as soon as the
+    // source is seen in PREPARE, 10 / 40 / 100 ms into EXECUTE (the module's prepare, dump,
+    // transfer and restore in a debug build), or in COMPLETE. The supervisor starts it again
+    // with its config and store; the case must converge.
+    use model::smo::RelocationPhase::{Complete, Execute, Prepare};
+    let points = [
+        (Prepare, 0),
+        (Execute, 10),
+        (Execute, 40),
+        (Execute, 100),
+        (Complete, 0),
+    ];
     let mut to = ["site-b", "site-a"].into_iter().cycle();
     for (node, process) in [
         ("edge-y", "smo-y"),
@@ -370,34 +400,35 @@ fn a_crash_in_execute_converges_after_the_restart() {
         ("edge-x", "svcmod-x"),
         ("core", "smf"),
     ] {
-        let site = to.next().unwrap_or("site-b");
-        // The source is the edge the service is at now; name the killed process by its role.
-        let source = w
-            .hosts()
-            .ok()
-            .and_then(|h| h.first().cloned())
-            .unwrap_or_default();
-        let role = if process == "smf" {
-            "SMF"
-        } else if node == source {
-            "source"
-        } else {
-            "target"
-        };
-        let name = format!("{process} ({role}) killed 40 ms into EXECUTE");
-        case(&w, &name, |w| {
-            w.hand_over(site);
-            assert!(
-                w.wait_phase(
-                    model::smo::RelocationPhase::Execute,
-                    Duration::from_secs(10)
-                )
-                .is_some(),
-                "{name}: the relocation never reached EXECUTE"
-            );
-            std::thread::sleep(Duration::from_millis(40));
-            testbed::supervise::kill(&w.plan.name, Some(node), process)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        });
+        for (phase, after_ms) in points {
+            let site = to.next().unwrap_or("site-b");
+            // The source is the edge the service is at now; name the killed process by its role.
+            let source = w
+                .hosts()
+                .ok()
+                .and_then(|h| h.first().cloned())
+                .unwrap_or_default();
+            let role = if process == "smf" {
+                "SMF"
+            } else if node == source {
+                "source"
+            } else {
+                "target"
+            };
+            let name = format!("{process} ({role}) killed {after_ms} ms into {phase:?}");
+            case(&w, &name, |w| {
+                w.hand_over(site);
+                let seen = w.wait_phase_from(phase, Duration::from_secs(10));
+                std::thread::sleep(Duration::from_millis(after_ms));
+                eprintln!(
+                    "{name}: killed with the source in {}",
+                    seen.map_or("no running relocation (it had ended)".into(), |p| {
+                        format!("{p:?}")
+                    })
+                );
+                testbed::supervise::kill(&w.plan.name, Some(node), process)
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+        }
     }
 }
