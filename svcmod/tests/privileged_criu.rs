@@ -673,7 +673,7 @@ async fn move_at_once(w: &World, tag: &str, n: u8, base: u8) {
                 println!("  ended {:.1} ms after the first move began", ms(us(ended)));
                 frozen.push(report.frozen_us);
             }
-            (Err(e), _) => failed.push(format!("{}: {e}", s.service_id)),
+            (Err(e), _) => failed.push(format!("{}: {e}: {e:?}", s.service_id)),
         }
     }
     let all_done = began.elapsed();
