@@ -272,6 +272,7 @@ async fn stop_and_copy_moves_a_live_tcp_stream_between_edges() {
             s.step, s.at_us, s.took_us
         );
     }
+    print_budget(&report);
     assert!(report.image_bytes > 0);
     assert!(report.bytes_moved > report.image_bytes);
     assert!(report.dump_us > 0 && report.transfer_us > 0 && report.restore_us > 0);
@@ -522,6 +523,24 @@ fn print_report(label: &str, r: &MigrationReport) {
     );
 }
 
+/// The freeze budget of `r` from its moments: ms from the freeze start to each moment.
+fn print_budget(r: &MigrationReport) {
+    let moments: Vec<_> = r
+        .steps
+        .iter()
+        .filter_map(|s| Some((s.step.strip_prefix("moment: ")?, s.at_unix_us?)))
+        .collect();
+    let Some(&(_, freeze)) = moments.iter().find(|(m, _)| *m == "freeze start") else {
+        println!("  no freeze start in the report");
+        return;
+    };
+    let line: Vec<String> = moments
+        .iter()
+        .map(|(m, at)| format!("{m} {:+.1}", ms(at.saturating_sub(freeze))))
+        .collect();
+    println!("  budget (ms from the freeze start): {}", line.join(", "));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
 async fn lazy_pages_move_a_service_with_ballast_and_keep_its_stream() {
@@ -670,6 +689,7 @@ async fn move_at_once(w: &World, tag: &str, n: u8, base: u8) {
         match m.await.expect("the move's task") {
             (Ok(report), ended) => {
                 print_report(&format!("{} x → y", s.service_id), &report);
+                print_budget(&report);
                 println!("  ended {:.1} ms after the first move began", ms(us(ended)));
                 frozen.push(report.frozen_us);
             }
