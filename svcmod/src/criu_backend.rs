@@ -68,15 +68,21 @@ pub struct CriuOptions {
     pub backhaul_addr: Option<Ipv4Addr>,
     /// First TCP port of the page servers (one per migration, cycling through 100 ports).
     pub page_server_port: u16,
+    /// How many `criu dump`s run at once (0: no limit). A dump is CPU work: more at once than
+    /// cores only lengthens every service's freeze. A move waits for its slot *before* its
+    /// service stops (the report's step "wait for a dump slot").
+    pub parallel_dumps: usize,
 }
 
 impl Default for CriuOptions {
-    /// `criu` from `PATH`, page servers from port 27000, no backhaul address (no post-copy).
+    /// `criu` from `PATH`, page servers from port 27000, no backhaul address (no post-copy), as
+    /// many dumps at once as the host has cores.
     fn default() -> Self {
         Self {
             criu: Criu::default(),
             backhaul_addr: None,
             page_server_port: 27000,
+            parallel_dumps: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -93,6 +99,8 @@ pub struct CriuRuntime {
     cfg: CriuConfig,
     /// Migrations started (page-server ports cycle with it).
     migrations: AtomicU16,
+    /// [`CriuOptions::parallel_dumps`]' slots (none: no limit).
+    dump_slots: Option<tokio::sync::Semaphore>,
 }
 
 /// What the target needs from a CRIU source: post-copy's page server (absent: stop-and-copy).
@@ -296,8 +304,10 @@ impl Runtime for CriuRuntime {
 
     fn new(cfg: CriuConfig) -> Self {
         Self {
-            cfg,
+            dump_slots: (cfg.runtime.parallel_dumps > 0)
+                .then(|| tokio::sync::Semaphore::new(cfg.runtime.parallel_dumps)),
             migrations: AtomicU16::new(0),
+            cfg,
         }
     }
 
@@ -391,6 +401,15 @@ impl Runtime for CriuRuntime {
             log: leg.work.join("dump.log"),
         };
         let t = self.cfg.timeouts;
+        let queued = tokio::time::Instant::now();
+        let slot = match &self.dump_slots {
+            Some(s) => Some(s.acquire().await.map_err(|_| CheckpointError {
+                left: Left::Running,
+                source: RuntimeError::State("the module's dump slots are closed".into()),
+            })?),
+            None => None,
+        };
+        let waited = queued.elapsed();
         let dumped = match out.page_server {
             None => self.criu().dump(&req, t.dump).await.map(|d| (d, None)),
             Some(ps) => self
@@ -399,6 +418,7 @@ impl Runtime for CriuRuntime {
                 .await
                 .map(|ld| (ld.dumped(), Some(ld))),
         };
+        drop(slot);
         let (dumped, lazy_dump) = dumped.map_err(|e| CheckpointError {
             // CRIU resumes the tree when a dump fails; it may be gone all the same.
             left: if container.owns(out.root) {
@@ -421,6 +441,7 @@ impl Runtime for CriuRuntime {
             })?;
         Ok(Checkpointed {
             image_bytes: dumped.image_bytes,
+            waited,
         })
     }
 

@@ -290,6 +290,11 @@ impl SourceMove {
                     Strategy::StopAndCopy => "dump",
                     Strategy::LazyPages => "dump (without lazy pages)",
                 };
+                if !c.waited.is_zero() {
+                    self.sw
+                        .record_at("wait for a dump slot", self.began, self.began + c.waited);
+                    self.began += c.waited;
+                }
                 self.report.dump_us = self.sw.record_at(name, self.began, now);
                 self.sw.mark_at(moment::FREEZE_START, self.began);
                 self.sw.mark_at(moment::DUMP_DONE, now);
@@ -963,7 +968,10 @@ mod tests {
             SourceEvent::Connected(Ok(())),
             SourceEvent::Sent(Ok(10)),
             prepared(),
-            SourceEvent::Checkpointed(Ok(Checkpointed { image_bytes: 100 })),
+            SourceEvent::Checkpointed(Ok(Checkpointed {
+                image_bytes: 100,
+                waited: Duration::ZERO,
+            })),
             SourceEvent::ImagesSent(Ok(130)),
             SourceEvent::Sent(Ok(140)),
             SourceEvent::Received(Ok(Message::Restored {

@@ -55,6 +55,7 @@ impl World {
                 site.clone(),
                 CriuOptions {
                     backhaul_addr: Some(backhaul),
+                    parallel_dumps: parallel_dumps(),
                     ..CriuOptions::default()
                 },
             );
@@ -751,6 +752,14 @@ async fn three_services_moved_at_once_all_arrive() {
     let _serial = SERIAL.lock().await;
     let w = World::up('t', None).await;
     move_at_once(&w, "m", 3, 60).await;
+}
+
+/// The modules' dump slots: `SVCMOD_PARALLEL_DUMPS` (0: no limit), else the default (the cores).
+fn parallel_dumps() -> usize {
+    std::env::var("SVCMOD_PARALLEL_DUMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CriuOptions::default().parallel_dumps)
 }
 
 /// How many services `many_services_moved_at_once_all_arrive` moves (`SVCMOD_AT_ONCE`, default 16).
