@@ -14,6 +14,7 @@ use common::{
     Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
+use model::timeline::us;
 use netkit::Netns;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -167,6 +168,12 @@ impl World {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         service
+    }
+
+    /// Waits until service `id`'s probe listens in its namespace at edge `edge`.
+    async fn probe_listens(&self, id: &str, edge: char, limit: Duration) {
+        let ns = self.ns(&format!("svc-{id}-{edge}"));
+        self.fabric.wait_listening(&ns, 5000, limit).await;
     }
 
     /// Starts the stream client at the UE (one connection, never reconnects).
@@ -662,12 +669,7 @@ async fn move_at_once(w: &World, tag: &str, n: u8, base: u8) {
         services.push(service);
     }
     for s in &services {
-        w.fabric
-            .wait_listening(
-                &w.ns(&format!("svc-{}-x", s.service_id)),
-                5000,
-                Duration::from_secs(5),
-            )
+        w.probe_listens(&s.service_id, 'x', Duration::from_secs(5))
             .await;
     }
     let began = Instant::now();
@@ -728,21 +730,12 @@ async fn move_at_once(w: &World, tag: &str, n: u8, base: u8) {
             "{}: root {pid} not in its namespace",
             s.service_id
         );
-        w.fabric
-            .wait_listening(
-                &w.ns(&format!("svc-{}-y", s.service_id)),
-                5000,
-                Duration::from_secs(2),
-            )
+        w.probe_listens(&s.service_id, 'y', Duration::from_secs(2))
             .await;
     }
     for s in &services {
         w.y.remove(&s.service_id).await.expect("remove at y");
     }
-}
-
-fn us(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
