@@ -402,14 +402,20 @@ impl Runtime for CriuRuntime {
         };
         let t = self.cfg.timeouts;
         let queued = tokio::time::Instant::now();
-        let slot = match &self.dump_slots {
-            Some(s) => Some(s.acquire().await.map_err(|_| CheckpointError {
-                left: Left::Running,
-                source: RuntimeError::State("the module's dump slots are closed".into()),
-            })?),
-            None => None,
+        let (slot, waited) = match &self.dump_slots {
+            None => (None, Duration::ZERO),
+            // A free slot is no wait (the report shows a wait only when there was one).
+            Some(s) => match s.try_acquire() {
+                Ok(slot) => (Some(slot), Duration::ZERO),
+                Err(_) => {
+                    let slot = s.acquire().await.map_err(|_| CheckpointError {
+                        left: Left::Running,
+                        source: RuntimeError::State("the module's dump slots are closed".into()),
+                    })?;
+                    (Some(slot), queued.elapsed())
+                }
+            },
         };
-        let waited = queued.elapsed();
         let dumped = match out.page_server {
             None => self.criu().dump(&req, t.dump).await.map(|d| (d, None)),
             Some(ps) => self

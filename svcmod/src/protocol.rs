@@ -1370,6 +1370,33 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_for_a_dump_slot_stays_outside_the_freeze() {
+        // Prepared at 40 ms; the checkpoint waited 4 ms for a slot and ended at 50 ms.
+        let (mut m, _, t0) = images_upto(4);
+        let c = Checkpointed {
+            image_bytes: 1,
+            waited: MS(4),
+        };
+        m.handle(t0 + MS(50), SourceEvent::Checkpointed(Ok(c)));
+        let got: Vec<_> =
+            m.sw.steps()
+                .iter()
+                .map(|s| (s.step.as_str(), s.at_us, s.took_us))
+                .filter(|(name, ..)| *name != "prepare target")
+                .collect();
+        assert_eq!(
+            got,
+            [
+                ("wait for a dump slot", 40_000, 4_000),
+                ("dump", 44_000, 6_000),
+                (moment::FREEZE_START, 44_000, 0),
+                (moment::DUMP_DONE, 50_000, 0),
+            ]
+        );
+        assert_eq!(m.frozen, Some(t0 + MS(44)));
+    }
+
+    #[test]
     fn the_moments_of_the_freeze_reach_the_source_report_on_the_wall_clock() {
         // The target's moments on its clock (events every 10 ms): images 40 ms, restored 60 ms,
         // path switched 90 ms, resumed 100 ms.
