@@ -67,6 +67,26 @@ impl Stopwatch {
         self.push(name.into(), end_us.saturating_sub(took_us), took_us);
     }
 
+    /// Records the moment `name` (a step of no duration) at `when`.
+    pub fn mark_at(&mut self, name: impl Into<String>, when: Instant) {
+        self.record_at(name, when, when);
+    }
+
+    /// Records the moment `name` at `at_unix_us` on the wall clock (e.g. a peer's moment), placed
+    /// from this stopwatch's anchor (saturating at its start).
+    pub fn mark_unix(&mut self, name: impl Into<String>, at_unix_us: u64) {
+        self.push(
+            name.into(),
+            at_unix_us.saturating_sub(self.start_unix_us),
+            0,
+        );
+    }
+
+    /// `now` on the wall clock: µs since the Unix epoch, from this stopwatch's anchor.
+    pub fn unix_us_at(&self, now: Instant) -> u64 {
+        self.start_unix_us.saturating_add(self.elapsed_us_at(now))
+    }
+
     /// Runs `step` and records it under `name`; its output.
     pub async fn time<T>(
         &mut self,
@@ -132,6 +152,22 @@ mod tests {
         let anchor = s[0].at_unix_us.expect("anchored") - 2_000;
         assert_eq!(s[1].at_unix_us, Some(anchor + 7_000));
         assert_eq!(sw.elapsed_us_at(t0 + ms(12)), 12_000);
+        assert_eq!(sw.unix_us_at(t0 + ms(12)), anchor + 12_000);
+        sw.mark_at("m", t0 + ms(3));
+        sw.mark_unix("peer", anchor + 9_000);
+        sw.mark_unix("before the start", anchor - 1);
+        let marks: Vec<_> = sw.steps()[3..]
+            .iter()
+            .map(|s| (s.step.as_str(), s.at_us, s.took_us, s.at_unix_us))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                ("m", 3_000, 0, Some(anchor + 3_000)),
+                ("peer", 9_000, 0, Some(anchor + 9_000)),
+                ("before the start", 0, 0, Some(anchor)),
+            ]
+        );
         assert_eq!(us(Duration::MAX), u64::MAX);
     }
 

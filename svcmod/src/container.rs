@@ -28,7 +28,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -358,9 +358,10 @@ impl Container {
         Ok(())
     }
 
-    /// Starts the service's process tree: `nsenter --net=… -- unshare --pid --fork setsid CMD…`.
-    /// Returns the host PID of the tree's root (PID 1 of its PID namespace).
-    pub fn start(&mut self, command: &[String]) -> Result<i32, ContainerError> {
+    /// Starts the service's process tree in working directory `cwd`:
+    /// `nsenter --net=… -- unshare --pid --fork setsid CMD…`. Returns the host PID of the tree's
+    /// root (PID 1 of its PID namespace).
+    pub fn start(&mut self, command: &[String], cwd: &Path) -> Result<i32, ContainerError> {
         let Some((program, args)) = command.split_first() else {
             return Err(ContainerError::Invalid {
                 what: "command",
@@ -372,6 +373,7 @@ impl Container {
             .arg(format!("--net={}", self.netns.path().display()))
             .args(["--", "unshare", "--pid", "--fork", "setsid", program])
             .args(args)
+            .current_dir(cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

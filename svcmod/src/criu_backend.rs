@@ -5,10 +5,18 @@
 //! | step | source | target |
 //! |---|---|---|
 //! | offer / accept | checks the tree and its netns; post-copy: picks the page server (on the module's backhaul address) | makes `<p>-svc-<id>-<T edge>` with the same IP/MAC, veth on T's bridge, **carrier down** |
-//! | checkpoint | `criu dump` (one at a time: the module's dump lock; the tree killed, its netns locked by nftables), then the carrier down | |
+//! | checkpoint | `criu dump` (the tree killed, its netns locked by nftables), then the carrier down | |
 //! | restore | | gated `criu restore` into the prepared netns: stops at `post-restore` (post-copy: a `criu lazy-pages` daemon first) |
 //! | go live | | the gate brings the carrier up, CRIU resumes the tree |
 //! | resume at source | carrier up (the lock still silences the netns), restore from its own images (which lifts the lock) | |
+//!
+//! **Working directories.** Every service runs in its own working directory,
+//! [`CriuRuntime::service_dir`], made before its start and before every restore (CRIU restores a
+//! task's working directory by path). Each service has its own because CRIU's parasite, in a task
+//! whose `/proc` belongs to another PID namespace (every service here: own PID namespace, the
+//! host's `/proc`), mounts a proc at `proc.crtools` *in the task's working directory*: services
+//! sharing one collided there when dumped at once ("Can't get proc fd"), which a module-wide dump
+//! lock used to prevent at the price of one dump at a time. Now dumps run in parallel.
 //!
 //! A failed dump is undone by CRIU itself (it resumes the tree): the move did not start, unless
 //! the tree is gone all the same. After a successful dump the source keeps its namespace
@@ -37,7 +45,7 @@ use crate::criu::{
 };
 use crate::driver::Driver;
 use crate::error::RuntimeError;
-use crate::hosting::blocking_try;
+use crate::hosting::{blocking_try, path_safe};
 use crate::runtime::{
     decode_offer, moves_prefix, CheckpointError, Checkpointed, Config, Found, Left, Leg, Resumed,
     Runtime, Transport,
@@ -48,6 +56,7 @@ use model::timeline::us;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -59,15 +68,21 @@ pub struct CriuOptions {
     pub backhaul_addr: Option<Ipv4Addr>,
     /// First TCP port of the page servers (one per migration, cycling through 100 ports).
     pub page_server_port: u16,
+    /// How many `criu dump`s run at once (0: no limit). A dump is CPU work: more at once than
+    /// cores only lengthens every service's freeze. A move waits for its slot *before* its
+    /// service stops (the report's step "wait for a dump slot").
+    pub parallel_dumps: usize,
 }
 
 impl Default for CriuOptions {
-    /// `criu` from `PATH`, page servers from port 27000, no backhaul address (no post-copy).
+    /// `criu` from `PATH`, page servers from port 27000, no backhaul address (no post-copy), as
+    /// many dumps at once as the host has cores.
     fn default() -> Self {
         Self {
             criu: Criu::default(),
             backhaul_addr: None,
             page_server_port: 27000,
+            parallel_dumps: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -84,12 +99,8 @@ pub struct CriuRuntime {
     cfg: CriuConfig,
     /// Migrations started (page-server ports cycle with it).
     migrations: AtomicU16,
-    /// Held while a `criu dump` runs: one dump at a time. CRIU's parasite, in a task whose
-    /// `/proc` belongs to another PID namespace (every service here: own PID namespace, the
-    /// host's `/proc`), mounts a proc at `proc.crtools` *in the task's working directory*;
-    /// services share theirs, so parallel dumps collided there ("Can't get proc fd", "Parasite
-    /// failed to dump /proc/self/cgroup": every run of a shortened `five-ues` had one).
-    dumps: tokio::sync::Mutex<()>,
+    /// [`CriuOptions::parallel_dumps`]' slots (none: no limit).
+    dump_slots: Option<tokio::sync::Semaphore>,
 }
 
 /// What the target needs from a CRIU source: post-copy's page server (absent: stop-and-copy).
@@ -139,9 +150,33 @@ impl CriuRuntime {
         })
     }
 
+    /// The working directory of service `service_id`, its own (see the module's docs): a
+    /// sibling of the module's work directory, `<work_dir>/../<prefix>-svc-<id>`, so every module
+    /// of the host whose work directory shares that parent (the testbed's, the tests') names the
+    /// same one, as CRIU's restore at another edge needs. It is left in place when the service
+    /// leaves or is removed (an empty directory; on this host the service may run on in it at
+    /// another edge); `testbed down` and the test worlds remove the parent's `<prefix>-*`.
+    pub fn service_dir(&self, service_id: &str) -> PathBuf {
+        let w = &self.cfg.work_dir;
+        w.parent()
+            .unwrap_or(w)
+            .join(format!("{}-svc-{}", self.cfg.prefix, path_safe(service_id)))
+    }
+
+    /// Makes [`Self::service_dir`] if it is missing (before a start or a restore).
+    fn ensure_service_dir(&self, service_id: &str) -> Result<PathBuf, RuntimeError> {
+        let dir = self.service_dir(service_id);
+        std::fs::create_dir_all(&dir).map_err(|source| RuntimeError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(dir)
+    }
+
     /// Stop-and-copy rollback: carrier up (the dump's lock still silences the namespace), then
     /// restore from the local images, which lifts the lock.
     async fn restore_at_source(&self, c: &Container, leg: &Leg) -> Result<i32, RuntimeError> {
+        self.ensure_service_dir(&leg.service.service_id)?;
         let up = c.clone();
         blocking_try(move || up.set_carrier(Carrier::Up)).await?;
         let req = RestoreRequest {
@@ -179,6 +214,10 @@ impl CriuRuntime {
                 "post-copy: the target had started fetching pages, and CRIU serves them once"
                     .into(),
             ));
+        }
+        if let Err(e) = self.ensure_service_dir(&leg.service.service_id) {
+            lazy_dump.kill().await;
+            return Err(e);
         }
         let (old, site, prefix) = (
             container.clone(),
@@ -265,9 +304,10 @@ impl Runtime for CriuRuntime {
 
     fn new(cfg: CriuConfig) -> Self {
         Self {
-            cfg,
+            dump_slots: (cfg.runtime.parallel_dumps > 0)
+                .then(|| tokio::sync::Semaphore::new(cfg.runtime.parallel_dumps)),
             migrations: AtomicU16::new(0),
-            dumps: tokio::sync::Mutex::new(()),
+            cfg,
         }
     }
 
@@ -287,9 +327,10 @@ impl Runtime for CriuRuntime {
         let (site, prefix) = (self.cfg.site.clone(), self.cfg.prefix.clone());
         let net = NetSpec::of(service, self.cfg.mtu);
         let command = spec.command.clone();
+        let cwd = self.ensure_service_dir(&service.service_id)?;
         blocking_try(move || {
             let mut c = Container::prepare(&site, &prefix, &net, Carrier::Up)?;
-            match c.start(&command) {
+            match c.start(&command, &cwd) {
                 Ok(_) => Ok(c),
                 Err(e) => {
                     let _ = c.destroy();
@@ -360,7 +401,21 @@ impl Runtime for CriuRuntime {
             log: leg.work.join("dump.log"),
         };
         let t = self.cfg.timeouts;
-        let one_dump = self.dumps.lock().await;
+        let queued = tokio::time::Instant::now();
+        let (slot, waited) = match &self.dump_slots {
+            None => (None, Duration::ZERO),
+            // A free slot is no wait (the report shows a wait only when there was one).
+            Some(s) => match s.try_acquire() {
+                Ok(slot) => (Some(slot), Duration::ZERO),
+                Err(_) => {
+                    let slot = s.acquire().await.map_err(|_| CheckpointError {
+                        left: Left::Running,
+                        source: RuntimeError::State("the module's dump slots are closed".into()),
+                    })?;
+                    (Some(slot), queued.elapsed())
+                }
+            },
+        };
         let dumped = match out.page_server {
             None => self.criu().dump(&req, t.dump).await.map(|d| (d, None)),
             Some(ps) => self
@@ -369,7 +424,7 @@ impl Runtime for CriuRuntime {
                 .await
                 .map(|ld| (ld.dumped(), Some(ld))),
         };
-        drop(one_dump);
+        drop(slot);
         let (dumped, lazy_dump) = dumped.map_err(|e| CheckpointError {
             // CRIU resumes the tree when a dump fails; it may be gone all the same.
             left: if container.owns(out.root) {
@@ -392,6 +447,7 @@ impl Runtime for CriuRuntime {
             })?;
         Ok(Checkpointed {
             image_bytes: dumped.image_bytes,
+            waited,
         })
     }
 
@@ -456,6 +512,7 @@ impl Runtime for CriuRuntime {
         container: &mut Container,
     ) -> Result<(), RuntimeError> {
         let t = self.cfg.timeouts;
+        self.ensure_service_dir(&leg.service.service_id)?;
         // Post-copy: the lazy-pages daemon must be up before the restore hands it the tasks.
         if let Some(ps) = incoming.page_server {
             incoming._pipes = Some(PipeMaxSize::raise(LAZY_PIPE_MAX_SIZE)?);

@@ -346,6 +346,7 @@ impl<const PULL: bool> Runtime for Fake<PULL> {
         }
         Ok(Checkpointed {
             image_bytes: image.len() as u64,
+            waited: Duration::ZERO,
         })
     }
 

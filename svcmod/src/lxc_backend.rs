@@ -358,6 +358,7 @@ impl Runtime for LxcRuntime {
         container.init_pid = None;
         Ok(Checkpointed {
             image_bytes: crate::criu::dir_bytes(&images).unwrap_or(0),
+            waited: Duration::ZERO,
         })
     }
 

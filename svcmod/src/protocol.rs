@@ -44,12 +44,29 @@
 use crate::error::{MigrationError, MoveError, RuntimeError};
 use crate::runtime::{CheckpointError, Checkpointed, Left, Resumed, Timeouts, Transport};
 use crate::service::{IncomingReport, MigrationReport, Strategy};
-use crate::transfer::{Message, TransferError};
+use crate::transfer::{Message, TargetMoments, TransferError};
 use model::smo::Service;
 use model::timeline::{us, Stopwatch};
 use serde_json::Value;
 use std::time::Duration;
 use tokio::time::Instant;
+
+/// The names of the moments of a move in its report's steps (steps of no duration, each with its
+/// wall-clock `at_unix_us`): the freeze budget, split where the modules can see it.
+pub mod moment {
+    /// The source's checkpoint began: the service stops (images transport).
+    pub const FREEZE_START: &str = "moment: freeze start";
+    /// The checkpoint ended: the images are written.
+    pub const DUMP_DONE: &str = "moment: dump done";
+    /// The target has the last image byte (target's clock).
+    pub const IMAGES_AT_TARGET: &str = "moment: images at target";
+    /// The target restored the service, still stopped (pull: the pull ended; target's clock).
+    pub const RESTORED: &str = "moment: restored";
+    /// The target's arrival hook answered: the SMO switched the path (target's clock).
+    pub const PATH_SWITCHED: &str = "moment: path switched";
+    /// The service runs at the target (target's clock).
+    pub const RESUMED: &str = "moment: resumed";
+}
 
 /// Everything a source move starts from.
 #[derive(Debug, Clone)]
@@ -163,6 +180,8 @@ pub struct SourceMove {
     cause: Option<MoveError>,
     /// Resuming at the source failed too.
     fallback: Option<RuntimeError>,
+    /// The target's moments, as its last answer gave them.
+    target_moments: TargetMoments,
 }
 
 impl SourceMove {
@@ -196,6 +215,7 @@ impl SourceMove {
             report,
             cause: None,
             fallback: None,
+            target_moments: TargetMoments::default(),
         };
         (m, vec![SourceCommand::Offer])
     }
@@ -270,7 +290,14 @@ impl SourceMove {
                     Strategy::StopAndCopy => "dump",
                     Strategy::LazyPages => "dump (without lazy pages)",
                 };
+                if !c.waited.is_zero() {
+                    self.sw
+                        .record_at("wait for a dump slot", self.began, self.began + c.waited);
+                    self.began += c.waited;
+                }
                 self.report.dump_us = self.sw.record_at(name, self.began, now);
+                self.sw.mark_at(moment::FREEZE_START, self.began);
+                self.sw.mark_at(moment::DUMP_DONE, now);
                 self.frozen = Some(self.began);
                 self.began = now;
                 self.stage = S::Images;
@@ -313,7 +340,11 @@ impl SourceMove {
                 }]
             }
             (S::Restored, E::Received(answer)) => match answer {
-                Ok(Message::Restored { restore_us }) => {
+                Ok(Message::Restored {
+                    restore_us,
+                    moments,
+                }) => {
+                    self.target_moments = moments;
                     self.report.restore_us = restore_us;
                     let name = if self.pull() {
                         "LXD move (pull at target)"
@@ -360,7 +391,8 @@ impl SourceMove {
             // Not sent: the target cannot have it (a write fails only on a broken connection).
             (S::CommitSent, E::Sent(Err(e))) => self.roll_back(now, e.into()),
             (S::Done, E::Received(answer)) => match answer {
-                Ok(Message::Done { resume_us }) => {
+                Ok(Message::Done { resume_us, moments }) => {
+                    self.target_moments = moments;
                     self.report.resume_us = resume_us;
                     let name = if self.pull() {
                         "attach at target"
@@ -462,7 +494,20 @@ impl SourceMove {
 
     fn finish_report(&mut self, now: Instant) -> MigrationReport {
         self.report.total_us = self.sw.elapsed_us_at(now);
-        self.report.steps = self.sw.steps().to_vec();
+        let m = self.target_moments;
+        for (name, at) in [
+            (moment::IMAGES_AT_TARGET, m.images_at_target),
+            (moment::RESTORED, m.restored),
+            (moment::PATH_SWITCHED, m.path_switched),
+            (moment::RESUMED, m.resumed),
+        ] {
+            if let Some(at) = at {
+                self.sw.mark_unix(name, at);
+            }
+        }
+        let mut steps = self.sw.steps().to_vec();
+        steps.sort_by_key(|s| s.at_us);
+        self.report.steps = steps;
         self.report.clone()
     }
 
@@ -606,6 +651,9 @@ pub struct TargetMove {
     restore_us: u64,
     resume_us: u64,
     image_bytes: u64,
+    /// The wall-clock anchor of the moments.
+    clock: Stopwatch,
+    moments: TargetMoments,
 }
 
 impl TargetMove {
@@ -628,6 +676,8 @@ impl TargetMove {
             restore_us: 0,
             resume_us: 0,
             image_bytes: 0,
+            clock: Stopwatch::start_at(now),
+            moments: TargetMoments::default(),
         };
         let cmds = vec![TargetCommand::Receive {
             expect: "prepare",
@@ -707,6 +757,7 @@ impl TargetMove {
             }
             (S::Images, E::ImagesReceived(Ok(bytes))) => {
                 self.receive_us = since(self.began);
+                self.moments.images_at_target = Some(self.clock.unix_us_at(now));
                 self.image_bytes = bytes;
                 self.stage = S::Restore;
                 vec![C::Receive {
@@ -721,9 +772,11 @@ impl TargetMove {
             }
             (S::Restoring, E::Restored(Ok(()))) => {
                 self.restore_us = since(self.began);
+                self.moments.restored = Some(self.clock.unix_us_at(now));
                 self.stage = S::RestoredSent;
                 vec![C::Send(Message::Restored {
                     restore_us: self.restore_us,
+                    moments: self.moments,
                 })]
             }
             (S::Restoring, E::Restored(Err(e))) => {
@@ -749,6 +802,7 @@ impl TargetMove {
                 vec![C::Arrive]
             }
             (S::Arrive, E::Arrived) => {
+                self.moments.path_switched = Some(self.clock.unix_us_at(now));
                 if self.pull() {
                     self.live(now)
                 } else {
@@ -761,6 +815,7 @@ impl TargetMove {
                 (Err(e), false) => self.fail_telling(MoveError::local("resume")(e)),
                 // Pulled: the service runs here whatever its port does; the SMO's path comes next.
                 (result, true) => {
+                    self.moments.resumed = Some(self.clock.unix_us_at(now));
                     if let Err(e) = result {
                         tracing::warn!(error = %sbi::error_chain(&e), "the moved service's port is not attached");
                     }
@@ -802,10 +857,14 @@ impl TargetMove {
     /// The service runs here: tell the source, then the runtime's own end.
     fn live(&mut self, now: Instant) -> Vec<TargetCommand> {
         self.resume_us = us(now.saturating_duration_since(self.began));
+        if self.moments.resumed.is_none() {
+            self.moments.resumed = Some(self.clock.unix_us_at(now));
+        }
         self.stage = TargetStage::Settle;
         vec![
             TargetCommand::Tell(Message::Done {
                 resume_us: self.resume_us,
+                moments: self.moments,
             }),
             TargetCommand::Settle,
         ]
@@ -909,12 +968,21 @@ mod tests {
             SourceEvent::Connected(Ok(())),
             SourceEvent::Sent(Ok(10)),
             prepared(),
-            SourceEvent::Checkpointed(Ok(Checkpointed { image_bytes: 100 })),
+            SourceEvent::Checkpointed(Ok(Checkpointed {
+                image_bytes: 100,
+                waited: Duration::ZERO,
+            })),
             SourceEvent::ImagesSent(Ok(130)),
             SourceEvent::Sent(Ok(140)),
-            SourceEvent::Received(Ok(Message::Restored { restore_us: 7 })),
+            SourceEvent::Received(Ok(Message::Restored {
+                restore_us: 7,
+                moments: TargetMoments::default(),
+            })),
             SourceEvent::Sent(Ok(150)),
-            SourceEvent::Received(Ok(Message::Done { resume_us: 3 })),
+            SourceEvent::Received(Ok(Message::Done {
+                resume_us: 3,
+                moments: TargetMoments::default(),
+            })),
             SourceEvent::Completed(Ok(())),
             SourceEvent::Removed,
         ];
@@ -1004,7 +1072,14 @@ mod tests {
             (5, E::ImagesSent(Err(lost_connection())), ROLL_BACK),
             (6, E::Sent(Err(lost_connection())), ROLL_BACK),
             (7, answer(failed()), ROLL_BACK),
-            (7, answer(Message::Done { resume_us: 1 }), ROLL_BACK),
+            (
+                7,
+                answer(Message::Done {
+                    resume_us: 1,
+                    moments: TargetMoments::default(),
+                }),
+                ROLL_BACK,
+            ),
             (7, lost(), ROLL_BACK),
             // Commit not sent: the target cannot have it.
             (8, E::Sent(Err(lost_connection())), ROLL_BACK),
@@ -1119,9 +1194,15 @@ mod tests {
             prepared(),
             SourceEvent::Checkpointed(Ok(Checkpointed::default())),
             SourceEvent::Sent(Ok(2)),
-            SourceEvent::Received(Ok(Message::Restored { restore_us: 900 })),
+            SourceEvent::Received(Ok(Message::Restored {
+                restore_us: 900,
+                moments: TargetMoments::default(),
+            })),
             SourceEvent::Measured(Some(5000)),
-            SourceEvent::Received(Ok(Message::Done { resume_us: 100 })),
+            SourceEvent::Received(Ok(Message::Done {
+                resume_us: 100,
+                moments: TargetMoments::default(),
+            })),
             SourceEvent::Completed(Ok(())),
             SourceEvent::Removed,
         ]
@@ -1156,7 +1237,10 @@ mod tests {
             prepared(),
             SourceEvent::Checkpointed(Ok(Checkpointed::default())),
             SourceEvent::Sent(Ok(2)),
-            SourceEvent::Received(Ok(Message::Restored { restore_us: 900 })),
+            SourceEvent::Received(Ok(Message::Restored {
+                restore_us: 900,
+                moments: TargetMoments::default(),
+            })),
             SourceEvent::Measured(None),
         ] {
             m.handle(t0, e);
@@ -1283,6 +1367,105 @@ mod tests {
             (10_000, 10_000, 10_000, 20_000)
         );
         assert_eq!(r.image_bytes, 100);
+    }
+
+    #[test]
+    fn a_wait_for_a_dump_slot_stays_outside_the_freeze() {
+        // Prepared at 40 ms; the checkpoint waited 4 ms for a slot and ended at 50 ms.
+        let (mut m, _, t0) = images_upto(4);
+        let c = Checkpointed {
+            image_bytes: 1,
+            waited: MS(4),
+        };
+        m.handle(t0 + MS(50), SourceEvent::Checkpointed(Ok(c)));
+        let got: Vec<_> =
+            m.sw.steps()
+                .iter()
+                .map(|s| (s.step.as_str(), s.at_us, s.took_us))
+                .filter(|(name, ..)| *name != "prepare target")
+                .collect();
+        assert_eq!(
+            got,
+            [
+                ("wait for a dump slot", 40_000, 4_000),
+                ("dump", 44_000, 6_000),
+                (moment::FREEZE_START, 44_000, 0),
+                (moment::DUMP_DONE, 50_000, 0),
+            ]
+        );
+        assert_eq!(m.frozen, Some(t0 + MS(44)));
+    }
+
+    #[test]
+    fn the_moments_of_the_freeze_reach_the_source_report_on_the_wall_clock() {
+        // The target's moments on its clock (events every 10 ms): images 40 ms, restored 60 ms,
+        // path switched 90 ms, resumed 100 ms.
+        let (t, cmds, t0) = target_upto(Transport::Images, 10);
+        let at = |anchor: u64, ms: u64| Some(anchor + ms * 1000);
+        let ta = t.clock.unix_us_at(t0);
+        let Some(TargetCommand::Tell(Message::Done { moments, .. })) = cmds.first() else {
+            panic!("no done: {:?}", tlines(&cmds));
+        };
+        assert_eq!(
+            *moments,
+            TargetMoments {
+                images_at_target: at(ta, 40),
+                restored: at(ta, 60),
+                path_switched: at(ta, 90),
+                resumed: at(ta, 100),
+            }
+        );
+        // The source (events every 10 ms: the dump 40 → 50 ms) places the target's moments by
+        // their wall-clock time, and every step in time order.
+        let (mut m, _, t0) = images_upto(9);
+        let a = m.sw.unix_us_at(t0);
+        let done = Message::Done {
+            resume_us: 6_000,
+            moments: TargetMoments {
+                images_at_target: at(a, 55),
+                restored: at(a, 75),
+                path_switched: at(a, 92),
+                resumed: at(a, 98),
+            },
+        };
+        m.handle(t0 + MS(100), SourceEvent::Received(Ok(done)));
+        m.handle(t0 + MS(110), SourceEvent::Completed(Ok(())));
+        let Some(SourceCommand::Done(Ok(r))) = m.handle(t0 + MS(120), SourceEvent::Removed).pop()
+        else {
+            panic!("no report");
+        };
+        let got: Vec<_> = r
+            .steps
+            .iter()
+            .filter(|s| s.step.starts_with("moment: "))
+            .map(|s| (s.step.as_str(), s.at_us, s.took_us, s.at_unix_us))
+            .collect();
+        let want: Vec<_> = [
+            (moment::FREEZE_START, 40),
+            (moment::DUMP_DONE, 50),
+            (moment::IMAGES_AT_TARGET, 55),
+            (moment::RESTORED, 75),
+            (moment::PATH_SWITCHED, 92),
+            (moment::RESUMED, 98),
+        ]
+        .into_iter()
+        .map(|(name, ms)| (name, ms * 1000, 0, at(a, ms)))
+        .collect();
+        assert_eq!(got, want);
+        assert!(
+            r.steps.windows(2).all(|w| w[0].at_us <= w[1].at_us),
+            "{:?}",
+            r.steps
+        );
+        // The interval steps the testbed reads keep their names.
+        for name in [
+            "prepare target",
+            "dump",
+            "transfer images",
+            "restore at target",
+        ] {
+            assert!(r.steps.iter().any(|s| s.step == name), "{name}");
+        }
     }
 
     #[test]

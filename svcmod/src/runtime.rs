@@ -146,6 +146,9 @@ impl Leg {
 pub struct Checkpointed {
     /// Size of the images (0 when the runtime keeps them itself).
     pub image_bytes: u64,
+    /// How long the checkpoint waited before it stopped the service (CRIU: for a dump slot):
+    /// the freeze starts after it.
+    pub waited: Duration,
 }
 
 /// Where a failed checkpoint left the service.

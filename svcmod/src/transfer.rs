@@ -52,13 +52,40 @@ pub enum Message {
     Restore,
     /// Target → source: the service is restored (images: every task stopped, carrier down; pull:
     /// it runs).
-    Restored { restore_us: u64 },
+    Restored {
+        restore_us: u64,
+        #[serde(default)]
+        moments: TargetMoments,
+    },
     /// Target → source: the restore failed (the target holds nothing of the service).
     Failed { cause: String },
     /// Source → target: go live (the point of no return).
     Commit,
     /// Target → source: the service runs at the target.
-    Done { resume_us: u64 },
+    Done {
+        resume_us: u64,
+        #[serde(default)]
+        moments: TargetMoments,
+    },
+}
+
+/// The moments of a move the target knows, on its host's wall clock (µs since the Unix epoch),
+/// each set once it happened: the source puts them into its report's steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetMoments {
+    /// The last image byte arrived (images transport).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images_at_target: Option<u64>,
+    /// Every task restored, still stopped (images), or the pull ended (pull).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<u64>,
+    /// The arrival hook answered: the SMO switched the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_switched: Option<u64>,
+    /// The service runs at the target (images: carrier up, tasks resumed; pull: port attached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<u64>,
 }
 
 impl Message {

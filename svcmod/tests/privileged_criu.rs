@@ -14,6 +14,7 @@ use common::{
     Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP,
 };
 use model::smo::{ExecuteRequest, RelocationType, Service};
+use model::timeline::us;
 use netkit::Netns;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -55,6 +56,7 @@ impl World {
                 site.clone(),
                 CriuOptions {
                     backhaul_addr: Some(backhaul),
+                    parallel_dumps: parallel_dumps(),
                     ..CriuOptions::default()
                 },
             );
@@ -168,6 +170,12 @@ impl World {
         service
     }
 
+    /// Waits until service `id`'s probe listens in its namespace at edge `edge`.
+    async fn probe_listens(&self, id: &str, edge: char, limit: Duration) {
+        let ns = self.ns(&format!("svc-{id}-{edge}"));
+        self.fabric.wait_listening(&ns, 5000, limit).await;
+    }
+
     /// Starts the stream client at the UE (one connection, never reconnects).
     fn start_client(&self, seconds: f64) -> Child {
         self.fabric.start_client(seconds)
@@ -272,6 +280,7 @@ async fn stop_and_copy_moves_a_live_tcp_stream_between_edges() {
             s.step, s.at_us, s.took_us
         );
     }
+    print_budget(&report);
     assert!(report.image_bytes > 0);
     assert!(report.bytes_moved > report.image_bytes);
     assert!(report.dump_us > 0 && report.transfer_us > 0 && report.restore_us > 0);
@@ -522,6 +531,24 @@ fn print_report(label: &str, r: &MigrationReport) {
     );
 }
 
+/// The freeze budget of `r` from its moments: ms from the freeze start to each moment.
+fn print_budget(r: &MigrationReport) {
+    let moments: Vec<_> = r
+        .steps
+        .iter()
+        .filter_map(|s| Some((s.step.strip_prefix("moment: ")?, s.at_unix_us?)))
+        .collect();
+    let Some(&(_, freeze)) = moments.iter().find(|(m, _)| *m == "freeze start") else {
+        println!("  no freeze start in the report");
+        return;
+    };
+    let line: Vec<String> = moments
+        .iter()
+        .map(|(m, at)| format!("{m} {:+.1}", ms(at.saturating_sub(freeze))))
+        .collect();
+    println!("  budget (ms from the freeze start): {}", line.join(", "));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
 async fn lazy_pages_move_a_service_with_ballast_and_keep_its_stream() {
@@ -617,22 +644,19 @@ async fn lazy_pages_move_a_service_with_ballast_and_keep_its_stream() {
     assert_eq!(pipe_max_before, pipe_max_after, "fs.pipe-max-size put back");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
-async fn three_services_moved_at_once_all_arrive() {
-    require_root();
-    let _serial = SERIAL.lock().await;
-    let w = World::up('t', None).await;
-    // Three services of one module, each a process tree in its own PID namespace with the
-    // host's /proc and the module's working directory: their dumps must not collide (CRIU's
-    // parasite mounts a proc at `proc.crtools` in the task's working directory).
+/// Starts `n` probe services at edge X (ids `<tag>1`…, addresses 20.0.0.`base`+i), moves them
+/// all to Y at once, and checks every one arrived and listens there; prints each one's freeze
+/// and the time until the last move ended. The services are process trees in their own PID
+/// namespaces with the host's `/proc`, so CRIU's parasite mounts a proc at `proc.crtools` in the
+/// task's working directory: their dumps must not collide there.
+async fn move_at_once(w: &World, tag: &str, n: u8, base: u8) {
     let mut services = Vec::new();
-    for i in 1..=3u8 {
+    for i in 1..=n {
         let service =
             w.x.create(ServiceSpec {
-                service_id: format!("m{i}"),
-                ipv4_addr: Ipv4Addr::new(20, 0, 0, 60 + i),
-                mac_addr: format!("02:00:00:00:00:6{i}"),
+                service_id: format!("{tag}{i}"),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, base + i),
+                mac_addr: format!("02:00:00:00:01:{:02x}", base + i),
                 command: vec![
                     tbprobe().display().to_string(),
                     "serve".into(),
@@ -644,6 +668,11 @@ async fn three_services_moved_at_once_all_arrive() {
             .expect("create a service at edge x");
         services.push(service);
     }
+    for s in &services {
+        w.probe_listens(&s.service_id, 'x', Duration::from_secs(5))
+            .await;
+    }
+    let began = Instant::now();
     let moves: Vec<_> = services
         .iter()
         .map(|s| {
@@ -651,15 +680,36 @@ async fn three_services_moved_at_once_all_arrive() {
                 Arc::clone(&w.x),
                 w.request(&format!("rel-{}", s.service_id), s),
             );
-            tokio::spawn(async move { x.migrate_out(&request).await })
+            tokio::spawn(async move {
+                let r = x.migrate_out(&request).await;
+                (r, began.elapsed())
+            })
         })
         .collect();
+    let mut frozen = Vec::new();
+    let mut failed = Vec::new();
     for (s, m) in services.iter().zip(moves) {
         match m.await.expect("the move's task") {
-            Ok(report) => print_report(&format!("{} x → y", s.service_id), &report),
-            Err(e) => panic!("{} did not move: {e}", s.service_id),
+            (Ok(report), ended) => {
+                print_report(&format!("{} x → y", s.service_id), &report);
+                print_budget(&report);
+                println!("  ended {:.1} ms after the first move began", ms(us(ended)));
+                frozen.push(report.frozen_us);
+            }
+            (Err(e), _) => failed.push(format!("{}: {e}: {e:?}", s.service_id)),
         }
     }
+    let all_done = began.elapsed();
+    assert!(failed.is_empty(), "moves that failed: {failed:#?}");
+    frozen.sort_unstable();
+    println!(
+        "{n} services at once: all done {:.1} ms; frozen min {:.1} / median {:.1} / max {:.1} ms \
+         (a loaded 2-core machine)",
+        ms(us(all_done)),
+        ms(frozen[0]),
+        ms(frozen[frozen.len() / 2]),
+        ms(frozen[frozen.len() - 1]),
+    );
     assert!(w.x.services().await.expect("list").is_empty());
     let mut at_y: Vec<String> =
         w.y.services()
@@ -669,8 +719,56 @@ async fn three_services_moved_at_once_all_arrive() {
             .map(|s| s.service_id)
             .collect();
     at_y.sort();
-    assert_eq!(at_y, ["m1", "m2", "m3"]);
+    let mut want: Vec<String> = services.iter().map(|s| s.service_id.clone()).collect();
+    want.sort();
+    assert_eq!(at_y, want);
+    for s in &services {
+        let c = w.y.container(&s.service_id).expect("hosted at y");
+        let pid = c.root_pid().expect("runs at y");
+        assert!(
+            c.owns(pid),
+            "{}: root {pid} not in its namespace",
+            s.service_id
+        );
+        w.probe_listens(&s.service_id, 'y', Duration::from_secs(2))
+            .await;
+    }
     for s in &services {
         w.y.remove(&s.service_id).await.expect("remove at y");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
+async fn three_services_moved_at_once_all_arrive() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let w = World::up('t', None).await;
+    move_at_once(&w, "m", 3, 60).await;
+}
+
+/// The modules' dump slots: `SVCMOD_PARALLEL_DUMPS` (0: no limit), else the default (the cores).
+fn parallel_dumps() -> usize {
+    std::env::var("SVCMOD_PARALLEL_DUMPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CriuOptions::default().parallel_dumps)
+}
+
+/// How many services `many_services_moved_at_once_all_arrive` moves (`SVCMOD_AT_ONCE`, default 16).
+fn at_once() -> u8 {
+    std::env::var("SVCMOD_AT_ONCE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| (1..=100).contains(n))
+        .unwrap_or(16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
+async fn many_services_moved_at_once_all_arrive() {
+    require_root();
+    let _serial = SERIAL.lock().await;
+    let w = World::up('m', None).await;
+    move_at_once(&w, "n", at_once(), 100).await;
 }

@@ -187,8 +187,22 @@ impl<const PULL: bool> Pair<PULL> {
     }
 }
 
+/// The report's steps that take time (not its moments), in order.
 fn step_names(r: &MigrationReport) -> Vec<&str> {
-    r.steps.iter().map(|s| s.step.as_str()).collect()
+    r.steps
+        .iter()
+        .map(|s| s.step.as_str())
+        .filter(|s| !s.starts_with("moment: "))
+        .collect()
+}
+
+/// The report's moments, in order.
+fn moment_names(r: &MigrationReport) -> Vec<&str> {
+    r.steps
+        .iter()
+        .map(|s| s.step.as_str())
+        .filter(|s| s.starts_with("moment: "))
+        .collect()
 }
 
 /// Where a move left the service, and why, in words: `("rolled back", "connection")`.
@@ -262,6 +276,18 @@ async fn a_move_reports_every_step_on_the_paused_clock_and_leaves_one_copy_at_th
             "remove source"
         ]
     );
+    assert_eq!(
+        moment_names(&r),
+        [
+            "moment: freeze start",
+            "moment: dump done",
+            "moment: images at target",
+            "moment: restored",
+            "moment: path switched",
+            "moment: resumed"
+        ]
+    );
+    assert!(r.steps.iter().all(|s| s.at_unix_us.is_some()));
     // Exact on the paused clock: the fake's times, and nothing else passes.
     assert_eq!(
         (r.prepare_us, r.dump_us, r.restore_us, r.resume_us),
@@ -629,7 +655,15 @@ async fn scripted_target(
 async fn a_commit_that_cannot_be_sent_rolls_back() {
     let p = Pair::<false>::new("nocommit");
     // The target closes right after `Restored`: `Commit` finds the connection broken.
-    let out = scripted_target(&p, Message::Restored { restore_us: 5 }, None).await;
+    let out = scripted_target(
+        &p,
+        Message::Restored {
+            restore_us: 5,
+            moments: Default::default(),
+        },
+        None,
+    )
+    .await;
     expect_verdict(&out, "rolled back", "connection");
     assert_eq!(p.world.running(ID), ["x"]);
 }
@@ -642,7 +676,15 @@ async fn answers_out_of_turn_are_refused_where_they_come() {
     expect_verdict(&out, "rolled back", "commit for restored");
     // `Refused` in answer to `Commit`: the target may be live: unknown.
     let refused = Message::Refused { cause: "?".into() };
-    let out = scripted_target(&p, Message::Restored { restore_us: 5 }, Some(refused)).await;
+    let out = scripted_target(
+        &p,
+        Message::Restored {
+            restore_us: 5,
+            moments: Default::default(),
+        },
+        Some(refused),
+    )
+    .await;
     expect_verdict(&out, "unknown", "refused for done");
 }
 
