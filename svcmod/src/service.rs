@@ -4,7 +4,6 @@
 //! move at the source ([`MigrationReport`]) and at the target ([`IncomingReport`]).
 
 use crate::container;
-use crate::error::BackendError;
 use model::ran::TimelineStep;
 use model::smo::{ExecuteReport, RelocationType, ResourceRequirements, Service};
 use serde::{Deserialize, Serialize};
@@ -72,7 +71,10 @@ pub struct ServiceSpec {
 impl ServiceSpec {
     /// The service this spec makes on a backend of `relocation_type`, its MAC and OVS port name
     /// checked (`s-<id>`); it serves no UE yet.
-    pub fn service(&self, relocation_type: RelocationType) -> Result<Service, BackendError> {
+    pub fn service(
+        &self,
+        relocation_type: RelocationType,
+    ) -> Result<Service, container::ContainerError> {
         Ok(Service {
             service_id: self.service_id.clone(),
             ipv4_addr: self.ipv4_addr,
