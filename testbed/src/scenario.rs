@@ -778,7 +778,8 @@ mod tests {
                 "quick-lxd-streamer",
                 "thesis-5.4",
                 "thesis-5.4-lxd",
-                "thesis-5.4-streamer"
+                "thesis-5.4-streamer",
+                "twenty-ues"
             ]
         );
     }
