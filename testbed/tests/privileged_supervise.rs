@@ -54,7 +54,9 @@ fn a_killed_network_function_is_restarted_and_counted() {
         relocations.iter().all(|a| a.records.is_ok()),
         "an SMO does not answer after the restart: {relocations:?}"
     );
-    let st = testbed::topo::status(&plan.name).expect("status").expect("up");
+    let st = testbed::topo::status(&plan.name)
+        .expect("status")
+        .expect("up");
     let smo_y = st
         .nodes
         .iter()
@@ -65,7 +67,10 @@ fn a_killed_network_function_is_restarted_and_counted() {
     assert!(st.supervisor.is_some_and(|s| s.alive));
     // A process that is not there is refused by name, with the list.
     let err = testbed::supervise::kill(&plan.name, None, "smo-z").expect_err("no smo-z");
-    assert!(err.contains("no process `smo-z`") && err.contains("smo-y"), "{err}");
+    assert!(
+        err.contains("no process `smo-z`") && err.contains("smo-y"),
+        "{err}"
+    );
 
     drop(guard);
     assert!(
