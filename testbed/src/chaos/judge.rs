@@ -8,7 +8,7 @@
 //! 4. no SMO records a RUNNING relocation begun during the run,
 //! 5. no switch holds a relocation (trombone) flow, and no switch but the one where the service
 //!    runs holds the service's own flows,
-//! 6. every network function of the testbed is running.
+//! 6. every network function of the testbed, and its supervisor, is running.
 //!
 //! **Per event** ([`judge`]): its time to converge is from the start of its action to the first
 //! sample begun after the action ended that is converged. Converged within the bound: that time.
@@ -269,6 +269,12 @@ pub struct ChaosVerdict {
     pub final_state: FinalState,
     /// Samples judged (from the schedule's start).
     pub samples: usize,
+    /// The stream's longest silence between two samples that saw new records (or to the last
+    /// sample), ms: what the bound allows shows here.
+    pub largest_stream_gap_ms: f64,
+    /// The longest stretch of samples in which the service did not run (alone) at the edge of
+    /// the UE's site, ms (from its first such sample to the first sample after it).
+    pub longest_misplaced_ms: f64,
 }
 
 impl ChaosVerdict {
@@ -407,6 +413,45 @@ pub fn judge(
         });
     }
 
+    let largest_stream_gap_ms = deliveries
+        .iter()
+        .copied()
+        .filter(|t| *t > start_ms)
+        .chain(std::iter::once(end_ms))
+        .scan(
+            deliveries
+                .iter()
+                .copied()
+                .rfind(|t| *t <= start_ms)
+                .unwrap_or(start_ms),
+            |prev, t| {
+                let gap = t - *prev;
+                *prev = t;
+                Some(gap)
+            },
+        )
+        .fold(0.0, f64::max);
+    let mut longest_misplaced_ms: f64 = 0.0;
+    let mut misplaced_since: Option<f64> = None;
+    for (s, a) in &judged {
+        let home = s
+            .ue_site
+            .as_ref()
+            .and_then(|site| expect.edge_of_site.get(site));
+        let placed = matches!((a.copies.as_slice(), home), ([at], Some(h)) if at == h);
+        match (placed, misplaced_since) {
+            (false, None) => misplaced_since = Some(s.at_ms),
+            (true, Some(from)) => {
+                longest_misplaced_ms = longest_misplaced_ms.max(s.at_ms - from);
+                misplaced_since = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(from) = misplaced_since {
+        longest_misplaced_ms = longest_misplaced_ms.max(end_ms - from);
+    }
+
     // Corrupt records.
     let first_corrupt = judged.iter().find(|(s, _)| s.stream_corrupt > 0);
     let corrupt = corrupt_records.max(judged.last().map_or(0, |(s, _)| s.stream_corrupt));
@@ -508,6 +553,8 @@ pub fn judge(
         violations,
         final_state,
         samples: judged.len(),
+        largest_stream_gap_ms,
+        longest_misplaced_ms,
     }
 }
 
@@ -722,6 +769,9 @@ mod tests {
         );
         assert_eq!(v.convergence_ms(), [300.0]);
         assert_eq!(v.counts(), (1, 1, 1));
+        // Misplaced from 1000 (UE at B, service at X) to 1300, from 2000 to the end at 4900.
+        assert_eq!(v.longest_misplaced_ms, 2900.0);
+        assert_eq!(v.largest_stream_gap_ms, 100.0);
         assert_eq!(v.violations.len(), 1, "{:?}", v.violations);
         assert_eq!(v.violations[0].kind, ViolationKind::NotConverged);
         assert_eq!(v.violations[0].event, Some(2));
@@ -851,6 +901,7 @@ mod tests {
             "the stream was silent for 1600 ms (bound 1000 ms)"
         );
         assert_eq!((gaps[1].from_ms, gaps[1].to_ms), (2900.0, None));
+        assert_eq!(v.largest_stream_gap_ms, 1600.0);
         assert!(!v.final_state.converged);
         assert!(
             v.final_state

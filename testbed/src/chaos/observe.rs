@@ -182,10 +182,12 @@ fn sample_until_stopped(
             bridge: sw.bridge.clone(),
         })
         .collect();
+    // The network functions, and the supervisor that restarts them.
     let functions: BTreeSet<String> =
         crate::nf::launches(&cfg.plan, &cfg.token, &crate::nf::LaunchOptions::new())
             .into_iter()
             .map(|l| l.name)
+            .chain([crate::supervise::NAME.to_owned()])
             .collect();
     let period = cfg.sample;
     let mut k: u32 = 0;
@@ -296,7 +298,7 @@ enum Part {
     Smo(Option<Vec<RecordHead>>),
 }
 
-/// The network functions among `functions` that the testbed's state lists as not running.
+/// The processes among `functions` that the testbed's state lists as not running.
 fn down(plan: &Plan, functions: &BTreeSet<String>) -> Vec<String> {
     let Ok(Some(state)) = crate::state::State::load(&plan.state_dir) else {
         return vec!["(the testbed's state cannot be read)".into()];

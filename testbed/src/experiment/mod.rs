@@ -460,7 +460,11 @@ pub fn one_line(r: &RunResult) -> String {
             if v.final_state.converged { "converged" } else { "NOT converged" }
         )
     });
-    let nums: Vec<String> = nums.into_iter().chain(kills).chain(chaos).collect();
+    // A chaos run says its verdict and how many relocations ran, not each one.
+    let nums: Vec<String> = match chaos {
+        Some(c) => vec![c, format!("{} relocation(s)", r.relocations.len())],
+        None => nums.into_iter().chain(kills).collect(),
+    };
     match (&r.error, r.ok) {
         (_, true) => format!("ok — {}", nums.join("; ")),
         (Some(e), false) => format!("FAILED — {e}"),

@@ -111,12 +111,14 @@ pub fn chaos_section(e: &Experiment) -> String {
          flow on any switch and no service flow where the service does not run, every network \
          function up. **Time to converge**: from the event's action to the first converged \
          sample after it; *superseded* when the next event came first, a `not-converged` \
-         violation when the bound passed. **Safety**: never two running copies \
+         violation when the bound passed. *Largest stream gap* and *longest misplaced* (the \
+         longest stretch with the service not alone at the UE's edge) show what the bound \
+         allowed. **Safety**: never two running copies \
          (`two-copies`), never a stream silence longer than the bound (`stream-gap`, to within a \
          sample period), never a corrupt record (`stream-corrupt`); a reconnect is counted, not \
          a violation.\n\n",
     );
-    out.push_str("| Run | Seed | Events | Handovers | Kills | Actions failed | Converged | Superseded | Not converged | p50 (ms) | p99 (ms) | Violations | At the end | Stream |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    out.push_str("| Run | Seed | Events | Handovers | Kills | Actions failed | Converged | Superseded | Not converged | p50 (ms) | p99 (ms) | Largest stream gap (ms) | Longest misplaced (ms) | Violations | At the end | Stream |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     for (run, c) in &runs {
         let handovers = c
             .events
@@ -138,10 +140,12 @@ pub fn chaos_section(e: &Experiment) -> String {
         };
         let _ = writeln!(
             out,
-            "| {run} | {} | {} | {handovers} | {} | {failed} | {conv} | {sup} | {not} | {p50} | {p99} | {} | {end} | {} |",
+            "| {run} | {} | {} | {handovers} | {} | {failed} | {conv} | {sup} | {not} | {p50} | {p99} | {:.0} | {:.0} | {} | {end} | {} |",
             c.seed,
             c.events.len(),
             c.events.len() - handovers,
+            c.verdict.largest_stream_gap_ms,
+            c.verdict.longest_misplaced_ms,
             c.verdict.violations.len(),
             stream_verdict(c)
         );
@@ -322,7 +326,7 @@ mod tests {
             "| 2 | – | – | 0 |",
             "| not-converged | 1 |",
             "| stream-gap | 1 |",
-            "| 1 | 42 | 1 | 1 | 0 | 0 | 0 | 0 | 1 | – | – | 2 | **NOT converged**: streamer runs at edge-x, the UE is at site-b (edge-y); the stream is silent for 2400 ms | byte-exact per connection, 2 reconnect(s) |",
+            "| 1 | 42 | 1 | 1 | 0 | 0 | 0 | 0 | 1 | – | – | 2400 | 2900 | 2 | **NOT converged**: streamer runs at edge-x, the UE is at site-b (edge-y); the stream is silent for 2400 ms | byte-exact per connection, 2 reconnect(s) |",
             "### Run 1: violations (times in s after the schedule began)",
             "| not-converged | 0.5 | end | 0 | event 0 not converged within 1000 ms: streamer runs at edge-x, the UE is at site-b (edge-y); the stream is silent for 500 ms |",
             "| stream-gap | 1.0 | end | 0 | the stream was silent until the last sample, 2400 ms (bound 1000 ms) |",
