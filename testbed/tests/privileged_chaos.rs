@@ -252,6 +252,14 @@ fn a_chaos_run_plays_its_seeded_schedule_and_judges_it_from_the_samples() {
         c.stream.as_ref().map(|s| s.corrupt_records),
         took.as_secs_f64()
     );
+    for e in c.events.iter().filter(|e| e.error.is_some()) {
+        eprintln!(
+            "  event {} ({}): {}",
+            e.seq,
+            e.action,
+            e.error.as_deref().unwrap_or_default()
+        );
+    }
     for v in &c.verdict.violations {
         eprintln!(
             "  violation: {} from {:.0} ms: {}",

@@ -79,6 +79,10 @@ pub fn assess(expect: &Expect, s: &Sample, last_delivery_ms: Option<f64>) -> Ass
     }
     match copies.as_slice() {
         [_] => {}
+        [] if s.edges.iter().any(|e| e.services.is_none()) => why.push(format!(
+            "no module that answers lists {} as running",
+            expect.service_id
+        )),
         [] => why.push(format!("no running copy of {}", expect.service_id)),
         many => why.push(format!(
             "{} running copies of {} ({})",
@@ -672,6 +676,11 @@ mod tests {
                 Box::new(|s: &mut Sample| s.edges[1].services = None),
                 Some(950.0),
                 "edge-y's service module does not answer",
+            ),
+            (
+                Box::new(|s: &mut Sample| s.edges[0].services = None),
+                Some(950.0),
+                "edge-x's service module does not answer; no module that answers lists streamer as running",
             ),
             (
                 Box::new(|_: &mut Sample| {}),
