@@ -21,7 +21,7 @@ use model::smo::{
 };
 use smo::config::{SmoConfig, Timeouts};
 use smo::core::ExecuteFailure;
-use smo::negotiator::{Backends, Clock, Negotiator};
+use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::EdgePorts;
 use smo::store::Store;
@@ -40,16 +40,16 @@ fn service() -> Service {
     }
 }
 
-type Smo = Negotiator<InstantBackends, FakeProgrammer>;
+type Smo = Negotiator<InstantRemote, FakeProgrammer>;
 
 /// Peer calls go straight to the target negotiator; the module serves one service and migrates
 /// it at once.
 #[derive(Debug, Clone, Default)]
-struct InstantBackends {
+struct InstantRemote {
     target: Option<Smo>,
 }
 
-impl Backends for InstantBackends {
+impl Remote for InstantRemote {
     async fn call_peer(
         &self,
         _peer: &PeerInfo,
@@ -71,6 +71,10 @@ impl Backends for InstantBackends {
 
     async fn services(&self, _module: &ServiceModule) -> Result<Vec<Service>, String> {
         Ok(Vec::new())
+    }
+
+    async fn ue_location(&self, _ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        Ok(None)
     }
 
     async fn execute(
@@ -100,6 +104,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>) -> SmoConfig {
         api_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8090),
         token: None,
         smf_url: None,
+        lr_url: None,
         notify_when: Default::default(),
         peers,
         ovs_mgmt: PathBuf::from("/nonexistent"),
@@ -111,6 +116,10 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>) -> SmoConfig {
         },
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: Timeouts::default(),
+        reconcile: Default::default(),
+        callback_networks: vec!["10.100.1.0/24"
+            .parse()
+            .unwrap_or_else(|_| unreachable!("a network"))],
     }
 }
 
@@ -133,7 +142,7 @@ fn notification() -> NsmfEventExposureNotification {
 fn pair() -> Smo {
     let target = Negotiator::new(
         &config("smo-y", "edge-y", Vec::new()),
-        InstantBackends::default(),
+        InstantRemote::default(),
         FakeProgrammer::new(),
         Store::memory(),
         Clock::tokio(0),
@@ -150,7 +159,7 @@ fn pair() -> Smo {
     };
     let source = Negotiator::new(
         &config("smo-x", "edge-x", vec![peer]),
-        InstantBackends {
+        InstantRemote {
             target: Some(target),
         },
         FakeProgrammer::new(),

@@ -10,13 +10,13 @@ use emu_5gc::upf::session::Flow;
 use emu_5gc::upf::{GtpuAction, UpfState};
 use model::ran::lr::UeLocation;
 use model::ran::TunnelEndpoint;
-use smo::routing::openflow::{self, BundleCtrl, FlowMod, OFPBF_ATOMIC, OFPBF_ORDERED};
 use smo::routing::rules::{
     cleanup_source, new_path_target, relocation_cookie, trombone_source, trombone_target,
     EdgePorts, ServiceAt,
 };
 use smo::routing::{FlowSet, Mac};
 use wire::gtpu::{GtpuRepr, PduSessionInfo, Qfi, Teid};
+use wire::openflow::{self, BundleCtrl, FlowMod, OFPBF_ATOMIC, OFPBF_ORDERED};
 use wire::pfcp::{Heartbeat, Message};
 
 /// The UE's address (the SMF's pool 192.168.1.0/24).
@@ -300,7 +300,7 @@ pub fn encode_flow_set(set: &FlowSet, out: &mut Vec<u8>) -> usize {
             openflow::bundle_add_flow_mod(out, next(), 1, FLAGS, &FlowMod::delete_cookie(d.cookie));
         }
         for r in &set.add {
-            if let Ok(fm) = FlowMod::from_rule(r, port_no) {
+            if let Ok(fm) = r.to_flow_mod(port_no) {
                 openflow::bundle_add_flow_mod(out, next(), 1, FLAGS, &fm);
             }
         }

@@ -4,7 +4,9 @@
 //! the LR stamps it with the next version, pushes it to every subscriber (the IAPs) concurrently,
 //! each push with a 1 s timeout, and answers only once every push finished or timed out. So when
 //! the SMF's `PUT` returns, every reachable IAP sends downlink to the new UPF. A failed push is
-//! logged and counted, never fatal. IAPs `GET` a UE on a cache miss.
+//! logged and counted, never fatal. IAPs `GET` a UE on a cache miss. A subscription's
+//! `notifyUri` must point inside the deployment (an IPv4 host in the LR's callback networks, its
+//! own SBI network unless configured), else it is refused with 400.
 //!
 //! API under [`lr::BASE`] (`/lr/v1`), bearer token required:
 //!
@@ -33,7 +35,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use model::ran::lr::{self, LrSubscription, UeLocation};
 use sbi::nf::{Ready, Shutdown};
-use sbi::{ApiError, Json};
+use sbi::{ApiError, CallbackNetworks, Json};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -49,6 +51,10 @@ pub struct LrConfig {
     pub sbi_addr: SocketAddrV4,
     /// The deployment's bearer token: required on every request and sent with every push.
     pub token: Option<String>,
+    /// Networks a subscription's `notifyUri` may point into, e.g. `["10.100.0.0/24"]`; absent or
+    /// empty: the LR's own SBI network ([`sbi::CallbackNetworks::or_own`]). Others get 400.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callback_networks: Vec<ipnet::Ipv4Net>,
 }
 
 /// Why the LR stopped.
@@ -73,8 +79,8 @@ pub enum RegistryError {
     AddressMismatch { path: Ipv4Addr, body: Ipv4Addr },
     #[error("no location for UE {0}")]
     UnknownUe(Ipv4Addr),
-    #[error("notifyUri `{0}` is not an http(s) URI")]
-    BadNotifyUri(String),
+    #[error("notifyUri refused: {0}")]
+    BadNotifyUri(#[source] sbi::CallbackError),
     #[error("no subscription {0}")]
     UnknownSubscription(String),
 }
@@ -94,16 +100,29 @@ impl From<RegistryError> for ApiError {
 }
 
 /// The registry's state: locations by UE address and push subscriptions. No I/O.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     locations: BTreeMap<Ipv4Addr, UeLocation>,
     subscriptions: BTreeMap<String, LrSubscription>,
     /// Last version given to each UE, kept after a delete so versions never go back.
     versions: HashMap<Ipv4Addr, u64>,
     next_subscription: u64,
+    /// Where `notifyUri`s may point.
+    callbacks: CallbackNetworks,
 }
 
 impl Registry {
+    /// An empty registry; subscriptions' `notifyUri`s must point into `callbacks`.
+    pub fn new(callbacks: CallbackNetworks) -> Self {
+        Self {
+            locations: BTreeMap::new(),
+            subscriptions: BTreeMap::new(),
+            versions: HashMap::new(),
+            next_subscription: 0,
+            callbacks,
+        }
+    }
+
     /// Stores `location` for the UE named in the path: its version becomes the previous one plus 1
     /// (1 for a new UE), whatever the body said. Returns the stored location.
     pub fn update(
@@ -143,12 +162,9 @@ impl Registry {
 
     /// Adds a push subscription; returns its id.
     pub fn subscribe(&mut self, subscription: LrSubscription) -> Result<String, RegistryError> {
-        let uri = subscription.notify_uri.as_str();
-        let ok = reqwest::Url::parse(uri)
-            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-        if !ok {
-            return Err(RegistryError::BadNotifyUri(uri.to_owned()));
-        }
+        self.callbacks
+            .check(&subscription.notify_uri)
+            .map_err(RegistryError::BadNotifyUri)?;
         self.next_subscription += 1;
         let id = format!("sub-{}", self.next_subscription);
         self.subscriptions.insert(id.clone(), subscription);
@@ -190,10 +206,10 @@ pub struct LocationRegistry {
 }
 
 impl LocationRegistry {
-    /// A registry pushing with the deployment's `token`.
-    pub fn new(token: Option<String>) -> Self {
+    /// A registry pushing with the deployment's `token` to subscribers inside `callbacks`.
+    pub fn new(token: Option<String>, callbacks: CallbackNetworks) -> Self {
         Self {
-            registry: Mutex::new(Registry::default()),
+            registry: Mutex::new(Registry::new(callbacks)),
             client: sbi::Client::new(token, PUSH_TIMEOUT),
             pushes: PushCounters::default(),
         }
@@ -284,20 +300,25 @@ pub async fn run(config: LrConfig, ready: Ready, shutdown: Shutdown) -> Result<(
             addr: config.sbi_addr,
             source,
         })?;
-    run_on(listener, config.token, ready, shutdown).await
+    run_on(config, listener, ready, shutdown).await
 }
 
-/// Serves the LR on an already bound `listener` (tests bind `127.0.0.1:0`).
+/// Serves the LR on an already bound `listener` (tests bind `127.0.0.1:0`); `config.sbi_addr`
+/// is not used (the listener's address is the LR's own).
 pub async fn run_on(
+    config: LrConfig,
     listener: TcpListener,
-    token: Option<String>,
     ready: Ready,
     shutdown: Shutdown,
 ) -> Result<(), LrError> {
-    let registry = Arc::new(LocationRegistry::new(token.clone()));
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "location registry listening");
-    }
+    let own = match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => *a.ip(),
+        _ => *config.sbi_addr.ip(),
+    };
+    let callbacks = CallbackNetworks::or_own(&config.callback_networks, own);
+    tracing::info!(%own, %callbacks, "location registry listening");
+    let token = config.token;
+    let registry = Arc::new(LocationRegistry::new(token.clone(), callbacks));
     ready.ready();
     sbi::serve(listener, router(registry), token, shutdown.wait())
         .await
@@ -371,6 +392,10 @@ mod tests {
     use super::*;
     use model::ran::TunnelEndpoint;
 
+    fn sbi_net() -> CallbackNetworks {
+        CallbackNetworks::new(vec!["10.100.0.0/24".parse().expect("net")])
+    }
+
     fn location(ue: [u8; 4], site: &str, version: u64) -> UeLocation {
         UeLocation {
             ue_ipv4: ue.into(),
@@ -386,7 +411,7 @@ mod tests {
 
     #[test]
     fn versions_increase_whatever_the_body_says() {
-        let mut r = Registry::default();
+        let mut r = Registry::new(sbi_net());
         let ue = Ipv4Addr::new(192, 168, 1, 2);
         assert_eq!(
             r.update(ue, location([192, 168, 1, 2], "a", 40))
@@ -412,7 +437,7 @@ mod tests {
 
     #[test]
     fn path_and_body_must_name_the_same_ue() {
-        let mut r = Registry::default();
+        let mut r = Registry::new(sbi_net());
         let path = Ipv4Addr::new(192, 168, 1, 3);
         assert_eq!(
             r.update(path, location([192, 168, 1, 2], "a", 0)),
@@ -426,7 +451,7 @@ mod tests {
 
     #[test]
     fn subscriptions_come_and_go() {
-        let mut r = Registry::default();
+        let mut r = Registry::new(sbi_net());
         let sub = |uri: &str| LrSubscription {
             notify_uri: uri.into(),
         };
@@ -435,8 +460,15 @@ mod tests {
         assert_eq!((a.as_deref(), b.as_deref()), (Ok("sub-1"), Ok("sub-2")));
         assert_eq!(
             r.subscribe(sub("not a uri")),
-            Err(RegistryError::BadNotifyUri("not a uri".into()))
+            Err(RegistryError::BadNotifyUri(sbi::CallbackError::NotHttp(
+                "not a uri".into()
+            )))
         );
+        // Outside the deployment's SBI network, or a name: refused, naming the address.
+        for uri in ["http://8.8.8.8/x", "http://iap.example.invalid/x"] {
+            let e = r.subscribe(sub(uri)).expect_err(uri);
+            assert!(e.to_string().contains(uri), "{e}");
+        }
         assert_eq!(r.notify_uris().len(), 2);
         assert!(r.unsubscribe("sub-1").is_ok());
         assert_eq!(

@@ -33,6 +33,9 @@ async fn start() -> Smf {
         qfi: 9,
         upfs: Vec::new(),
         gnbs: Vec::new(),
+        callback_networks: Vec::new(),
+        state_dir: None,
+        ack_timeout_ms: None,
     };
     let (stop, shutdown) = Shutdown::new();
     tokio::spawn(emu_5gc::smf::run_on(
@@ -277,6 +280,18 @@ async fn bad_requests_are_problems() {
         ),
         (
             json!({"notifUri": "not a uri"}),
+            "/notifUri",
+            "MANDATORY_IE_INCORRECT",
+        ),
+        // Callbacks outside the deployment (the SMF's own network, loopback here), or to a
+        // name the SMF would have to resolve.
+        (
+            json!({"notifUri": "http://8.8.8.8/x"}),
+            "/notifUri",
+            "MANDATORY_IE_INCORRECT",
+        ),
+        (
+            json!({"notifUri": "http://af.example.invalid/x"}),
             "/notifUri",
             "MANDATORY_IE_INCORRECT",
         ),

@@ -101,12 +101,12 @@ async fn send_json(
 async fn start_lr() -> (String, tokio::sync::watch::Sender<bool>) {
     let (l, a) = listener().await;
     let (stop, shutdown) = Shutdown::new();
-    tokio::spawn(emu_5gc::lr::run_on(
-        l,
-        Some(TOKEN.into()),
-        Ready::none(),
-        shutdown,
-    ));
+    let config = emu_5gc::lr::LrConfig {
+        sbi_addr: "127.0.0.1:0".parse().expect("addr"),
+        token: Some(TOKEN.into()),
+        callback_networks: Vec::new(),
+    };
+    tokio::spawn(emu_5gc::lr::run_on(config, l, Ready::none(), shutdown));
     (format!("http://{a}"), stop)
 }
 
@@ -386,7 +386,11 @@ struct FakeUpf {
     addr: SocketAddrV4,
     received: Arc<Mutex<Vec<Message>>>,
     associated: Arc<AtomicBool>,
+    /// Associations set up (a restarted SMF sets one up again).
+    associations: Arc<AtomicU64>,
     reject_establishment: Arc<AtomicBool>,
+    /// Requests of this kind (`establishment`, `modification`) get no answer.
+    silent: Arc<Mutex<Option<&'static str>>>,
 }
 
 impl FakeUpf {
@@ -400,7 +404,9 @@ impl FakeUpf {
             addr,
             received: Arc::default(),
             associated: Arc::default(),
+            associations: Arc::default(),
             reject_establishment: Arc::default(),
+            silent: Arc::default(),
         };
         let me = upf.clone();
         let next_seid = AtomicU64::new(seid_base);
@@ -413,6 +419,7 @@ impl FakeUpf {
                 let answer = match &m {
                     Message::AssociationSetupRequest(r) => {
                         me.associated.store(true, Ordering::SeqCst);
+                        me.associations.fetch_add(1, Ordering::SeqCst);
                         Message::AssociationSetupResponse(AssociationSetup {
                             seq: r.seq,
                             node_id,
@@ -460,11 +467,19 @@ impl FakeUpf {
                     }
                     other => panic!("unexpected {other:?}"),
                 };
+                let kind = match m {
+                    Message::SessionEstablishmentRequest(_) => "establishment",
+                    Message::SessionModificationRequest(_) => "modification",
+                    _ => "",
+                };
                 if !matches!(
                     m,
                     Message::AssociationSetupRequest(_) | Message::HeartbeatRequest(_)
                 ) {
                     me.received.lock().expect("received").push(m);
+                }
+                if *me.silent.lock().expect("silent") == Some(kind) {
+                    continue;
                 }
                 let bytes = answer.to_vec().expect("encode");
                 socket.send_to(&bytes, from).await.expect("send");
@@ -513,6 +528,10 @@ async fn fake_af(log: Log) -> (String, Arc<Mutex<Vec<Value>>>) {
 
 struct Testbed {
     smf: String,
+    /// The SMF runs on a runtime of its own: dropping it is the SMF's crash (every task of it
+    /// ends at its next await, none writes afterwards).
+    smf_rt: Option<tokio::runtime::Runtime>,
+    smf_config: SmfConfig,
     lr: String,
     upf_a: FakeUpf,
     upf_b: FakeUpf,
@@ -530,6 +549,17 @@ const N9_A: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 2);
 const N9_B: Ipv4Addr = Ipv4Addr::new(10, 90, 0, 3);
 
 async fn testbed() -> Testbed {
+    testbed_in(None).await
+}
+
+/// A fresh state directory for an SMF of these tests.
+fn state_dir(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("smf-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+async fn testbed_in(state_dir: Option<std::path::PathBuf>) -> Testbed {
     let log = Log::default();
     let (lr, lr_stop) = start_lr().await;
     let (iap_uri, iap) = fake_iap("iap", log.clone(), Duration::ZERO).await;
@@ -545,8 +575,6 @@ async fn testbed() -> Testbed {
     let upf_a = FakeUpf::start("upf-a", log.clone(), 0xa000).await;
     let upf_b = FakeUpf::start("upf-b", log.clone(), 0xb000).await;
     let (af_uri, af) = fake_af(log.clone()).await;
-    let (sbi, smf_addr) = listener().await;
-    let pfcp = UdpSocket::bind("127.0.0.1:0").await.expect("bind pfcp");
     let peer = |name: &str, site: &str, upf: &FakeUpf, n3, n9| UpfPeer {
         name: name.into(),
         site: site.into(),
@@ -571,15 +599,11 @@ async fn testbed() -> Testbed {
             peer("upf-b", "b", &upf_b, N3_B, N9_B),
         ],
         gnbs: vec![gnb("gnb-a", "a"), gnb("gnb-a2", "a"), gnb("gnb-b", "b")],
+        callback_networks: Vec::new(),
+        state_dir,
+        ack_timeout_ms: None,
     };
-    let (smf_stop, shutdown) = Shutdown::new();
-    tokio::spawn(emu_5gc::smf::run_on(
-        config,
-        sbi,
-        pfcp,
-        Ready::none(),
-        shutdown,
-    ));
+    let (smf_rt, smf) = start_smf(config.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !(upf_a.associated.load(Ordering::SeqCst) && upf_b.associated.load(Ordering::SeqCst)) {
         assert!(
@@ -590,7 +614,9 @@ async fn testbed() -> Testbed {
     }
     let schemas = SchemaSet::load(SchemaSet::default_dir()).expect("3gpp schemas");
     Testbed {
-        smf: format!("http://{smf_addr}"),
+        smf,
+        smf_rt: Some(smf_rt),
+        smf_config: config,
         lr,
         upf_a,
         upf_b,
@@ -599,11 +625,50 @@ async fn testbed() -> Testbed {
         iap,
         log,
         schemas,
-        _stops: vec![lr_stop, smf_stop],
+        _stops: vec![lr_stop],
+    }
+}
+
+/// Starts an SMF with `config` on a runtime of its own (its sockets on 127.0.0.1:0); the
+/// runtime and the SMF's base URL.
+async fn start_smf(config: SmfConfig) -> (tokio::runtime::Runtime, String) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("smf runtime");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rt.spawn(async move {
+        let (sbi, addr) = listener().await;
+        let pfcp = UdpSocket::bind("127.0.0.1:0").await.expect("bind pfcp");
+        let _ = tx.send(addr);
+        let (_stop, shutdown) = Shutdown::new();
+        let _ = emu_5gc::smf::run_on(config, sbi, pfcp, Ready::none(), shutdown).await;
+    });
+    let addr = rx.await.expect("smf started");
+    (rt, format!("http://{addr}"))
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        if let Some(rt) = self.smf_rt.take() {
+            rt.shutdown_background();
+        }
     }
 }
 
 impl Testbed {
+    /// The SMF's crash (every task of it ends, as with SIGKILL) and its start again with the
+    /// same config (and state directory), on new ports.
+    async fn restart_smf(&mut self) {
+        if let Some(rt) = self.smf_rt.take() {
+            rt.shutdown_background();
+        }
+        let (rt, url) = start_smf(self.smf_config.clone()).await;
+        self.smf_rt = Some(rt);
+        self.smf = url;
+    }
+
     fn check(&self, schema: &str, value: &Value) {
         if let Err(errors) = self.schemas.validate(schema, value) {
             panic!("{value} does not match {schema}: {errors:#?}");
@@ -1117,4 +1182,203 @@ async fn failed_relocation_leaves_the_session_at_the_source() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
     tb.check(names::PROBLEM_DETAILS, &problem);
+}
+
+/// The establishment's uplink/downlink TEIDs and CP SEID.
+fn establishment_ids(m: &Message) -> (u32, u32, u64) {
+    let Message::SessionEstablishmentRequest(r) = m else {
+        panic!("not an establishment: {m:?}");
+    };
+    let teid = |i: usize| r.create_pdrs[i].pdi.f_teid.expect("f-teid").teid.0;
+    (teid(0), teid(1), r.cp_f_seid.seid)
+}
+
+#[tokio::test]
+async fn a_restarted_smf_has_its_sessions_subscriptions_and_ids() {
+    let dir = state_dir("restart");
+    let mut tb = testbed_in(Some(dir.clone())).await;
+    let early = tb.subscribe("early-any", DnaiChangeType::Early, None).await;
+    tb.subscribe("late-mine", DnaiChangeType::Late, Some(SUPI))
+        .await;
+    let gone = tb.subscribe("gone", DnaiChangeType::EarlyLate, None).await;
+    let (status, _, _) = call(reqwest::Method::DELETE, &gone, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let setup = tb.setup(SUPI, "gnb-a", 0x51).await;
+    tb.upf_a.take();
+    tb.log.take();
+
+    tb.restart_smf().await;
+    // The UPFs see a new association (the SMF's new Recovery Time Stamp), nothing else.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tb.upf_a.associations.load(Ordering::SeqCst) < 2 {
+        assert!(Instant::now() < deadline, "no new association with upf-a");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tb.upf_a.take().is_empty() && tb.upf_b.take().is_empty());
+    // The subscription is still there, under the same URL path.
+    let path = early.split_once("/nsmf-event-exposure").expect("path").1;
+    let (status, _, body) = call(
+        reqwest::Method::GET,
+        &format!("{}/nsmf-event-exposure{path}", tb.smf),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["notifId"].clone()),
+        (StatusCode::OK, json!("early-any"))
+    );
+
+    // The session is still there: the handover relocates it, the same subscriptions hear of it.
+    let (status, body) = tb.path_switch(setup.ue_ipv4, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["upf"], "upf-b");
+    let a = tb.upf_a.take();
+    check_switch(&a[0], 0xa000, gnb_tunnel("gnb-b", 0x61));
+    let (ul, _, cp_seid) = establishment_ids(&tb.upf_b.take()[0]);
+    assert_eq!(
+        (ul, cp_seid),
+        (1, 2),
+        "the counters went on (upf-b's first TEIDs, SEID 2)"
+    );
+    let mut got: Vec<String> = tb
+        .notifications()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {}",
+                n["notifId"].as_str().unwrap_or("?"),
+                n["eventNotifs"][0]["dnaiChgType"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(got, ["early-any EARLY", "late-mine LATE"]);
+    // Ids count on: the deleted sub-3 is not handed out again.
+    let next = tb.subscribe("next", DnaiChangeType::Late, None).await;
+    assert!(next.ends_with("/subscriptions/sub-4"), "{next}");
+    // And another UE gets the next address, not the restored UE's.
+    let other = tb.setup("imsi-001010000000002", "gnb-a", 0x54).await;
+    assert_eq!(other.ue_ipv4, Ipv4Addr::new(192, 168, 1, 3));
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_path_switch_cut_by_a_crash_is_finished_after_the_restart_and_a_retry_gets_its_answer() {
+    for (upf, stalled) in [("upf-b", "establishment"), ("upf-a", "modification")] {
+        let dir = state_dir(stalled);
+        let mut tb = testbed_in(Some(dir.clone())).await;
+        tb.subscribe("both", DnaiChangeType::EarlyLate, None).await;
+        let setup = tb.setup(SUPI, "gnb-a", 0x51).await;
+        let ue = setup.ue_ipv4;
+        tb.upf_a.take();
+        tb.log.take();
+        let stalling = if upf == "upf-b" { &tb.upf_b } else { &tb.upf_a };
+        *stalling.silent.lock().expect("silent") = Some(stalled);
+
+        // The path switch stops at the UPF that does not answer; the SMF dies there.
+        let request = serde_json::to_string(&PathSwitchRequest {
+            supi: SUPI.into(),
+            ue_ipv4: ue,
+            gnb: "gnb-b".into(),
+            gnb_tunnel: gnb_tunnel("gnb-b", 0x61),
+        })
+        .expect("json");
+        let url = format!("{}/n2-lite/v1/path-switch", tb.smf);
+        let cut = tokio::spawn({
+            let (url, request) = (url.clone(), request.clone());
+            async move {
+                http()
+                    .post(&url)
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(request)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tb
+            .log
+            .0
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l == &format!("{upf} {stalled}"))
+        {
+            assert!(Instant::now() < deadline, "no {stalled} at {upf}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let first_establishment = tb.upf_b.take();
+        let at_a_before = tb.upf_a.take();
+        *stalling.silent.lock().expect("silent") = None;
+        tb.restart_smf().await;
+        assert!(
+            cut.await.expect("join").is_err(),
+            "the request cut by the crash got no answer"
+        );
+
+        // The gNB tries again: the restarted SMF finished the switch (by itself or for this
+        // request) and answers it.
+        let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+        assert_eq!(status, StatusCode::OK, "{stalled}: {body}");
+        let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+        assert_eq!(ack.upf, "upf-b");
+        let steps = step_names(&ack.timeline);
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.starts_with("smf restarted: path switch resumed")),
+            "{stalled}: {steps:?}"
+        );
+        // What was sent again is the same (same TEIDs and SEID at the target), and the switch
+        // went through once: one deletion at upf-a, one LR update to site b.
+        let at_b = tb.upf_b.take();
+        let at_a: Vec<Message> = at_a_before.into_iter().chain(tb.upf_a.take()).collect();
+        let establishments: Vec<(u32, u32, u64)> = first_establishment
+            .iter()
+            .chain(&at_b)
+            .filter(|m| matches!(m, Message::SessionEstablishmentRequest(_)))
+            .map(establishment_ids)
+            .collect();
+        assert!(
+            establishments.windows(2).all(|w| w[0] == w[1]) && !establishments.is_empty(),
+            "{stalled}: {establishments:?}"
+        );
+        assert_eq!(ack.upf_tunnel.teid, establishments[0].0);
+        let deletions = at_a
+            .iter()
+            .filter(|m| matches!(m, Message::SessionDeletionRequest(_)))
+            .count();
+        assert_eq!(deletions, 1, "{stalled}: {at_a:?}");
+        assert!(at_a
+            .iter()
+            .all(|m| !matches!(m, Message::SessionEstablishmentRequest(_))));
+        let at_b_site = tb.lr_location(ue).await;
+        assert_eq!(at_b_site.site, "b");
+        let kinds: Vec<String> = tb
+            .notifications()
+            .iter()
+            .map(|n| {
+                n["eventNotifs"][0]["dnaiChgType"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(kinds, ["EARLY", "LATE"], "{stalled}: once each");
+
+        // Once more: the same answer, nothing sent to any UPF or the LR.
+        tb.log.take();
+        let (status, again) = tb.path_switch(ue, "gnb-b", 0x61).await;
+        assert_eq!(status, StatusCode::OK);
+        let again: PathSwitchAck = serde_json::from_value(again).expect("ack");
+        assert_eq!(again, ack);
+        assert!(tb.upf_a.take().is_empty() && tb.upf_b.take().is_empty());
+        assert!(tb.log.take().is_empty(), "no lr update, no notification");
+        drop(tb);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

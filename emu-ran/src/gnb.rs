@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 
-use self::context::{Action, CoreConfig, Event, Failure, GnbCore, RequestId};
+use self::context::{Action, CallFailure, CoreConfig, Event, Failure, GnbCore, RequestId};
 use crate::radio::{self, Frame};
 
 /// The gNB's configuration (`gnb --config gnb-a.json`).
@@ -239,6 +239,8 @@ pub async fn run_with_gtpu_port(
     tokio::pin!(stop);
     let mut radio_buf = vec![0u8; 65536];
     let mut gtpu_buf = vec![0u8; 65536];
+    // Junk on the radio or N3 socket is counted; its log lines are bounded.
+    let mut noise = sbi::ratelog::LogLimiter::new();
     loop {
         let event = tokio::select! {
             _ = &mut stop => break,
@@ -248,7 +250,9 @@ pub async fn run_with_gtpu_port(
                     Ok(Frame::Control(rrc)) => Event::Rrc { from, rrc },
                     Err(e) => {
                         core.counters.malformed += 1;
-                        tracing::debug!(%from, error = %e, "malformed radio frame");
+                        if let Some(suppressed) = noise.allow() {
+                            tracing::warn!(%from, error = %e, malformed = core.counters.malformed, suppressed, "malformed radio frame");
+                        }
                         continue;
                     }
                 },
@@ -262,7 +266,9 @@ pub async fn run_with_gtpu_port(
                     Ok((repr, payload)) => Event::Gtpu { from, repr, payload: payload.to_vec() },
                     Err(e) => {
                         core.counters.malformed += 1;
-                        tracing::debug!(%from, error = %e, "malformed gtp-u message");
+                        if let Some(suppressed) = noise.allow() {
+                            tracing::warn!(%from, error = %e, malformed = core.counters.malformed, suppressed, "malformed gtp-u message");
+                        }
                         continue;
                     }
                 },
@@ -425,7 +431,15 @@ impl Driver {
                     let result = client
                         .post::<_, PathSwitchAck>(&url, &request)
                         .await
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| match &e {
+                            sbi::ClientError::Transport { .. } => {
+                                CallFailure::transient(sbi::error_chain(&e))
+                            }
+                            sbi::ClientError::Status { status, .. } if *status >= 500 => {
+                                CallFailure::transient(e.to_string())
+                            }
+                            _ => CallFailure::refused(e.to_string()),
+                        });
                     let _ = tx
                         .send(Input::Event(Event::PathSwitched {
                             supi,

@@ -9,6 +9,8 @@
 //!   relocation records).
 //! * [`edge`]: the service range's fixed addresses (the anycast gateway).
 //! * [`problem`]: `ProblemDetails`, the `application/problem+json` error body.
+//! * [`timeline`]: the one [`timeline::Stopwatch`] of every procedure that reports its steps
+//!   (on tokio's clock, so tests can pause it).
 //! * `schema` (feature `schema`): validation of any JSON body against the OpenAPI files, for
 //!   tests.
 //!
@@ -22,3 +24,4 @@ pub mod ran;
 #[cfg(feature = "schema")]
 pub mod schema;
 pub mod smo;
+pub mod timeline;

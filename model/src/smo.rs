@@ -307,6 +307,49 @@ pub struct RelocationRecord {
     /// Why it failed (or what went wrong after the service moved).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// Source only: how the relocation was started and driven (absent when it was started by a
+    /// notification and ran without a re-sent message).
+    #[serde(default, skip_serializing_if = "RelocationControl::is_plain")]
+    pub control: RelocationControl,
+}
+
+/// What started a source relocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RelocationTrigger {
+    /// An `UP_PATH_CH` notification moving the UE away from this SMO's DNAI.
+    #[default]
+    Notification,
+    /// Notifications that arrived while an earlier relocation of the service ran: queued,
+    /// coalesced, and re-evaluated against the UE's location (the LR) when it ended.
+    Requeued,
+    /// The reconciler: a service running at another edge than the one of its UEs' site.
+    Reconciler,
+}
+
+/// How a source relocation was started and driven (see [`RelocationRecord::control`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RelocationControl {
+    #[serde(default)]
+    pub trigger: RelocationTrigger,
+    /// Notifications folded into this relocation while an earlier one of the service ran.
+    #[serde(default)]
+    pub coalesced: u32,
+    /// Peer messages sent again because the last one got no answer (or, for COMPLETE, no
+    /// PROCEED): phase messages are idempotent and re-driven with backoff until answered.
+    #[serde(default)]
+    pub redrives: u32,
+    /// FAILED because a newer notification for the UE cancelled it before EXECUTE.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
+impl RelocationControl {
+    /// Started by a notification, nothing re-sent, not cancelled.
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 #[cfg(test)]

@@ -123,3 +123,52 @@ async fn missing_or_wrong_token_is_401_problem_and_reaches_no_handler() {
         }
     }
 }
+
+/// Every refusal arrives whole over HTTP/2 with a real client (curl, a new connection per try):
+/// the status and its ProblemDetails, never a reset stream, whatever the body's size. (Before
+/// the server read bodies first: 62 of 100 unauthenticated 256 KiB POSTs got their 401, no
+/// 20 MB body got an answer, and 1 MiB + 1 got 400.) The NFs' own endpoints are tried 100 times
+/// each in `emu-5gc/tests/bad_input.rs` and `emu-ran/tests/bad_input.rs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_always_arrive_as_problem_details_over_http2() {
+    let (base, _stop) = start(Some("s3cret")).await;
+    let url = format!("{base}/echo");
+    let scratch = std::env::temp_dir().join(format!("sbi-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).expect("scratch dir");
+    let cases: [(&str, Option<&'static str>, usize, u16, usize); 5] = [
+        ("no token, 1 KiB body", None, 1 << 10, 401, 30),
+        ("no token, 256 KiB body", None, 256 << 10, 401, 30),
+        ("no token, 20 MB body", None, 20_000_000, 401, 3),
+        (
+            "token, 1 MiB + 1 octet body",
+            Some("s3cret"),
+            (1 << 20) + 1,
+            413,
+            30,
+        ),
+        ("token, 20 MB body", Some("s3cret"), 20_000_000, 413, 3),
+    ];
+    let mut failed = Vec::new();
+    for (what, token, body_len, status, tries) in cases {
+        let (url, dir) = (url.clone(), scratch.clone());
+        let answers = tokio::task::spawn_blocking(move || {
+            let t = sbi::probe::Try {
+                method: "POST",
+                url: &url,
+                token,
+                body_len,
+            };
+            sbi::probe::repeat(&t, tries, &dir)
+        })
+        .await
+        .expect("curl task")
+        .expect("curl runs");
+        let line = sbi::probe::summary(&answers, status);
+        println!("{what}: {line}");
+        if answers.iter().any(|a| !a.is_problem(status)) {
+            failed.push(format!("{what}: {line}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(failed.is_empty(), "{failed:#?}");
+}

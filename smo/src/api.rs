@@ -1,11 +1,10 @@
 //! The SMO's HTTP API (described in `smo/openapi.yaml`): handlers only parse, hand the request to
-//! the component that owns the state (the [`Negotiator`] or the [`EventForwarder`]), and map
-//! errors to ProblemDetails — in one place, [`problem`].
+//! the component that owns the state (the [`Negotiator`]), and map errors to ProblemDetails — in
+//! one place, [`problem`].
 //!
 //! | route | module |
 //! |---|---|
-//! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked, then forwarded over HTTP to the negotiator |
-//! | `POST /application-function/v1/notifications` | negotiator, 5GC interface (starts relocations) |
+//! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked once ([`events::validate_notification`]), then handed to the negotiator in process (its 5GC interface, which starts relocations) |
 //! | `GET /application-function/v1/relocations[/{relocationId}]` | negotiator, stopwatch |
 //! | `POST /smo-peer/v1/relocations` | negotiator, peer interface (target side) |
 //! | `/service-mobility/v1/service-modules[/{moduleId}]`, `GET /service-mobility/v1/services` | negotiator, service-mobility API |
@@ -29,41 +28,20 @@ use model::smo::{
     PeerRelocationAnswer, PeerRelocationMessage, RelocationRecord, ServiceArrival, ServiceModule,
     ServiceModuleRegistration,
 };
-use sbi::{ApiError, ClientError, Json};
+use sbi::{ApiError, Json};
 
-use crate::events::{validate_notification, EventForwarder, InvalidNotification};
+use crate::config::BadCallback;
+use crate::events::{self, InvalidNotification};
 use crate::metrics;
-use crate::negotiator::{Backends, Negotiator, NegotiatorError};
+use crate::negotiator::{Negotiator, NegotiatorError, Remote};
+use crate::paths;
 use crate::routing::FlowProgrammer;
 use crate::store::HostedService;
-
-/// The API's paths.
-pub mod paths {
-    /// The SMF's callback (the `notifUri` of the SMO's subscription).
-    pub const EVENT_NOTIFICATIONS: &str = "/event-signalling/v1/notifications";
-    /// The handover negotiator's 5GC interface (thesis: the AF's fixed URI).
-    pub const AF_NOTIFICATIONS: &str = "/application-function/v1/notifications";
-    /// The relocation records.
-    pub const AF_RELOCATIONS: &str = "/application-function/v1/relocations";
-    /// The peer protocol (target side).
-    pub const PEER_RELOCATIONS: &str = "/smo-peer/v1/relocations";
-    /// Service-module registrations.
-    pub const SERVICE_MODULES: &str = "/service-mobility/v1/service-modules";
-    /// The service database.
-    pub const SERVICES: &str = "/service-mobility/v1/services";
-    /// Relocations as the service modules see them: `{RELOCATIONS}/{relocationId}/arrival`.
-    pub const RELOCATIONS: &str = "/service-mobility/v1/relocations";
-    /// Prometheus metrics.
-    pub const METRICS: &str = "/metrics";
-    /// This API's OpenAPI description.
-    pub const OPENAPI: &str = "/openapi.yaml";
-}
 
 /// Every route the router serves: method and path template (OpenAPI spelling). `smo/openapi.yaml`
 /// describes exactly these (checked by a test).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/event-signalling/v1/notifications"),
-    ("POST", "/application-function/v1/notifications"),
     ("GET", "/application-function/v1/relocations"),
     ("GET", "/application-function/v1/relocations/{relocationId}"),
     ("POST", "/smo-peer/v1/relocations"),
@@ -88,60 +66,55 @@ pub const OPENAPI_YAML: &str = include_str!("../openapi.yaml");
 pub const MAX_RELOCATION_ID_LEN: usize = 64;
 
 /// What the handlers share.
-struct Api<B, F> {
-    negotiator: Negotiator<B, F>,
-    events: EventForwarder,
+struct Api<R, F> {
+    negotiator: Negotiator<R, F>,
     /// `http://host:port`, for `Location` headers.
     api_root: Arc<str>,
 }
 
-impl<B, F> Clone for Api<B, F> {
+impl<R, F> Clone for Api<R, F> {
     fn clone(&self) -> Self {
         Self {
             negotiator: self.negotiator.clone(),
-            events: self.events.clone(),
             api_root: self.api_root.clone(),
         }
     }
 }
 
-/// The SMO's routes. `events` forwards the SMF's notifications to the negotiator (normally at
-/// this same API); `api_root` (`http://10.100.0.41:8090`) prefixes `Location` headers.
-pub fn router<B: Backends, F: FlowProgrammer>(
-    negotiator: Negotiator<B, F>,
-    events: EventForwarder,
+/// The SMO's routes over `negotiator`; `api_root` (`http://10.100.0.41:8090`) prefixes
+/// `Location` headers.
+pub fn router<R: Remote, F: FlowProgrammer>(
+    negotiator: Negotiator<R, F>,
     api_root: &str,
 ) -> Router {
     let api = Api {
         negotiator,
-        events,
         api_root: api_root.trim_end_matches('/').into(),
     };
     Router::new()
-        .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<B, F>))
-        .route(paths::AF_NOTIFICATIONS, post(af_notification::<B, F>))
-        .route(paths::AF_RELOCATIONS, get(relocations::<B, F>))
+        .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<R, F>))
+        .route(paths::AF_RELOCATIONS, get(relocations::<R, F>))
         .route(
             &format!("{}/{{relocationId}}", paths::AF_RELOCATIONS),
-            get(relocation::<B, F>),
+            get(relocation::<R, F>),
         )
-        .route(paths::PEER_RELOCATIONS, post(peer_message::<B, F>))
+        .route(paths::PEER_RELOCATIONS, post(peer_message::<R, F>))
         .route(
             paths::SERVICE_MODULES,
-            post(register::<B, F>).get(modules::<B, F>),
+            post(register::<R, F>).get(modules::<R, F>),
         )
         .route(
             &format!("{}/{{moduleId}}", paths::SERVICE_MODULES),
-            get(module::<B, F>)
-                .put(update::<B, F>)
-                .delete(deregister::<B, F>),
+            get(module::<R, F>)
+                .put(update::<R, F>)
+                .delete(deregister::<R, F>),
         )
-        .route(paths::SERVICES, get(services::<B, F>))
+        .route(paths::SERVICES, get(services::<R, F>))
         .route(
             &format!("{}/{{relocationId}}/arrival", paths::RELOCATIONS),
-            post(arrival::<B, F>),
+            post(arrival::<R, F>),
         )
-        .route(paths::METRICS, get(metrics_text::<B, F>))
+        .route(paths::METRICS, get(metrics_text::<R, F>))
         .route(paths::OPENAPI, get(openapi))
         .with_state(api)
 }
@@ -152,19 +125,11 @@ pub fn router<B: Backends, F: FlowProgrammer>(
 enum Failure {
     Negotiator(NegotiatorError),
     Notification(InvalidNotification),
-    Forward(ClientError),
     BadPath(PathRejection),
     BadRelocationId(String),
     NoRelocation(String),
+    BadCallback(BadCallback),
 }
-
-/// Fields of a registration, as [`NegotiatorError::Invalid`] names them first in its text.
-const REGISTRATION_FIELDS: [&str; 4] = [
-    "getServiceNotifUri",
-    "servedServiceNotifUri",
-    "executeNotifUri",
-    "notifAddress",
-];
 
 fn with_cause(status: StatusCode, cause: &str, detail: String) -> ApiError {
     let ApiError(p) = ApiError::status(status, detail);
@@ -177,15 +142,14 @@ fn problem(f: Failure) -> ApiError {
         Failure::Negotiator(NegotiatorError::NoModule(id)) => {
             ApiError::not_found(format!("no service module `{id}`"))
         }
-        Failure::Negotiator(NegotiatorError::Invalid(detail)) => {
-            let params = REGISTRATION_FIELDS
-                .iter()
-                .find(|f| detail.starts_with(**f))
-                .map(|f| vec![InvalidParam::new(format!("/{f}"), detail.clone())])
-                .unwrap_or_default();
+        Failure::Negotiator(NegotiatorError::Invalid(bad)) | Failure::BadCallback(bad) => {
+            let detail = bad.to_string();
             ApiError(
-                ProblemDetails::bad_request(detail, params)
-                    .with_cause(cause::MANDATORY_IE_INCORRECT),
+                ProblemDetails::bad_request(
+                    detail,
+                    vec![InvalidParam::new(format!("/{}", bad.field), bad.reason)],
+                )
+                .with_cause(cause::MANDATORY_IE_INCORRECT),
             )
         }
         Failure::Negotiator(NegotiatorError::NoTargetRelocation(id)) => {
@@ -208,21 +172,6 @@ fn problem(f: Failure) -> ApiError {
             cause,
             invalid_params,
         }) => ApiError(ProblemDetails::bad_request(detail, invalid_params).with_cause(cause)),
-        Failure::Forward(e) => {
-            let detail = format!(
-                "cannot forward to the handover negotiator: {}",
-                sbi::error_chain(&e)
-            );
-            tracing::warn!(error = %detail, "notification not forwarded");
-            match e {
-                // Not reached at all: the negotiator is not serving (yet).
-                ClientError::Transport { .. } => {
-                    ApiError::status(StatusCode::SERVICE_UNAVAILABLE, detail)
-                }
-                // It answered, with an error.
-                _ => ApiError::status(StatusCode::BAD_GATEWAY, detail),
-            }
-        }
         Failure::BadPath(r) => ApiError::bad_request(r.body_text(), None),
         Failure::BadRelocationId(reason) => ApiError(
             ProblemDetails::bad_request(
@@ -267,38 +216,28 @@ pub fn check_relocation_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-// ----- event signalling -----
+// ----- event signalling → handover negotiator (5GC interface) -----
 
-async fn event_notification<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn event_notification<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(n): Json<NsmfEventExposureNotification>,
 ) -> Result<StatusCode, ApiError> {
-    validate_notification(&n).map_err(Failure::Notification)?;
-    api.events.forward(&n).await.map_err(Failure::Forward)?;
-    tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), "notification forwarded to the handover negotiator");
-    Ok(StatusCode::NO_CONTENT)
-}
-
-// ----- handover negotiator: 5GC interface and stopwatch -----
-
-async fn af_notification<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
-    Json(n): Json<NsmfEventExposureNotification>,
-) -> Result<StatusCode, ApiError> {
-    validate_notification(&n).map_err(Failure::Notification)?;
+    events::validate_notification(&n).map_err(Failure::Notification)?;
     let started = api.negotiator.on_notification(&n);
-    tracing::info!(notif_id = %n.notif_id, relocations = ?started, "notification received");
+    tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), relocations = ?started, "notification handed to the handover negotiator");
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn relocations<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+// ----- handover negotiator: stopwatch -----
+
+async fn relocations<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<RelocationRecord>> {
     Json(api.negotiator.relocations())
 }
 
-async fn relocation<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn relocation<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RelocationRecord>, ApiError> {
     let id = path(id)?;
@@ -310,11 +249,15 @@ async fn relocation<B: Backends, F: FlowProgrammer>(
 
 // ----- handover negotiator: peer interface -----
 
-async fn peer_message<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn peer_message<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(msg): Json<PeerRelocationMessage>,
 ) -> Result<Json<PeerRelocationAnswer>, ApiError> {
     check_relocation_id(&msg.relocation_id).map_err(Failure::BadRelocationId)?;
+    api.negotiator
+        .callbacks()
+        .check("notifUri", &msg.notif_uri)
+        .map_err(Failure::BadCallback)?;
     let answer = api.negotiator.on_peer_message(&msg).await;
     tracing::info!(
         relocation = %msg.relocation_id,
@@ -328,8 +271,8 @@ async fn peer_message<B: Backends, F: FlowProgrammer>(
 
 // ----- service-mobility API -----
 
-async fn register<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn register<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     Json(reg): Json<ServiceModuleRegistration>,
 ) -> Result<impl IntoResponse, ApiError> {
     let m = api.negotiator.register(reg).map_err(Failure::Negotiator)?;
@@ -338,14 +281,14 @@ async fn register<B: Backends, F: FlowProgrammer>(
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(m)))
 }
 
-async fn modules<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn modules<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<ServiceModule>> {
     Json(api.negotiator.modules())
 }
 
-async fn module<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn module<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ServiceModule>, ApiError> {
     let id = path(id)?;
@@ -355,8 +298,8 @@ async fn module<B: Backends, F: FlowProgrammer>(
     }
 }
 
-async fn update<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn update<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
     Json(reg): Json<ServiceModuleRegistration>,
 ) -> Result<Json<ServiceModule>, ApiError> {
@@ -369,8 +312,8 @@ async fn update<B: Backends, F: FlowProgrammer>(
     Ok(Json(m))
 }
 
-async fn deregister<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn deregister<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, ApiError> {
     let id = path(id)?;
@@ -381,14 +324,14 @@ async fn deregister<B: Backends, F: FlowProgrammer>(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn services<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn services<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> Json<Vec<HostedService>> {
     Json(api.negotiator.hosted_services())
 }
 
-async fn arrival<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn arrival<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
     id: Result<Path<String>, PathRejection>,
     Json(body): Json<ServiceArrival>,
 ) -> Result<StatusCode, ApiError> {
@@ -403,15 +346,19 @@ async fn arrival<B: Backends, F: FlowProgrammer>(
 
 // ----- observability and description -----
 
-async fn metrics_text<B: Backends, F: FlowProgrammer>(
-    State(api): State<Api<B, F>>,
+async fn metrics_text<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
 ) -> impl IntoResponse {
     let n = &api.negotiator;
     let relocations = n.relocations();
+    let (reconciler_runs, reconciler) = n.reconciler_counts();
     let text = metrics::render(&metrics::Snapshot {
         smo_id: n.smo_id(),
         relocations: &relocations,
-        notifications_skipped: n.skipped(),
+        notifications: n.notification_counts(),
+        queued_hints: n.queued_hints(),
+        reconciler_runs,
+        reconciler: &reconciler,
         service_modules: n.modules().len(),
         hosted_services: n.hosted_services().len(),
     });

@@ -1,7 +1,8 @@
 //! The event signalling module (thesis §4.2.1, the "Subscribe block"): it subscribes to the
-//! SMF's `UP_PATH_CH` events (TS 29.508 Nsmf_EventExposure), checks every notification the SMF
-//! sends, and forwards it to the handover negotiator at its fixed URI
-//! (`/application-function/v1/notifications`) over HTTP — the module boundary the thesis draws.
+//! SMF's `UP_PATH_CH` events (TS 29.508 Nsmf_EventExposure) and checks every notification the
+//! SMF sends ([`validate_notification`], once); the API hands what passes to the handover
+//! negotiator in process. (The thesis draws an HTTP boundary between the two, the negotiator's
+//! fixed AF URI; in one process it only cost a second validation and a loopback round trip.)
 //!
 //! The thesis's module first asks the SMF which events it exposes (`…/events`); TS 29.508 has no
 //! such resource and the testbed's SMF serves none, so the SMO subscribes to `UP_PATH_CH` at once
@@ -17,8 +18,8 @@ use model::nsmf_event_exposure::{
 use model::problem::{cause, InvalidParam};
 use sbi::{Client, ClientError};
 
-use crate::api::paths;
 use crate::config::NotifyWhen;
+use crate::paths;
 
 /// How long [`subscribe`] waits between attempts at most.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -234,38 +235,6 @@ pub fn validate_notification(n: &NsmfEventExposureNotification) -> Result<(), In
 
 fn ue_of(e: &model::nsmf_event_exposure::EventNotification) -> Option<Ipv4Addr> {
     e.source_ue_ipv4_addr.or(e.target_ue_ipv4_addr)
-}
-
-/// Forwards checked notifications to the handover negotiator's 5GC interface over HTTP, keeping
-/// one client (and its h2c connection) for every call. Cheap to clone.
-#[derive(Debug, Clone)]
-pub struct EventForwarder {
-    client: Client,
-    url: String,
-}
-
-impl EventForwarder {
-    /// A forwarder to the negotiator served at `api_root` (this SMO's own API).
-    pub fn new(client: Client, api_root: &str) -> Self {
-        Self {
-            client,
-            url: format!(
-                "{}{}",
-                api_root.trim_end_matches('/'),
-                paths::AF_NOTIFICATIONS
-            ),
-        }
-    }
-
-    /// Where notifications go.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Posts `n` to the negotiator; `Ok` once it answered 2xx.
-    pub async fn forward(&self, n: &NsmfEventExposureNotification) -> Result<(), ClientError> {
-        self.client.post_no_content(&self.url, n).await
-    }
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
-//! [`HttpBackends`]: the negotiator's calls to peer SMOs and service modules, over HTTP/2 (h2c)
+//! [`HttpRemote`]: the negotiator's calls to peer SMOs and service modules, over HTTP/2 (h2c)
 //! with the deployment's bearer token.
 //!
 //! * peer: `POST {apiRoot}/smo-peer/v1/relocations` `PeerRelocationMessage` → 200
 //!   `PeerRelocationAnswer`;
 //! * module: `GET {servedServiceNotifUri}?ueIpv4Addr=A` → 200 `Service` or 404;
 //!   `GET {getServiceNotifUri}` → `[Service]`; `POST {executeNotifUri}` `ExecuteRequest` → 200
-//!   `ExecuteReport`.
+//!   `ExecuteReport`;
+//! * Location Registry: `GET {lrUrl}/lr/v1/ues/{ip}` → 200 `UeLocation` (its `dnai`) or 404.
 //!
 //! The negotiator applies the time limits of [`Timeouts`]; the client's own limit is only a
 //! backstop above the longest of them, so one client (one connection pool) serves every call.
@@ -13,29 +14,33 @@
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use model::common::Dnai;
+use model::ran::lr::UeLocation;
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage, Service,
     ServiceModule,
 };
 use sbi::{Client, ClientError};
 
-use crate::api::paths;
 use crate::config::Timeouts;
 use crate::core::ExecuteFailure;
+use crate::paths;
 
-use crate::negotiator::Backends;
+use crate::negotiator::Remote;
 
 /// What the client's backstop adds to the longest negotiator time limit.
 const BACKSTOP_MARGIN: Duration = Duration::from_secs(5);
 
-/// Peer SMOs and service modules over HTTP.
+/// Peer SMOs, service modules and the Location Registry over HTTP.
 #[derive(Debug, Clone)]
-pub struct HttpBackends {
+pub struct HttpRemote {
     client: Client,
+    /// The LR's base URL, when there is one to ask.
+    lr_url: Option<String>,
 }
 
-impl HttpBackends {
-    /// Backends that send `token` and give up on their own only after the longest of `timeouts`
+impl HttpRemote {
+    /// Calls that send `token` and give up on their own only after the longest of `timeouts`
     /// (plus a margin): the negotiator cuts every call at its own limit first.
     pub fn new(token: Option<String>, timeouts: &Timeouts) -> Self {
         let longest = timeouts
@@ -44,12 +49,22 @@ impl HttpBackends {
             .max(timeouts.execute_ms);
         Self {
             client: Client::new(token, Duration::from_millis(longest) + BACKSTOP_MARGIN),
+            lr_url: None,
         }
     }
 
-    /// Backends over an existing client.
+    /// Calls over an existing client.
     pub fn with_client(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            lr_url: None,
+        }
+    }
+
+    /// Asks the LR at `lr_url` (a base URL, e.g. `http://10.100.0.10:8001`) where UEs are.
+    pub fn with_lr(mut self, lr_url: Option<String>) -> Self {
+        self.lr_url = lr_url.map(|u| u.trim_end_matches('/').to_owned());
+        self
     }
 }
 
@@ -61,14 +76,18 @@ fn served_service_url(uri: &str, ue: Ipv4Addr) -> Result<String, String> {
     Ok(url.into())
 }
 
-impl HttpBackends {
+impl HttpRemote {
     /// Opens the h2c connection to every peer ahead of the first relocation (the first
     /// INITIATE otherwise pays for the connection set-up: ≈ 40 ms measured). Peers that are not
     /// up yet are retried for `patience`; failures are only logged.
     pub async fn warm_up(&self, peers: &[model::smo::PeerInfo], patience: std::time::Duration) {
         let start = tokio::time::Instant::now();
         for peer in peers {
-            let url = format!("{}/application-function/v1/relocations", peer.api_root);
+            let url = format!(
+                "{}{}",
+                peer.api_root.trim_end_matches('/'),
+                paths::AF_RELOCATIONS
+            );
             loop {
                 match self
                     .client
@@ -93,7 +112,7 @@ impl HttpBackends {
     }
 }
 
-impl Backends for HttpBackends {
+impl Remote for HttpRemote {
     async fn call_peer(
         &self,
         peer: &PeerInfo,
@@ -118,6 +137,18 @@ impl Backends for HttpBackends {
         let url = served_service_url(&module.registration.served_service_notif_uri, ue)?;
         match self.client.get(&url).await {
             Ok(service) => Ok(Some(service)),
+            Err(ClientError::Status { status: 404, .. }) => Ok(None),
+            Err(e) => Err(sbi::error_chain(&e)),
+        }
+    }
+
+    async fn ue_location(&self, ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        let Some(lr) = &self.lr_url else {
+            return Ok(None);
+        };
+        let url = format!("{lr}{}/ues/{ue}", model::ran::lr::BASE);
+        match self.client.get::<UeLocation>(&url).await {
+            Ok(l) => Ok(Some(Dnai::new(&l.dnai))),
             Err(ClientError::Status { status: 404, .. }) => Ok(None),
             Err(e) => Err(sbi::error_chain(&e)),
         }

@@ -10,7 +10,17 @@
 //! | `smo_flow_install_seconds` | summary of flow installs per phase | `role`, `phase` |
 //! | `smo_relocation_total_seconds` | summary of the source's total migration time | |
 //! | `smo_relocation_last_total_seconds` | gauge: the latest completed relocation's total | |
+//! | `smo_relocations_started_total` | counter: source relocations by what started them | `trigger` (`notification`, `requeued`, `reconciler`) |
+//! | `smo_relocations_cancelled_total` | counter: source relocations cancelled before EXECUTE by a newer notification | |
+//! | `smo_peer_redrives_total` | counter: peer messages sent again for want of an answer | |
 //! | `smo_notifications_skipped_total` | counter: notifications with no service to move | |
+//! | `smo_notifications_queued_total` | counter: notifications queued behind a running relocation of their UE | |
+//! | `smo_notifications_coalesced_total` | counter: notifications folded into a UE's queued one | |
+//! | `smo_notifications_queued` | gauge: UEs with a notification queued now | |
+//! | `smo_reevaluations_total` | counter: queued notifications re-evaluated against the LR once the UE's relocation ended | |
+//! | `smo_reconciler_runs_total` | counter: reconciler rounds | |
+//! | `smo_reconciler_corrections_total` | counter: corrections made | `action` (`install_direct_path`, `remove_direct_path`, `install_trombone`, `remove_trombone`, `start_relocation`, `adopt_service`, `forget_service`) |
+//! | `smo_reconciler_errors_total` | counter: what a round could not observe or correct | `what` (`switch`, `module`, `lr`, `apply`) |
 //! | `smo_service_modules` | gauge: registered service modules | |
 //! | `smo_hosted_services` | gauge: the service database's size | |
 //!
@@ -19,7 +29,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use model::smo::{RelocationPhase, RelocationRecord, RelocationRole, RelocationState};
+use model::smo::{
+    RelocationPhase, RelocationRecord, RelocationRole, RelocationState, RelocationTrigger,
+};
+
+use crate::core::reconcile::{ACTIONS, ERRORS};
+use crate::negotiator::{NotificationCounts, ReconcilerTally};
 
 /// The content type of the exposition.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -29,7 +44,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Snapshot<'a> {
     pub smo_id: &'a str,
     pub relocations: &'a [RelocationRecord],
-    pub notifications_skipped: u64,
+    pub notifications: NotificationCounts,
+    /// UEs with a notification queued now.
+    pub queued_hints: usize,
+    pub reconciler_runs: u64,
+    pub reconciler: &'a ReconcilerTally,
     pub service_modules: usize,
     pub hosted_services: usize,
 }
@@ -43,6 +62,20 @@ const PHASES: [RelocationPhase; 6] = [
     RelocationPhase::Complete,
     RelocationPhase::Failure,
 ];
+
+const TRIGGERS: [RelocationTrigger; 3] = [
+    RelocationTrigger::Notification,
+    RelocationTrigger::Requeued,
+    RelocationTrigger::Reconciler,
+];
+
+fn trigger_label(t: RelocationTrigger) -> &'static str {
+    match t {
+        RelocationTrigger::Notification => "notification",
+        RelocationTrigger::Requeued => "requeued",
+        RelocationTrigger::Reconciler => "reconciler",
+    }
+}
 
 fn role_label(r: RelocationRole) -> &'static str {
     match r {
@@ -132,6 +165,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
     let mut flows: BTreeMap<(&str, &str), Summary> = BTreeMap::new();
     let mut total = Summary::default();
     let mut last_total_us = None;
+    let mut started: BTreeMap<&str, u64> =
+        TRIGGERS.iter().map(|t| (trigger_label(*t), 0)).collect();
+    let (mut cancelled, mut redrives) = (0u64, 0u64);
     for role in ROLES {
         let r = role_label(role);
         running.insert(r, 0);
@@ -158,6 +194,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
             }
         }
         if rec.role == RelocationRole::Source {
+            *started
+                .entry(trigger_label(rec.control.trigger))
+                .or_default() += 1;
+            cancelled += u64::from(rec.control.cancelled);
+            redrives += u64::from(rec.control.redrives);
             if let Some(us) = rec.total_us {
                 total.add(us);
                 if rec.state == RelocationState::Completed {
@@ -233,15 +274,89 @@ pub fn render(s: &Snapshot<'_>) -> String {
 
     let mut f = Family::new(
         &mut out,
-        "smo_notifications_skipped_total",
+        "smo_relocations_started_total",
         "counter",
-        "UP_PATH_CH notifications for which no registered service served the UE.",
+        "Source relocations by what started them.",
     );
-    f.sample(
-        "smo_notifications_skipped_total",
-        &[],
-        s.notifications_skipped,
+    for (trigger, n) in &started {
+        f.sample("smo_relocations_started_total", &[("trigger", trigger)], n);
+    }
+    let n = &s.notifications;
+    for (name, kind, help, value) in [
+        (
+            "smo_relocations_cancelled_total",
+            "counter",
+            "Source relocations cancelled before EXECUTE by a newer notification for their UE.",
+            cancelled,
+        ),
+        (
+            "smo_peer_redrives_total",
+            "counter",
+            "Peer messages sent again because the last one got no answer (or COMPLETE no PROCEED).",
+            redrives,
+        ),
+        (
+            "smo_notifications_skipped_total",
+            "counter",
+            "UP_PATH_CH notifications for which no registered service served the UE.",
+            n.skipped,
+        ),
+        (
+            "smo_notifications_queued_total",
+            "counter",
+            "UP_PATH_CH notifications queued behind a running relocation of their UE.",
+            n.queued,
+        ),
+        (
+            "smo_notifications_coalesced_total",
+            "counter",
+            "UP_PATH_CH notifications folded into the notification queued for their UE.",
+            n.coalesced,
+        ),
+        (
+            "smo_notifications_queued",
+            "gauge",
+            "UEs with a notification queued behind a running relocation now.",
+            s.queued_hints as u64,
+        ),
+        (
+            "smo_reevaluations_total",
+            "counter",
+            "Queued notifications re-evaluated against the LR once their UE's relocation ended.",
+            n.reevaluated,
+        ),
+    ] {
+        let mut f = Family::new(&mut out, name, kind, help);
+        f.sample(name, &[], value);
+    }
+
+    let mut f = Family::new(
+        &mut out,
+        "smo_reconciler_runs_total",
+        "counter",
+        "Reconciler rounds (at start and every period).",
     );
+    f.sample("smo_reconciler_runs_total", &[], s.reconciler_runs);
+    let mut f = Family::new(
+        &mut out,
+        "smo_reconciler_corrections_total",
+        "counter",
+        "What the reconciler corrected, by action.",
+    );
+    for action in ACTIONS {
+        let n = s.reconciler.corrections.get(action).copied().unwrap_or(0);
+        f.sample("smo_reconciler_corrections_total", &[("action", action)], n);
+    }
+    let mut f = Family::new(
+        &mut out,
+        "smo_reconciler_errors_total",
+        "counter",
+        "What a reconciler round could not observe or correct, by what failed.",
+    );
+    for what in ERRORS {
+        let n = s.reconciler.errors.get(what).copied().unwrap_or(0);
+        f.sample("smo_reconciler_errors_total", &[("what", what)], n);
+    }
 
     let mut f = Family::new(
         &mut out,
@@ -308,6 +423,7 @@ mod tests {
             total_us: None,
             execute: None,
             cause: None,
+            control: Default::default(),
         }
     }
 
@@ -330,7 +446,10 @@ mod tests {
         let text = render(&Snapshot {
             smo_id: "smo-x",
             relocations: &[],
-            notifications_skipped: 0,
+            notifications: NotificationCounts::default(),
+            queued_hints: 0,
+            reconciler_runs: 0,
+            reconciler: &ReconcilerTally::default(),
             service_modules: 0,
             hosted_services: 0,
         });
@@ -342,7 +461,17 @@ mod tests {
             ("smo_flow_install_seconds", "summary"),
             ("smo_relocation_total_seconds", "summary"),
             ("smo_relocation_last_total_seconds", "gauge"),
+            ("smo_relocations_started_total", "counter"),
+            ("smo_relocations_cancelled_total", "counter"),
+            ("smo_peer_redrives_total", "counter"),
             ("smo_notifications_skipped_total", "counter"),
+            ("smo_notifications_queued_total", "counter"),
+            ("smo_notifications_coalesced_total", "counter"),
+            ("smo_notifications_queued", "gauge"),
+            ("smo_reevaluations_total", "counter"),
+            ("smo_reconciler_runs_total", "counter"),
+            ("smo_reconciler_corrections_total", "counter"),
+            ("smo_reconciler_errors_total", "counter"),
             ("smo_service_modules", "gauge"),
             ("smo_hosted_services", "gauge"),
         ] {
@@ -382,11 +511,30 @@ mod tests {
         later.total_us = Some(2_000_000);
         let mut failed = record("x-3", RelocationRole::Source, RelocationState::Failed);
         failed.total_us = None;
+        failed.control.cancelled = true;
+        later.control = model::smo::RelocationControl {
+            trigger: RelocationTrigger::Requeued,
+            coalesced: 2,
+            redrives: 3,
+            cancelled: false,
+        };
         let running = record("y-1", RelocationRole::Target, RelocationState::Running);
         let text = render(&Snapshot {
             smo_id: "smo-x",
             relocations: &[done, later, failed, running],
-            notifications_skipped: 3,
+            notifications: NotificationCounts {
+                skipped: 3,
+                queued: 4,
+                coalesced: 5,
+                cancelled: 1,
+                reevaluated: 4,
+            },
+            queued_hints: 1,
+            reconciler_runs: 7,
+            reconciler: &ReconcilerTally {
+                corrections: [("remove_trombone", 2)].into_iter().collect(),
+                errors: [("lr", 1)].into_iter().collect(),
+            },
             service_modules: 2,
             hosted_services: 1,
         });
@@ -407,6 +555,20 @@ mod tests {
             "smo_relocation_total_seconds_count 2",
             "smo_relocation_last_total_seconds 2",
             "smo_notifications_skipped_total 3",
+            r#"smo_relocations_started_total{trigger="notification"} 2"#,
+            r#"smo_relocations_started_total{trigger="requeued"} 1"#,
+            r#"smo_relocations_started_total{trigger="reconciler"} 0"#,
+            "smo_relocations_cancelled_total 1",
+            "smo_peer_redrives_total 3",
+            "smo_notifications_queued_total 4",
+            "smo_notifications_coalesced_total 5",
+            "smo_notifications_queued 1",
+            "smo_reevaluations_total 4",
+            "smo_reconciler_runs_total 7",
+            r#"smo_reconciler_corrections_total{action="remove_trombone"} 2"#,
+            r#"smo_reconciler_corrections_total{action="start_relocation"} 0"#,
+            r#"smo_reconciler_errors_total{what="lr"} 1"#,
+            r#"smo_reconciler_errors_total{what="switch"} 0"#,
             "smo_service_modules 2",
             "smo_hosted_services 1",
         ] {
@@ -422,7 +584,10 @@ mod tests {
         let text = render(&Snapshot {
             smo_id: "odd \"smo\"\n\\",
             relocations: &[],
-            notifications_skipped: 0,
+            notifications: NotificationCounts::default(),
+            queued_hints: 0,
+            reconciler_runs: 0,
+            reconciler: &ReconcilerTally::default(),
             service_modules: 0,
             hosted_services: 0,
         });

@@ -24,8 +24,8 @@ use model::smo::{
 };
 use serde_json::{json, Value};
 use smo::config::{NotifyWhen, SmoConfig, Timeouts};
-use smo::events::{self, EventForwarder, SubscribeError};
-use smo::http::HttpBackends;
+use smo::events::{self, SubscribeError};
+use smo::http::HttpRemote;
 use smo::negotiator::{Clock, Negotiator};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::EdgePorts;
@@ -54,7 +54,7 @@ async fn serve(listener: TcpListener, router: Router) -> tokio::sync::oneshot::S
 struct Smo {
     root: String,
     flows: FakeProgrammer,
-    negotiator: Negotiator<HttpBackends, FakeProgrammer>,
+    negotiator: Negotiator<HttpRemote, FakeProgrammer>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -68,6 +68,7 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         api_addr,
         token: Some(TOKEN.into()),
         smf_url: None,
+        lr_url: None,
         notify_when: NotifyWhen::Late,
         peers,
         ovs_mgmt: "/nonexistent/br.mgmt".into(),
@@ -79,35 +80,26 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         },
         state_dir: "/nonexistent/state".into(),
         timeouts: Timeouts::default(),
+        reconcile: Default::default(),
+        callback_networks: Vec::new(),
     }
 }
 
-/// An SMO served on `listener`; notifications are forwarded to `forward_to` (its own API unless
-/// a test wants otherwise).
-async fn start_smo(
-    listener: TcpListener,
-    id: &str,
-    dnai: &str,
-    peers: Vec<PeerInfo>,
-    forward_to: Option<&str>,
-) -> Smo {
+/// An SMO served on `listener`.
+async fn start_smo(listener: TcpListener, id: &str, dnai: &str, peers: Vec<PeerInfo>) -> Smo {
     let addr = listener.local_addr().expect("addr");
     let config = config(id, dnai, addr, peers);
     let root = config.api_root();
     let flows = FakeProgrammer::new();
     let negotiator = Negotiator::new(
         &config,
-        HttpBackends::new(config.token.clone(), &config.timeouts),
+        HttpRemote::new(config.token.clone(), &config.timeouts),
         flows.clone(),
         Store::memory(),
         Clock::Wall,
     )
     .expect("negotiator");
-    let forwarder = EventForwarder::new(
-        sbi::Client::new(config.token.clone(), Duration::from_secs(2)),
-        forward_to.unwrap_or(&root),
-    );
-    let router = smo::api::router(negotiator.clone(), forwarder, &root);
+    let router = smo::api::router(negotiator.clone(), &root);
     let stop = serve(listener, router).await;
     Smo {
         root,
@@ -134,8 +126,8 @@ fn peer(id: &str, dnai: &str, l: &TcpListener) -> PeerInfo {
 async fn two_smos() -> (Smo, Smo) {
     let (lx, ly) = (bind().await, bind().await);
     let (px, py) = (peer("smo-x", "edge-x", &lx), peer("smo-y", "edge-y", &ly));
-    let x = start_smo(lx, "smo-x", "edge-x", vec![py], None).await;
-    let y = start_smo(ly, "smo-y", "edge-y", vec![px], None).await;
+    let x = start_smo(lx, "smo-x", "edge-x", vec![py]).await;
+    let y = start_smo(ly, "smo-y", "edge-y", vec![px]).await;
     (x, y)
 }
 
@@ -412,7 +404,7 @@ async fn a_notification_relocates_the_service_from_x_to_y() {
     let mx = register(&x, &module_x.registration).await;
     let my = register(&y, &module_y.registration).await;
 
-    // The SMF's notification reaches the event signalling module, which forwards it.
+    // The SMF's notification reaches the event signalling module, which hands it on.
     let n = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
     schemas.check(names::NSMF_EVENT_EXPOSURE_NOTIFICATION, &n);
     let a = post(&format!("{}/event-signalling/v1/notifications", x.root), &n).await;
@@ -558,11 +550,7 @@ async fn a_notification_relocates_the_service_from_x_to_y() {
     assert!(m.text.lines().any(|l| l == "smo_hosted_services 1"));
 
     // A second notification for the same UE finds no service at X any more: skipped.
-    let a = post(
-        &format!("{}/application-function/v1/notifications", x.root),
-        &n,
-    )
-    .await;
+    let a = post(&format!("{}/event-signalling/v1/notifications", x.root), &n).await;
     assert_eq!(a.status, StatusCode::NO_CONTENT, "{}", a.text);
     x.negotiator.idle().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -598,6 +586,16 @@ async fn modules_are_resources() {
 
     let list = get(&format!("{}/service-mobility/v1/service-modules", x.root)).await;
     assert_eq!(list.parse::<Vec<ServiceModule>>(), vec![m.clone()]);
+
+    // The module is killed and comes back (same notifAddress, no de-registration): the same
+    // module, not a dead one beside a live one.
+    let mut back = module.registration.clone();
+    back.execute_notif_uri = back.execute_notif_uri.replace("/execute", "/execute?again");
+    let again = register(&x, &back).await;
+    assert_eq!(again.module_id, m.module_id);
+    assert_eq!(again.registration, back);
+    assert_eq!(module_count(&x).await, 1);
+    let m = register(&x, &module.registration).await;
 
     let mut changed = module.registration.clone();
     changed.notif_address = "10.0.1.2:9200".parse().expect("addr");
@@ -701,7 +699,6 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
     let modules = format!("{}/service-mobility/v1/service-modules", x.root);
     let peer = format!("{}/smo-peer/v1/relocations", x.root);
     let events = format!("{}/event-signalling/v1/notifications", x.root);
-    let af = format!("{}/application-function/v1/notifications", x.root);
     let raw = |url: &str, body: &str| {
         let (url, body) = (url.to_owned(), body.to_owned());
         async move { call(reqwest::Method::POST, &url, Some(TOKEN), Some(&body)).await }
@@ -718,7 +715,7 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
     };
 
     // Malformed JSON, everywhere a body is read.
-    for url in [&modules, &peer, &events, &af] {
+    for url in [&modules, &peer, &events] {
         check(&raw(url, "{not json").await, "");
     }
     // Unknown and missing fields.
@@ -737,6 +734,25 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
     let p = check(&post(&modules, &ftp).await, "getServiceNotifUri");
     assert_eq!(p["invalidParams"][0]["param"], "/getServiceNotifUri");
     assert_eq!(p["cause"], "MANDATORY_IE_INCORRECT");
+    // A callback outside the deployment's networks (here: the SMO's own /24, 127.0.0.0/24).
+    for field in [
+        "getServiceNotifUri",
+        "servedServiceNotifUri",
+        "executeNotifUri",
+    ] {
+        let mut outside = registration_json();
+        outside[field] = json!("http://192.0.2.7:80/anywhere");
+        let p = check(
+            &post(&modules, &outside).await,
+            "outside the deployment's networks",
+        );
+        assert_eq!(p["invalidParams"][0]["param"], format!("/{field}"), "{p}");
+        assert_eq!(p["cause"], "MANDATORY_IE_INCORRECT");
+        let mut named = registration_json();
+        named[field] = json!("http://module.example/anywhere");
+        let p = check(&post(&modules, &named).await, "must be an IPv4 address");
+        assert_eq!(p["invalidParams"][0]["param"], format!("/{field}"), "{p}");
+    }
     // The same for an update of a registered module.
     let m: ServiceModule = post(&modules, &registration_json()).await.parse();
     let a = call(
@@ -763,6 +779,15 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
         let p = check(&post(&peer, &peer_message_json(id)).await, why);
         assert_eq!(p["invalidParams"][0]["param"], "/relocationId", "{p}");
     }
+    // A peer message whose notifUri points outside the deployment's networks.
+    let mut outside = peer_message_json("smo-x-1");
+    outside["notifUri"] = json!("http://198.51.100.9:8090/smo-peer/v1/relocations/smo-x-1");
+    let p = check(&post(&peer, &outside).await, "198.51.100.9 is outside");
+    assert_eq!(p["invalidParams"][0]["param"], "/notifUri", "{p}");
+    assert!(
+        x.negotiator.relocation("smo-x-1").is_none(),
+        "a refused message changes nothing"
+    );
     let mut unknown = peer_message_json("smo-x-1");
     unknown["extra"] = json!(true);
     check(&post(&peer, &unknown).await, "extra");
@@ -771,33 +796,31 @@ async fn bad_bodies_are_answered_400_with_the_cause() {
     check(&post(&peer, &no_service).await, "service");
 
     // Notifications: no events, an UP_PATH_CH without what a relocation needs.
-    for url in [&events, &af] {
-        check(
-            &post(url, &json!({"notifId": "n", "eventNotifs": []})).await,
-            "at least one",
-        );
-        let mut no_id = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
-        no_id.as_object_mut().map(|o| o.remove("notifId"));
-        check(&post(url, &no_id).await, "notifId");
-        let mut n = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
-        let e = n["eventNotifs"][0].as_object_mut().expect("event");
-        e.remove("sourceDnai");
-        e.remove("sourceUeIpv4Addr");
-        e.remove("targetUeIpv4Addr");
-        let p = check(&post(url, &n).await, "sourceDnai");
-        assert_eq!(p["cause"], "MANDATORY_IE_MISSING");
-        assert_eq!(
-            p["invalidParams"],
-            json!([
-                {"param": "/eventNotifs/0/sourceDnai", "reason": "UP_PATH_CH needs sourceDnai"},
-                {"param": "/eventNotifs/0/sourceUeIpv4Addr",
-                 "reason": "UP_PATH_CH needs sourceUeIpv4Addr or targetUeIpv4Addr"},
-            ])
-        );
-        let mut bad_ip = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
-        bad_ip["eventNotifs"][0]["sourceUeIpv4Addr"] = json!("192.168.1.300");
-        check(&post(url, &bad_ip).await, "");
-    }
+    check(
+        &post(&events, &json!({"notifId": "n", "eventNotifs": []})).await,
+        "at least one",
+    );
+    let mut no_id = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
+    no_id.as_object_mut().map(|o| o.remove("notifId"));
+    check(&post(&events, &no_id).await, "notifId");
+    let mut n = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
+    let e = n["eventNotifs"][0].as_object_mut().expect("event");
+    e.remove("sourceDnai");
+    e.remove("sourceUeIpv4Addr");
+    e.remove("targetUeIpv4Addr");
+    let p = check(&post(&events, &n).await, "sourceDnai");
+    assert_eq!(p["cause"], "MANDATORY_IE_MISSING");
+    assert_eq!(
+        p["invalidParams"],
+        json!([
+            {"param": "/eventNotifs/0/sourceDnai", "reason": "UP_PATH_CH needs sourceDnai"},
+            {"param": "/eventNotifs/0/sourceUeIpv4Addr",
+             "reason": "UP_PATH_CH needs sourceUeIpv4Addr or targetUeIpv4Addr"},
+        ])
+    );
+    let mut bad_ip = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
+    bad_ip["eventNotifs"][0]["sourceUeIpv4Addr"] = json!("192.168.1.300");
+    check(&post(&events, &bad_ip).await, "");
 
     // A body that is not JSON at all (no content type) is 415, still ProblemDetails.
     let a = http()
@@ -877,48 +900,6 @@ async fn every_listed_route_is_served() {
             assert_ne!(detail, "no such resource", "{method} {path} is not routed");
         }
     }
-}
-
-#[tokio::test]
-async fn a_negotiator_that_cannot_be_reached_is_503() {
-    // Forward to a port nobody listens on.
-    let closed = bind().await;
-    let nowhere = format!("http://{}", closed.local_addr().expect("addr"));
-    drop(closed);
-    let x = start_smo(bind().await, "smo-x", "edge-x", Vec::new(), Some(&nowhere)).await;
-    let n = serde_json::to_value(up_path_change("edge-x", "edge-y")).expect("json");
-    let a = post(&format!("{}/event-signalling/v1/notifications", x.root), &n).await;
-    let p = a.problem(StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        p["detail"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("handover negotiator"),
-        "{p}"
-    );
-
-    // Forwarding to an API that refuses the token: 502, the negotiator's answer in the detail.
-    let (lz, lw) = (bind().await, bind().await);
-    let w_root = format!("http://{}", lw.local_addr().expect("addr"));
-    let _w = {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(sbi::serve(
-            lw,
-            Router::new(),
-            Some("another-token".into()),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        stop
-    };
-    let z = start_smo(lz, "smo-z", "edge-x", Vec::new(), Some(&w_root)).await;
-    let a = post(&format!("{}/event-signalling/v1/notifications", z.root), &n).await;
-    let p = a.problem(StatusCode::BAD_GATEWAY);
-    assert!(
-        p["detail"].as_str().unwrap_or_default().contains("401"),
-        "{p}"
-    );
 }
 
 // ----- the subscription to the SMF -----

@@ -13,8 +13,9 @@ use model::nsmf_event_exposure::EventNotification;
 use model::ran::TimelineStep;
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, PhaseTiming, RelocationPhase, RelocationRecord, RelocationRole, RelocationState,
-    RelocationType, ResourceRequirements, Service, ServiceModule, ServiceModuleRegistration,
+    PeerResult, PhaseTiming, RelocationControl, RelocationPhase, RelocationRecord, RelocationRole,
+    RelocationState, RelocationTrigger, RelocationType, ResourceRequirements, Service,
+    ServiceModule, ServiceModuleRegistration,
 };
 use serde_json::{json, Value};
 use smo::store::HostedService;
@@ -118,6 +119,12 @@ fn record() -> RelocationRecord {
         total_us: Some(250_000),
         execute: Some(report()),
         cause: Some("COMPLETE flows: slow switch".into()),
+        control: RelocationControl {
+            trigger: RelocationTrigger::Requeued,
+            coalesced: 2,
+            redrives: 1,
+            cancelled: false,
+        },
     }
 }
 

@@ -223,6 +223,55 @@ fn block_on<F: Future>(rt: &tokio::runtime::Runtime, f: F) -> F::Output {
 
 #[test]
 #[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn the_smos_flows_read_back_as_the_rules_it_installed() {
+    let _serial = serial();
+    let lab = Lab::up("readback");
+    let rt = runtime();
+    let p = lab.programmer();
+    block_on(&rt, p.connect()).expect("connect");
+    let ports = EdgePorts::testbed();
+    let sorted = |mut v: Vec<FlowRule>| {
+        v.sort_by_key(FlowRule::to_ofctl);
+        v
+    };
+    let read = || block_on(&rt, p.flows()).expect("flow statistics");
+    // Nothing of the SMO's yet: the base flow (cookie 0x1) is not returned.
+    assert_eq!(read(), Default::default());
+    let target = trombone_target(relocation_cookie(1), &ports, SVC, SVC_MAC, UE);
+    let source = trombone_source(relocation_cookie(2), &ports, &svc(), UE);
+    let new_path = new_path_target(relocation_cookie(3), &ports, &svc());
+    for set in [&target, &source, &new_path] {
+        apply(&rt, &p, set).expect("install");
+    }
+    let got = read();
+    assert!(got.unreadable.is_empty(), "{got:?}");
+    let want: Vec<FlowRule> = [&target, &source, &new_path]
+        .iter()
+        .flat_map(|s| s.add.clone())
+        .collect();
+    assert_eq!(
+        sorted(got.rules),
+        sorted(want),
+        "field for field, ports by name"
+    );
+
+    // A flow the SMO never installs (a masked match) under an SMO cookie is reported, not hidden.
+    lab.ovs
+        .add_flows(
+            BR,
+            &[
+                "cookie=0x534d4f5200000009,priority=300,ip,nw_dst=20.0.0.0/16,actions=drop"
+                    .to_owned(),
+            ],
+        )
+        .expect("odd flow");
+    let got = read();
+    assert_eq!(got.unreadable, [0x534d_4f52_0000_0009]);
+    assert_eq!(got.rules.len(), 2 + 3 + 2);
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
 fn every_phase_installs_exactly_its_flows() {
     let _serial = serial();
     let lab = Lab::up("phases");

@@ -1,6 +1,6 @@
 //! The relocation procedure end to end, in process (no root, no sockets): a source and a target
 //! [`Negotiator`] whose machines both run for real, [`FakeProgrammer`] switches, a scripted service
-//! module, and a peer transport ([`FakeBackends::call_peer`]) that hands each message to the target
+//! module, and a peer transport ([`FakeRemote::call_peer`]) that hands each message to the target
 //! negotiator — or refuses, errs or hangs at a chosen phase. Everything runs on tokio's paused
 //! clock: timeouts elapse at once and every phase time is exact.
 //!
@@ -9,6 +9,9 @@
 //! negotiators over the same state directories, with the same switches and module (separate
 //! processes that survive an SMO restart), and resumes.
 
+mod common;
+
+use common::{ms, wait_until, TempDir};
 use model::common::{DateTime, Dnai, DnaiChangeType, RouteToLocation};
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification};
 use model::smo::{
@@ -19,7 +22,7 @@ use model::smo::{
 };
 use smo::config::{SmoConfig, Timeouts};
 use smo::core::{cookie_for, ExecuteFailure, Local, TargetContext, TargetRelocation, TargetStep};
-use smo::negotiator::{Backends, Clock, Negotiator};
+use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
 use smo::routing::rules::{self, service_cookie, EdgePorts, ServiceAt};
 use smo::routing::{FlowProgrammer, FlowRule, FlowSet, Mac};
@@ -27,7 +30,7 @@ use smo::store::{HostedService, Store};
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,10 +60,6 @@ const CAPACITY: ResourceRequirements = ResourceRequirements {
 };
 /// Long enough to be "forever" for a test that crashes first.
 const FOREVER: Duration = Duration::from_secs(3600);
-
-fn ms(v: u64) -> Duration {
-    Duration::from_millis(v)
-}
 
 /// Service `n` (1-based): 20.0.0.(9+n), MAC 02:00:00:00:00:(9+n), port `svc{n}`, serving UE
 /// 192.168.1.(1+n). Service 1 is 20.0.0.10 / 02:00:00:00:00:0a / `svc1` for 192.168.1.2.
@@ -111,6 +110,7 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         api_addr: SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 41), 8090),
         token: None,
         smf_url: None,
+        lr_url: None,
         notify_when: Default::default(),
         peers,
         ovs_mgmt: PathBuf::from("/nonexistent/br.mgmt"),
@@ -118,6 +118,8 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         capacity,
         state_dir: PathBuf::from("/nonexistent"),
         timeouts: TIMEOUTS,
+        reconcile: Default::default(),
+        callback_networks: vec!["10.100.0.0/16".parse().expect("net")],
     }
 }
 
@@ -228,23 +230,38 @@ enum PeerFault {
     Unreachable,
     /// The message does not get through and no answer ever comes.
     Hang,
+    /// The message reaches the target, which handles it, but its answer is lost (an error).
+    LoseAnswer,
+    /// The target crashes when the message arrives, before it handles it.
+    KillBefore,
+    /// The target handles the message and crashes before it answers.
+    KillAfter,
+    /// The target crashes while it installs the phase's flows (its switch is slow for once).
+    KillDuring,
 }
 
-type Smo = Negotiator<FakeBackends, FakeProgrammer>;
+type Smo = Negotiator<FakeRemote, FakeProgrammer>;
+
+/// A phase's fault, and for how many more messages (`None`: every one).
+type Fault = (PeerFault, Option<usize>);
 
 /// Peer SMOs (in-process negotiators) and the local service module, with faults per phase.
 #[derive(Debug, Clone)]
-struct FakeBackends {
+struct FakeRemote {
     module: FakeModule,
     peers: Arc<Mutex<BTreeMap<String, Smo>>>,
-    faults: Arc<Mutex<BTreeMap<Phase, PeerFault>>>,
+    faults: Arc<Mutex<BTreeMap<Phase, Fault>>>,
     /// Every message sent: (peer, phase).
     sent: Arc<Mutex<Vec<(String, Phase)>>>,
     /// Peer calls that hung.
     hangs: Arc<AtomicUsize>,
+    /// The target crashed (a `Kill…` fault) and is not up again yet: messages are refused.
+    target_down: Arc<AtomicBool>,
+    /// The target's switch, slowed down by [`PeerFault::KillDuring`].
+    target_flows: Arc<Mutex<Option<FakeProgrammer>>>,
 }
 
-impl FakeBackends {
+impl FakeRemote {
     fn new(module: FakeModule) -> Self {
         Self {
             module,
@@ -252,15 +269,54 @@ impl FakeBackends {
             faults: Arc::default(),
             sent: Arc::default(),
             hangs: Arc::default(),
+            target_down: Arc::default(),
+            target_flows: Arc::default(),
         }
+    }
+
+    fn target_is_down(&self) -> bool {
+        self.target_down.load(Ordering::SeqCst)
+    }
+
+    /// A crash: the target is down until [`World::restart_target`].
+    fn crash_target(&self, how: &str) -> Result<PeerRelocationAnswer, String> {
+        self.target_down.store(true, Ordering::SeqCst);
+        Err(format!("connection reset: the target crashed {how}"))
     }
 
     fn add_peer(&self, id: &str, smo: Smo) {
         self.peers.lock().expect("peers").insert(id.into(), smo);
     }
 
+    /// Every message of `phase` meets `fault`.
     fn fault(&self, phase: Phase, fault: PeerFault) {
-        self.faults.lock().expect("faults").insert(phase, fault);
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(phase, (fault, None));
+    }
+
+    /// The next `times` messages of `phase` meet `fault`, later ones go through.
+    fn fault_times(&self, phase: Phase, fault: PeerFault, times: usize) {
+        self.faults
+            .lock()
+            .expect("faults")
+            .insert(phase, (fault, Some(times)));
+    }
+
+    /// The fault the next message of `phase` meets, counting it.
+    fn take_fault(&self, phase: Phase) -> Option<PeerFault> {
+        let mut faults = self.faults.lock().expect("faults");
+        let (fault, left) = faults.get_mut(&phase)?;
+        let fault = *fault;
+        match left {
+            None => Some(fault),
+            Some(0) => None,
+            Some(n) => {
+                *n -= 1;
+                Some(fault)
+            }
+        }
     }
 
     fn sent(&self) -> Vec<(String, Phase)> {
@@ -272,7 +328,7 @@ impl FakeBackends {
     }
 }
 
-impl Backends for FakeBackends {
+impl Remote for FakeRemote {
     async fn call_peer(
         &self,
         peer: &PeerInfo,
@@ -283,23 +339,55 @@ impl Backends for FakeBackends {
             .lock()
             .expect("sent")
             .push((peer.smo_id.clone(), phase));
-        let fault = self.faults.lock().expect("faults").get(&phase).copied();
+        if self.target_is_down() {
+            return Err("connection refused: the target is down".into());
+        }
+        let fault = self.take_fault(phase);
         match fault {
             Some(PeerFault::Hang) => {
                 self.hangs.fetch_add(1, Ordering::SeqCst);
                 return std::future::pending().await;
             }
             Some(PeerFault::Unreachable) => return Err("connection refused".into()),
+            Some(PeerFault::KillBefore) => {
+                return self.crash_target("before it handled the message")
+            }
             _ => {}
         }
         let target = self.peers.lock().expect("peers").get(&peer.smo_id).cloned();
         let Some(target) = target else {
             return Err(format!("no route to {}", peer.api_root));
         };
-        let mut answer = target.on_peer_message(msg).await;
-        if fault == Some(PeerFault::Refuse) {
-            answer.result = PeerResult::Fail;
-            answer.cause = Some("refused by the test".into());
+        let mut answer = if fault == Some(PeerFault::KillDuring) {
+            let flows = self.target_flows.lock().expect("flows").clone();
+            if let Some(f) = &flows {
+                f.set_delay(FOREVER);
+            }
+            let handled = tokio::select! {
+                a = target.on_peer_message(msg) => Some(a),
+                () = tokio::time::sleep(ms(10)) => None,
+            };
+            if let Some(f) = &flows {
+                f.set_delay(TARGET_FLOW_DELAY);
+            }
+            match handled {
+                Some(a) => a,
+                // The handler is dropped mid-await, as in a crash.
+                None => return self.crash_target("while it installed the flows"),
+            }
+        } else {
+            target.on_peer_message(msg).await
+        };
+        if fault == Some(PeerFault::KillAfter) {
+            return self.crash_target("before it answered");
+        }
+        match fault {
+            Some(PeerFault::Refuse) => {
+                answer.result = PeerResult::Fail;
+                answer.cause = Some("refused by the test".into());
+            }
+            Some(PeerFault::LoseAnswer) => return Err("connection reset before the answer".into()),
+            _ => {}
         }
         Ok(answer)
     }
@@ -316,6 +404,11 @@ impl Backends for FakeBackends {
             .iter()
             .find(|s| s.ue_ipv4_addrs.contains(&ue))
             .cloned())
+    }
+
+    async fn ue_location(&self, _ue: Ipv4Addr) -> Result<Option<Dnai>, String> {
+        // No LR in these tests: re-evaluations go by the latest notification.
+        Ok(None)
     }
 
     async fn services(&self, _module: &ServiceModule) -> Result<Vec<Service>, String> {
@@ -376,34 +469,6 @@ impl Backends for FakeBackends {
     }
 }
 
-/// A state directory per test, removed at the end.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = std::env::temp_dir().join(format!(
-            "smo-relocation-{}-{n}-{}",
-            std::process::id(),
-            model::ran::unix_now_us()
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 // ----- the world: a source and a target SMO -----
 
 /// What a world starts from; [`Setup::default`] is the happy path with one service.
@@ -435,7 +500,7 @@ impl Default for Setup {
 struct Site {
     smo: Smo,
     flows: FakeProgrammer,
-    backends: FakeBackends,
+    remote: FakeRemote,
     clock: Clock,
 }
 
@@ -458,7 +523,7 @@ struct World {
     survivors: Survivors,
 }
 
-fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
+fn source_smo(s: &Survivors, remote: FakeRemote, clock: Clock) -> Smo {
     let store = Store::open(&s.source_dir).expect("source store");
     Negotiator::new(
         &config(
@@ -467,7 +532,7 @@ fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
             vec![peer(TARGET_ID, TARGET_DNAI, 0)],
             CAPACITY,
         ),
-        backends,
+        remote,
         s.source_flows.clone(),
         store,
         clock,
@@ -475,18 +540,18 @@ fn source_smo(s: &Survivors, backends: FakeBackends, clock: Clock) -> Smo {
     .expect("source negotiator")
 }
 
-fn target_smo(s: &Survivors, clock: Clock) -> (Smo, FakeBackends) {
+fn target_smo(s: &Survivors, clock: Clock) -> (Smo, FakeRemote) {
     let store = Store::open(&s.target_dir).expect("target store");
-    let backends = FakeBackends::new(FakeModule::new(Vec::new(), Migration::Refused));
+    let remote = FakeRemote::new(FakeModule::new(Vec::new(), Migration::Refused));
     let smo = Negotiator::new(
         &config(TARGET_ID, TARGET_DNAI, Vec::new(), s.target_capacity),
-        backends.clone(),
+        remote.clone(),
         s.target_flows.clone(),
         store,
         clock,
     )
     .expect("target negotiator");
-    (smo, backends)
+    (smo, remote)
 }
 
 impl World {
@@ -539,27 +604,46 @@ impl World {
     /// Both SMOs (re)started over the survivors, their clocks going on from the given µs.
     fn start(survivors: Survivors, source_us: u64, target_us: u64) -> Self {
         let target_clock = Clock::tokio(target_us);
-        let (target, target_backends) = target_smo(&survivors, target_clock.clone());
+        let (target, target_remote) = target_smo(&survivors, target_clock.clone());
         let source_clock = Clock::tokio(source_us);
-        let backends = FakeBackends::new(survivors.module.clone());
-        backends.add_peer(TARGET_ID, target.clone());
-        let source = source_smo(&survivors, backends.clone(), source_clock.clone());
+        let remote = FakeRemote::new(survivors.module.clone());
+        remote.add_peer(TARGET_ID, target.clone());
+        *remote.target_flows.lock().expect("flows") = Some(survivors.target_flows.clone());
+        let source = source_smo(&survivors, remote.clone(), source_clock.clone());
         Self {
             source: Site {
                 smo: source,
                 flows: survivors.source_flows.clone(),
-                backends,
+                remote,
                 clock: source_clock,
             },
             target: Site {
                 smo: target,
                 flows: survivors.target_flows.clone(),
-                backends: target_backends,
+                remote: target_remote,
                 clock: target_clock,
             },
             module: survivors.module.clone(),
             survivors,
         }
+    }
+
+    /// The target SMO starts again over its state directory, its switch and its clock (after a
+    /// `Kill…` fault): a new negotiator the source's messages reach from now on.
+    fn restart_target(&mut self) {
+        let clock = Clock::tokio(self.target.clock.now_us());
+        let (smo, remote) = target_smo(&self.survivors, clock.clone());
+        self.source.remote.add_peer(TARGET_ID, smo.clone());
+        self.source
+            .remote
+            .target_down
+            .store(false, Ordering::SeqCst);
+        self.target = Site {
+            smo,
+            flows: self.survivors.target_flows.clone(),
+            remote,
+            clock,
+        };
     }
 
     /// Notifies the source that UE `n` moved to the target DNAI; waits for the relocation to
@@ -697,7 +781,7 @@ fn assert_failed(w: &World, rec: &RelocationRecord, cause: &str, target_took_par
         );
         assert_eq!(ofctl(&w.target.flows.installed()), target_trombone(id, 1));
         assert_eq!(
-            w.source.backends.sent().last(),
+            w.source.remote.sent().last(),
             Some(&(TARGET_ID.to_owned(), Phase::Failure))
         );
     } else {
@@ -834,13 +918,7 @@ async fn happy_path_runs_every_phase_in_order_at_both_ends() {
         "only the new path"
     );
     assert!(w.source.flows.installed().is_empty());
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(sent, Phase::SUCCESS_PATH);
     assert_eq!(w.module.executed(), 1);
     assert!(!w.module.hosts("svc-1"));
@@ -880,13 +958,7 @@ async fn the_arrival_installs_the_new_path_before_execute_returns() {
         ["trombone-target", "new-path-target"]
     );
     assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(sent, Phase::SUCCESS_PATH);
 
     // The target's EXECUTE is timed from the arrival (end of the 300 ms migration, 2 ms of
@@ -995,13 +1067,7 @@ async fn source_tromboning_flows_failing_in_prepare_fail_the_relocation() {
         ]
     );
     assert_eq!(w.module.executed(), 0);
-    let sent: Vec<Phase> = w
-        .source
-        .backends
-        .sent()
-        .into_iter()
-        .map(|(_, p)| p)
-        .collect();
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(
         sent,
         [Phase::Initiate, Phase::Validate, Phase::Failure],
@@ -1041,12 +1107,13 @@ async fn every_peer_fault_before_execute_fails_cleanly() {
         for fault in [PeerFault::Refuse, PeerFault::Unreachable, PeerFault::Hang] {
             let dir = TempDir::new();
             let w = World::new(&dir, Setup::default()).await;
-            w.source.backends.fault(phase, fault);
+            w.source.remote.fault(phase, fault);
             let rec = w.relocate(1).await;
             let cause = match fault {
                 PeerFault::Refuse => format!("peer refused {phase}: refused by the test"),
                 PeerFault::Unreachable => format!("peer {phase}: connection refused"),
                 PeerFault::Hang => format!("peer {phase}: no answer within 1000 ms"),
+                other => unreachable!("{other:?} is not among the cases"),
             };
             assert_failed(&w, &rec, &cause, true);
             assert_eq!(w.module.executed(), 0, "{phase} {fault:?}");
@@ -1168,55 +1235,183 @@ async fn execute_timeout_with_the_service_gone_completes() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn peer_unreachable_at_execute_after_migration_still_completes() {
+async fn a_peer_unreachable_at_execute_is_re_driven_until_it_answers() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
     w.source
-        .backends
-        .fault(Phase::Execute, PeerFault::Unreachable);
+        .remote
+        .fault_times(Phase::Execute, PeerFault::Unreachable, 3);
     let rec = w.relocate(1).await;
     assert_completed(&w, &rec, 1);
+    assert_eq!(rec.cause, None);
+    assert_eq!(rec.control.redrives, 3);
+    // EXECUTE: the 300 ms migration, then the pauses of three re-sends (100, 200, 400 ms), then
+    // the target's new path (2 ms).
+    let exec = rec
+        .phases
+        .iter()
+        .find(|t| t.phase == Phase::Execute)
+        .expect("EXECUTE");
+    assert_eq!(exec.took_us, 300_000 + 700_000 + 2_000);
+    let sent: Vec<Phase> = w.source.remote.sent().into_iter().map(|(_, p)| p).collect();
     assert_eq!(
-        rec.cause.as_deref(),
-        Some("peer EXECUTE: connection refused")
-    );
-    // The target never saw EXECUTE: COMPLETE installed its new path.
-    let t = w.target_record(&rec.relocation_id);
-    assert_eq!(
-        phases(&t.phases),
+        sent,
         [
             Phase::Initiate,
             Phase::Validate,
             Phase::Prepare,
+            Phase::Execute,
+            Phase::Execute,
+            Phase::Execute,
+            Phase::Execute,
             Phase::Complete
         ]
     );
-    assert_eq!(t.phases.last().map(|p| p.flow_mods), Some(3));
     assert_eq!(
-        labels(&w.target.flows),
-        ["trombone-target", "new-path-target"]
+        phases(&w.target_record(&rec.relocation_id).phases),
+        Phase::SUCCESS_PATH
     );
 }
 
 #[tokio::test(start_paused = true)]
-async fn peer_silent_at_complete_still_completes_at_the_source() {
+async fn lost_answers_are_re_driven_and_answered_again_without_a_second_effect() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
-    w.source.backends.fault(Phase::Complete, PeerFault::Hang);
+    // EXECUTE's answer is lost once, COMPLETE's once, and then COMPLETE hangs once.
+    w.source
+        .remote
+        .fault_times(Phase::Execute, PeerFault::LoseAnswer, 1);
+    w.source
+        .remote
+        .fault_times(Phase::Complete, PeerFault::LoseAnswer, 1);
     let rec = w.relocate(1).await;
-    assert_eq!(rec.state, RelocationState::Completed);
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.cause, None);
+    assert_eq!(rec.control.redrives, 2);
+    // The target applied its new path once and recorded each phase once.
     assert_eq!(
-        rec.cause.as_deref(),
-        Some("peer COMPLETE: no answer within 1000 ms")
+        labels(&w.target.flows),
+        ["trombone-target", "new-path-target"]
     );
+    let t = w.target_record(&rec.relocation_id);
+    assert_eq!(phases(&t.phases), Phase::SUCCESS_PATH);
+    assert_eq!(hosted(&w.target.smo), ["svc-1"]);
+
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    w.source
+        .remote
+        .fault_times(Phase::Complete, PeerFault::Hang, 1);
+    let rec = w.relocate(1).await;
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.control.redrives, 1);
     let complete = rec.phases.last().expect("COMPLETE");
     assert_eq!(
         (complete.phase, complete.took_us),
-        (Phase::Complete, 1_000 + 1_000_000)
+        (Phase::Complete, 1_000 + 1_000_000 + 100_000),
+        "cleanup, the peer timeout, the first pause; the answer itself takes no time"
     );
-    // The target got as far as EXECUTE: its new path is in, it waits for COMPLETE.
-    assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
-    assert!(w.source.flows.installed().is_empty());
+}
+
+/// The target SMO crashes at every phase — before it handles the message, after it handled it
+/// (its answer lost), or while it installs the phase's flows — and comes back 3 s later over its
+/// store: the source re-drives what must be answered, and both records end final and agree.
+#[tokio::test(start_paused = true)]
+async fn a_target_that_restarts_at_every_phase_ends_final_and_in_agreement() {
+    let cases = [
+        (Phase::Initiate, PeerFault::KillBefore),
+        (Phase::Initiate, PeerFault::KillAfter),
+        (Phase::Validate, PeerFault::KillBefore),
+        (Phase::Validate, PeerFault::KillAfter),
+        (Phase::Prepare, PeerFault::KillBefore),
+        (Phase::Prepare, PeerFault::KillAfter),
+        (Phase::Prepare, PeerFault::KillDuring),
+        (Phase::Execute, PeerFault::KillBefore),
+        (Phase::Execute, PeerFault::KillAfter),
+        (Phase::Execute, PeerFault::KillDuring),
+        (Phase::Complete, PeerFault::KillBefore),
+        (Phase::Complete, PeerFault::KillAfter),
+    ];
+    for (phase, kill) in cases {
+        let dir = TempDir::new();
+        let mut w = World::new(&dir, Setup::default()).await;
+        w.source.remote.fault_times(phase, kill, 1);
+        let ids = w
+            .source
+            .smo
+            .on_notification(&up_path_change(UE, SOURCE_DNAI, TARGET_DNAI));
+        wait_until("the target crashes", || w.source.remote.target_is_down()).await;
+        tokio::time::sleep(ms(3_000)).await;
+        assert_eq!(
+            w.source.smo.relocation(&ids[0]).map(|r| r.state),
+            Some(RelocationState::Running),
+            "{phase} {kill:?}: the source waits for the target"
+        );
+        w.restart_target();
+        w.source.smo.idle().await;
+        let rec = w.source.smo.relocation(&ids[0]).expect("record");
+        if phase < Phase::Execute {
+            assert_failed(&w, &rec, "the target crashed", true);
+            assert_eq!(w.module.executed(), 0, "{phase} {kill:?}");
+        } else {
+            assert_completed(&w, &rec, 1);
+            assert_eq!(w.module.executed(), 1, "{phase} {kill:?}");
+            assert_eq!(ofctl(&w.target.flows.installed()), direct_path(1));
+        }
+        assert!(rec.control.redrives >= 1, "{phase} {kill:?}: {rec:#?}");
+        eprintln!(
+            "target killed {kill:?} at {phase}: {:?} after {} re-sends",
+            rec.state, rec.control.redrives
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_source_is_not_completed_until_the_target_confirms_its_new_path() {
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    // The target's switch refuses the new path at EXECUTE and at the first two COMPLETEs.
+    for _ in 0..3 {
+        w.target.flows.fail_next("new-path-target");
+    }
+    let ids = w
+        .source
+        .smo
+        .on_notification(&up_path_change(UE, SOURCE_DNAI, TARGET_DNAI));
+    wait_until("the service moved", || {
+        w.module.executed() == 1 && !w.module.hosts("svc-1")
+    })
+    .await;
+    wait_until("COMPLETE refused twice", || {
+        w.target.flows.attempts().len() == 4
+    })
+    .await;
+    let running = w.source.smo.relocation(&ids[0]).expect("record");
+    assert_eq!(
+        (running.state, running.phase),
+        (RelocationState::Running, Phase::Complete),
+        "no COMPLETED without the target's new path: {running:#?}"
+    );
+    w.source.smo.idle().await;
+    let rec = w.source.smo.relocation(&ids[0]).expect("record");
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.control.redrives, 2);
+    assert!(
+        rec.cause
+            .as_deref()
+            .is_some_and(|c| c.contains("peer refused EXECUTE: EXECUTE flows: injected failure")),
+        "{rec:#?}"
+    );
+    assert_eq!(
+        w.target.flows.attempts(),
+        [
+            "trombone-target",
+            "new-path-target",
+            "new-path-target",
+            "new-path-target",
+            "new-path-target"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -1294,7 +1489,7 @@ async fn no_peer_serving_the_target_dnai_fails_without_asking_anyone() {
     assert_failed(&w, &rec, "no peer SMO serves the target DNAI", false);
     assert_eq!(phases(&rec.phases), [Phase::Initiate, Phase::Failure]);
     assert_eq!(rec.peer, None);
-    assert!(w.source.backends.sent().is_empty());
+    assert!(w.source.remote.sent().is_empty());
     assert_eq!(w.module.executed(), 0);
 }
 
@@ -1314,7 +1509,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     let cheap_flows = FakeProgrammer::with_delay(TARGET_FLOW_DELAY);
     let cheap = Negotiator::new(
         &config("smo-w", TARGET_DNAI, Vec::new(), CAPACITY),
-        FakeBackends::new(FakeModule::new(Vec::new(), Migration::Refused)),
+        FakeRemote::new(FakeModule::new(Vec::new(), Migration::Refused)),
         cheap_flows.clone(),
         Store::memory(),
         Clock::tokio(0),
@@ -1327,9 +1522,9 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     target
         .register(registration(RelocationType::Test, TARGET_MODULE_ADDR))
         .expect("register");
-    let backends = FakeBackends::new(module.clone());
-    backends.add_peer("smo-w", cheap.clone());
-    backends.add_peer(TARGET_ID, target.clone());
+    let remote = FakeRemote::new(module.clone());
+    remote.add_peer("smo-w", cheap.clone());
+    remote.add_peer(TARGET_ID, target.clone());
     let source = Negotiator::new(
         &config(
             SOURCE_ID,
@@ -1341,7 +1536,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
             ],
             CAPACITY,
         ),
-        backends.clone(),
+        remote.clone(),
         survivors.source_flows.clone(),
         Store::open(&survivors.source_dir).expect("store"),
         Clock::tokio(0),
@@ -1362,7 +1557,7 @@ async fn cheaper_peer_refusing_initiate_hands_over_to_the_next() {
     assert_eq!(rec.cause, None);
     assert_eq!(phases(&rec.phases), Phase::SUCCESS_PATH);
     assert_eq!(
-        backends.sent(),
+        remote.sent(),
         [
             ("smo-w".to_owned(), Phase::Initiate),
             (TARGET_ID.to_owned(), Phase::Initiate),
@@ -1413,7 +1608,7 @@ async fn notifications_for_other_dnais_or_unserved_ues_start_nothing() {
     assert_eq!(w.source.smo.skipped(), 1, "the unserved UE is counted");
     assert!(w.source.smo.relocations().is_empty());
     assert!(w.source.smo.relocation(&unserved[0]).is_none());
-    assert!(w.source.backends.sent().is_empty());
+    assert!(w.source.remote.sent().is_empty());
     assert_eq!(
         w.source.flows.applied().len(),
         1,
@@ -1516,7 +1711,7 @@ fn flows_ok(mods: usize) -> Result<smo::routing::FlowReport, String> {
 }
 
 #[test]
-fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
+fn target_machine_rejects_out_of_order_phases_replays_repeated_ones_and_keeps_its_state() {
     let local = Local {
         smo_id: TARGET_ID.into(),
         dnai: Dnai::new(TARGET_DNAI),
@@ -1550,10 +1745,13 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
 
     let (mut m, step) =
         TargetRelocation::start(0, 0, local.clone(), &message(id, Phase::Initiate), ctx);
-    let a = answered(step);
-    assert_eq!(a.result, PeerResult::Proceed);
+    let initiated = answered(step);
+    assert_eq!(initiated.result, PeerResult::Proceed);
     assert_eq!(
-        a.target_module_address.map(|a| a.to_string()).as_deref(),
+        initiated
+            .target_module_address
+            .map(|a| a.to_string())
+            .as_deref(),
         Some(TARGET_MODULE_ADDR)
     );
 
@@ -1570,12 +1768,20 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         "PREPARE out of order (expected VALIDATE)",
     );
     rejected(&mut m, 1, message(id, Phase::Execute), "out of order");
-    rejected(
-        &mut m,
-        1,
-        message(id, Phase::Initiate),
-        "INITIATE out of order",
-    );
+    // A phase already answered (its answer was lost, the source sends it again): the same answer.
+    let replayed = |m: &mut TargetRelocation,
+                    now: u64,
+                    msg: PeerRelocationMessage,
+                    first: &PeerRelocationAnswer| {
+        let before = m.clone();
+        assert_eq!(&answered(m.on_message(now, &msg, ctx)), first);
+        assert_eq!(
+            *m, before,
+            "a repeated {} changes nothing",
+            msg.relocation_phase
+        );
+    };
+    replayed(&mut m, 1, message(id, Phase::Initiate), &initiated);
     rejected(
         &mut m,
         1,
@@ -1583,16 +1789,9 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         "wrong relocation",
     );
 
-    assert_eq!(
-        answered(m.on_message(2, &message(id, Phase::Validate), ctx)).result,
-        PeerResult::Proceed
-    );
-    rejected(
-        &mut m,
-        3,
-        message(id, Phase::Validate),
-        "VALIDATE out of order",
-    );
+    let validated = answered(m.on_message(2, &message(id, Phase::Validate), ctx));
+    assert_eq!(validated.result, PeerResult::Proceed);
+    replayed(&mut m, 3, message(id, Phase::Validate), &validated);
     rejected(
         &mut m,
         3,
@@ -1612,15 +1811,9 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
         applies(m.on_message(10, &message(id, Phase::Execute), ctx)).label,
         "new-path-target"
     );
-    let (a, _) = m.on_flows(12, flows_ok(3));
-    assert_eq!(a.result, PeerResult::Proceed);
-    rejected(
-        &mut m,
-        13,
-        message(id, Phase::Execute),
-        "EXECUTE out of order (expected COMPLETE)",
-    );
-    rejected(&mut m, 13, message(id, Phase::Prepare), "out of order");
+    let (executed, _) = m.on_flows(12, flows_ok(3));
+    assert_eq!(executed.result, PeerResult::Proceed);
+    replayed(&mut m, 13, message(id, Phase::Execute), &executed);
     rejected(
         &mut m,
         13,
@@ -1630,13 +1823,13 @@ fn target_machine_rejects_out_of_order_phases_and_keeps_its_state() {
 
     let set = applies(m.on_message(14, &message(id, Phase::Complete), ctx));
     assert!(set.is_empty(), "the new path is in since EXECUTE");
-    let (a, effects) = m.on_flows(14, flows_ok(0));
-    assert_eq!(a.result, PeerResult::Proceed);
+    let (completed, effects) = m.on_flows(14, flows_ok(0));
+    assert_eq!(completed.result, PeerResult::Proceed);
     assert_eq!(effects.len(), 1, "the service arrived");
     assert_eq!(m.record().state, RelocationState::Completed);
     assert!(m.is_done());
-    rejected(&mut m, 15, message(id, Phase::Complete), "already ended");
-    rejected(&mut m, 15, message(id, Phase::Execute), "already ended");
+    replayed(&mut m, 15, message(id, Phase::Complete), &completed);
+    replayed(&mut m, 15, message(id, Phase::Execute), &executed);
     rejected(
         &mut m,
         15,
@@ -1752,7 +1945,7 @@ fn target_machine_goes_on_after_an_interrupted_phase() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
+async fn target_replays_repeated_phases_and_refuses_others_over_the_peer_protocol() {
     let dir = TempDir::new();
     let w = World::new(&dir, Setup::default()).await;
     let t = &w.target.smo;
@@ -1768,6 +1961,7 @@ async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
         "no record for a PREPARE out of nowhere"
     );
 
+    let mut first = Vec::new();
     for phase in [
         Phase::Initiate,
         Phase::Validate,
@@ -1776,18 +1970,18 @@ async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
     ] {
         let a = t.on_peer_message(&message(id, phase)).await;
         assert_eq!(a.result, PeerResult::Proceed, "{a:?}");
+        first.push(a);
     }
     let before = t.relocation(id).expect("record");
     let flows_before = w.target.flows.applied();
-    for phase in [
-        Phase::Execute,
-        Phase::Prepare,
-        Phase::Validate,
-        Phase::Initiate,
-    ] {
-        let a = t.on_peer_message(&message(id, phase)).await;
-        assert_eq!(a.result, PeerResult::Fail, "{phase} after EXECUTE: {a:?}");
+    // Every phase again, latest first (answers lost, the source re-drives): the same answers.
+    for a in first.iter().rev() {
+        let again = t.on_peer_message(&message(id, a.relocation_phase)).await;
+        assert_eq!(&again, a, "{} again", a.relocation_phase);
     }
+    // FAILURE once the service is here: refused.
+    let a = t.on_peer_message(&message(id, Phase::Failure)).await;
+    assert_eq!(a.result, PeerResult::Fail, "FAILURE after EXECUTE: {a:?}");
     assert_eq!(t.relocation(id), Some(before), "state unchanged");
     assert_eq!(w.target.flows.applied(), flows_before, "no flows");
     let a = t.on_peer_message(&message(id, Phase::Complete)).await;
@@ -1809,16 +2003,6 @@ async fn target_rejects_out_of_order_phases_over_the_peer_protocol() {
 }
 
 // ----- SMO restarts -----
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..100_000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(ms(1)).await;
-    }
-    panic!("never happened: {what}");
-}
 
 fn paused_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -1843,7 +2027,7 @@ fn crash_and_resume(
     let (survivors, id, source_us, target_us) = first.block_on(async {
         let w = World::new(dir, setup).await;
         for (phase, fault) in faults {
-            w.source.backends.fault(*phase, *fault);
+            w.source.remote.fault(*phase, *fault);
         }
         let ids = w
             .source
@@ -1883,7 +2067,7 @@ fn record(w: &World, id: &str) -> RelocationRecord {
 }
 
 fn hang_seen(w: &World) -> bool {
-    w.source.backends.hangs() > 0 || w.module.hangs() > 0
+    w.source.remote.hangs() > 0 || w.module.hangs() > 0
 }
 
 #[test]

@@ -20,15 +20,17 @@
 //! | 400 / 415 | `INVALID_MSG_FORMAT` / — | untouched (the body is not an `ExecuteRequest` / not JSON) |
 //! | 409 | `SERVICE_NOT_HOSTED`, `SERVICE_BUSY` | not here / being migrated already: untouched |
 //! | 422 | `INVALID_TARGET` | untouched (target not `ip:port`, or this module itself) |
-//! | 500 | `MIGRATION_FAILED` | runs at the source (a local step failed before anything stopped) |
-//! | 502 | `TARGET_REFUSED`, `TARGET_FAILED`, `MIGRATION_ROLLED_BACK` | runs at the source (the target refused or failed; after a dump it was restored here) |
+//! | 500 | `MIGRATION_FAILED` | runs at the source (a step of this module failed before anything stopped, or the strategy is not supported) |
+//! | 502 | `TARGET_REFUSED`, `TARGET_FAILED`, `MIGRATION_ROLLED_BACK` | runs at the source (the target refused, failed or could not be reached; after the service stopped it was restored here) |
 //! | 504 | `MIGRATION_OUTCOME_UNKNOWN` | **unknown**: commit sent, not confirmed — at the target or nowhere; ask the target's GetServices |
 //! | 504 | `SERVICE_LOST` | **gone**: the move failed and resuming at the source failed too |
 //!
 //! Handlers only parse and forward to [`Module`], which owns the calls into the backend; errors
 //! become HTTP answers in one place (`impl From<CallbackError> for ApiError`).
 
-use crate::{Backend, BackendError, Fault, MigrationError};
+use crate::backend::Backend;
+use crate::error::{BackendError, MigrationError, MoveError};
+use crate::service::Fault;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -90,29 +92,29 @@ pub enum CallbackError {
     Migration(#[from] MigrationError),
 }
 
-/// The status and cause Execute answers for a failed migration (see the module docs).
+/// The status and cause Execute answers for a failed migration (see the module docs): where the
+/// service is first, then who failed.
 pub fn migration_status(e: &MigrationError) -> (StatusCode, &'static str) {
     match e {
-        MigrationError::NotStarted { source, .. } => match source {
-            BackendError::UnknownService { .. } => {
+        MigrationError::NotStarted { cause, .. } => match cause {
+            MoveError::Request(BackendError::UnknownService { .. }) => {
                 (StatusCode::CONFLICT, cause::SERVICE_NOT_HOSTED)
             }
-            BackendError::Busy { .. } | BackendError::AlreadyHosted { .. } => {
+            MoveError::Request(BackendError::Busy { .. } | BackendError::AlreadyHosted { .. }) => {
                 (StatusCode::CONFLICT, cause::SERVICE_BUSY)
             }
-            BackendError::BadRequest(_) => {
+            MoveError::Request(BackendError::BadRequest(_)) => {
                 (StatusCode::UNPROCESSABLE_ENTITY, cause::INVALID_TARGET)
             }
-            BackendError::Refused(_) => (StatusCode::BAD_GATEWAY, cause::TARGET_REFUSED),
-            BackendError::TargetFailed(_) | BackendError::Transfer(_) => {
-                (StatusCode::BAD_GATEWAY, cause::TARGET_FAILED)
+            MoveError::Refused(_) => (StatusCode::BAD_GATEWAY, cause::TARGET_REFUSED),
+            MoveError::TargetFailed { .. }
+            | MoveError::Connection(_)
+            | MoveError::Unexpected { .. } => (StatusCode::BAD_GATEWAY, cause::TARGET_FAILED),
+            // This module's own step (never the target's fault).
+            MoveError::Request(BackendError::Unsupported(_) | BackendError::Runtime(_))
+            | MoveError::Local { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, cause::MIGRATION_FAILED)
             }
-            BackendError::Unsupported(_)
-            | BackendError::Container(_)
-            | BackendError::Criu(_)
-            | BackendError::Lxc(_)
-            | BackendError::Io { .. }
-            | BackendError::Task(_) => (StatusCode::INTERNAL_SERVER_ERROR, cause::MIGRATION_FAILED),
         },
         MigrationError::RolledBack { .. } => {
             (StatusCode::BAD_GATEWAY, cause::MIGRATION_ROLLED_BACK)

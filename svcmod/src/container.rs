@@ -179,6 +179,18 @@ pub struct NetSpec {
     pub mtu: u32,
 }
 
+impl NetSpec {
+    /// The network identity of `service` on a veth of `mtu`.
+    pub fn of(service: &model::smo::Service, mtu: u32) -> Self {
+        Self {
+            service_id: service.service_id.clone(),
+            ipv4_addr: service.ipv4_addr,
+            mac_addr: service.mac_addr.clone(),
+            mtu,
+        }
+    }
+}
+
 /// Checks a service id: 1–13 characters of `a-z`, `0-9`, `-` (it becomes part of interface and
 /// namespace names).
 pub fn validate_service_id(id: &str) -> Result<(), ContainerError> {
@@ -224,6 +236,15 @@ pub fn validate_mac(mac: &str) -> Result<String, ContainerError> {
 /// The service's network namespace at edge `edge`: `<prefix>-svc-<id>-<edge>`.
 pub fn netns_name(prefix: &str, service_id: &str, edge: &str) -> String {
     format!("{prefix}-svc-{service_id}-{edge}")
+}
+
+/// The service id in a name [`netns_name`] made (`<prefix>-svc-<id>-<edge>`), if it is one.
+pub fn service_id_in<'a>(name: &'a str, prefix: &str, edge: &str) -> Option<&'a str> {
+    name.strip_prefix(prefix)?
+        .strip_prefix("-svc-")?
+        .strip_suffix(edge)?
+        .strip_suffix('-')
+        .filter(|id| validate_service_id(id).is_ok())
 }
 
 /// The service's OVS port (the host end of its veth), the same at every edge: `s-<id>`.
@@ -489,21 +510,12 @@ impl Container {
     /// leaving any process in it alone. A new container of the same service can then be made at
     /// the same edge.
     pub fn remove_network(&self) -> Result<(), ContainerError> {
-        let link = match self.site.netns.ip(["link", "del", &self.port]) {
-            Err(CmdError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
-            other => other,
-        };
-        let port = self
-            .site
-            .ovs
-            .vsctl(["--if-exists", "del-port", &self.site.bridge, &self.port])
-            .map(drop);
+        let port = detach(&self.site, &self.port);
         let netns = if self.netns.exists() {
             self.netns.delete()
         } else {
             Ok(())
         };
-        link?;
         port?;
         netns?;
         Ok(())
@@ -512,12 +524,116 @@ impl Container {
     /// The peers of the service's established TCP connections (`ss -tnH state established` in its
     /// namespace), without duplicates, in order.
     pub fn tcp_peers(&self) -> Result<Vec<Ipv4Addr>, ContainerError> {
-        let text = Tool::new("nsenter")
-            .arg(format!("--net={}", self.netns.path().display()))
-            .args(["--", "ss", "-tnH", "state", "established"])
-            .stdout()?;
-        Ok(parse_ss_peers(&text))
+        Ok(tcp_peers_in(&self.netns.path())?)
     }
+}
+
+/// The peers of the established TCP connections in the network namespace at `netns`
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`): `ss -tnH state established` there, parsed with
+/// [`parse_ss_peers`].
+pub fn tcp_peers_in(netns: &std::path::Path) -> Result<Vec<Ipv4Addr>, CmdError> {
+    let text = Tool::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "ss", "-tnH", "state", "established"])
+        .stdout()?;
+    Ok(parse_ss_peers(&text))
+}
+
+/// The service of container `service_id` as its network namespace at `netns` shows it: the
+/// address and MAC of its `eth0` (what a restarted module adopts).
+pub fn service_in(
+    service_id: &str,
+    relocation_type: model::smo::RelocationType,
+    netns: &std::path::Path,
+) -> Result<model::smo::Service, ContainerError> {
+    let text = Tool::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "ip", "-j", "addr", "show", "dev", SERVICE_IFNAME])
+        .stdout()?;
+    let eth0 = netkit::link::parse_ip_addr_json(&text).into_iter().next();
+    let unreadable = |reason| ContainerError::Invalid {
+        what: "service interface",
+        value: netns.display().to_string(),
+        reason,
+    };
+    let eth0 = eth0.ok_or(unreadable("no eth0"))?;
+    let ipv4_addr = eth0
+        .addrs
+        .iter()
+        .find_map(|a| a.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .ok_or(unreadable("no IPv4 address on eth0"))?;
+    Ok(model::smo::Service {
+        service_id: service_id.to_owned(),
+        ipv4_addr,
+        mac_addr: validate_mac(&eth0.mac.ok_or(unreadable("no MAC on eth0"))?)?,
+        ovs_port: ovs_port_name(service_id)?,
+        relocation_type,
+        resource_requirements: Default::default(),
+        ue_ipv4_addrs: Vec::new(),
+    })
+}
+
+/// The interfaces of the edge's namespace that are up.
+pub fn ports_up(site: &EdgeSite) -> Vec<String> {
+    netkit::link::list_ifaces(&site.netns)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| i.up)
+        .map(|i| i.name)
+        .collect()
+}
+
+/// Whether interface `port` exists in the edge's namespace.
+pub fn port_exists(site: &EdgeSite, port: &str) -> bool {
+    site.netns
+        .tool("ip")
+        .args(["link", "show", "dev", port])
+        .run()
+        .is_ok()
+}
+
+/// Attaches a container's veth host end `port` (made by LXC or LXD in the edge's namespace) to
+/// the edge's bridge, turns transmit checksum offload off on it and on `eth0` in the netns of
+/// `pid` (the container's init), and pins the gateway's MAC there ([`pin_gateway_args`]; CRIU
+/// does not carry neighbour entries). Leaves the link state as it is.
+pub fn attach(site: &EdgeSite, port: &str, pid: i32) -> Result<(), CmdError> {
+    site.ovs.add_port(&site.bridge, port)?;
+    netkit::link::tx_checksum_off(&site.netns, port)?;
+    let netns = format!("--net=/proc/{pid}/ns/net");
+    Tool::new("nsenter")
+        .arg(&netns)
+        .args(["--", "ethtool", "-K", SERVICE_IFNAME, "tx", "off"])
+        .run()?;
+    Tool::new("nsenter")
+        .args([netns.as_str(), "--", "ip"])
+        .args(pin_gateway_args())
+        .run()
+}
+
+/// Removes `port` from the edge's bridge and the interface (if it still exists).
+pub fn detach(site: &EdgeSite, port: &str) -> Result<(), CmdError> {
+    let link = match site.netns.ip(["link", "del", port]) {
+        Err(CmdError::Failed { stderr, .. }) if stderr.contains("Cannot find device") => Ok(()),
+        other => other,
+    };
+    let ovs = site
+        .ovs
+        .vsctl(["--if-exists", "del-port", &site.bridge, port])
+        .map(drop);
+    link.and(ovs)
+}
+
+/// Whether `pid` is PID 1 of a PID namespace of its own (a service tree's root), from the
+/// `NSpid` line of `/proc/PID/status` (`NSpid: 4242 1`).
+pub fn is_pid_ns_init(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|st| {
+        st.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .is_some_and(|ids| {
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                ids.len() > 1 && ids.last() == Some(&"1")
+            })
+    })
 }
 
 /// The first child of `pid` (from `/proc/PID/task/PID/children`).
@@ -556,6 +672,16 @@ mod tests {
     #[test]
     fn names_are_unique_per_edge_and_ports_fit_an_interface_name() {
         assert_eq!(netns_name("tb", "video1", "x"), "tb-svc-video1-x");
+        assert_eq!(service_id_in("tb-svc-video1-x", "tb", "x"), Some("video1"));
+        assert_eq!(service_id_in("tb-svc-a-b-x", "tb", "x"), Some("a-b"));
+        for other in [
+            "tb-svc-video1-y",
+            "tc-svc-video1-x",
+            "tb-svc--x",
+            "tb-svc-Bad-x",
+        ] {
+            assert_eq!(service_id_in(other, "tb", "x"), None, "{other}");
+        }
         assert_ne!(
             netns_name("tb", "video1", "x"),
             netns_name("tb", "video1", "y")

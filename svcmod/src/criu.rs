@@ -848,6 +848,70 @@ pub fn log_tail(log: &Path) -> String {
         .join(" | ")
 }
 
+/// What a crashed module's CRIU runs in its moves' directories left (a restarted module's
+/// survey): the runs whose command line names a path starting with one of `prefixes` (a running
+/// LXC container's monitor, which names the lxcpath, is no such run). A run that dumps is let
+/// finish (within `limit`; its images are what the restarted module resumes from), every other
+/// one — a restore waiting for the dead module's decision, its action script, a lazy-pages
+/// daemon, a page server — is killed, and so is a dump still running after `limit`. The PIDs
+/// that were killed.
+pub fn settle_orphans(prefixes: &[PathBuf], limit: Duration) -> Vec<i32> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let needles: Vec<String> = prefixes.iter().map(|p| p.display().to_string()).collect();
+    let runs = || -> Vec<(i32, bool)> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        let own = std::process::id();
+        dir.filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|p| u32::try_from(*p).ok() != Some(own))
+            .filter_map(|p| {
+                let args = netkit::process::cmdline(p)?;
+                let dump = args.split_whitespace().any(|a| a == "dump" || a == "-s");
+                needles
+                    .iter()
+                    .any(|n| args.contains(n.as_str()))
+                    .then_some((p, dump))
+            })
+            .collect()
+    };
+    let kill_all = |pids: &[i32]| {
+        for p in pids {
+            let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
+        }
+    };
+    let others: Vec<i32> = runs()
+        .into_iter()
+        .filter(|(_, d)| !d)
+        .map(|r| r.0)
+        .collect();
+    kill_all(&others);
+    let start = Instant::now();
+    let mut killed = others;
+    loop {
+        let dumps: Vec<i32> = runs()
+            .into_iter()
+            .filter(|(_, d)| *d)
+            .map(|r| r.0)
+            .collect();
+        if dumps.is_empty() {
+            break;
+        }
+        if start.elapsed() >= limit {
+            kill_all(&dumps);
+            killed.extend(dumps);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if !killed.is_empty() {
+        tracing::warn!(pids = ?killed, ?prefixes, "ended the CRIU runs a crash left");
+    }
+    killed
+}
+
 /// Total size of the regular files directly in `dir`.
 pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
     let mut total = 0;

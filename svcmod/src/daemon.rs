@@ -5,7 +5,11 @@
 //!    ([`crate::mount_ns`]) so the service namespaces it makes are visible to the host;
 //! 2. bind the callbacks on `api_addr` and the migration receiver on `migration_addr` (plainly
 //!    when it runs in the edge's namespace, else inside it with [`transfer::listen_in`]);
-//! 3. create the configured services — a failure is fatal and removes what was made;
+//! 3. create the configured services — a failure is fatal and removes what was made; or, when
+//!    the work directory says the module had started before (it was killed, and is restarted
+//!    with the same config), reconcile instead: host what runs at the edge, remove what a crash
+//!    left half-made, resume at the source a move cut off before `Commit`
+//!    ([`crate::driver::Driver::reconcile`]);
 //! 4. serve the callbacks ([`crate::api`]) and receive migrations ([`crate::run_receiver`]);
 //! 5. register with the SMO (`POST {smo_url}/service-mobility/v1/service-modules`), retrying every
 //!    200 ms for up to 10 s; a 4xx answer is fatal at start. When the SMO does not answer in that
@@ -21,12 +25,16 @@
 //! it names (`backend`: CRIU or LXC).
 
 use crate::api::{self, Module};
+use crate::backend::{ArrivalHook, Backend, ARRIVAL_LIMIT};
 use crate::container::{self, EdgeSite};
-use crate::criu_backend::DEFAULT_WORK_ROOT;
-use crate::lxc_backend::{LxcBackend, LxcConfig};
+use crate::criu_backend::{CriuBackend, CriuConfig, CriuOptions};
+use crate::error::BackendError;
+use crate::lxc_backend::{LxcBackend, LxcConfig, LxcOptions};
 use crate::lxd_backend::{LxdBackend, LxdConfig};
 use crate::mount_ns::{MountNamespace, MountNsError};
-use crate::{transfer, Backend, BackendError, CriuBackend, CriuConfig, ServiceSpec, Strategy};
+use crate::runtime::{Config, DEFAULT_WORK_ROOT};
+use crate::service::{ServiceSpec, Strategy};
+use crate::transfer;
 use model::smo::{RelocationType, ServiceArrival, ServiceModule, ServiceModuleRegistration};
 use netkit::Netns;
 use sbi::{Client, ClientError};
@@ -209,56 +217,55 @@ impl ModuleConfig {
         Ok(())
     }
 
-    /// The CRIU backend's configuration: defaults of [`CriuConfig::new`], the configured work
-    /// directory and strategy, page servers on the migration address.
-    pub fn criu_config(&self) -> CriuConfig {
-        let mut c = CriuConfig::new(self.prefix.clone(), self.site.clone());
+    /// What every backend's module takes from this config: the defaults of [`Config::new`], the
+    /// configured work directory and strategy, the source container removed in the background
+    /// (Execute answers as soon as the service runs at the target).
+    fn module_config<T>(&self, runtime: T) -> Config<T> {
+        let mut c = Config::new(self.prefix.clone(), self.site.clone(), runtime);
+        self.adapt(&mut c);
+        c
+    }
+
+    fn adapt<T>(&self, c: &mut Config<T>) {
         if let Some(w) = &self.work_dir {
             c.work_dir = w.clone();
         }
         c.strategy = self.strategy;
-        c.backhaul_addr = Some(*self.migration_addr.ip());
-        // Execute answers as soon as the service runs at the target.
         c.background_cleanup = true;
-        c
     }
 
-    /// The LXC backend's configuration: defaults of [`LxcConfig::new`], the configured work
-    /// directory.
+    /// The CRIU backend's configuration, with page servers on the migration address.
+    pub fn criu_config(&self) -> CriuConfig {
+        self.module_config(CriuOptions {
+            backhaul_addr: Some(*self.migration_addr.ip()),
+            ..CriuOptions::default()
+        })
+    }
+
+    /// The LXC backend's configuration.
     pub fn lxc_config(&self) -> LxcConfig {
-        let mut c = LxcConfig::new(self.prefix.clone(), self.site.clone());
-        if let Some(w) = &self.work_dir {
-            c.work_dir = w.clone();
-        }
-        // Execute answers as soon as the service runs at the target.
-        c.background_cleanup = true;
-        c
+        self.module_config(LxcOptions::default())
     }
 
     /// The LXD backend's configuration (backend `lxd`): the daemon of the `lxd` table, the
-    /// defaults of [`LxdConfig::new`] otherwise.
+    /// defaults of [`LxdConfig::for_daemon`] otherwise.
     pub fn lxd_config(&self) -> Option<LxdConfig> {
         let l = self.lxd.as_ref()?;
-        let mut c = LxdConfig::new(
+        let mut c = LxdConfig::for_daemon(
             self.prefix.clone(),
             self.site.clone(),
             l.socket.clone(),
             l.https_addr.into(),
             l.cert.clone(),
         );
-        c.image = l.image_alias.clone();
-        // Execute answers as soon as the service runs at the target.
-        c.background_cleanup = true;
+        c.runtime.image = l.image_alias.clone();
+        self.adapt(&mut c);
         Some(c)
     }
 
-    /// The work directory of the configured backend (LXD keeps its own state: the default one,
-    /// for logs).
+    /// The work directory of the configured backend (every backend's default is the same).
     pub fn work_dir(&self) -> PathBuf {
-        match self.backend {
-            ModuleBackend::Criu | ModuleBackend::Lxd => self.criu_config().work_dir,
-            ModuleBackend::Lxc => self.lxc_config().work_dir,
-        }
+        self.criu_config().work_dir
     }
 
     /// What [`run_with`] needs from the config.
@@ -269,6 +276,7 @@ impl ModuleConfig {
             token: self.token.clone(),
             services: self.services.clone(),
             register: RegisterPolicy::default(),
+            start_note: Some(start_note(&self.work_dir(), &self.name)),
         }
     }
 }
@@ -378,6 +386,22 @@ pub struct Settings {
     /// Created at start.
     pub services: Vec<ServiceSpec>,
     pub register: RegisterPolicy,
+    /// Where the module notes that it runs (an empty directory — `testbed down` sweeps it with
+    /// the work directories — made once its services are, removed when [`run_with`] ends: only
+    /// a killed module leaves it). When it is there at start, the module
+    /// was killed and is restarted, and it reconciles ([`Backend::reconcile`]) instead of
+    /// creating `services` — what runs at its edge is the truth (a service may have moved away
+    /// before the crash). `None`: always a fresh start.
+    pub start_note: Option<PathBuf>,
+}
+
+/// The start note of module `name` whose work directory is `work_dir`: beside it (the modules of
+/// an edge may share a work directory, and it holds only the moves' directories),
+/// `<work_dir>.<name>.started`.
+pub fn start_note(work_dir: &Path, name: &str) -> PathBuf {
+    let mut file = work_dir.as_os_str().to_owned();
+    file.push(format!(".{name}.started"));
+    PathBuf::from(file)
 }
 
 /// A failure that ends the daemon.
@@ -406,6 +430,8 @@ pub enum DaemonError {
         #[source]
         source: BackendError,
     },
+    #[error("cannot take over what runs at the edge after a restart")]
+    Reconcile(#[source] BackendError),
     #[error("the SMO at {url} refused the registration")]
     Registration {
         url: String,
@@ -503,7 +529,7 @@ pub async fn run(
         source,
     })?;
     // Both backends run CRIU (LXC's lxc-checkpoint the one on PATH): both profit.
-    match cfg.criu_config().criu.prime_kdat_cache() {
+    match cfg.criu_config().runtime.criu.prime_kdat_cache() {
         Ok(bytes) => tracing::debug!(bytes, "CRIU kernel-feature cache made"),
         Err(e) => {
             tracing::warn!(error = %sbi::error_chain(&e), "no CRIU kernel-feature cache: every dump and restore probes the kernel")
@@ -602,10 +628,26 @@ pub async fn run_with<B: Backend>(
     };
     let api_addr = callback_addr(local(&api, "callbacks")?);
     let notif = local(&migration, "migrations")?;
-    create_services(&*backend, &settings.services).await?;
+    let note = settings.start_note.clone();
+    if note.as_ref().is_some_and(|n| n.exists()) {
+        let hosted = backend.reconcile().await.map_err(DaemonError::Reconcile)?;
+        tracing::warn!(
+            module = %settings.name,
+            services = ?hosted.iter().map(|s| s.service_id.as_str()).collect::<Vec<_>>(),
+            "restarted after a crash: hosting what runs at this edge"
+        );
+    } else {
+        create_services(&*backend, &settings.services).await?;
+        if let Some(n) = &note {
+            std::fs::create_dir_all(n).map_err(|source| DaemonError::WorkDir {
+                path: n.clone(),
+                source,
+            })?;
+        }
+    }
 
     let (serve_stop_tx, serve_stop) = watch::channel(false);
-    let receiver = tokio::spawn(crate::run_receiver(
+    let receiver = tokio::spawn(crate::backend::run_receiver(
         Arc::clone(&backend),
         migration,
         stopped(serve_stop.clone()),
@@ -698,17 +740,21 @@ pub async fn run_with<B: Backend>(
         }
     }
     let _ = receiver.await;
-    // 3. The services go (after the source containers still being removed).
+    // 3. The services go (after the source containers still being removed), and the note that
+    // the module runs.
     backend.settle().await;
     let removed = remove_services(&*backend).await;
+    if let Some(n) = &note {
+        let _ = std::fs::remove_dir(n);
+    }
     outcome.and(removed)
 }
 
 /// The [`crate::ArrivalHook`] of a daemon: `POST {smo_url}/service-mobility/v1/relocations/{id}/arrival`
 /// with the token, within [`crate::ARRIVAL_LIMIT`]; a failure is a warning (the service resumes
 /// anyway, and the SMO installs the new path when the source's EXECUTE comes).
-pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
-    let client = Client::new(settings.token.clone(), crate::ARRIVAL_LIMIT);
+pub fn arrival_hook(settings: &Settings) -> ArrivalHook {
+    let client = Client::new(settings.token.clone(), ARRIVAL_LIMIT);
     let base = format!("{}{RELOCATIONS}", settings.smo_url.trim_end_matches('/'));
     Arc::new(move |relocation_id: String, service_id: String| {
         let client = client.clone();
@@ -721,7 +767,7 @@ pub fn arrival_hook(settings: &Settings) -> crate::ArrivalHook {
             match client.post_no_content(&url, &body).await {
                 Ok(()) => tracing::info!(
                     relocation = %relocation_id, service = %service_id,
-                    took_us = crate::us(began.elapsed()),
+                    took_us = model::timeline::us(began.elapsed()),
                     "arrival reported: the SMO switched the path"
                 ),
                 Err(e) => tracing::warn!(
@@ -931,7 +977,7 @@ mod tests {
             Path::new("/dev/shm/testbed-svcmod/tb-x"),
             "the backend's default"
         );
-        assert_eq!(criu.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
+        assert_eq!(criu.runtime.backhaul_addr, Some(Ipv4Addr::new(10, 0, 1, 1)));
         assert_eq!(cfg.backend, ModuleBackend::Criu, "the default backend");
         assert_eq!(cfg.work_dir(), criu.work_dir);
         // Optional fields may be left out.
@@ -989,9 +1035,12 @@ mod tests {
         let cfg: ModuleConfig = serde_json::from_value(j.clone()).expect("lxd");
         assert_eq!(cfg.backend.relocation_type(), RelocationType::Lxd);
         let lxd = cfg.lxd_config().expect("lxd config");
-        assert_eq!(lxd.image, "testbed-busybox");
-        assert_eq!(lxd.https_addr, "10.0.1.1:8443".parse().expect("addr"));
-        assert_eq!(lxd.socket, Path::new("/run/t/lxd-x/unix.socket"));
+        assert_eq!(lxd.runtime.image, "testbed-busybox");
+        assert_eq!(
+            lxd.runtime.https_addr,
+            "10.0.1.1:8443".parse().expect("addr")
+        );
+        assert_eq!(lxd.runtime.socket, Path::new("/run/t/lxd-x/unix.socket"));
         let back: ModuleConfig =
             serde_json::from_value(serde_json::to_value(&cfg).expect("json")).expect("again");
         assert_eq!(back, cfg);

@@ -1,18 +1,18 @@
-//! What every backend keeps about the services it hosts, and small helpers their migration
-//! procedures share: the service table with its lifecycle guard, the arrival hook's slot, the
-//! set of source containers being removed in the background, blocking system work off the
-//! runtime, per-migration work directories.
+//! What a module keeps about the services it hosts, and small helpers the driver and the
+//! runtimes share: the service table with its lifecycle guard, the arrival hook's and the
+//! fault's slots, the set of source containers being removed in the background, blocking system
+//! work off the async threads, per-move work directories.
 
+use crate::backend::{ArrivalHook, ARRIVAL_LIMIT};
 use crate::container;
-use crate::transfer::{self, Conn, Message};
-use crate::{
-    ArrivalHook, BackendError, Fault, MigrationError, MigrationReport, ServiceState, ARRIVAL_LIMIT,
-};
+use crate::error::{BackendError, MigrationError, RuntimeError};
+use crate::service::{Fault, MigrationReport, ServiceState};
 use model::smo::{RelocationType, Service};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// One hosted service and its container (`C`: the backend's own).
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl<C: Clone> Hosting<C> {
     pub async fn running_services<E: Send + 'static>(
         &self,
         peers: fn(&C) -> Result<Vec<std::net::Ipv4Addr>, E>,
-    ) -> Result<Vec<Service>, BackendError>
+    ) -> Result<Vec<Service>, RuntimeError>
     where
         C: Send + 'static,
     {
@@ -182,12 +182,12 @@ impl<C: Clone> Hosting<C> {
         service_id: &str,
         run: impl AsyncFnOnce(Service, &mut C) -> Result<MigrationReport, MigrationError>,
     ) -> Result<MigrationReport, MigrationError> {
-        let hosted =
-            self.begin_migration(service_id)
-                .map_err(|source| MigrationError::NotStarted {
-                    service_id: service_id.to_owned(),
-                    source,
-                })?;
+        let hosted = self
+            .begin_migration(service_id)
+            .map_err(|e| MigrationError::NotStarted {
+                service_id: service_id.to_owned(),
+                cause: e.into(),
+            })?;
         let mut container = hosted.container;
         let result = run(hosted.service, &mut container).await;
         let stays = result.as_ref().err().is_some_and(|e| e.service_at_source());
@@ -296,11 +296,11 @@ impl ArrivalSlot {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
     }
 
-    /// Calls the hook (if any) for a service about to resume here, at most [`ARRIVAL_LIMIT`];
-    /// returns how long it took.
-    pub async fn report(&self, relocation_id: &str, service_id: &str) -> Option<Duration> {
-        let hook = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()?;
-        let began = Instant::now();
+    /// Calls the hook (if any) for a service about to resume here, at most [`ARRIVAL_LIMIT`].
+    pub async fn report(&self, relocation_id: &str, service_id: &str) {
+        let Some(hook) = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
         let call = hook(relocation_id.to_owned(), service_id.to_owned());
         if tokio::time::timeout(ARRIVAL_LIMIT, call).await.is_err() {
             tracing::warn!(
@@ -309,7 +309,6 @@ impl ArrivalSlot {
                 "arrival not reported in time: resuming anyway"
             );
         }
-        Some(began.elapsed())
     }
 }
 
@@ -337,8 +336,8 @@ impl FaultSlot {
 
 /// [`Fault::CorruptImages`]: overwrites the start of every task's core image, so CRIU's restore
 /// really fails on them.
-pub fn damage_images(images: &Path) -> Result<(), BackendError> {
-    let io = |source| BackendError::Io {
+pub fn damage_images(images: &Path) -> Result<(), RuntimeError> {
+    let io = |source| RuntimeError::Io {
         path: images.to_owned(),
         source,
     };
@@ -362,10 +361,17 @@ pub fn damage_images(images: &Path) -> Result<(), BackendError> {
 /// threads.
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, BackendError> {
+) -> Result<T, RuntimeError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| BackendError::Task(e.to_string()))
+        .map_err(RuntimeError::Task)
+}
+
+/// [`blocking`] work that can fail with a layer's error.
+pub async fn blocking_try<T: Send + 'static, E: Into<RuntimeError> + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    blocking(f).await?.map_err(Into::into)
 }
 
 /// A relocation id as a file-name component.
@@ -389,9 +395,9 @@ pub fn path_safe(id: &str) -> String {
 }
 
 /// Makes `dir` empty (removing what was there).
-pub fn fresh_dir(dir: &Path) -> Result<(), BackendError> {
+pub fn fresh_dir(dir: &Path) -> Result<(), RuntimeError> {
     let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+    std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
         path: dir.to_owned(),
         source,
     })
@@ -421,46 +427,13 @@ pub fn check_incoming(
     Ok(())
 }
 
-/// Step 1 of every migration at the source: connects to the target module from `netns` (within
-/// `connect`) and sends it `prepare` (a [`Message::Prepare`]); the connection once the target
-/// answered `Prepared` (within `answer`). An error means nothing was stopped: the target refused
-/// (`Refused`) or could not be reached or answered wrongly.
-pub async fn prepare_target(
-    netns: &netkit::Netns,
-    target: std::net::SocketAddr,
-    prepare: &Message,
-    connect: Duration,
-    answer: Duration,
-) -> Result<Conn, BackendError> {
-    let stream = transfer::connect_in(netns, target, connect).await?;
-    let mut conn = Conn::new(stream);
-    conn.send(prepare).await?;
-    match conn.recv_within(answer, "answer to prepare").await? {
-        Message::Prepared { .. } => Ok(conn),
-        Message::Refused { cause } => Err(BackendError::Refused(cause)),
-        other => Err(BackendError::TargetFailed(format!(
-            "unexpected {} after prepare",
-            other.kind()
-        ))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use model::smo::RelocationType;
-    use std::net::Ipv4Addr;
 
     fn service(id: &str) -> Service {
-        Service {
-            service_id: id.into(),
-            ipv4_addr: Ipv4Addr::new(20, 0, 0, 50),
-            mac_addr: "02:00:00:00:00:50".into(),
-            ovs_port: format!("s-{id}"),
-            relocation_type: RelocationType::Lxc,
-            resource_requirements: Default::default(),
-            ue_ipv4_addrs: vec![],
-        }
+        crate::fake::service(id, RelocationType::Lxc)
     }
 
     #[test]

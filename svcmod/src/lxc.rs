@@ -414,12 +414,37 @@ impl Lxc {
             make_rootfs(&rootfs, spec)?;
             let config = dir.join("config");
             std::fs::write(&config, config_text(name, &rootfs, spec, net, port))
-                .map_err(io(&config))
+                .map_err(io(&config))?;
+            // The module's own note of the spec: a restarted module moves the container on.
+            let kept = dir.join(SPEC_FILE);
+            let json = serde_json::to_vec(spec)
+                .map_err(|e| LxcError::Spec(format!("cannot keep the spec: {e}")))?;
+            std::fs::write(&kept, json).map_err(io(&kept))
         })();
         if made.is_err() {
             let _ = std::fs::remove_dir_all(&dir);
         }
         made
+    }
+
+    /// The spec [`Lxc::define`] kept beside a container's config, if it is readable.
+    pub fn kept_spec(&self, name: &str) -> Option<ContainerSpec> {
+        let text = std::fs::read(self.dir(name).join(SPEC_FILE)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// The containers in the lxcpath (their directories).
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.lxcpath)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.path().is_dir())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
     }
 
     /// Starts a defined container with `command` as its init; returns the init's host PID.
@@ -579,6 +604,9 @@ impl Lxc {
         }
     }
 }
+
+/// The file beside a container's config where [`Lxc::define`] keeps its [`ContainerSpec`].
+pub const SPEC_FILE: &str = "svcmod-spec.json";
 
 /// Where the cgroup hierarchies are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";

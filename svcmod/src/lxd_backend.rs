@@ -1,7 +1,8 @@
-//! The LXD backend: services as LXD system containers (one LXD daemon per edge, in the edge's
-//! network namespace, see DESIGN.md "LXD"), moved by LXD's own live migration in **pull** mode:
-//! the target's daemon pulls the instance from the source's daemon over HTTPS on the backhaul,
-//! while the two modules speak the migration connection of [`crate::transfer`] to agree on it.
+//! The LXD runtime: services as LXD system containers (one LXD daemon per edge, in the edge's
+//! network namespace, see DESIGN.md "LXD"), moved by LXD's own live migration in **pull** mode
+//! (transport [`Transport::Pull`]): the target's daemon pulls the instance from the source's
+//! daemon over HTTPS on the backhaul, while the two modules speak the migration connection to
+//! agree on it ([`crate::protocol`]); [`LxdBackend`] is the driver over it.
 //!
 //! A service's instance `<prefix>-svc-<id>` (the same name at every edge: each daemon has its own
 //! LXD directory) is made from the daemon's local image alias (a busybox rootfs), privileged,
@@ -13,69 +14,65 @@
 //! LXD in the edge's namespace); the host's `/usr` (and the directory of an absolute program
 //! outside it) are bound read-only as `disk` devices. The module attaches `s-<id>` to the edge's
 //! OVS bridge, turns checksum offload off on both ends and pins the gateway's MAC in the
-//! container ([`crate::lxc_backend`]'s `attach`, the init PID from `GET …/state`).
+//! container ([`crate::container::attach`], the init PID from `GET …/state`).
 //!
-//! One migration (S = source module, T = target module):
-//!
-//! | # | S | T |
+//! | step | source | target |
 //! |---|---|---|
-//! | 1 | `GET /1.0/instances/NAME` (config, devices); `POST /1.0/instances/NAME {"migration":true,"live":true,"instance_only":true}` → LXD's operation and its secrets (nothing stops yet) | |
-//! | 2 | `Prepare{service, lxd: LxdMove}` (the instance's config and devices, `https://S_HTTPS/1.0/operations/ID`, S's server certificate, the secrets) | check, reserve; `Prepared` (or `Refused`: S cancels its operation, nothing stopped) |
-//! | 3 | `Restore` | `POST /1.0/instances` with `source: {type: migration, mode: pull, live: true, …}`; waits for its operation (LXD freezes, dumps, copies and restores the container: the service runs at T when it succeeds); `Restored` (or `Failed`, after removing what it made) |
-//! | 4 | | `s-<id>` onto T's bridge, offload off, gateway pinned, then the [`crate::ArrivalHook`] (the SMO switches the path here, to that port); `Done` |
-//! | 5 | delete the stopped source instance (LXD 5.0.2 may answer "busy running a stop operation" for a while: retried), remove its OVS port (in the background with [`LxdConfig::background_cleanup`]) | |
+//! | offer / accept | `GET /1.0/instances/NAME` (config, devices); `POST /1.0/instances/NAME {"migration":true,"live":true,"instance_only":true}` → LXD's operation and its secrets (nothing stops yet): the [`LxdMove`] with `https://S_HTTPS/1.0/operations/ID` and S's server certificate | check the name and that `s-<id>` is free |
+//! | withdraw | cancel the operation | |
+//! | checkpoint | note the backhaul's sent bytes (LXD stops the service inside the target's pull) | |
+//! | restore | | `POST /1.0/instances` with `source: {type: migration, mode: pull, live: true, …}`; wait for its operation (LXD freezes, dumps, copies and restores: the service runs here when it succeeds) |
+//! | go live | | `s-<id>` onto the bridge, offload off, gateway pinned (then the arrival hook: the SMO's new path outputs to that port) |
+//! | after `Done` | LXD's operation ends; the stopped source instance is deleted (LXD 5.0.2 may answer "busy running a stop operation" for a while: retried) | |
+//! | resume at source | release the stuck dump, see below | |
 //!
-//! **The service is at the source unless T said `Restored`.** LXD has no gated restore: the
-//! container resumes at the target inside LXD's operation, so the port is attached and the
-//! arrival hook runs right after the resume (the service's first packets may leave before the
-//! path switch; the UE's retransmissions cover them). If T fails, hangs or the connection breaks before `Restored`, S releases its
-//! side: LXD 5.0.2's source `criu dump` waits forever in its post-dump action script when the
-//! target's restore failed, with the container frozen. S finds that `criu` (a process in the
-//! edge's network namespace whose command line is a `dump` of the instance's init), kills the
-//! action script under it — CRIU then treats the dump as failed and resumes the container itself,
-//! with its TCP connections intact ([`MigrationError::RolledBack`]) — and only if that `criu`
-//! does not end, kills it and thaws the container (its connections may then be lost); a stopped
-//! source instance is started again (a fresh start). If nothing was dumped the service simply
-//! runs on ([`MigrationError::NotStarted`]).
+//! LXD has no gated restore: the container resumes at the target inside LXD's operation, so the
+//! port is attached and the arrival hook runs right after the resume (the service's first
+//! packets may leave before the path switch; the UE's retransmissions cover them). **The service
+//! is at the source unless T said `Restored`.** If T fails, hangs or the connection breaks
+//! before, S releases its side: LXD 5.0.2's source `criu dump` waits forever in its post-dump
+//! action script when the target's restore failed, with the container frozen. S finds that
+//! `criu` (a process in the edge's network namespace whose command line is a `dump` of the
+//! instance's init), kills the action script under it — CRIU then treats the dump as failed and
+//! resumes the container itself, with its TCP connections intact (rolled back) — and only if
+//! that `criu` does not end, kills it and thaws the container (its connections may then be
+//! lost); a stopped source instance is started again (a fresh start). If nothing was dumped the
+//! service simply runs on (not started).
 //!
 //! Limits: LXD does not say how many bytes a migration moved: `bytes_moved` is what the source
 //! edge sent on its backhaul interface during LXD's move (images, TLS and TCP/IP headers, and
-//! whatever else the edge sent then), `image_bytes` is 0. Only stop-and-copy (LXD's live migration); post-copy is refused. The fault
-//! [`Fault::CorruptImages`] makes the next incoming restore fail after the source's dump (the
-//! target takes the service's port name `s-<id>` in its namespace right before pulling, so LXD
-//! cannot make the container's NIC at the restore): LXD gives no hook to damage its images.
+//! whatever else the edge sent then), `image_bytes` is 0. Only stop-and-copy (LXD's live
+//! migration); post-copy is refused. The fault [`Fault::CorruptImages`] makes the next incoming
+//! restore fail after the source's dump (the target takes the service's port name `s-<id>` in
+//! its namespace right before pulling, so LXD cannot make the container's NIC at the restore):
+//! LXD gives no hook to damage its images.
 
-use crate::container::{self, EdgeSite};
-use crate::criu_backend::Timeouts;
-use crate::hosting::{blocking, prepare_target, ArrivalSlot, FaultSlot, Hosting};
-use crate::lxc_backend::{attach, detach, port_exists};
+use crate::container::{self, attach, detach, port_exists, EdgeSite};
+use crate::driver::Driver;
+use crate::error::RuntimeError;
+use crate::hosting::{blocking, blocking_try};
+use crate::lxc::LxcError;
 use crate::lxd::{LxdClient, LxdError};
-use crate::transfer::{Conn, Message};
-use crate::{
-    us, ArrivalHook, Backend, BackendError, Fault, IncomingReport, MigrationError, MigrationReport,
-    ServiceSpec, Stopwatch, Strategy,
+use crate::runtime::{
+    decode_offer, CheckpointError, Checkpointed, Config, Found, Leg, Resumed, Runtime, Transport,
 };
-use model::smo::{ExecuteRequest, RelocationType, Service};
+use crate::service::{Fault, ServiceSpec, Strategy};
+use model::smo::{RelocationType, Service};
 use netkit::cmd::Tool;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// The init script's place in the container's rootfs.
 pub const INIT_PATH: &str = "/sbin/svcmod-init";
 /// The default image alias (a busybox rootfs imported into each daemon).
 pub const DEFAULT_IMAGE: &str = "testbed-busybox";
 
-/// How an LXD module is set up.
+/// The LXD runtime's own options: the edge's daemon.
 #[derive(Debug, Clone)]
-pub struct LxdConfig {
-    /// Namespace prefix (the testbed's, e.g. `tb`): instances are `<prefix>-svc-<id>`.
-    pub prefix: String,
-    /// The edge cloud this module serves (its LXD daemon runs in `site.netns`).
-    pub site: EdgeSite,
+pub struct LxdOptions {
     /// The daemon's unix socket, e.g. `/var/lib/lxd/unix.socket`.
     pub socket: PathBuf,
     /// Where the daemon listens on HTTPS on the backhaul (target daemons pull from it), e.g.
@@ -85,35 +82,46 @@ pub struct LxdConfig {
     pub cert: PathBuf,
     /// The local image the containers are made from.
     pub image: String,
-    pub timeouts: Timeouts,
-    /// Time limit of the target's pull (LXD's whole move: freeze, dump, copy, restore).
-    pub move_limit: Duration,
-    /// Delete a migrated service's stopped source instance in the background, after answering.
-    pub background_cleanup: bool,
 }
+
+/// How an LXD module is set up.
+pub type LxdConfig = Config<LxdOptions>;
 
 impl LxdConfig {
     /// The defaults for `site` and a daemon at `socket` / `https_addr` with certificate `cert`:
-    /// image [`DEFAULT_IMAGE`], a move limit of 60 s.
-    pub fn new(
+    /// image [`DEFAULT_IMAGE`]; the restore limit is the time limit of LXD's whole move (the
+    /// target's pull), 60 s, and the source waits 5 s longer for its answer (`transfer`).
+    pub fn for_daemon(
         prefix: impl Into<String>,
         site: EdgeSite,
         socket: impl Into<PathBuf>,
         https_addr: SocketAddr,
         cert: impl Into<PathBuf>,
     ) -> Self {
-        Self {
-            prefix: prefix.into(),
+        let mut cfg = Config::new(
+            prefix,
             site,
-            socket: socket.into(),
-            https_addr,
-            cert: cert.into(),
-            image: DEFAULT_IMAGE.into(),
-            timeouts: Timeouts::default(),
-            move_limit: Duration::from_secs(60),
-            background_cleanup: false,
-        }
+            LxdOptions {
+                socket: socket.into(),
+                https_addr,
+                cert: cert.into(),
+                image: DEFAULT_IMAGE.into(),
+            },
+        );
+        cfg.timeouts.restore = Duration::from_secs(60);
+        cfg.timeouts.transfer = Duration::from_secs(5);
+        cfg
     }
+}
+
+/// The LXD service module backend of one edge cloud.
+pub type LxdBackend = Driver<LxdRuntime>;
+
+/// Services as LXD instances, moved by LXD's live migration.
+#[derive(Debug)]
+pub struct LxdRuntime {
+    cfg: LxdConfig,
+    lxd: LxdClient,
 }
 
 /// What a target needs to pull an instance from the source's daemon (in `Prepare`).
@@ -162,17 +170,10 @@ impl LxdInstance {
         self.init_pid.filter(|p| owns(&self.name, *p))
     }
 
-    /// The peers of the service's established TCP connections (`ss` in the container's netns).
-    pub fn tcp_peers(&self) -> Result<Vec<Ipv4Addr>, BackendError> {
-        let pid = self.init_pid().ok_or_else(|| {
-            BackendError::BadRequest(format!("instance {} is not running", self.name))
-        })?;
-        let text = Tool::new("nsenter")
-            .arg(format!("--net=/proc/{pid}/ns/net"))
-            .args(["--", "ss", "-tnH", "state", "established"])
-            .stdout()
-            .map_err(|e| BackendError::TargetFailed(e.to_string()))?;
-        Ok(container::parse_ss_peers(&text))
+    /// Its init's PID, or the error that it does not run.
+    fn running_pid(&self) -> Result<i32, RuntimeError> {
+        self.init_pid()
+            .ok_or_else(|| RuntimeError::State(format!("instance {} is not running", self.name)))
     }
 }
 
@@ -197,57 +198,34 @@ fn in_payload_cgroup(line: &str, name: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// An LXD failure as a backend error.
-impl From<LxdError> for BackendError {
-    fn from(e: LxdError) -> Self {
-        BackendError::TargetFailed(format!("lxd: {}", sbi::error_chain(&e)))
-    }
-}
-
-/// The LXD service module backend of one edge cloud.
+/// The source's side of one move.
 #[derive(Debug)]
-pub struct LxdBackend {
-    cfg: LxdConfig,
-    lxd: LxdClient,
-    hosting: Hosting<LxdInstance>,
-    arrival: ArrivalSlot,
-    fault: FaultSlot,
+pub struct LxdOutgoing {
+    /// LXD's migration operation at the source.
+    op_id: String,
+    /// The init when the move began.
+    pid_before: i32,
+    /// The backhaul's sent bytes when the pull began.
+    sent_before: Option<u64>,
 }
 
-impl LxdBackend {
-    /// A module with no services yet.
-    pub fn new(cfg: LxdConfig) -> Self {
-        Self {
-            lxd: LxdClient::new(cfg.socket.clone()),
-            cfg,
-            hosting: Hosting::default(),
-            arrival: ArrivalSlot::default(),
-            fault: FaultSlot::default(),
-        }
-    }
+/// The target's side of one move.
+#[derive(Debug)]
+pub struct LxdIncoming {
+    mv: LxdMove,
+    /// The interface the fault made in the port's name (removed again on abort).
+    taken_port: Option<String>,
+}
 
-    /// The module's configuration.
-    pub fn config(&self) -> &LxdConfig {
-        &self.cfg
-    }
-
+impl LxdRuntime {
     /// The client of the module's daemon.
     pub fn client(&self) -> &LxdClient {
         &self.lxd
     }
 
-    /// The instance of a hosted service.
-    pub fn instance(&self, service_id: &str) -> Option<LxdInstance> {
-        self.hosting.get(service_id).map(|h| h.container)
-    }
-
     /// The instance name of service `service_id`.
     pub fn name(&self, service_id: &str) -> String {
         instance_name(&self.cfg.prefix, service_id)
-    }
-
-    fn check_service(&self, service: &Service) -> Result<(), BackendError> {
-        crate::hosting::check_incoming(service, RelocationType::Lxd)
     }
 
     /// The instance's state: (`status`, init PID).
@@ -262,6 +240,12 @@ impl LxdBackend {
             .and_then(|p| i32::try_from(p).ok())
             .filter(|p| *p > 0);
         Ok((status, pid))
+    }
+
+    /// The init PID of a running instance.
+    async fn init_of(&self, name: &str) -> Result<i32, RuntimeError> {
+        let (_, pid) = self.state(name).await?;
+        pid.ok_or_else(|| RuntimeError::State(format!("instance {name} has no init")))
     }
 
     /// `PUT …/state {"action": action}` and waits for it.
@@ -315,32 +299,17 @@ impl LxdBackend {
         }))
     }
 
-    /// Removes an instance, its empty cgroups and its OVS port; tries each.
-    async fn destroy(&self, inst: &LxdInstance) -> Result<(), BackendError> {
-        let deleted = self.delete_instance(&inst.name).await;
-        let (site, port, name) = (self.cfg.site.clone(), inst.port.clone(), inst.name.clone());
-        let detached = blocking(move || {
-            // LXD leaves the instance's empty cgroups behind (`lxc.payload.NAME/.lxc`).
-            crate::lxd_daemon::remove_empty_cgroups([name]);
-            detach(&site, &port)
-        })
-        .await?;
-        deleted?;
-        detached.map_err(|e| BackendError::TargetFailed(e.to_string()))
-    }
-
     /// `s-<id>` onto the bridge (a stale port record first removed), offload off on both ends,
     /// the gateway pinned inside.
-    async fn attach_port(&self, inst: &LxdInstance, pid: i32) -> Result<(), BackendError> {
+    async fn attach_port(&self, inst: &LxdInstance, pid: i32) -> Result<(), RuntimeError> {
         let (site, port) = (self.cfg.site.clone(), inst.port.clone());
-        blocking(move || {
+        blocking_try(move || {
             site.ovs
                 .vsctl(["--if-exists", "del-port", &site.bridge, &port])
                 .map(drop)?;
             attach(&site, &port, pid)
         })
-        .await?
-        .map_err(|e| BackendError::TargetFailed(format!("cannot attach {}: {e}", inst.port)))
+        .await
     }
 
     /// The body creating a service's instance.
@@ -349,7 +318,7 @@ impl LxdBackend {
         name: &str,
         spec: &ServiceSpec,
         mac: &str,
-    ) -> Result<Value, BackendError> {
+    ) -> Result<Value, RuntimeError> {
         let mut devices = Map::new();
         devices.insert(
             container::SERVICE_IFNAME.into(),
@@ -367,7 +336,7 @@ impl LxdBackend {
         Ok(json!({
             "name": name,
             "type": "container",
-            "source": {"type": "image", "alias": self.cfg.image},
+            "source": {"type": "image", "alias": self.cfg.runtime.image},
             "config": {
                 "security.privileged": "true",
                 "raw.lxc": raw_lxc(),
@@ -381,7 +350,7 @@ impl LxdBackend {
         inst: &LxdInstance,
         spec: &ServiceSpec,
         mac: &str,
-    ) -> Result<i32, BackendError> {
+    ) -> Result<i32, RuntimeError> {
         let body = self.create_body(&inst.name, spec, mac)?;
         let answer = self.lxd.post("/1.0/instances", &body).await?;
         self.lxd.finish(answer, Duration::from_secs(60)).await?;
@@ -390,10 +359,7 @@ impl LxdBackend {
             .push_file(&inst.name, INIT_PATH, script.as_bytes(), 0o755)
             .await?;
         self.set_state(&inst.name, "start", false).await?;
-        let (_, pid) = self.state(&inst.name).await?;
-        let pid = pid.ok_or_else(|| {
-            BackendError::TargetFailed(format!("instance {} started without an init", inst.name))
-        })?;
+        let pid = self.init_of(&inst.name).await?;
         self.attach_port(inst, pid).await?;
         Ok(pid)
     }
@@ -404,65 +370,93 @@ impl LxdBackend {
             tracing::debug!(operation = %op_id, error = %e, "cannot cancel the migration operation");
         }
     }
+}
 
-    /// Moves a service (stop-and-copy only: LXD's live migration).
-    pub async fn migrate_out_with(
-        &self,
-        request: &ExecuteRequest,
-        strategy: Strategy,
-    ) -> Result<MigrationReport, MigrationError> {
-        let id = request.service.service_id.clone();
-        if strategy == Strategy::LazyPages {
-            return Err(MigrationError::NotStarted {
-                service_id: id,
-                source: BackendError::Unsupported(
-                    "lazy-pages migration with the LXD backend".into(),
-                ),
-            });
+impl Runtime for LxdRuntime {
+    type Options = LxdOptions;
+    type Container = LxdInstance;
+    type Outgoing = LxdOutgoing;
+    type Incoming = LxdIncoming;
+
+    const RELOCATION_TYPE: RelocationType = RelocationType::Lxd;
+    const TRANSPORT: Transport = Transport::Pull;
+
+    fn new(cfg: LxdConfig) -> Self {
+        Self {
+            lxd: LxdClient::new(cfg.runtime.socket.clone()),
+            cfg,
         }
-        self.hosting
-            .migrate_out(&id, async |service, c| {
-                self.run_migration(request, service, c).await
-            })
-            .await
     }
 
-    async fn run_migration(
-        &self,
-        request: &ExecuteRequest,
-        service: Service,
-        inst: &mut LxdInstance,
-    ) -> Result<MigrationReport, MigrationError> {
-        let id = service.service_id.clone();
-        let not_started = |source: BackendError| MigrationError::NotStarted {
-            service_id: id.clone(),
-            source,
-        };
-        let t = self.cfg.timeouts;
-        let mut sw = Stopwatch::start();
-        let (mut report, target) =
-            MigrationReport::starting(request, &service, Strategy::StopAndCopy)
-                .map_err(&not_started)?;
-        let pid_before = inst.init_pid().ok_or_else(|| {
-            not_started(BackendError::BadRequest(format!(
-                "instance {} is not running",
-                inst.name
-            )))
-        })?;
+    fn config(&self) -> &LxdConfig {
+        &self.cfg
+    }
 
-        // 1. The instance and the source's migration operation.
-        let began = Instant::now();
+    async fn start(
+        &self,
+        spec: &ServiceSpec,
+        service: &Service,
+    ) -> Result<LxdInstance, RuntimeError> {
+        bind_dirs(&spec.command)?;
+        if port_exists(&self.cfg.site, &service.ovs_port) {
+            return Err(RuntimeError::State(format!(
+                "interface {} exists in {} already",
+                service.ovs_port, self.cfg.site.netns
+            )));
+        }
+        let mut inst = LxdInstance {
+            name: self.name(&service.service_id),
+            port: service.ovs_port.clone(),
+            init_pid: None,
+        };
+        match self.create_instance(&inst, spec, &service.mac_addr).await {
+            Ok(pid) => {
+                inst.init_pid = Some(pid);
+                Ok(inst)
+            }
+            Err(e) => {
+                if let Err(cleanup) = self.destroy(&inst).await {
+                    tracing::warn!(error = %cleanup, "cannot remove a half-made instance");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes an instance, its empty cgroups and its OVS port; tries each.
+    async fn destroy(&self, inst: &LxdInstance) -> Result<(), RuntimeError> {
+        let deleted = self.delete_instance(&inst.name).await;
+        let (site, port, name) = (self.cfg.site.clone(), inst.port.clone(), inst.name.clone());
+        let detached = blocking_try(move || {
+            // LXD leaves the instance's empty cgroups behind (`lxc.payload.NAME/.lxc`).
+            crate::lxd_daemon::remove_empty_cgroups([name]);
+            detach(&site, &port)
+        })
+        .await;
+        deleted?;
+        detached
+    }
+
+    fn peers(inst: &LxdInstance) -> Result<Vec<Ipv4Addr>, RuntimeError> {
+        let pid = inst.running_pid()?;
+        Ok(container::tcp_peers_in(Path::new(&format!(
+            "/proc/{pid}/ns/net"
+        )))?)
+    }
+
+    async fn offer(
+        &self,
+        _leg: &Leg,
+        _strategy: Strategy,
+        inst: &LxdInstance,
+    ) -> Result<(LxdOutgoing, Value), RuntimeError> {
+        let pid_before = inst.running_pid()?;
         let path = format!("/1.0/instances/{}", inst.name);
-        let info = self
-            .lxd
-            .get(&path)
-            .await
-            .map_err(|e| not_started(e.into()))?;
-        let certificate = std::fs::read_to_string(&self.cfg.cert).map_err(|source| {
-            not_started(BackendError::Io {
-                path: self.cfg.cert.clone(),
-                source,
-            })
+        let info = self.lxd.get(&path).await?;
+        let cert = &self.cfg.runtime.cert;
+        let certificate = std::fs::read_to_string(cert).map_err(|source| RuntimeError::Io {
+            path: cert.clone(),
+            source,
         })?;
         let op = self
             .lxd
@@ -470,438 +464,238 @@ impl LxdBackend {
                 &path,
                 &json!({"migration": true, "live": true, "instance_only": true}),
             )
-            .await
-            .map_err(|e| not_started(e.into()))?
+            .await?
             .operation()
             .ok_or_else(|| {
-                not_started(BackendError::TargetFailed(
+                RuntimeError::State(
                     "lxd answered the migration request without an operation".into(),
-                ))
+                )
             })?;
         let mv = move_of(
             &info,
             &inst.name,
-            &self.cfg.https_addr,
+            &self.cfg.runtime.https_addr,
             &op.id,
             certificate,
             op.metadata.clone(),
         );
-        sw.record("source migration operation", began);
-
-        // 2. The target checks and reserves.
-        let began = Instant::now();
-        let prepared = prepare_target(
-            &self.cfg.site.netns,
-            target,
-            &Message::Prepare {
-                relocation_id: request.relocation_id.clone(),
-                service: service.clone(),
-                container: None,
-                lxd: Some(Box::new(mv)),
-            },
-            t.connect,
-            t.prepare,
-        )
-        .await;
-        let mut conn = match prepared {
-            Ok(c) => c,
-            Err(e) => {
-                self.cancel(&op.id).await;
-                return Err(not_started(e));
-            }
+        let out = LxdOutgoing {
+            op_id: op.id,
+            pid_before,
+            sent_before: None,
         };
-        report.prepare_us = sw.record("prepare target", began);
-
-        // 3. The target pulls: LXD freezes, dumps, copies, restores.
-        let sent_before = backhaul_tx_bytes(&self.cfg.site).await;
-        let frozen = Instant::now();
-        let pulled = async {
-            conn.send(&Message::Restore { page_server: None })
-                .await
-                .map_err(|e| e.to_string())?;
-            match conn
-                .recv_within(
-                    self.cfg.move_limit + Duration::from_secs(5),
-                    "answer to the pull",
-                )
-                .await
-            {
-                Ok(Message::Restored { restore_us }) => Ok(restore_us),
-                Ok(Message::Failed { cause }) => Err(format!("target pull failed: {cause}")),
-                Ok(other) => Err(format!("unexpected {} after restore", other.kind())),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-        .await;
-        report.restore_us = match pulled {
-            Ok(r) => r,
-            Err(cause) => {
-                drop(conn);
-                return Err(self
-                    .recover_source(inst, &op.id, pid_before, cause, report, sw, frozen)
-                    .await);
-            }
-        };
-        sw.record_took("LXD move (pull at target)", report.restore_us);
-        if let (Some(a), Some(b)) = (sent_before, backhaul_tx_bytes(&self.cfg.site).await) {
-            report.bytes_moved = b.saturating_sub(a);
-        }
-
-        // 4. The target attaches the port.
-        report.resume_us = match conn.recv_within(t.commit, "done").await {
-            Ok(Message::Done { resume_us }) => resume_us,
-            other => {
-                let cause = match other {
-                    Ok(m) => format!("unexpected {} after restored", m.kind()),
-                    Err(e) => e.to_string(),
-                };
-                inst.init_pid = None;
-                return Err(MigrationError::OutcomeUnknown {
-                    service_id: id,
-                    cause,
-                });
-            }
-        };
-        sw.record_took("attach at target", report.resume_us);
-        report.frozen_us = us(frozen.elapsed());
-        drop(conn);
-        // LXD's own operation at the source ends with the move.
-        if let Err(e) = self.lxd.wait(&op.id, Duration::from_secs(10)).await {
-            tracing::debug!(service = %id, error = %e, "source migration operation");
-        }
-
-        // 5. The stopped source instance goes.
-        let began = Instant::now();
-        inst.init_pid = None;
-        if self.cfg.background_cleanup {
-            let leaving = self.hosting.leaving(&id);
-            let this = Remover {
-                lxd: self.lxd.clone(),
-                site: self.cfg.site.clone(),
-            };
-            let inst = inst.clone();
-            tokio::spawn(async move {
-                if let Err(e) = this.remove(&inst).await {
-                    tracing::warn!(service = %inst.name, error = %e, "cannot remove the source instance");
-                }
-                drop(leaving);
-            });
-        } else if let Err(e) = self.destroy(inst).await {
-            tracing::warn!(service = %id, error = %e, "cannot remove the source instance");
-        }
-        sw.record("remove source", began);
-        report.total_us = sw.elapsed_us();
-        report.steps = sw.steps().to_vec();
-        Ok(report)
+        Ok((out, json!(mv)))
     }
 
-    /// The move failed before the target said `Restored`: the service is made to run at the source
-    /// again (see the module docs).
-    #[allow(clippy::too_many_arguments)]
-    async fn recover_source(
+    async fn withdraw(&self, out: LxdOutgoing) {
+        self.cancel(&out.op_id).await;
+    }
+
+    async fn checkpoint(
         &self,
-        inst: &mut LxdInstance,
-        op_id: &str,
-        pid_before: i32,
-        cause: String,
-        mut report: MigrationReport,
-        mut sw: Stopwatch,
-        frozen: Instant,
-    ) -> MigrationError {
-        let id = report.service.service_id.clone();
-        tracing::warn!(service = %id, %cause, "LXD move failed, keeping the service at the source");
-        let began = Instant::now();
-        let netns_ino = self.cfg.site.netns.inode();
-        let name = inst.name.clone();
-        let released = blocking(move || release_stuck_dump(netns_ino, &name, pid_before))
-            .await
-            .unwrap_or_default();
-        self.cancel(op_id).await;
-        let mut restarted = false;
-        let recovered: Result<i32, String> = async {
-            // LXD may take a moment to notice the dump ended.
-            let mut state = self.state(&inst.name).await.map_err(|e| e.to_string())?;
-            for _ in 0..20 {
-                if state.0 == "Running" || state.0 == "Stopped" || state.0 == "Frozen" {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                state = self.state(&inst.name).await.map_err(|e| e.to_string())?;
-            }
-            match state.0.as_str() {
-                "Frozen" => self
-                    .set_state(&inst.name, "unfreeze", false)
-                    .await
-                    .map_err(|e| e.to_string())?,
-                "Stopped" => {
-                    restarted = true;
-                    self.set_state(&inst.name, "start", false)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                _ => {}
-            }
-            let (_, pid) = self.state(&inst.name).await.map_err(|e| e.to_string())?;
-            let pid = pid.ok_or("no init PID".to_owned())?;
-            if restarted {
-                self.attach_port(inst, pid)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(pid)
-        }
-        .await;
-        match recovered {
-            Ok(pid) => {
-                inst.init_pid = Some(pid);
-                sw.record("recover at source", began);
-                report.frozen_us = us(frozen.elapsed());
-                report.total_us = sw.elapsed_us();
-                report.steps = sw.steps().to_vec();
-                if released.is_none() && !restarted && pid == pid_before {
-                    MigrationError::NotStarted {
-                        service_id: id,
-                        source: BackendError::TargetFailed(cause),
-                    }
-                } else {
-                    let how = match (&released, restarted) {
-                        (_, true) => {
-                            "; the source instance was started again (its connections are lost)"
-                                .to_owned()
-                        }
-                        (Some(r), false) => format!("; {r}"),
-                        (None, false) => String::new(),
-                    };
-                    MigrationError::RolledBack {
-                        service_id: id,
-                        cause: format!("{cause}{how}"),
-                        report: Box::new(report),
-                    }
-                }
-            }
-            Err(fallback) => MigrationError::Lost {
-                service_id: id,
-                cause,
-                fallback,
-            },
-        }
+        _leg: &Leg,
+        out: &mut LxdOutgoing,
+        _inst: &mut LxdInstance,
+    ) -> Result<Checkpointed, CheckpointError> {
+        out.sent_before = backhaul_tx_bytes(&self.cfg.site).await;
+        Ok(Checkpointed::default())
     }
 
-    /// The target side of one migration (see the module docs); `Ok` once the service runs here.
-    pub async fn receive_service(&self, stream: TcpStream) -> Result<IncomingReport, BackendError> {
-        let t = self.cfg.timeouts;
-        let mut conn = Conn::new(stream);
-        let (relocation_id, service, mv) = match conn.recv_within(t.prepare, "prepare").await? {
-            Message::Prepare {
-                relocation_id,
-                service,
-                lxd,
-                ..
-            } => (relocation_id, service, lxd),
-            other => {
-                return Err(BackendError::BadRequest(format!(
-                    "expected prepare, got {}",
-                    other.kind()
-                )))
+    async fn moved_bytes(&self, out: &LxdOutgoing) -> Option<u64> {
+        let after = backhaul_tx_bytes(&self.cfg.site).await?;
+        Some(after.saturating_sub(out.sent_before?))
+    }
+
+    /// The move failed before the target said `Restored` (see the module docs).
+    async fn resume_at_source(
+        &self,
+        _leg: &Leg,
+        out: LxdOutgoing,
+        inst: &mut LxdInstance,
+    ) -> Result<Resumed, RuntimeError> {
+        let netns_ino = self.cfg.site.netns.inode();
+        let (name, pid_before) = (inst.name.clone(), out.pid_before);
+        let released = blocking(move || release_stuck_dump(netns_ino, &name, pid_before)).await?;
+        self.cancel(&out.op_id).await;
+        // LXD may take a moment to notice the dump ended.
+        let mut state = self.state(&inst.name).await?;
+        for _ in 0..20 {
+            if matches!(state.0.as_str(), "Running" | "Stopped" | "Frozen") {
+                break;
             }
-        };
-        let id = service.service_id.clone();
-        if !self.hosting.wait_removed(Some(&id), t.prepare).await {
-            tracing::warn!(service = %id, "the old instance is still being removed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            state = self.state(&inst.name).await?;
         }
-        let began = Instant::now();
-        let checked = self
-            .check_service(&service)
-            .and_then(|()| {
-                mv.ok_or_else(|| {
-                    BackendError::BadRequest("an LXD module needs the instance".into())
-                })
-            })
-            .and_then(|mv| {
-                if mv.name != self.name(&id) {
-                    return Err(BackendError::BadRequest(format!(
-                        "instance {} is not named {}",
-                        mv.name,
-                        self.name(&id)
-                    )));
-                }
-                if port_exists(&self.cfg.site, &service.ovs_port) {
-                    return Err(BackendError::BadRequest(format!(
-                        "interface {} exists in {} already",
-                        service.ovs_port, self.cfg.site.netns
-                    )));
-                }
-                Ok(mv)
-            });
-        let mv = match checked.and_then(|m| self.hosting.reserve(&id).map(|()| m)) {
-            Ok(m) => m,
-            Err(e) => {
-                let _ = conn
-                    .send(&Message::Refused {
-                        cause: e.to_string(),
-                    })
-                    .await;
-                return Err(e);
-            }
-        };
+        let restarted = state.0 == "Stopped";
+        match state.0.as_str() {
+            "Frozen" => self.set_state(&inst.name, "unfreeze", false).await?,
+            "Stopped" => self.set_state(&inst.name, "start", false).await?,
+            _ => {}
+        }
+        let pid = self.init_of(&inst.name).await?;
+        if restarted {
+            self.attach_port(inst, pid).await?;
+            tracing::warn!(instance = %inst.name, "the source instance was started again (its connections are lost)");
+        }
+        inst.init_pid = Some(pid);
+        if let Some(r) = &released {
+            tracing::warn!(instance = %inst.name, "{r}");
+        }
+        Ok(if released.is_none() && !restarted && pid == pid_before {
+            Resumed::Untouched
+        } else {
+            Resumed::Restored
+        })
+    }
+
+    async fn complete(&self, out: &mut LxdOutgoing) -> Result<(), RuntimeError> {
+        // LXD's own operation at the source ends with the move.
+        if let Err(e) = self.lxd.wait(&out.op_id, Duration::from_secs(10)).await {
+            tracing::debug!(operation = %out.op_id, error = %e, "source migration operation");
+        }
+        Ok(())
+    }
+
+    async fn accept(
+        &self,
+        leg: &Leg,
+        offer: Value,
+    ) -> Result<(LxdIncoming, LxdInstance), RuntimeError> {
+        let mv: LxdMove = decode_offer(offer, "LXD move")?;
+        let name = self.name(&leg.service.service_id);
+        if mv.name != name {
+            return Err(RuntimeError::Offer(format!(
+                "instance {} is not named {name}",
+                mv.name
+            )));
+        }
+        if port_exists(&self.cfg.site, &leg.service.ovs_port) {
+            return Err(RuntimeError::State(format!(
+                "interface {} exists in {} already",
+                leg.service.ovs_port, self.cfg.site.netns
+            )));
+        }
         let inst = LxdInstance {
-            name: mv.name.clone(),
-            port: service.ovs_port.clone(),
+            name,
+            port: leg.service.ovs_port.clone(),
             init_pid: None,
         };
-        let prepare_us = us(began.elapsed());
-        let result = self
-            .pull(&mut conn, &inst, &mv, prepare_us, (&relocation_id, &id))
-            .await;
-        match result {
-            Ok((mut report, pid)) => {
-                let mut inst = inst;
-                inst.init_pid = Some(pid);
-                report.relocation_id = relocation_id;
-                report.service = service.clone();
-                self.hosting.install(service, inst);
-                Ok(report)
-            }
-            Err(e) => {
-                self.hosting.unreserve(&id);
-                Err(e)
-            }
-        }
-    }
-
-    async fn pull(
-        &self,
-        conn: &mut Conn,
-        inst: &LxdInstance,
-        mv: &LxdMove,
-        prepare_us: u64,
-        (relocation_id, service_id): (&str, &str),
-    ) -> Result<(IncomingReport, i32), BackendError> {
-        let t = self.cfg.timeouts;
-        conn.send(&Message::Prepared {
-            took_us: prepare_us,
-        })
-        .await?;
-        match conn.recv_within(t.prepare, "restore").await? {
-            Message::Restore { page_server: None } => {}
-            other => {
-                return Err(BackendError::BadRequest(format!(
-                    "expected restore, got {}",
-                    other.kind()
-                )))
-            }
-        }
-        let fault = self.fault.take(Fault::CorruptImages);
-        let began = Instant::now();
-        let pulled = async {
-            if fault {
-                let site = self.cfg.site.clone();
-                let port = inst.port.clone();
-                blocking(move || {
-                    let peer = format!("f{}", &port[1..]);
-                    site.netns
-                        .ip(["link", "add", &port, "type", "veth", "peer", "name", &peer])
-                })
-                    .await?
-                    .map_err(|e| BackendError::TargetFailed(e.to_string()))?;
-                tracing::warn!(port = %inst.port, "fault: the service's port name is taken: the restore will fail");
-            }
-            let answer = self.lxd.post("/1.0/instances", &pull_body(mv)).await?;
-            let op = answer.operation().ok_or_else(|| {
-                BackendError::TargetFailed("lxd answered the pull without an operation".into())
-            })?;
-            match self.lxd.wait(&op.id, self.cfg.move_limit).await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    self.cancel(&op.id).await;
-                    Err(BackendError::from(e))
-                }
-            }
-        }
-        .await;
-        let restore_us = us(began.elapsed());
-        let pid = match pulled {
-            Ok(()) => self
-                .state(&inst.name)
-                .await
-                .map_err(BackendError::from)
-                .and_then(|(_, pid)| {
-                    pid.ok_or_else(|| {
-                        BackendError::TargetFailed("moved instance has no init".into())
-                    })
-                }),
-            Err(e) => Err(e),
-        };
-        let pid = match pid {
-            Ok(p) => p,
-            Err(e) => {
-                self.answer_failed(conn, inst, fault, e.to_string()).await;
-                return Err(e);
-            }
-        };
-        // From here on the service runs here.
-        conn.send(&Message::Restored { restore_us }).await?;
-        let began = Instant::now();
-        // The port first: the SMO's new path outputs to it.
-        if let Err(e) = self.attach_port(inst, pid).await {
-            tracing::warn!(service = %service_id, error = %e, "the moved service's port is not attached");
-        }
-        self.arrival.report(relocation_id, service_id).await;
-        let resume_us = us(began.elapsed());
-        let _ = conn.send(&Message::Done { resume_us }).await;
         Ok((
-            IncomingReport {
-                relocation_id: String::new(),
-                service: service_of(service_id),
-                prepare_us,
-                receive_us: 0,
-                restore_us,
-                resume_us,
-                pages_us: None,
-                image_bytes: 0,
+            LxdIncoming {
+                mv,
+                taken_port: None,
             },
-            pid,
+            inst,
         ))
     }
 
-    /// The target's answer to a failed pull: what it made goes first, then `Failed`.
-    async fn answer_failed(&self, conn: &mut Conn, inst: &LxdInstance, fault: bool, cause: String) {
-        if fault {
+    async fn inject(
+        &self,
+        leg: &Leg,
+        incoming: &mut LxdIncoming,
+        fault: Fault,
+    ) -> Result<bool, RuntimeError> {
+        match fault {
+            Fault::CorruptImages => {
+                let (site, port) = (self.cfg.site.clone(), leg.service.ovs_port.clone());
+                let peer = format!("f{}", port.get(1..).unwrap_or_default());
+                let taken = port.clone();
+                blocking_try(move || {
+                    site.netns
+                        .ip(["link", "add", &taken, "type", "veth", "peer", "name", &peer])
+                })
+                .await?;
+                incoming.taken_port = Some(port);
+                tracing::warn!("fault: the service's port name is taken: the restore will fail");
+                Ok(true)
+            }
+        }
+    }
+
+    async fn restore(
+        &self,
+        _leg: &Leg,
+        incoming: &mut LxdIncoming,
+        inst: &mut LxdInstance,
+    ) -> Result<(), RuntimeError> {
+        let answer = self
+            .lxd
+            .post("/1.0/instances", &pull_body(&incoming.mv))
+            .await?;
+        let op = answer.operation().ok_or_else(|| {
+            RuntimeError::State("lxd answered the pull without an operation".into())
+        })?;
+        if let Err(e) = self.lxd.wait(&op.id, self.cfg.timeouts.restore).await {
+            self.cancel(&op.id).await;
+            return Err(e.into());
+        }
+        inst.init_pid = Some(self.init_of(&inst.name).await?);
+        Ok(())
+    }
+
+    async fn go_live(
+        &self,
+        _incoming: &mut LxdIncoming,
+        inst: &mut LxdInstance,
+    ) -> Result<(), RuntimeError> {
+        // The port first: the SMO's new path outputs to it.
+        let pid = inst.running_pid()?;
+        self.attach_port(inst, pid).await
+    }
+
+    /// Every instance `<prefix>-svc-<id>` of the edge's daemon: a running one is reachable again
+    /// (its port onto the bridge: a target may have crashed between the pull and the attach); a
+    /// frozen one is a source whose dump a crash left stuck: released and thawed, it runs.
+    async fn survey(&self) -> Result<Vec<Found<LxdInstance>>, RuntimeError> {
+        let head = format!("{}-svc-", self.cfg.prefix);
+        let listed = self.lxd.get("/1.0/instances").await?;
+        let mut found = Vec::new();
+        for url in listed.as_array().into_iter().flatten() {
+            let Some(name) = url.as_str().and_then(|u| u.rsplit('/').next()) else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_prefix(&head)
+                .filter(|id| container::validate_service_id(id).is_ok())
+            else {
+                continue;
+            };
+            let mut inst = LxdInstance {
+                name: name.to_owned(),
+                port: format!("s-{id}"),
+                init_pid: None,
+            };
+            let (mut status, pid) = self.state(name).await?;
+            if let (true, Some(pid)) = (status == "Frozen", pid) {
+                let (ino, n) = (self.cfg.site.netns.inode(), name.to_owned());
+                let released = blocking(move || release_stuck_dump(ino, &n, pid)).await?;
+                tracing::warn!(instance = %name, ?released, "a frozen source instance after a crash");
+                self.set_state(name, "unfreeze", false).await?;
+                status = self.state(name).await?.0;
+            }
+            let mut service = None;
+            if status == "Running" {
+                let pid = self.init_of(name).await?;
+                inst.init_pid = Some(pid);
+                self.attach_port(&inst, pid).await?;
+                let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                service = container::service_in(id, RelocationType::Lxd, &ns).ok();
+            }
+            found.push(Found {
+                service_id: id.to_owned(),
+                running: service.is_some(),
+                service,
+                container: inst,
+            });
+        }
+        Ok(found)
+    }
+
+    async fn abort(&self, incoming: LxdIncoming) {
+        if let Some(port) = incoming.taken_port {
             let site = self.cfg.site.clone();
-            let port = inst.port.clone();
             let _ = blocking(move || site.netns.ip(["link", "del", &port])).await;
         }
-        if let Err(e) = self.destroy(inst).await {
-            tracing::warn!(instance = %inst.name, error = %e, "cannot remove the failed incoming instance");
-        }
-        let _ = conn.send(&Message::Failed { cause }).await;
-    }
-}
-
-/// Removes a source instance in the background.
-#[derive(Debug)]
-struct Remover {
-    lxd: LxdClient,
-    site: EdgeSite,
-}
-
-impl Remover {
-    async fn remove(&self, inst: &LxdInstance) -> Result<(), BackendError> {
-        // A throw-away backend with the same client does the work.
-        let b = LxdBackend {
-            cfg: LxdConfig::new(
-                "",
-                self.site.clone(),
-                self.lxd.socket(),
-                SocketAddr::from(([0, 0, 0, 0], 0)),
-                "",
-            ),
-            lxd: self.lxd.clone(),
-            hosting: Hosting::default(),
-            arrival: ArrivalSlot::default(),
-            fault: FaultSlot::default(),
-        };
-        b.destroy(inst).await
     }
 }
 
@@ -960,7 +754,7 @@ pub fn pull_body(mv: &LxdMove) -> Value {
 /// Host directories a service's container binds read-only: the same as an LXC container's
 /// ([`crate::lxc::ContainerSpec::for_command`]: `/usr`, `/etc`, the directory of an absolute
 /// program and of the files its arguments name by absolute path).
-pub fn bind_dirs(command: &[String]) -> Result<Vec<PathBuf>, BackendError> {
+pub fn bind_dirs(command: &[String]) -> Result<Vec<PathBuf>, LxcError> {
     Ok(crate::lxc::ContainerSpec::for_command(command)?.binds)
 }
 
@@ -1026,18 +820,6 @@ pub fn tx_bytes_of(net_dev: &str, ifname: &str) -> Option<u64> {
 /// `<prefix>-svc-<id>`, the same at every edge.
 pub fn instance_name(prefix: &str, service_id: &str) -> String {
     format!("{prefix}-svc-{service_id}")
-}
-
-fn service_of(id: &str) -> Service {
-    Service {
-        service_id: id.to_owned(),
-        ipv4_addr: Ipv4Addr::UNSPECIFIED,
-        mac_addr: String::new(),
-        ovs_port: String::new(),
-        relocation_type: RelocationType::Lxd,
-        resource_requirements: Default::default(),
-        ue_ipv4_addrs: Vec::new(),
-    }
 }
 
 /// The arguments of `pid`'s command line.
@@ -1156,99 +938,18 @@ fn release_stuck_dump(netns_ino: Option<u64>, name: &str, init_pid: i32) -> Opti
     ))
 }
 
-impl Backend for LxdBackend {
-    fn relocation_type(&self) -> RelocationType {
-        RelocationType::Lxd
-    }
-
-    fn set_arrival_hook(&self, hook: ArrivalHook) {
-        self.arrival.set(hook);
-    }
-
-    fn arm_fault(&self, fault: Fault) -> Result<(), BackendError> {
-        self.fault.arm(fault);
-        Ok(())
-    }
-
-    async fn create(&self, spec: ServiceSpec) -> Result<Service, BackendError> {
-        let service = spec.service(RelocationType::Lxd)?;
-        bind_dirs(&spec.command)?;
-        if port_exists(&self.cfg.site, &service.ovs_port) {
-            return Err(BackendError::BadRequest(format!(
-                "interface {} exists in {} already",
-                service.ovs_port, self.cfg.site.netns
-            )));
-        }
-        self.hosting.reserve(&service.service_id)?;
-        let mut inst = LxdInstance {
-            name: self.name(&service.service_id),
-            port: service.ovs_port.clone(),
-            init_pid: None,
-        };
-        match self.create_instance(&inst, &spec, &service.mac_addr).await {
-            Ok(pid) => {
-                inst.init_pid = Some(pid);
-                self.hosting.install(service.clone(), inst);
-                Ok(service)
-            }
-            Err(e) => {
-                if let Err(cleanup) = self.destroy(&inst).await {
-                    tracing::warn!(error = %cleanup, "cannot remove a half-made instance");
-                }
-                self.hosting.unreserve(&service.service_id);
-                Err(e)
-            }
-        }
-    }
-
-    async fn remove(&self, service_id: &str) -> Result<(), BackendError> {
-        let h = self.hosting.take_for_removal(service_id)?;
-        self.destroy(&h.container).await
-    }
-
-    async fn services(&self) -> Result<Vec<Service>, BackendError> {
-        self.hosting.running_services(LxdInstance::tcp_peers).await
-    }
-
-    async fn migrate_out(
-        &self,
-        request: &ExecuteRequest,
-    ) -> Result<MigrationReport, MigrationError> {
-        self.migrate_out_with(request, Strategy::StopAndCopy).await
-    }
-
-    async fn receive(&self, stream: TcpStream) -> Result<IncomingReport, BackendError> {
-        self.receive_service(stream).await
-    }
-
-    async fn settle(&self) {
-        self.hosting.settle().await;
-    }
-}
-
-/// Removes every instance this module hosts (tests, shutdown of a throw-away deployment).
-pub async fn remove_all(backend: &LxdBackend) {
-    backend.hosting.settle().await;
-    for id in backend.hosting.ids() {
-        let _ = backend.remove(&id).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn site() -> EdgeSite {
-        serde_json::from_value(json!({
-            "edge": "x", "netns": "tb-edge-x", "bridge": "br-x", "ovs_dir": "/run/t/ovs-x"
-        }))
-        .expect("site")
-    }
+    use crate::error::{BackendError, MigrationError, MoveError};
+    use crate::hosting::check_incoming;
+    use crate::Backend;
+    use model::smo::ExecuteRequest;
 
     fn backend() -> LxdBackend {
-        LxdBackend::new(LxdConfig::new(
+        LxdBackend::new(LxdConfig::for_daemon(
             "tb",
-            site(),
+            crate::fake::site("x"),
             "/nonexistent/unix.socket",
             "10.0.1.1:8443".parse().expect("addr"),
             "/nonexistent/server.crt",
@@ -1298,6 +999,7 @@ mod tests {
             resource_requirements: Default::default(),
         };
         let body = b
+            .runtime()
             .create_body("tb-svc-p50", &spec, "02:00:00:00:00:50")
             .expect("body");
         assert_eq!(body["source"]["alias"], "testbed-busybox");
@@ -1405,16 +1107,40 @@ mod tests {
     async fn only_lxd_services_are_taken_and_lazy_pages_refused() {
         let b = backend();
         assert_eq!(b.relocation_type(), RelocationType::Lxd);
-        assert_eq!(b.name("p50"), "tb-svc-p50");
-        let mut s = service_of("p50");
-        s.mac_addr = "02:00:00:00:00:50".into();
-        s.ovs_port = "s-p50".into();
-        assert!(b.check_service(&s).is_ok());
+        assert_eq!(b.runtime().name("p50"), "tb-svc-p50");
+        let s = crate::fake::service("p50", RelocationType::Lxd);
+        assert!(check_incoming(&s, RelocationType::Lxd).is_ok());
         let lxc = Service {
             relocation_type: RelocationType::Lxc,
             ..s.clone()
         };
-        assert!(b.check_service(&lxc).is_err());
+        assert!(check_incoming(&lxc, RelocationType::Lxd).is_err());
+        // The offer must pull the instance of this very service.
+        let leg = Leg {
+            relocation_id: "r".into(),
+            service: s.clone(),
+            work: std::env::temp_dir().join("svcmod-lxd-offer-never-used"),
+        };
+        let mv = move_of(
+            &json!({"name": "tb-svc-other"}),
+            "tb-svc-other",
+            &"10.0.1.1:8443".parse().expect("addr"),
+            "op-1",
+            "PEM".into(),
+            json!({}),
+        );
+        let e = b
+            .runtime()
+            .accept(&leg, json!(mv))
+            .await
+            .expect_err("another instance");
+        assert!(e.to_string().contains("is not named tb-svc-p50"), "{e}");
+        let e = b
+            .runtime()
+            .accept(&leg, json!({"name": "tb-svc-p50"}))
+            .await
+            .expect_err("not a move");
+        assert!(e.to_string().starts_with("bad offer: LXD move"), "{e}");
         let request = ExecuteRequest {
             relocation_id: "r".into(),
             service: s,
@@ -1427,7 +1153,7 @@ mod tests {
         assert!(matches!(
             e,
             MigrationError::NotStarted {
-                source: BackendError::Unsupported(_),
+                cause: MoveError::Request(BackendError::Unsupported(_)),
                 ..
             }
         ));
@@ -1435,7 +1161,7 @@ mod tests {
         assert!(matches!(
             e,
             MigrationError::NotStarted {
-                source: BackendError::UnknownService { .. },
+                cause: MoveError::Request(BackendError::UnknownService { .. }),
                 ..
             }
         ));

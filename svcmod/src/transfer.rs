@@ -34,29 +34,24 @@ pub const MAX_IMAGE_BYTES: u64 = 16 << 30;
     rename_all_fields = "camelCase"
 )]
 pub enum Message {
-    /// Source → target: make the service's namespace (carrier down) and get ready for images.
+    /// Source → target: take this service: make its container, silent, and get ready for it.
     Prepare {
         relocation_id: String,
         service: Service,
-        /// LXC: what the container holds besides its network (the target makes its config from
-        /// it). Absent for CRIU.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        container: Option<crate::lxc::ContainerSpec>,
-        /// LXD: the instance and where the target pulls it from. Absent for CRIU and LXC.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        lxd: Option<Box<crate::lxd_backend::LxdMove>>,
+        /// What the target's runtime needs besides the service, as the source's runtime wrote it
+        /// (LXC: the container's spec; LXD: the instance and where to pull it from; CRIU: lazy
+        /// pages' page server). Opaque here: the target's runtime decodes and checks it.
+        #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+        offer: serde_json::Value,
     },
     /// Target → source: ready; how long preparing took.
     Prepared { took_us: u64 },
     /// Target → source: cannot take the service (nothing was stopped).
     Refused { cause: String },
-    /// Source → target: the images are all sent; restore them.
-    Restore {
-        /// Lazy pages: where the source's page server listens (`ip:port` on the backhaul).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        page_server: Option<String>,
-    },
-    /// Target → source: every task is restored and stopped, carrier still down.
+    /// Source → target: restore the service (images: all sent; pull: pull it now).
+    Restore,
+    /// Target → source: the service is restored (images: every task stopped, carrier down; pull:
+    /// it runs).
     Restored { restore_us: u64 },
     /// Target → source: the restore failed (the target holds nothing of the service).
     Failed { cause: String },
@@ -73,7 +68,7 @@ impl Message {
             Self::Prepare { .. } => "prepare",
             Self::Prepared { .. } => "prepared",
             Self::Refused { .. } => "refused",
-            Self::Restore { .. } => "restore",
+            Self::Restore => "restore",
             Self::Restored { .. } => "restored",
             Self::Failed { .. } => "failed",
             Self::Commit => "commit",
@@ -486,18 +481,9 @@ pub async fn connect_in(
 mod tests {
     use super::*;
     use model::smo::RelocationType;
-    use std::net::Ipv4Addr;
 
     fn service() -> Service {
-        Service {
-            service_id: "p50".into(),
-            ipv4_addr: Ipv4Addr::new(20, 0, 0, 50),
-            mac_addr: "02:00:00:00:00:50".into(),
-            ovs_port: "s-p50".into(),
-            relocation_type: RelocationType::Criu,
-            resource_requirements: Default::default(),
-            ue_ipv4_addrs: vec![],
-        }
+        crate::fake::service("p50", RelocationType::Criu)
     }
 
     fn temp_dir(tag: &str) -> PathBuf {
@@ -514,15 +500,24 @@ mod tests {
         let v = serde_json::to_value(Message::Prepare {
             relocation_id: "r".into(),
             service: service(),
-            container: None,
-            lxd: None,
+            offer: serde_json::Value::Null,
         })
         .expect("json");
-        assert!(
-            v.get("container").is_none(),
-            "the CRIU prepare is unchanged"
+        assert!(v.get("offer").is_none(), "no offer, no field");
+        let offer = serde_json::json!({"command": ["x"], "binds": []});
+        let v = serde_json::to_value(Message::Prepare {
+            relocation_id: "r".into(),
+            service: service(),
+            offer: offer.clone(),
+        })
+        .expect("json");
+        assert_eq!(
+            v["offer"], offer,
+            "the offer travels as the runtime wrote it"
         );
-        let v = serde_json::to_value(Message::Restore { page_server: None }).expect("json");
+        let back: Message = serde_json::from_value(v).expect("parse");
+        assert!(matches!(back, Message::Prepare { offer: o, .. } if o == offer));
+        let v = serde_json::to_value(Message::Restore).expect("json");
         assert_eq!(v, serde_json::json!({"type": "restore"}));
         assert_eq!(
             serde_json::to_value(Message::Commit).expect("json"),
@@ -556,8 +551,7 @@ mod tests {
                 tx.send(&Message::Prepare {
                     relocation_id: "r1".into(),
                     service: service(),
-                    container: None,
-                    lxd: None,
+                    offer: serde_json::Value::Null,
                 })
                 .await?;
                 let stats = tx.send_images(&src).await?;

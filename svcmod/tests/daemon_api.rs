@@ -19,8 +19,8 @@ use svcmod::api::cause;
 use svcmod::daemon::{self, DaemonError, RegisterPolicy, Settings};
 use svcmod::transfer::TransferError;
 use svcmod::{
-    ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport,
-    ServiceSpec, ServiceState, Stopwatch, Strategy,
+    ArrivalHook, Backend, BackendError, IncomingReport, MigrationError, MigrationReport, MoveError,
+    RuntimeError, ServiceSpec, ServiceState, Stopwatch, Strategy,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +53,10 @@ struct FakeState {
     script: VecDeque<Result<(), MigrationError>>,
     executed: Vec<ExecuteRequest>,
     removed: Vec<String>,
+    /// Services created, in order.
+    created: Vec<String>,
+    /// Reconciles asked for.
+    reconciled: u32,
 }
 
 #[derive(Debug, Default)]
@@ -111,7 +115,8 @@ fn spec(id: &str, last_octet: u8) -> ServiceSpec {
 
 /// A successful migration's report, with steps the way the CRIU backend records them.
 fn report_for(req: &ExecuteRequest, s: Service) -> MigrationReport {
-    let mut sw = Stopwatch::start();
+    let now = tokio::time::Instant::now();
+    let mut sw = Stopwatch::start_at(now);
     for (step, took) in [
         ("prepare target", 1_500),
         ("dump", 40_000),
@@ -119,7 +124,7 @@ fn report_for(req: &ExecuteRequest, s: Service) -> MigrationReport {
         ("restore at target", 60_000),
         ("resume at target", 2_000),
     ] {
-        sw.record_took(step, took);
+        sw.record_took_at(step, took, now);
     }
     MigrationReport {
         relocation_id: req.relocation_id.clone(),
@@ -166,7 +171,15 @@ impl Backend for FakeBackend {
             resource_requirements: spec.resource_requirements,
         };
         st.services.push(s.clone());
+        st.created.push(s.service_id.clone());
         Ok(s)
+    }
+
+    /// "What runs at the edge": the services it holds.
+    async fn reconcile(&self) -> Result<Vec<Service>, BackendError> {
+        let mut st = self.lock();
+        st.reconciled += 1;
+        Ok(st.services.clone())
     }
 
     async fn remove(&self, service_id: &str) -> Result<(), BackendError> {
@@ -196,7 +209,7 @@ impl Backend for FakeBackend {
         let Some(pos) = st.services.iter().position(|s| s.service_id == id) else {
             return Err(MigrationError::NotStarted {
                 service_id: id.clone(),
-                source: BackendError::UnknownService { service_id: id },
+                cause: BackendError::UnknownService { service_id: id }.into(),
             });
         };
         match st.script.pop_front().unwrap_or(Ok(())) {
@@ -214,17 +227,17 @@ impl Backend for FakeBackend {
     }
 
     /// The fake "migration protocol": one line of JSON, the service.
-    async fn receive(&self, stream: TcpStream) -> Result<IncomingReport, BackendError> {
+    async fn receive(&self, stream: TcpStream) -> Result<IncomingReport, MoveError> {
         let mut line = String::new();
         tokio::io::BufReader::new(stream)
             .read_line(&mut line)
             .await
-            .map_err(|source| BackendError::Io {
-                path: PathBuf::from("migration connection"),
+            .map_err(|source| TransferError::Io {
+                what: "the fake migration line".into(),
                 source,
             })?;
-        let s: Service =
-            serde_json::from_str(&line).map_err(|e| BackendError::BadRequest(e.to_string()))?;
+        let s: Service = serde_json::from_str(&line)
+            .map_err(|e| TransferError::Protocol(format!("bad service line: {e}")))?;
         // "Commit": the SMO hears of the arrival before the service resumes.
         let hook = self.1 .0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(hook) = hook {
@@ -321,6 +334,16 @@ async fn start(
     services: Vec<ServiceSpec>,
     register: RegisterPolicy,
 ) -> Daemon {
+    start_with_state(backend, smo_url, services, register, None).await
+}
+
+async fn start_with_state(
+    backend: &Arc<FakeBackend>,
+    smo_url: &str,
+    services: Vec<ServiceSpec>,
+    register: RegisterPolicy,
+    start_note: Option<PathBuf>,
+) -> Daemon {
     init_tracing();
     let api = TcpListener::bind("127.0.0.1:0").await.expect("bind api");
     let migration = TcpListener::bind("127.0.0.1:0")
@@ -338,6 +361,7 @@ async fn start(
         token: Some(TOKEN.into()),
         services,
         register,
+        start_note,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let (ready_tx, ready) = tokio::sync::oneshot::channel::<()>();
@@ -599,82 +623,123 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
     let c = client();
     let target = free_port().to_string();
     let rolled_back_report = report_for(&execute_request("a", &target), service("a", 50));
-    let not_started = |source| MigrationError::NotStarted {
+    let not_started = |cause: MoveError| MigrationError::NotStarted {
         service_id: "a".into(),
-        source,
+        cause,
     };
-    // (the backend's outcome, status, cause, the service still hosted here)
-    let cases: Vec<(MigrationError, u16, &str, bool)> = vec![
+    let local = |step, what: &str| MoveError::local(step)(RuntimeError::State(what.into()));
+    // (the backend's outcome, status, cause, words the detail must hold, the service still
+    // hosted here)
+    let cases: Vec<(MigrationError, u16, &str, &str, bool)> = vec![
         (
-            not_started(BackendError::Busy {
-                service_id: "a".into(),
-                state: ServiceState::MigratingOut,
-            }),
+            not_started(
+                BackendError::Busy {
+                    service_id: "a".into(),
+                    state: ServiceState::MigratingOut,
+                }
+                .into(),
+            ),
             409,
             cause::SERVICE_BUSY,
+            "MigratingOut",
             true,
         ),
         (
-            not_started(BackendError::BadRequest(
-                "target address `x` is not ip:port".into(),
-            )),
+            not_started(
+                BackendError::BadRequest("target address `x` is not ip:port".into()).into(),
+            ),
             422,
             cause::INVALID_TARGET,
+            "not ip:port",
             true,
         ),
         (
-            not_started(BackendError::Refused("network namespace exists".into())),
+            not_started(MoveError::Refused("network namespace exists".into())),
             502,
             cause::TARGET_REFUSED,
+            "network namespace exists",
             true,
         ),
         (
-            not_started(BackendError::Transfer(TransferError::Timeout {
-                what: "answer to prepare".into(),
-                limit_ms: 10_000,
-            })),
+            not_started(
+                TransferError::Timeout {
+                    what: "answer to prepare".into(),
+                    limit_ms: 10_000,
+                }
+                .into(),
+            ),
             502,
             cause::TARGET_FAILED,
+            "no answer to prepare within 10000 ms",
             true,
         ),
         (
-            not_started(BackendError::Task("panicked".into())),
+            not_started(MoveError::Unexpected {
+                expected: "prepared",
+                got: "commit",
+            }),
+            502,
+            cause::TARGET_FAILED,
+            "expected prepared, got commit",
+            true,
+        ),
+        // A failure at the source is this module's, never the target's.
+        (
+            not_started(local("offer", "instance tb-svc-a is not running")),
             500,
             cause::MIGRATION_FAILED,
+            "offer failed: instance tb-svc-a is not running",
+            true,
+        ),
+        (
+            not_started(BackendError::Unsupported("lazy-pages migration".into()).into()),
+            500,
+            cause::MIGRATION_FAILED,
+            "lazy-pages migration is not supported",
             true,
         ),
         (
             MigrationError::RolledBack {
                 service_id: "a".into(),
-                cause: "target restore failed".into(),
+                cause: MoveError::TargetFailed {
+                    step: "restore",
+                    cause: "criu restore failed".into(),
+                },
                 report: Box::new(rolled_back_report),
             },
             502,
             cause::MIGRATION_ROLLED_BACK,
+            "the target failed to restore: criu restore failed",
             true,
         ),
         (
             MigrationError::OutcomeUnknown {
                 service_id: "a".into(),
-                cause: "no answer to commit".into(),
+                cause: TransferError::Timeout {
+                    what: "answer to commit".into(),
+                    limit_ms: 10_000,
+                }
+                .into(),
             },
             504,
             cause::MIGRATION_OUTCOME_UNKNOWN,
+            "no answer to commit",
             false,
         ),
         (
             MigrationError::Lost {
                 service_id: "a".into(),
-                cause: "transfer failed".into(),
-                fallback: "restore at source failed".into(),
+                cause: local("checkpoint", "dump failed"),
+                fallback: Box::new(RuntimeError::State("restore at source failed".into())),
             },
             504,
             cause::SERVICE_LOST,
+            "restore at source failed",
             false,
         ),
     ];
-    for (outcome, want_status, want_cause, at_source) in cases {
-        let what = outcome.to_string();
+    for (outcome, want_status, want_cause, want_detail, at_source) in cases {
+        let what = sbi::error_chain(&outcome);
         if backend.ids().is_empty() {
             backend.host(service("a", 50));
         }
@@ -687,7 +752,9 @@ async fn execute_errors_map_to_statuses_and_say_where_the_service_is() {
         assert_eq!(status, want_status, "{what}");
         assert_eq!(cause.as_deref(), Some(want_cause), "{what}");
         assert!(
-            p["detail"].as_str().is_some_and(|t| !t.is_empty()),
+            p["detail"]
+                .as_str()
+                .is_some_and(|t| t.contains(want_detail)),
             "{what}: {p}"
         );
         let listed: Vec<Service> = c.get(&d.url("/services")).await.expect("services");
@@ -1009,4 +1076,53 @@ fn the_binary_refuses_a_bad_config_with_64_and_names_the_field() {
         assert!(stderr.contains(want), "{field}: {stderr}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_reconciles_instead_of_creating_its_services_again() {
+    let smo = smo(Behaviour::default()).await;
+    let note = std::env::temp_dir().join(format!("svcmod-daemon-{}.started", std::process::id()));
+    let _ = std::fs::remove_dir(&note);
+    let specs = vec![spec("a", 50)];
+    let start = async |backend: &Arc<FakeBackend>| {
+        start_with_state(
+            backend,
+            &smo.url,
+            specs.clone(),
+            fast_policy(),
+            Some(note.clone()),
+        )
+        .await
+    };
+    // A fresh start creates the services and notes that it runs; a clean end removes the note.
+    let first = Arc::new(FakeBackend::default());
+    let mut d = start(&first).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    assert_eq!(first.lock().created, ["a"]);
+    assert!(note.exists());
+    d.shut_down().await.expect("clean");
+    assert!(!note.exists(), "a clean end leaves no note");
+    // Killed: the note stays. The same config again: what runs is taken over; the configured
+    // service (which may have moved away meanwhile) is not made again.
+    let second = Arc::new(FakeBackend::default());
+    let mut d = start(&second).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    d.run.abort();
+    assert!(note.exists(), "a killed module leaves its note");
+    let again = Arc::new(FakeBackend::default());
+    again.host(service("b", 51));
+    let mut d = start(&again).await;
+    d.wait_ready(Duration::from_secs(5)).await;
+    assert!(again.lock().created.is_empty(), "nothing created");
+    assert_eq!(again.lock().reconciled, 1);
+    let listed: Vec<Service> = client().get(&d.url("/services")).await.expect("services");
+    assert_eq!(
+        listed
+            .iter()
+            .map(|s| s.service_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    d.shut_down().await.expect("clean");
+    assert!(!note.exists());
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
 use svcmod::criu::Criu;
 use svcmod::{
-    Backend, CriuBackend, CriuConfig, MigrationError, MigrationReport, ServiceSpec, Strategy,
+    Backend, CriuBackend, CriuConfig, CriuOptions, MigrationError, MigrationReport, ServiceSpec,
+    Strategy,
 };
 
 const MODULE_PORT: u16 = 9100;
@@ -49,12 +50,18 @@ impl World {
     async fn up(letter: char, y_criu: Option<Criu>) -> World {
         let fabric = Fabric::up(letter);
         let module = |site: EdgeSite, criu: Option<Criu>, backhaul: Ipv4Addr| {
-            let mut cfg = CriuConfig::new(fabric.prefix.clone(), site.clone());
+            let mut cfg = CriuConfig::new(
+                fabric.prefix.clone(),
+                site.clone(),
+                CriuOptions {
+                    backhaul_addr: Some(backhaul),
+                    ..CriuOptions::default()
+                },
+            );
             cfg.work_dir = fabric.root.join(format!("work-{}", site.edge));
-            cfg.backhaul_addr = Some(backhaul);
             cfg.keep_work = keep_work();
             if let Some(c) = criu {
-                cfg.criu = c;
+                cfg.runtime.criu = c;
             }
             Arc::new(CriuBackend::new(cfg))
         };
@@ -411,7 +418,7 @@ async fn a_failed_move_leaves_the_service_serving_at_the_source() {
             .expect_err("the target must refuse");
     println!("A (target netns taken): {err}");
     assert!(matches!(err, MigrationError::NotStarted { .. }), "{err:?}");
-    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(sbi::error_chain(&err).contains("already exists"), "{err:?}");
     blocker.delete().expect("remove blocker");
     assert_eq!(at_source(&w), pid_a, "the very same process kept running");
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -447,7 +454,7 @@ async fn a_failed_move_leaves_the_service_serving_at_the_source() {
             .expect_err("resume must fail");
     println!("C (fails after commit): {err}");
     assert!(
-        matches!(err, MigrationError::RolledBack { ref cause, .. } if cause.contains("failed to resume")),
+        matches!(err, MigrationError::RolledBack { ref cause, .. } if cause.to_string().contains("failed to resume")),
         "{err:?}"
     );
     at_source(&w);

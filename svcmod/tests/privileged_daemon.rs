@@ -12,7 +12,7 @@
 
 mod common;
 
-use common::daemon::{get_in, post_in, DaemonProcess};
+use common::daemon::{get_in, post_in, served_service, DaemonProcess};
 use common::fake_smo::{Behaviour, FakeSmo};
 use common::{
     client_report, ms, require_root, tbprobe, Fabric, SERVICE_ID, SERVICE_IP, SERVICE_MAC, UE_IP,
@@ -22,6 +22,7 @@ use model::smo::{ExecuteReport, ExecuteRequest, Service};
 use netkit::Netns;
 use sbi::ClientError;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
 use svcmod::{ModuleConfig, ServiceSpec, Strategy};
@@ -51,6 +52,30 @@ fn module_config(
         work_dir: Some(fabric.root.join(format!("work-{}", site.edge))),
         strategy,
         services,
+    }
+}
+
+/// The fake SMO on edge X's backhaul address, where both daemons register.
+async fn fake_smo(fabric: &Fabric) -> FakeSmo {
+    let listener =
+        svcmod::transfer::listen_in(&fabric.x.netns, SocketAddr::from((X_BACKHAUL, SMO_PORT)))
+            .await
+            .expect("fake SMO listener in edge x");
+    FakeSmo::start(listener, Some(TOKEN.into()), Behaviour::default())
+}
+
+/// The probe service (`tbprobe serve`) X starts.
+fn probe() -> ServiceSpec {
+    ServiceSpec {
+        service_id: SERVICE_ID.into(),
+        ipv4_addr: SERVICE_IP,
+        mac_addr: SERVICE_MAC.into(),
+        command: vec![
+            tbprobe().display().to_string(),
+            "serve".into(),
+            "--tcp=0.0.0.0:5000".into(),
+        ],
+        resource_requirements: Default::default(),
     }
 }
 
@@ -87,23 +112,8 @@ fn ids(list: &[Service]) -> Vec<&str> {
 async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     require_root();
     let fabric = Fabric::up('d');
-    let smo_listener =
-        svcmod::transfer::listen_in(&fabric.x.netns, SocketAddr::from((X_BACKHAUL, SMO_PORT)))
-            .await
-            .expect("fake SMO listener in edge x");
-    let smo = FakeSmo::start(smo_listener, Some(TOKEN.into()), Behaviour::default());
-
-    let probe = ServiceSpec {
-        service_id: SERVICE_ID.into(),
-        ipv4_addr: SERVICE_IP,
-        mac_addr: SERVICE_MAC.into(),
-        command: vec![
-            tbprobe().display().to_string(),
-            "serve".into(),
-            "--tcp=0.0.0.0:5000".into(),
-        ],
-        resource_requirements: Default::default(),
-    };
+    let smo = fake_smo(&fabric).await;
+    let probe = probe();
     // X moves by stop-and-copy, Y (the way back) by lazy pages.
     let x_cfg = module_config(
         &fabric,
@@ -346,4 +356,166 @@ async fn two_daemons_move_a_live_stream_when_told_to_execute() {
     ] {
         assert!(text.contains(want), "x log lacks `{want}`:\n{text}");
     }
+}
+
+/// A `criu` wrapper for the daemons (first on their `PATH`): a file `slow-restore` (or
+/// `slow-dump`) in `dir` makes the next restore (dump) note `restoring` (`dumping`) there and
+/// wait `secs` first, so the test can kill the module in the middle of it.
+fn slow_criu(dir: &Path) {
+    let real = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| Path::new(d).join("criu"))
+        .find(|p| p.is_file())
+        .expect("criu on PATH (scripts/setup)");
+    std::fs::create_dir_all(dir).expect("bin dir");
+    let wrapper = dir.join("criu");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/bash\n\
+             d={dir}\n\
+             if [ \"$1\" = restore ] && [ -e $d/slow-restore ]; then rm -f $d/slow-restore; touch $d/restoring; sleep 6; fi\n\
+             if [ \"$1\" = dump ] && [ -e $d/slow-dump ]; then rm -f $d/slow-dump; touch $d/dumping; sleep 2; fi\n\
+             exec {real} \"$@\"\n",
+            dir = dir.display(),
+            real = real.display()
+        ),
+    )
+    .expect("wrapper");
+    common::sh(std::process::Command::new("chmod").arg("+x").arg(&wrapper));
+}
+
+async fn wait_for_file(path: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < limit, "{} never appeared", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "privileged: needs root, OVS and CRIU; run by scripts/test"]
+async fn a_module_killed_mid_move_at_the_target_or_the_source_restarts_with_one_copy_serving() {
+    require_root();
+    let fabric = Fabric::up('k');
+    let _smo = fake_smo(&fabric).await;
+    let bin = fabric.root.join("bin");
+    slow_criu(&bin);
+    let probe = probe();
+    let x_cfg = module_config(
+        &fabric,
+        &fabric.x,
+        X_BACKHAUL,
+        Strategy::StopAndCopy,
+        vec![probe],
+    );
+    let y_cfg = module_config(
+        &fabric,
+        &fabric.y,
+        Y_BACKHAUL,
+        Strategy::StopAndCopy,
+        vec![],
+    );
+    let (edge_x, edge_y) = (fabric.ns("edge-x"), fabric.ns("edge-y"));
+    let again = fabric.root.join("restarted");
+    std::fs::create_dir_all(&again).expect("dir");
+    let mut x = DaemonProcess::spawn_with_path(&edge_x, &x_cfg, &fabric.root, Some(&bin));
+    let mut y = DaemonProcess::spawn_with_path(&edge_y, &y_cfg, &fabric.root, Some(&bin));
+    x.wait_ready(Duration::from_secs(20)).await;
+    y.wait_ready(Duration::from_secs(20)).await;
+    let svc_x = fabric.ns("svc-p50-x");
+    fabric
+        .wait_listening(&svc_x, 5000, Duration::from_secs(5))
+        .await;
+    let x_api = format!("http://{X_BACKHAUL}:{API_PORT}/svcmod/v1");
+    let y_api = format!("http://{Y_BACKHAUL}:{API_PORT}/svcmod/v1");
+    let (x_ns, y_ns) = (fabric.x.netns.clone(), fabric.y.netns.clone());
+    let services_at = |ns: &Netns, api: &str| {
+        let (ns, url) = (ns.clone(), format!("{api}/services"));
+        async move {
+            get_in::<Vec<Service>>(&ns, TOKEN, url)
+                .await
+                .expect("services")
+        }
+    };
+    // One copy, at x, serving the UE; nothing of it at y.
+    let one_copy_at_x = || async {
+        let at_x = services_at(&x_ns, &x_api).await;
+        assert_eq!(ids(&at_x), [SERVICE_ID]);
+        assert_eq!(at_x[0].ue_ipv4_addrs, [UE_IP], "serving the UE");
+        assert!(services_at(&y_ns, &y_api).await.is_empty());
+        assert!(!Netns::new(fabric.ns("svc-p50-y")).exists(), "nothing at y");
+        let pids = Netns::new(&svc_x)
+            .inode()
+            .map(netkit::process::pids_in_netns)
+            .unwrap_or_default();
+        assert!(!pids.is_empty(), "the service runs at x");
+    };
+    let client = fabric.start_client(16.0);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let served = served_service(&x_ns, TOKEN, &x_api, UE_IP).await;
+    let execute = |relocation_id: &str| {
+        let req = ExecuteRequest {
+            relocation_id: relocation_id.into(),
+            service: served.clone(),
+            target_address: format!("{Y_BACKHAUL}:{MIGRATION_PORT}")
+                .parse()
+                .expect("addr"),
+        };
+        let (ns, url) = (x_ns.clone(), format!("{x_api}/execute"));
+        tokio::spawn(async move { post_in::<_, ExecuteReport>(&ns, TOKEN, url, req).await })
+    };
+
+    // 1. The target's module dies while it restores: the source rolls back; the restarted
+    // target removes what it half-made.
+    std::fs::write(bin.join("slow-restore"), "").expect("slow restore");
+    let moving = execute("rel-crash-target");
+    wait_for_file(&bin.join("restoring"), Duration::from_secs(15)).await;
+    assert!(
+        Netns::new(fabric.ns("svc-p50-y")).exists(),
+        "half-made at y"
+    );
+    y.kill();
+    let answer = moving.await.expect("execute task");
+    assert_eq!(
+        status_of(answer),
+        (502, Some("MIGRATION_ROLLED_BACK".into()))
+    );
+    let mut y = DaemonProcess::spawn_with_path(&edge_y, &y_cfg, &again, Some(&bin));
+    y.wait_ready(Duration::from_secs(20)).await;
+    one_copy_at_x().await;
+    assert!(
+        y.log_text().contains("restarted after a crash"),
+        "{}",
+        y.log_text()
+    );
+    println!("target killed mid-restore: rolled back at x, nothing left at y after its restart");
+
+    // 2. The source's module dies during its dump: the dump goes on (the tree stops), the target
+    // aborts; the restarted source resumes the service from the images (Commit never went out).
+    std::fs::write(bin.join("slow-dump"), "").expect("slow dump");
+    let moving = execute("rel-crash-source");
+    wait_for_file(&bin.join("dumping"), Duration::from_secs(15)).await;
+    x.kill();
+    let killed_at = Instant::now();
+    assert!(moving.await.expect("execute task").is_err(), "no answer");
+    let mut x = DaemonProcess::spawn_with_path(&edge_x, &x_cfg, &again, Some(&bin));
+    x.wait_ready(Duration::from_secs(40)).await;
+    println!(
+        "source killed mid-dump: its restart was ready {:.0} ms after the kill",
+        killed_at.elapsed().as_secs_f64() * 1e3
+    );
+    one_copy_at_x().await;
+    let text = x.log_text();
+    assert!(text.contains("resumed the move a crash cut off"), "{text}");
+
+    client_report(client)
+        .await
+        .print_and_check("client over both crashes");
+
+    assert!(x.terminate(Duration::from_secs(20)).await.success());
+    assert!(y.terminate(Duration::from_secs(20)).await.success());
+    let left = Netns::list_with_prefix(&fabric.ns("svc-"));
+    assert!(left.is_empty(), "service namespaces left: {left:?}");
 }

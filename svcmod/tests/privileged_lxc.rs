@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use svcmod::container::EdgeSite;
 use svcmod::lxc::Lxc;
-use svcmod::lxc_backend::{self, LxcBackend, LxcConfig, LxcContainer};
+use svcmod::lxc_backend::{LxcBackend, LxcConfig, LxcContainer, LxcOptions};
 use svcmod::{
     Backend, Fault, MigrationError, MigrationReport, ModuleBackend, ModuleConfig, ServiceSpec,
     Strategy,
@@ -99,10 +99,11 @@ impl World {
     async fn up(prefix: &str, y_criu_dir: Option<PathBuf>) -> World {
         let fabric = Fabric::up_prefixed(prefix);
         let module = |site: EdgeSite, criu_dir: Option<PathBuf>| {
-            let mut cfg = LxcConfig::new(fabric.prefix.clone(), site.clone());
+            let mut cfg =
+                LxcConfig::new(fabric.prefix.clone(), site.clone(), LxcOptions::default());
             cfg.work_dir = fabric.root.join(format!("work-{}", site.edge));
             cfg.keep_work = common::keep_work();
-            cfg.criu_dir = criu_dir;
+            cfg.runtime.criu_dir = criu_dir;
             Arc::new(LxcBackend::new(cfg))
         };
         let (x_site, y_site) = (fabric.x.clone(), fabric.y.clone());
@@ -229,7 +230,10 @@ impl World {
             !ports.iter().any(|p| p == "s-p50"),
             "port left at {left}: {ports:?}"
         );
-        let left_dir = there.lxc().dir(&lxc_name(&self.fabric.prefix, left));
+        let left_dir = there
+            .runtime()
+            .lxc()
+            .dir(&lxc_name(&self.fabric.prefix, left));
         assert!(!left_dir.exists(), "{} left", left_dir.display());
         c
     }
@@ -245,7 +249,10 @@ impl Drop for World {
             let _ = tx.send(());
         }
         // Containers first (their monitors live in the edge namespaces the fabric removes).
-        sweep_containers(&[self.x.lxc(), self.y.lxc()], &self.fabric.prefix);
+        sweep_containers(
+            &[self.x.runtime().lxc(), self.y.runtime().lxc()],
+            &self.fabric.prefix,
+        );
     }
 }
 
@@ -448,11 +455,16 @@ async fn an_lxc_container_moves_there_and_back_with_its_tcp_stream() {
     assert!(!links.iter().any(|l| l.name == "s-p50"));
     let ports = w.x.config().site.ovs.ports("br-x").expect("ports");
     assert!(!ports.iter().any(|p| p == "s-p50"), "{ports:?}");
-    assert!(!w.x.lxc().dir(&lxc_name(&w.fabric.prefix, 'x')).exists());
-    lxc_backend::remove_all(&w.x).await;
-    lxc_backend::remove_all(&w.y).await;
-    assert!(!w.x.lxc().lxcpath.exists(), "lxcpath removed");
-    assert!(!w.y.lxc().lxcpath.exists(), "lxcpath removed");
+    assert!(!w
+        .x
+        .runtime()
+        .lxc()
+        .dir(&lxc_name(&w.fabric.prefix, 'x'))
+        .exists());
+    w.x.remove_all().await;
+    w.y.remove_all().await;
+    assert!(!w.x.runtime().lxc().lxcpath.exists(), "lxcpath removed");
+    assert!(!w.y.runtime().lxc().lxcpath.exists(), "lxcpath removed");
     // Checked before the world's own sweep, which would remove leftover cgroups.
     assert_eq!(leftovers(&w.fabric.prefix), Vec::<String>::new());
 }
@@ -533,7 +545,7 @@ async fn a_failed_lxc_move_leaves_the_service_serving_at_the_source() {
     let to_y = |rel: &str| w.request_to(rel, &service, common::Y_BACKHAUL);
 
     // A: the target refuses (a container of that name exists there): nothing is stopped.
-    let blocker = w.y.lxc().dir(&lxc_name(&w.fabric.prefix, 'y'));
+    let blocker = w.y.runtime().lxc().dir(&lxc_name(&w.fabric.prefix, 'y'));
     std::fs::create_dir_all(&blocker).expect("blocker");
     let pid_a =
         w.x.container(SERVICE_ID)
@@ -542,7 +554,7 @@ async fn a_failed_lxc_move_leaves_the_service_serving_at_the_source() {
     let err = w.x.migrate_out(&to_y("rel-a")).await.expect_err("refused");
     println!("A (target refuses): {err}");
     assert!(matches!(err, MigrationError::NotStarted { .. }), "{err:?}");
-    assert!(err.to_string().contains("already exists"), "{err}");
+    assert!(sbi::error_chain(&err).contains("already exists"), "{err:?}");
     std::fs::remove_dir_all(&blocker).expect("remove blocker");
     let c = w.assert_hosted_at('x', 'y');
     assert_eq!(
@@ -577,7 +589,7 @@ async fn a_failed_lxc_move_leaves_the_service_serving_at_the_source() {
             .expect_err("resume fails");
     println!("C (fails after commit): {err}");
     assert!(
-        matches!(err, MigrationError::RolledBack { ref cause, .. } if cause.contains("failed to resume")),
+        matches!(err, MigrationError::RolledBack { ref cause, .. } if cause.to_string().contains("failed to resume")),
         "{err:?}"
     );
     w.assert_hosted_at('x', 'y');

@@ -160,13 +160,15 @@ impl World {
         lxd_daemon::trust_each_other(&daemons.running[0], &daemons.running[1])
             .expect("the daemons trust each other");
         let module = |site: EdgeSite, d: &Daemon| {
-            let mut cfg = LxdConfig::new(
+            let mut cfg = LxdConfig::for_daemon(
                 fabric.prefix.clone(),
                 site,
                 d.socket.clone(),
                 SocketAddr::V4(d.https_addr),
                 d.dir.join("lxd/server.crt"),
             );
+            // The moves' directories: under the fabric's root, removed with it.
+            cfg.work_dir = fabric.root.join(format!("work-{}", cfg.site.edge));
             cfg.background_cleanup = true;
             Arc::new(LxdBackend::new(cfg))
         };
@@ -174,7 +176,7 @@ impl World {
             let mut m = module(x_site.clone(), &daemons.running[0]);
             if let Some(limit) = x_move_limit {
                 let mut cfg = m.config().clone();
-                cfg.move_limit = limit;
+                cfg.timeouts.restore = limit;
                 m = Arc::new(LxdBackend::new(cfg));
             }
             m
@@ -233,7 +235,7 @@ impl World {
         assert_eq!(service.relocation_type, RelocationType::Lxd);
         let pid = self
             .x
-            .instance(SERVICE_ID)
+            .container(SERVICE_ID)
             .and_then(|i| i.init_pid())
             .expect("runs");
         let start = Instant::now();
@@ -290,7 +292,7 @@ impl World {
     async fn assert_hosted_at(&self, at: char, left: char) -> i32 {
         let here = self.edge(at);
         let there = self.edge(left);
-        let inst = here.instance(SERVICE_ID).expect("hosted");
+        let inst = here.container(SERVICE_ID).expect("hosted");
         let pid = inst
             .init_pid()
             .expect("init runs in the container's cgroup");
@@ -320,9 +322,10 @@ impl World {
             .expect("ports");
         assert!(ports.iter().any(|p| p == "s-p50"), "{ports:?}");
         // Nothing left at the other edge: no instance, veth or OVS port.
-        assert!(there.instance(SERVICE_ID).is_none());
+        assert!(there.container(SERVICE_ID).is_none());
         there.settle().await;
         let e = there
+            .runtime()
             .client()
             .get(&format!("/1.0/instances/{}", inst.name()))
             .await
@@ -507,18 +510,20 @@ async fn a_target_that_falls_silent_after_a_failed_pull_does_not_leave_the_sourc
     )
     .await
     .expect("listener");
-    let (y_lxd, y_ns) = (w.y.client().clone(), w.fabric.y.netns.clone());
+    let (y_lxd, y_ns) = (w.y.runtime().client().clone(), w.fabric.y.netns.clone());
     let silent = tokio::spawn(async move {
         use svcmod::transfer::{Conn, Message};
         let (stream, _) = listener.accept().await.expect("accept");
         let mut conn = Conn::new(stream);
-        let Ok(Message::Prepare { lxd: Some(mv), .. }) = conn.recv().await else {
-            panic!("expected an LXD prepare");
+        let Ok(Message::Prepare { offer, .. }) = conn.recv().await else {
+            panic!("expected a prepare");
         };
+        let mv: svcmod::lxd_backend::LxdMove =
+            serde_json::from_value(offer).expect("an LXD move in the offer");
         conn.send(&Message::Prepared { took_us: 1 })
             .await
             .expect("prepared");
-        assert!(matches!(conn.recv().await, Ok(Message::Restore { .. })));
+        assert!(matches!(conn.recv().await, Ok(Message::Restore)));
         y_ns.ip([
             "link", "add", "s-p50", "type", "veth", "peer", "name", "f-p50",
         ])

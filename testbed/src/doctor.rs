@@ -47,7 +47,7 @@ pub fn run() -> Vec<Check> {
     let need_root = || {
         (
             "needs root".to_owned(),
-            "run as root (e.g. sudo testbed doctor)".to_owned(),
+            "run as root (in a root shell, or through sudo)".to_owned(),
         )
     };
     let scratch = Netns::new(format!("tbdoctor-{}", std::process::id()));

@@ -130,6 +130,13 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
     let gnbs: Vec<&crate::plan::Node> = plan.nodes.iter().filter(|n| n.role == Role::Gnb).collect();
     let site_of = |n: &crate::plan::Node| n.site.clone().unwrap_or_default();
     let smf_url = format!("http://{core_sbi}:{SMF_PORT}");
+    // Subscriptions at the SMF and the LR may only call back into the SBI segment.
+    let sbi_networks: Vec<ipnet::Ipv4Net> = plan
+        .segments
+        .iter()
+        .filter(|s| s.name == "sbi")
+        .map(|s| s.subnet)
+        .collect();
     let mut out = vec![nf(
         "lr",
         "core",
@@ -137,6 +144,7 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
         json(&LrConfig {
             sbi_addr: SocketAddrV4::new(core_sbi, LR_PORT),
             token: token.clone(),
+            callback_networks: sbi_networks.clone(),
         }),
     )];
     for (i, s) in sites.iter().enumerate() {
@@ -218,6 +226,9 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
                     site: site_of(g),
                 })
                 .collect(),
+            callback_networks: sbi_networks,
+            state_dir: Some(plan.state_dir.join("smf")),
+            ack_timeout_ms: None,
         }),
     ));
     for (node, cfg) in smo_configs(plan, token.as_deref().unwrap_or_default(), &smf_url) {
@@ -369,6 +380,7 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
                 smf_url: Some(smf_url.to_owned()),
+                lr_url: Some(format!("http://{}:{LR_PORT}", addr(plan, "core", "sbi"))),
                 notify_when: plan.notify,
                 peers: plan
                     .switches
@@ -384,6 +396,15 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 capacity: smo::config::default_capacity(),
                 state_dir: plan.state_dir.join(&name),
                 timeouts: Timeouts::default(),
+                reconcile: Default::default(),
+                // Module callbacks and peers are on the SBI segment, modules' migration
+                // addresses on the backhaul.
+                callback_networks: plan
+                    .segments
+                    .iter()
+                    .filter(|seg| seg.name == "sbi" || seg.name == "bh")
+                    .map(|seg| seg.subnet)
+                    .collect(),
             };
             (sw.node.clone(), cfg)
         })
@@ -800,6 +821,28 @@ mod tests {
         assert_eq!(cfg("ue1")["gnbRadio"], "10.10.0.1:4997");
         assert_eq!(cfg("ue1")["supi"], "imsi-001010000000001");
         assert_eq!(new_token().len(), 32);
+        // The SMF and the LR call back only into the SBI segment, where their subscribers are
+        // (the SMOs at the SMF, the IAPs at the LR).
+        assert_eq!(
+            smf["callbackNetworks"],
+            serde_json::json!(["10.100.0.0/24"])
+        );
+        assert_eq!(cfg("lr")["callbackNetworks"], smf["callbackNetworks"]);
+        let sbi: ipnet::Ipv4Net = "10.100.0.0/24".parse().expect("net");
+        for n in ["iap-a", "iap-b"] {
+            let a: SocketAddrV4 = serde_json::from_value(cfg(n)["sbiAddr"].clone()).expect(n);
+            assert!(sbi.contains(a.ip()), "{n} at {a}");
+        }
+        for e in ["edge-x", "edge-y"] {
+            let root = smo_api_root(&plan, e);
+            let host = root
+                .trim_start_matches("http://")
+                .split(':')
+                .next()
+                .and_then(|h| h.parse::<Ipv4Addr>().ok())
+                .expect("smo host");
+            assert!(sbi.contains(&host), "{root}");
+        }
     }
 
     #[test]

@@ -9,9 +9,11 @@
 //! Link types: `tcpdump -i ue0` on the UE's TUN device (no Ethernet header) writes
 //! `LINKTYPE_RAW` (101, checked with tcpdump 4.99 / libpcap 1.10: "link-type RAW (Raw IP)");
 //! also read are the other raw-IP numbers (12, 14, 228), Linux cooked captures v1 (113) and v2
-//! (276, as `tcpdump -i any` writes) and Ethernet (1).
+//! (276, as `tcpdump -i any` writes) and Ethernet (1). The packets inside are decoded by
+//! etherparse ([`sliced`]) and named as the UE's gap recorder names flows ([`FlowKey`]).
 
 use emu_ran::ue::gaps::FlowKey;
+use etherparse::{EtherType, LaxSlicedPacket, LinuxSllHeaderSlice, LinuxSllProtocolType};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -189,29 +191,34 @@ impl<'a> Pcap<'a> {
         })
     }
 
-    /// The IPv4 packet inside `record` for this capture's link type (`None`: not IPv4, or a link
-    /// type this reader does not know).
-    pub fn ipv4<'r>(&self, record: &Record<'r>) -> Option<&'r [u8]> {
-        ipv4_payload(self.header.linktype, record.data)
+    /// The packet inside `record`, sliced by etherparse for this capture's link type (`None`:
+    /// no IP packet, or a link type this reader does not know).
+    pub fn sliced<'r>(&self, record: &Record<'r>) -> Option<LaxSlicedPacket<'r>> {
+        sliced(self.header.linktype, record.data)
     }
 }
 
-/// The IPv4 packet inside a frame of link type `linktype`.
-pub fn ipv4_payload(linktype: u32, frame: &[u8]) -> Option<&[u8]> {
-    const ETHERTYPE_IPV4: u16 = 0x0800;
-    let ethertype = |at: usize| {
-        frame
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]))
-    };
-    let ip = match linktype {
-        LINKTYPE_RAW | 12 | 14 | LINKTYPE_IPV4 => frame,
-        LINKTYPE_LINUX_SLL if ethertype(14)? == ETHERTYPE_IPV4 => frame.get(16..)?,
-        LINKTYPE_LINUX_SLL2 if ethertype(0)? == ETHERTYPE_IPV4 => frame.get(20..)?,
-        LINKTYPE_ETHERNET if ethertype(12)? == ETHERTYPE_IPV4 => frame.get(14..)?,
+/// A frame of link type `linktype`, sliced by etherparse down to its IP packet (lax: a packet cut
+/// by the snap length still yields its headers): raw IP, Ethernet (VLAN tags too), Linux cooked
+/// v1 and v2 (etherparse reads v1; v2's 20-octet header, ether type first, is skipped here).
+pub fn sliced(linktype: u32, frame: &[u8]) -> Option<LaxSlicedPacket<'_>> {
+    let packet = match linktype {
+        LINKTYPE_RAW | 12 | 14 | LINKTYPE_IPV4 => LaxSlicedPacket::from_ip(frame).ok()?,
+        LINKTYPE_ETHERNET => LaxSlicedPacket::from_ethernet(frame).ok()?,
+        LINKTYPE_LINUX_SLL => {
+            let sll = LinuxSllHeaderSlice::from_slice(frame).ok()?;
+            let LinuxSllProtocolType::EtherType(ether_type) = sll.protocol_type() else {
+                return None;
+            };
+            LaxSlicedPacket::from_ether_type(ether_type, frame.get(sll.slice().len()..)?)
+        }
+        LINKTYPE_LINUX_SLL2 => {
+            let ether_type = u16::from_be_bytes(frame.get(..2)?.try_into().ok()?);
+            LaxSlicedPacket::from_ether_type(EtherType(ether_type), frame.get(20..)?)
+        }
         _ => return None,
     };
-    (ip.first()? >> 4 == 4).then_some(ip)
+    packet.net.is_some().then_some(packet)
 }
 
 /// One downlink flow of a capture in a window.
@@ -252,8 +259,10 @@ pub fn downlink_gaps(
         if r.ts_ns > to_ns {
             continue;
         }
-        let Some(ip) = pcap.ipv4(r) else { continue };
-        let key = FlowKey::of(ip);
+        let Some(packet) = pcap.sliced(r) else {
+            continue;
+        };
+        let key = FlowKey::of_sliced(&packet);
         let FlowKey::Ipv4 { src, dst: d, .. } = key else {
             continue;
         };
@@ -385,44 +394,75 @@ mod tests {
                 };
                 assert_eq!(p.records[0].ts_ns, want, "big {big} nanos {nanos}");
                 assert_eq!(p.records[1].data, frames[1].1.as_slice());
-                assert!(p.ipv4(&p.records[0]).is_some());
+                assert!(p.sliced(&p.records[0]).is_some());
             }
         }
+    }
+
+    /// The flow of a frame, as the capture's downtime sees it.
+    fn flow(linktype: u32, frame: &[u8]) -> Option<String> {
+        sliced(linktype, frame).map(|p| FlowKey::of_sliced(&p).to_string())
     }
 
     #[test]
     fn cooked_and_ethernet_frames_yield_their_ipv4_packet() {
         let ip = udp(SVC, UE, 5000, 40000);
-        let mut sll = vec![0u8; 14];
+        let want = Some("udp 20.0.0.100:5000 > 192.168.1.2:40000".to_owned());
+        assert_eq!(flow(LINKTYPE_RAW, &ip), want);
+        // Linux cooked v1: packet type, ARPHRD, address length, 8 address octets, protocol.
+        let mut sll = vec![0, 0, 0, 1, 0, 6, 0, 0, 0, 0, 0, 0, 0, 0];
         sll.extend(0x0800u16.to_be_bytes());
         sll.extend(&ip);
-        assert_eq!(ipv4_payload(LINKTYPE_LINUX_SLL, &sll), Some(ip.as_slice()));
+        assert_eq!(flow(LINKTYPE_LINUX_SLL, &sll), want);
         let mut sll2 = 0x0800u16.to_be_bytes().to_vec();
         sll2.extend([0u8; 18]);
         sll2.extend(&ip);
-        assert_eq!(
-            ipv4_payload(LINKTYPE_LINUX_SLL2, &sll2),
-            Some(ip.as_slice())
-        );
+        assert_eq!(flow(LINKTYPE_LINUX_SLL2, &sll2), want);
         let mut eth = vec![0u8; 12];
         eth.extend(0x0800u16.to_be_bytes());
         eth.extend(&ip);
-        assert_eq!(ipv4_payload(LINKTYPE_ETHERNET, &eth), Some(ip.as_slice()));
-        // ARP over Ethernet, IPv6 raw, an unknown link type, empty frames: no IPv4.
+        assert_eq!(flow(LINKTYPE_ETHERNET, &eth), want);
+        // An 802.1Q tag before the IPv4 ether type.
+        let mut vlan = vec![0u8; 12];
+        vlan.extend(0x8100u16.to_be_bytes());
+        vlan.extend([0, 7]);
+        vlan.extend(0x0800u16.to_be_bytes());
+        vlan.extend(&ip);
+        assert_eq!(flow(LINKTYPE_ETHERNET, &vlan), want);
+        // ARP over Ethernet, IPv6 raw, an unknown link type, empty frames: no IPv4 flow.
         let mut arp = vec![0u8; 12];
         arp.extend(0x0806u16.to_be_bytes());
         arp.extend(&ip);
-        assert_eq!(ipv4_payload(LINKTYPE_ETHERNET, &arp), None);
-        assert_eq!(ipv4_payload(LINKTYPE_RAW, &[0x60, 0, 0, 0]), None);
-        assert_eq!(ipv4_payload(147, &ip), None);
+        assert!(!matches!(
+            sliced(LINKTYPE_ETHERNET, &arp).map(|p| FlowKey::of_sliced(&p)),
+            Some(FlowKey::Ipv4 { .. })
+        ));
+        let mut v6 = vec![0x60, 0, 0, 0, 0, 0, 17, 64];
+        v6.extend([0u8; 32]);
+        assert_eq!(
+            flow(LINKTYPE_RAW, &v6).as_deref(),
+            Some("non-ipv4 (version 6)")
+        );
+        assert_eq!(flow(147, &ip), None);
         for lt in [
             LINKTYPE_RAW,
             LINKTYPE_LINUX_SLL,
             LINKTYPE_LINUX_SLL2,
             LINKTYPE_ETHERNET,
         ] {
-            assert_eq!(ipv4_payload(lt, &[]), None);
-            assert_eq!(ipv4_payload(lt, &[0x08]), None);
+            assert_eq!(flow(lt, &[]), None);
+            assert_eq!(flow(lt, &[0x08]), None);
+        }
+        // Every prefix of every frame: no panic.
+        for (lt, f) in [
+            (LINKTYPE_RAW, &ip),
+            (LINKTYPE_LINUX_SLL, &sll),
+            (LINKTYPE_LINUX_SLL2, &sll2),
+            (LINKTYPE_ETHERNET, &vlan),
+        ] {
+            for n in 0..f.len() {
+                let _ = flow(lt, &f[..n]);
+            }
         }
     }
 

@@ -273,6 +273,7 @@ mod tests {
             total_us: None,
             execute: None,
             cause: None,
+            control: Default::default(),
         }
     }
 

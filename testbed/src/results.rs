@@ -992,6 +992,7 @@ pub(crate) mod tests {
                 steps: vec![],
             }),
             cause: None,
+            control: Default::default(),
         }
     }
 

@@ -21,7 +21,7 @@ static SERIAL: Mutex<()> = Mutex::new(());
 fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "privileged test: needs root (network namespaces, Open vSwitch); run `sudo scripts/test`"
+        "privileged test: needs root (network namespaces, Open vSwitch); run `scripts/test` as root"
     );
 }
 

@@ -1,6 +1,7 @@
 //! Privileged end-to-end tests of the 5G stand-ins in the real topology: UE traffic through GTP-U
-//! (checked with tshark), a TCP stream and a 10 ms ping across Xn handovers with UPF relocation, and
-//! UP_PATH_CH notifications to a subscriber in an edge cloud.
+//! (checked with tshark), a TCP stream and a 10 ms ping across Xn handovers with UPF relocation,
+//! UP_PATH_CH notifications to a subscriber in an edge cloud, and an SMF killed with SIGKILL during
+//! a path switch and after it.
 //!
 //! `#[ignore]`d (a plain `cargo test` counts them as skipped); `scripts/test` runs them as root.
 
@@ -357,4 +358,228 @@ fn smf_sends_early_and_late_up_path_change_to_a_subscriber_in_edge_x() {
         ]
     );
     drop(guard);
+}
+
+/// A subscriber of the SMF's `UP_PATH_CH` (TS 29.508, any UE, EARLY and LATE) in edge X: every
+/// notification reaches the test as `(notifId, dnaiChgType, sourceDnai)` on the returned channel;
+/// the answer to the first EARLY one is held back for `stall`.
+fn early_late_subscriber(
+    plan: &Plan,
+    token: &str,
+    stall: Duration,
+) -> std::sync::mpsc::Receiver<(String, String, String)> {
+    use axum::routing::post;
+    use model::common::DnaiChangeType;
+    use model::nsmf_event_exposure::{EventSubscription, NsmfEventExposure};
+
+    let edge = netkit::Netns::new(plan.netns("edge-x"));
+    let af = plan
+        .node("edge-x")
+        .and_then(|n| n.addr("sbi"))
+        .expect("edge-x sbi");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (subscribed_tx, subscribed_rx) = std::sync::mpsc::channel();
+    let tok = token.to_owned();
+    std::thread::spawn(move || {
+        edge.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async move {
+                let stalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let router = axum::Router::new().route(
+                    "/notify",
+                    post(move |sbi::Json(v): sbi::Json<serde_json::Value>| {
+                        let (tx, stalled) = (tx.clone(), stalled.clone());
+                        async move {
+                            let e = &v["eventNotifs"][0];
+                            let text = |f: &serde_json::Value| f.as_str().unwrap_or("?").to_owned();
+                            let kind = text(&e["dnaiChgType"]);
+                            let _ = tx.send((
+                                text(&v["notifId"]),
+                                kind.clone(),
+                                text(&e["sourceDnai"]),
+                            ));
+                            if kind == "EARLY"
+                                && !stalled.swap(true, std::sync::atomic::Ordering::SeqCst)
+                            {
+                                tokio::time::sleep(stall).await;
+                            }
+                            axum::http::StatusCode::NO_CONTENT
+                        }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind((af, 9998))
+                    .await
+                    .expect("bind af");
+                let client = sbi::Client::new(Some(tok.clone()), Duration::from_secs(5));
+                let mut sub = NsmfEventExposure::new(
+                    "crash-af",
+                    format!("http://{af}:9998/notify"),
+                    vec![EventSubscription::up_path_change(DnaiChangeType::EarlyLate)],
+                );
+                sub.any_ue_ind = Some(true);
+                let created: serde_json::Value = client
+                    .post(
+                        "http://10.100.0.10:8000/nsmf-event-exposure/v1/subscriptions",
+                        &sub,
+                    )
+                    .await
+                    .expect("subscribe");
+                assert!(created["subId"].is_string(), "{created}");
+                let _ = subscribed_tx.send(());
+                let _ = sbi::serve(listener, router, Some(tok), std::future::pending()).await;
+            })
+        })
+        .expect("run in edge-x")
+    });
+    subscribed_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("subscribed at the smf");
+    rx
+}
+
+/// The SMF's restart count and whether it runs, from the testbed's state.
+fn smf_restarts(plan: &Plan) -> (u32, bool) {
+    let state = testbed::state::State::load(&plan.state_dir)
+        .expect("state")
+        .expect("up");
+    let p = state
+        .processes
+        .iter()
+        .find(|p| p.process.name == "smf")
+        .expect("smf in the state");
+    (p.restarts, p.process.is_running())
+}
+
+/// Waits until the supervisor has restarted the SMF `n` times and the new one is ready.
+fn await_smf_restart(plan: &Plan, n: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if smf_restarts(plan) == (n, true) && plan.state_dir.join("smf.ready").exists() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "the smf was not restarted {n} times: {:?}\n{}",
+        smf_restarts(plan),
+        std::fs::read_to_string(plan.state_dir.join("supervisor.log")).unwrap_or_default()
+    );
+}
+
+/// Notifications until `want` of them arrived (or 15 s passed).
+fn collect(
+    rx: &std::sync::mpsc::Receiver<(String, String, String)>,
+    want: usize,
+) -> Vec<(String, String, String)> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(n) => got.push(n),
+            Err(_) => break,
+        }
+    }
+    got
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn an_smf_killed_during_and_after_a_path_switch_comes_back_with_its_sessions_and_subscriptions() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = common::up_with(
+        "ci-smfkill",
+        "tbsk",
+        testbed::topo::UpOptions {
+            services: false,
+            ..Default::default()
+        },
+    );
+    assert!(
+        reach(&plan, "ue1", "10.60.0.100"),
+        "ue1 cannot reach the DN"
+    );
+    // The subscriber holds its answer to the first EARLY notification: the SMF is then inside
+    // the path switch (EARLY sent, nothing at the UPFs yet) when it is killed.
+    let notes = early_late_subscriber(&plan, &token, Duration::from_millis(800));
+    let (p, t) = (plan.clone(), token.clone());
+    let to_b = std::thread::spawn(move || testbed::handover::handover(&p, &t, "ue1", "site-b"));
+    let first = notes
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an EARLY notification for the handover to site B");
+    assert_eq!((first.1.as_str(), first.2.as_str()), ("EARLY", "edge-x"));
+    testbed::supervise::kill(&plan.name, Some("core"), "smf").expect("kill the smf");
+    let report = to_b.join().expect("handover thread").unwrap_or_else(|e| {
+        let logs: String = ["smf", "gnb-b", "gnb-a", "supervisor"]
+            .iter()
+            .map(|n| {
+                format!(
+                    "--- {n}\n{}\n",
+                    testbed::nf::tail(&plan.state_dir.join(format!("{n}.log")), 15)
+                )
+            })
+            .collect();
+        panic!("the handover cut by the smf's crash did not complete: {e}\n{logs}")
+    });
+    assert_eq!(report.target_gnb, "gnb-b");
+    eprintln!(
+        "handover across the smf's crash: {:#?}",
+        report
+            .timeline
+            .iter()
+            .map(|s| (s.step.as_str(), s.at_us, s.took_us))
+            .collect::<Vec<_>>()
+    );
+    await_smf_restart(&plan, 1);
+    // The restarted SMF finished the relocation: its LATE notification came (after a repeated
+    // EARLY, at least once), and the UE's session works through site B.
+    let mut after = Vec::new();
+    while !after
+        .iter()
+        .any(|n: &(String, String, String)| n.1 == "LATE")
+    {
+        match notes.recv_timeout(Duration::from_secs(15)) {
+            Ok(n) => after.push(n),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        after.iter().any(|n| n.1 == "LATE" && n.2 == "edge-x"),
+        "no LATE notification for the relocation to site B: {after:?}"
+    );
+    eprintln!("notifications after the crash: {after:?}");
+    while notes.try_recv().is_ok() {}
+    assert!(
+        reach(&plan, "ue1", "10.60.0.100"),
+        "ue1 lost its session after the smf's crash"
+    );
+
+    // Killed again while idle: the next handover finds the session and notifies the same
+    // subscription.
+    testbed::supervise::kill(&plan.name, Some("core"), "smf").expect("kill the smf again");
+    await_smf_restart(&plan, 2);
+    assert!(
+        reach(&plan, "ue1", "10.60.0.100"),
+        "ue1 lost its session after the second crash"
+    );
+    let back = handover(&plan, &token, "site-a");
+    assert_eq!(back.target_gnb, "gnb-a");
+    let mut kinds: Vec<(String, String, String)> = collect(&notes, 2);
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            ("crash-af".into(), "EARLY".into(), "edge-y".into()),
+            ("crash-af".into(), "LATE".into(), "edge-y".into())
+        ],
+        "the restarted smf did not notify the subscription it had before"
+    );
+    assert!(
+        reach(&plan, "ue1", "10.60.0.100"),
+        "ue1 has no session at site A after the handover back"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbsk-").is_empty());
 }

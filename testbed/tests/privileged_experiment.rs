@@ -118,7 +118,7 @@ fn stat_row(label: &str, v: &[f64]) -> String {
 fn an_experiment_runs_is_recorded_reported_and_resumes() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
-            "SKIPPED an_experiment_runs_is_recorded_reported_and_resumes: needs root (namespaces, TUN, OVS, CRIU, tcpdump); run `sudo scripts/test`"
+            "SKIPPED an_experiment_runs_is_recorded_reported_and_resumes: needs root (namespaces, TUN, OVS, CRIU, tcpdump); run `scripts/test` as root"
         );
         return;
     }

@@ -33,7 +33,7 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Why the test cannot run here, if it cannot.
 fn cannot_run(backend: Backend) -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
-        return Some("needs root (namespaces, TUN, OVS, CRIU); run `sudo scripts/test`".into());
+        return Some("needs root (namespaces, TUN, OVS, CRIU); run `scripts/test` as root".into());
     }
     for (path, what) in [
         (rtmp::NGINX, "nginx (nginx-light)"),

@@ -199,14 +199,12 @@ impl LocationCache {
     }
 }
 
-/// The destination of an IPv4 packet, or `None` if it is not one.
+/// The destination of an IPv4 packet (its header checked by etherparse: version 4, a whole header
+/// of IHL words), or `None` if it is not one (IPv6 included: the cache is keyed by IPv4).
 pub fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
-    match packet {
-        [first, _, _, _, _, _, _, _, _, _, _, _, _, _, _, _, a, b, c, d, ..] if first >> 4 == 4 => {
-            Some(Ipv4Addr::new(*a, *b, *c, *d))
-        }
-        _ => None,
-    }
+    etherparse::Ipv4HeaderSlice::from_slice(packet)
+        .ok()
+        .map(|h| h.destination_addr())
 }
 
 #[cfg(test)]
@@ -331,8 +329,22 @@ mod tests {
         p[16..20].copy_from_slice(&[192, 168, 1, 7]);
         assert_eq!(ipv4_destination(&p), Some(Ipv4Addr::new(192, 168, 1, 7)));
         assert_eq!(ipv4_destination(&p[..19]), None);
+        // Options: IHL 6 needs 24 octets.
+        p[0] = 0x46;
+        assert_eq!(ipv4_destination(&p), None);
+        let mut with_options = p.to_vec();
+        with_options.extend([0u8; 4]);
+        assert_eq!(
+            ipv4_destination(&with_options),
+            Some(Ipv4Addr::new(192, 168, 1, 7))
+        );
         p[0] = 0x60;
         assert_eq!(ipv4_destination(&p), None);
+        p[0] = 0x44; // IHL below 5
+        assert_eq!(ipv4_destination(&p), None);
         assert_eq!(ipv4_destination(&[]), None);
+        for n in 0..with_options.len() {
+            let _ = ipv4_destination(&with_options[..n]);
+        }
     }
 }

@@ -84,6 +84,9 @@ impl From<ProcedureError> for ApiError {
                 problem(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
             }
             ProcedureError::Lr(_) => problem(StatusCode::BAD_GATEWAY, "LR_UPDATE_FAILED", detail),
+            ProcedureError::Failed(_) => {
+                problem(StatusCode::INTERNAL_SERVER_ERROR, "SYSTEM_FAILURE", detail)
+            }
         }
     }
 }

@@ -8,7 +8,9 @@
 //! * `notifMethod` `ON_EVENT_DETECTION` (default) or `ONE_TIME`; `maxReportNbr` and `expiry`
 //!   end a subscription; `pduSeId` restricts it to that PDU session (the testbed's is 1);
 //!   `dnn`, `snssai`, `ImmeRep` and the alternative notification addresses are stored and
-//!   otherwise ignored.
+//!   otherwise ignored;
+//! * `notifUri`: an `http(s)` URI whose host is an IPv4 address in the SMF's callback networks
+//!   (its own SBI network unless configured), so the SMF never POSTs outside the deployment.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -20,6 +22,8 @@ use model::nsmf_event_exposure::{
     SmfEvent, SubscriptionId,
 };
 use model::problem::{cause, InvalidParam};
+use sbi::CallbackNetworks;
+use serde::{Deserialize, Serialize};
 
 /// A request the subscription store refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,10 +40,43 @@ pub enum SubscriptionError {
 }
 
 /// Which notification of a path change: before (`EARLY`) or after (`LATE`) the new path is used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub enum Timing {
     Early,
     Late,
+}
+
+impl Timing {
+    /// `early` or `late`, for logs and timelines.
+    pub fn label(self) -> &'static str {
+        match self {
+            Timing::Early => "early",
+            Timing::Late => "late",
+        }
+    }
+}
+
+/// Which of a timing's notifications a step sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Audience {
+    /// Every subscription that wants this timing.
+    All,
+    /// Only those that expect an acknowledgement.
+    AckExpected,
+    /// Only those that expect none.
+    NoAck,
+}
+
+impl Audience {
+    fn includes(self, expects_ack: bool) -> bool {
+        match self {
+            Audience::All => true,
+            Audience::AckExpected => expects_ack,
+            Audience::NoAck => !expects_ack,
+        }
+    }
 }
 
 impl Timing {
@@ -81,21 +118,38 @@ pub struct Delivery {
     pub body: NsmfEventExposureNotification,
 }
 
-#[derive(Debug, Clone)]
-struct Entry {
-    subscription: NsmfEventExposure,
-    reports: u64,
+/// One subscription as the store keeps it: the subscription and the reports it has had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredSubscription {
+    pub subscription: NsmfEventExposure,
+    pub reports: u64,
+}
+
+/// The notifications a path change owes, and the subscriptions that ended with them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Owed {
+    pub deliveries: Vec<Delivery>,
+    /// Subscriptions that expired or had their last report: gone from the table.
+    pub ended: Vec<SubscriptionId>,
 }
 
 /// The Individual SMF Notification Subscriptions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Subscriptions {
-    entries: BTreeMap<SubscriptionId, Entry>,
+    entries: BTreeMap<SubscriptionId, StoredSubscription>,
     next: u64,
+    /// Where `notifUri`s may point.
+    callbacks: CallbackNetworks,
 }
 
-/// Checks that this SMF can serve `s` (see the module documentation).
-pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), SubscriptionError> {
+/// Checks that this SMF can serve `s` and call its `notifUri` (one of `callbacks`; see the module
+/// documentation).
+pub fn validate(
+    s: &NsmfEventExposure,
+    callbacks: &CallbackNetworks,
+    now: SystemTime,
+) -> Result<(), SubscriptionError> {
     let mut params = Vec::new();
     let mut first_cause = None;
     let mut bad = |c: &'static str, param: String, reason: &str| {
@@ -123,13 +177,11 @@ pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), Subscripti
         ),
         _ => {}
     }
-    let uri_ok = reqwest::Url::parse(&s.notif_uri)
-        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
-    if !uri_ok {
+    if let Err(e) = callbacks.check(&s.notif_uri) {
         bad(
             cause::MANDATORY_IE_INCORRECT,
             "/notifUri".into(),
-            "not an http(s) URI",
+            &e.to_string(),
         );
     }
     for (i, e) in s.event_subs.iter().enumerate() {
@@ -185,19 +237,55 @@ pub fn validate(s: &NsmfEventExposure, now: SystemTime) -> Result<(), Subscripti
 }
 
 impl Subscriptions {
+    /// No subscriptions yet; `notifUri`s must point into `callbacks`.
+    pub fn new(callbacks: CallbackNetworks) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            next: 0,
+            callbacks,
+        }
+    }
+
+    /// The subscriptions a restarted SMF had (`entries`), its id counter at `next` (the last id
+    /// handed out: ids are never reused).
+    pub fn restore(
+        callbacks: CallbackNetworks,
+        next: u64,
+        entries: impl IntoIterator<Item = StoredSubscription>,
+    ) -> Self {
+        let mut subs = Self::new(callbacks);
+        subs.next = next;
+        for e in entries {
+            if let Some(id) = e.subscription.sub_id.clone() {
+                subs.entries.insert(id, e);
+            }
+        }
+        subs
+    }
+
+    /// The number of the last id handed out (`sub-N`).
+    pub fn last_id(&self) -> u64 {
+        self.next
+    }
+
+    /// Subscription `id` as the store keeps it.
+    pub fn stored(&self, id: &SubscriptionId) -> Option<&StoredSubscription> {
+        self.entries.get(id)
+    }
+
     /// Stores a new subscription; returns it with its `subId`.
     pub fn create(
         &mut self,
         mut s: NsmfEventExposure,
         now: SystemTime,
     ) -> Result<NsmfEventExposure, SubscriptionError> {
-        validate(&s, now)?;
+        validate(&s, &self.callbacks, now)?;
         self.next += 1;
         let id = SubscriptionId::new(format!("sub-{}", self.next));
         s.sub_id = Some(id.clone());
         self.entries.insert(
             id,
-            Entry {
+            StoredSubscription {
                 subscription: s.clone(),
                 reports: 0,
             },
@@ -224,9 +312,9 @@ impl Subscriptions {
             .entries
             .get_mut(id)
             .ok_or_else(|| SubscriptionError::NotFound(id.clone()))?;
-        validate(&s, now)?;
+        validate(&s, &self.callbacks, now)?;
         s.sub_id = Some(id.clone());
-        *entry = Entry {
+        *entry = StoredSubscription {
             subscription: s.clone(),
             reports: 0,
         };
@@ -251,21 +339,30 @@ impl Subscriptions {
         self.entries.is_empty()
     }
 
-    /// The notifications owed for the `timing` notification of `change`, counted as reports:
-    /// subscriptions that expired are dropped first, and those that reach their last report
-    /// (`ONE_TIME`, `maxReportNbr`) end here.
+    /// The notifications owed to `audience` for the `timing` notification of `change`, counted
+    /// as reports: subscriptions that expired are dropped first, and those that reach their last
+    /// report (`ONE_TIME`, `maxReportNbr`) end here. (TS 29.508 subscriptions expect no
+    /// acknowledgement.)
     pub fn up_path_change(
         &mut self,
         timing: Timing,
+        audience: Audience,
         change: &UpPathChange,
         now: SystemTime,
-    ) -> Vec<Delivery> {
+    ) -> Owed {
         let now_dt = DateTime::from(now);
-        self.entries
-            .retain(|_, e| e.subscription.expiry.is_none_or(|x| x > now_dt));
+        let mut ended: Vec<SubscriptionId> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.subscription.expiry.is_some_and(|x| x <= now_dt))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ended {
+            self.entries.remove(id);
+        }
         let supi = Supi::new(change.supi.as_str());
         let mut deliveries = Vec::new();
-        let mut ended = Vec::new();
+        let mut last = Vec::new();
         for (id, e) in &mut self.entries {
             let s = &e.subscription;
             let ue_matches = s.is_any_ue() || s.supi.as_ref() == Some(&supi);
@@ -277,7 +374,7 @@ impl Subscriptions {
                         .as_ref()
                         .is_some_and(|t| timing.wanted_by(t))
             });
-            if !(ue_matches && session_matches && wanted) {
+            if !(ue_matches && session_matches && wanted && audience.includes(false)) {
                 continue;
             }
             let mut event = EventNotification::up_path_change(
@@ -301,13 +398,14 @@ impl Subscriptions {
                 _ => s.max_report_nbr.filter(|n| *n > 0),
             };
             if limit.is_some_and(|n| e.reports >= n) {
-                ended.push(id.clone());
+                last.push(id.clone());
             }
         }
-        for id in ended {
+        for id in last {
             self.entries.remove(&id);
+            ended.push(id);
         }
-        deliveries
+        Owed { deliveries, ended }
     }
 }
 
@@ -319,6 +417,10 @@ mod tests {
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+    }
+
+    fn sbi_net() -> CallbackNetworks {
+        CallbackNetworks::new(vec!["10.100.0.0/24".parse().expect("net")])
     }
 
     fn sub(timing: DnaiChangeType) -> NsmfEventExposure {
@@ -352,7 +454,7 @@ mod tests {
 
     #[test]
     fn create_assigns_ids_and_crud_works() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         let a = subs.create(sub(DnaiChangeType::Early), now()).expect("a");
         assert_eq!(a.sub_id, Some(SubscriptionId::new("sub-1")));
         let id = SubscriptionId::new("sub-1");
@@ -396,7 +498,7 @@ mod tests {
         s.notif_uri = "nowhere".into();
         s.expiry = Some(DateTime::from(now() - Duration::from_secs(1)));
         assert_eq!(
-            params(validate(&s, now()).expect_err("invalid")),
+            params(validate(&s, &sbi_net(), now()).expect_err("invalid")),
             [
                 "/anyUeInd",
                 "/notifUri",
@@ -409,7 +511,7 @@ mod tests {
         );
         let mut nobody = sub(DnaiChangeType::Early);
         nobody.any_ue_ind = None;
-        let e = validate(&nobody, now()).expect_err("no ue");
+        let e = validate(&nobody, &sbi_net(), now()).expect_err("no ue");
         assert!(matches!(
             &e,
             SubscriptionError::Invalid {
@@ -420,17 +522,61 @@ mod tests {
         let mut group = nobody.clone();
         group.group_id = Some("g-1".into());
         assert_eq!(
-            params(validate(&group, now()).expect_err("group")),
+            params(validate(&group, &sbi_net(), now()).expect_err("group")),
             ["/groupId"]
         );
         let mut gpsi = nobody;
         gpsi.gpsi = Some("msisdn-1".into());
-        assert_eq!(validate(&gpsi, now()), Ok(()));
+        assert_eq!(validate(&gpsi, &sbi_net(), now()), Ok(()));
+    }
+
+    #[test]
+    fn notif_uris_outside_the_deployment_are_refused() {
+        let mut subs = Subscriptions::new(sbi_net());
+        for uri in [
+            "http://8.8.8.8/x",
+            "http://10.100.1.41:8090/x",
+            "http://af.invalid/x",
+        ] {
+            let mut s = sub(DnaiChangeType::Early);
+            s.notif_uri = uri.into();
+            let e = subs.create(s, now()).expect_err(uri);
+            let SubscriptionError::Invalid {
+                cause,
+                invalid_params,
+                ..
+            } = &e
+            else {
+                panic!("{e:?}")
+            };
+            assert_eq!(*cause, "MANDATORY_IE_INCORRECT");
+            assert_eq!(invalid_params[0].param, "/notifUri");
+            assert!(
+                invalid_params[0]
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(uri)),
+                "{e:?}"
+            );
+        }
+        assert!(subs.is_empty());
+        // Inside: accepted, and a replacement is checked the same way.
+        let created = subs
+            .create(sub(DnaiChangeType::Early), now())
+            .expect("inside");
+        let id = created.sub_id.expect("id");
+        let mut out = sub(DnaiChangeType::Late);
+        out.notif_uri = "http://8.8.8.8/x".into();
+        assert!(subs.replace(&id, out, now()).is_err());
+        assert_eq!(
+            subs.get(&id).map(|s| s.notif_uri),
+            Ok(sub(DnaiChangeType::Early).notif_uri)
+        );
     }
 
     #[test]
     fn early_and_late_reach_the_right_subscribers() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         subs.create(sub(DnaiChangeType::Early), now())
             .expect("early");
         subs.create(sub(DnaiChangeType::Late), now()).expect("late");
@@ -450,9 +596,13 @@ mod tests {
         subs.create(other_session, now()).expect("other session");
 
         let ids = |d: &[Delivery]| d.iter().map(|d| d.sub_id.0.clone()).collect::<Vec<_>>();
-        let early = subs.up_path_change(Timing::Early, &change(), now());
+        let early = subs
+            .up_path_change(Timing::Early, Audience::All, &change(), now())
+            .deliveries;
         assert_eq!(ids(&early), ["sub-1", "sub-3", "sub-4"]);
-        let late = subs.up_path_change(Timing::Late, &change(), now());
+        let late = subs
+            .up_path_change(Timing::Late, Audience::All, &change(), now())
+            .deliveries;
         assert_eq!(ids(&late), ["sub-2", "sub-3"]);
 
         let e = &early[2];
@@ -477,7 +627,7 @@ mod tests {
 
     #[test]
     fn one_time_max_reports_and_expiry_end_subscriptions() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::new(sbi_net());
         let mut once = sub(DnaiChangeType::EarlyLate);
         once.notif_method = Some(NotificationMethod::OneTime);
         subs.create(once, now()).expect("once");
@@ -488,17 +638,55 @@ mod tests {
         soon.expiry = Some(DateTime::from(now() + Duration::from_secs(10)));
         subs.create(soon, now()).expect("soon");
 
-        assert_eq!(
-            subs.up_path_change(Timing::Early, &change(), now()).len(),
-            3
-        );
+        let first = subs.up_path_change(Timing::Early, Audience::All, &change(), now());
+        assert_eq!(first.deliveries.len(), 3);
+        assert_eq!(first.ended, [SubscriptionId::new("sub-1")]);
         assert_eq!(subs.len(), 2, "the one-time subscription ended");
+        assert_eq!(
+            subs.stored(&SubscriptionId::new("sub-2"))
+                .map(|s| s.reports),
+            Some(1)
+        );
         assert!(subs
-            .up_path_change(Timing::Late, &change(), now())
+            .up_path_change(Timing::Late, Audience::All, &change(), now())
+            .deliveries
             .is_empty());
         let later = now() + Duration::from_secs(20);
-        let d = subs.up_path_change(Timing::Early, &change(), later);
-        assert_eq!(d.len(), 1, "the expired one is gone");
+        let d = subs.up_path_change(Timing::Early, Audience::All, &change(), later);
+        assert_eq!(d.deliveries.len(), 1, "the expired one is gone");
+        assert_eq!(
+            d.ended,
+            [SubscriptionId::new("sub-3"), SubscriptionId::new("sub-2")],
+            "expired first, then the one that had its last report"
+        );
         assert!(subs.is_empty(), "the second report was the last");
+    }
+
+    #[test]
+    fn restored_subscriptions_keep_their_ids_reports_and_counter() {
+        let mut subs = Subscriptions::new(sbi_net());
+        let mut twice = sub(DnaiChangeType::Early);
+        twice.max_report_nbr = Some(2);
+        subs.create(twice, now()).expect("twice");
+        subs.create(sub(DnaiChangeType::Late), now()).expect("late");
+        subs.delete(&SubscriptionId::new("sub-2")).expect("delete");
+        subs.up_path_change(Timing::Early, Audience::All, &change(), now());
+        let kept: Vec<StoredSubscription> = subs.entries.values().cloned().collect();
+        let json = serde_json::to_string(&kept).expect("serialize");
+        let back: Vec<StoredSubscription> = serde_json::from_str(&json).expect("parse");
+
+        let mut restored = Subscriptions::restore(sbi_net(), subs.last_id(), back);
+        assert_eq!(restored.last_id(), 2);
+        let d = restored.up_path_change(Timing::Early, Audience::NoAck, &change(), now());
+        assert_eq!(d.deliveries.len(), 1);
+        assert_eq!(d.ended, [SubscriptionId::new("sub-1")], "its second report");
+        let next = restored
+            .create(sub(DnaiChangeType::Late), now())
+            .expect("next");
+        assert_eq!(
+            next.sub_id,
+            Some(SubscriptionId::new("sub-3")),
+            "the deleted sub-2 is not handed out again"
+        );
     }
 }

@@ -17,17 +17,22 @@
 //! 502 (`LR_UPDATE_FAILED`), 504 (`UPF_NOT_RESPONDING`).
 //!
 //! Layout: [`session`] and [`events`] are the pure state (session table, allocation, PFCP
-//! requests; subscriptions and which notifications are owed), [`n4`] the PFCP endpoint,
-//! [`procedure`] the component that drives the procedures' I/O, [`api`] the HTTP handlers.
+//! requests; subscriptions and which notifications are owed), [`switch`] the path switch as a
+//! pure state machine, [`store`] what the SMF keeps on disk to survive a crash, [`n4`] the PFCP
+//! endpoint, [`procedure`] the component that drives the procedures' I/O, [`api`] the HTTP
+//! handlers.
 
 pub mod api;
 pub mod events;
 pub mod n4;
 pub mod procedure;
 pub mod session;
+pub mod store;
+pub mod switch;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +45,8 @@ pub use procedure::{ProcedureError, Smf};
 
 /// How long the SMF waits for every UPF's association before saying it is ready anyway.
 pub const ASSOCIATION_WAIT: Duration = Duration::from_secs(10);
+/// How long a path switch holds for AF acknowledgements unless configured (`ackTimeoutMs`).
+pub const DEFAULT_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Configuration of the SMF process (`smf.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +70,19 @@ pub struct SmfConfig {
     pub upfs: Vec<UpfPeer>,
     /// The gNBs and their sites (a gNB is served by its site's UPF).
     pub gnbs: Vec<GnbSite>,
+    /// Networks a subscription's `notifUri` may point into, e.g. `["10.100.0.0/24"]`; absent or
+    /// empty: the SMF's own SBI network ([`sbi::CallbackNetworks::or_own`]). Others get 400.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub callback_networks: Vec<ipnet::Ipv4Net>,
+    /// Where the SMF keeps its sessions, subscriptions and path switches in progress (see
+    /// [`store`]), e.g. `/run/testbed/NAME/smf`; a restarted SMF takes them up. Absent: nothing
+    /// outlives the process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_dir: Option<PathBuf>,
+    /// How long a path switch waits for the AF acknowledgements its notifications asked for
+    /// (ms; default 2000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ack_timeout_ms: Option<u64>,
 }
 
 /// One UPF the SMF controls.
@@ -107,9 +127,17 @@ pub enum SmfError {
     },
     #[error("sbi server failed")]
     Serve(#[source] std::io::Error),
+    #[error("cannot take up the smf's state")]
+    Store(#[source] Box<sbi::StoreError>),
 }
 
 impl SmfConfig {
+    /// How long a path switch holds for AF acknowledgements.
+    pub fn ack_timeout(&self) -> Duration {
+        self.ack_timeout_ms
+            .map_or(DEFAULT_ACK_TIMEOUT, Duration::from_millis)
+    }
+
     /// Checks what serde cannot: unique names, a usable pool and QFI, gNB sites with a UPF.
     pub fn validate(&self) -> Result<(), SmfError> {
         let bad = |m: String| Err(SmfError::Config(m));
@@ -168,7 +196,7 @@ pub async fn run(config: SmfConfig, ready: Ready, shutdown: Shutdown) -> Result<
 /// `config.pfcp_addr` are not used except the latter's address as Node ID when the socket is
 /// bound to `0.0.0.0`.
 pub async fn run_on(
-    config: SmfConfig,
+    mut config: SmfConfig,
     listener: TcpListener,
     pfcp: UdpSocket,
     ready: Ready,
@@ -183,7 +211,13 @@ pub async fn run_on(
         Ok(a) => format!("http://{a}"),
         Err(_) => format!("http://{}", config.sbi_addr),
     };
-    tracing::info!(%api_root, pfcp = %node, upfs = config.upfs.len(), "smf starting");
+    let own = match listener.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => *a.ip(),
+        _ => *config.sbi_addr.ip(),
+    };
+    let callbacks = sbi::CallbackNetworks::or_own(&config.callback_networks, own);
+    config.callback_networks = callbacks.networks().to_vec();
+    tracing::info!(%api_root, pfcp = %node, upfs = config.upfs.len(), %callbacks, "smf starting");
     let n4 = n4::N4::new(pfcp, node);
     let mut tasks = JoinSet::new();
     tasks.spawn(n4.clone().receive());
@@ -221,7 +255,12 @@ pub async fn run_on(
         while associated.recv().await.is_some() {}
     });
     let token = config.token.clone();
-    let smf = Arc::new(Smf::new(config, n4));
+    let smf = Arc::new(Smf::open(config, n4)?);
+    // Path switches a crash cut short are finished now (a retried request may come first).
+    tasks.spawn({
+        let smf = smf.clone();
+        async move { smf.resume().await }
+    });
     let result = sbi::serve(listener, api::router(smf, api_root), token, shutdown.wait()).await;
     tasks.abort_all();
     result.map_err(SmfError::Serve)

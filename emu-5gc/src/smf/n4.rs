@@ -46,6 +46,8 @@ pub enum N4Error {
 /// Counters of the N4 endpoint.
 #[derive(Debug, Default)]
 pub struct N4Counters {
+    /// Datagrams received (parsed or not).
+    pub received: AtomicU64,
     /// Requests sent (first tries).
     pub requests: AtomicU64,
     /// Retransmissions.
@@ -107,13 +109,16 @@ fn is_answer(m: &Message) -> bool {
 }
 
 impl N4 {
-    /// An endpoint on `socket` whose Node ID and F-SEID address is `node`.
+    /// An endpoint on `socket` whose Node ID and F-SEID address is `node`. Its sequence numbers
+    /// start at a random point: a restarted SMF must not reuse the numbers of its previous run,
+    /// whose answers a UPF may still keep for retransmissions (it would answer a new request
+    /// with an old answer).
     pub fn new(socket: UdpSocket, node: Ipv4Addr) -> Arc<Self> {
         Arc::new(Self {
             socket,
             node,
             recovery_time_stamp: ntp_seconds(SystemTime::now()),
-            next_seq: AtomicU32::new(1),
+            next_seq: AtomicU32::new(rand::random::<u32>() & 0x00ff_ffff),
             pending: Mutex::new(HashMap::new()),
             counters: N4Counters::default(),
         })
@@ -124,6 +129,11 @@ impl N4 {
         self.node
     }
 
+    /// The bound PFCP socket's address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -131,6 +141,8 @@ impl N4 {
     /// Receives forever: hands answers to their requests and answers the UPFs' heartbeats.
     pub async fn receive(self: Arc<Self>) {
         let mut buf = vec![0u8; 65_536];
+        // A UPF (or anyone) may send junk as often as it likes: its log lines are bounded.
+        let mut noise = sbi::ratelog::LogLimiter::new();
         loop {
             let (len, from) = match self.socket.recv_from(&mut buf).await {
                 Ok(r) => r,
@@ -140,11 +152,14 @@ impl N4 {
                     continue;
                 }
             };
+            self.counters.received.fetch_add(1, Ordering::Relaxed);
             let message = match Message::parse(&buf[..len]) {
                 Ok(m) => m,
                 Err(error) => {
                     let malformed = self.counters.malformed.fetch_add(1, Ordering::Relaxed) + 1;
-                    tracing::warn!(%from, %error, malformed, "malformed pfcp message dropped");
+                    if let Some(suppressed) = noise.allow() {
+                        tracing::warn!(%from, %error, malformed, suppressed, "malformed pfcp message dropped");
+                    }
                     continue;
                 }
             };
@@ -173,7 +188,9 @@ impl N4 {
                     })
                 }
                 other => {
-                    tracing::warn!(%from, msg_type = other.header().msg_type, "unexpected pfcp request dropped");
+                    if let Some(suppressed) = noise.allow() {
+                        tracing::warn!(%from, msg_type = other.header().msg_type, suppressed, "unexpected pfcp request dropped");
+                    }
                     continue;
                 }
             };

@@ -1,8 +1,9 @@
 //! The SMF component: owns the session table and the subscriptions and drives the procedures'
-//! I/O (PFCP to UPFs, `PUT` to the LR, notifications to AFs). The HTTP handlers only parse and
+//! I/O (PFCP to UPFs, `PUT` to the LR, notifications to AFs); a path switch runs as the pure
+//! [`PathSwitch`] machine, persisted before every step. The HTTP handlers only parse and
 //! forward to it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,14 +15,19 @@ use model::ran::lr::{self, UeLocation};
 use model::ran::n2::{
     PathSwitchAck, PathSwitchRequest, PduSessionSetupRequest, PduSessionSetupResponse,
 };
-use model::ran::{TimelineStep, TunnelEndpoint};
+use model::ran::unix_now_us;
+use model::timeline::{us, Stopwatch};
+use sbi::Store;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use wire::pfcp::Cause;
 
-use super::events::{SubscriptionError, Subscriptions, Timing, UpPathChange};
+use super::events::{Audience, Owed, SubscriptionError, Subscriptions, Timing, UpPathChange};
 use super::n4::{N4Error, N4};
 use super::session::{self, AllocationError, Session, SessionTable, UpfTunnels, PDU_SESSION_ID};
-use super::{SmfConfig, UpfPeer};
+use super::store::{self, LastSwitch, UeRecord};
+use super::switch::{Command, Event, PathSwitch, Stage, Target};
+use super::{SmfConfig, SmfError, UpfPeer};
 
 /// How long one notification to a subscriber may take.
 pub const NOTIFICATION_TIMEOUT: Duration = Duration::from_secs(1);
@@ -54,6 +60,14 @@ pub enum ProcedureError {
     },
     #[error("location registry update failed")]
     Lr(#[source] sbi::ClientError),
+    /// A path switch resumed after a restart failed (its first error is all that is left).
+    #[error("path switch failed: {0}")]
+    Failed(String),
+}
+
+/// A switch's UPF is no longer in the config (it was when the switch started, before a restart).
+fn unknown(upf: &str) -> String {
+    format!("upf {upf} is not configured")
 }
 
 /// Counters of the SMF's procedures.
@@ -65,40 +79,17 @@ pub struct SmfCounters {
     pub notifications_failed: AtomicU64,
     /// PFCP requests whose failure did not stop a procedure (clean-up, source deletion).
     pub pfcp_cleanup_failures: AtomicU64,
+    /// Writes to the state directory that failed.
+    pub store_failures: AtomicU64,
 }
 
-/// Times the steps of one procedure with the monotonic clock.
-#[derive(Debug)]
-struct Stopwatch {
-    start: Instant,
-    steps: Vec<TimelineStep>,
-}
-
-impl Stopwatch {
-    fn start() -> Self {
-        Self {
-            start: Instant::now(),
-            steps: Vec::new(),
-        }
-    }
-
-    async fn time<T>(
-        &mut self,
-        step: impl Into<String>,
-        f: impl std::future::Future<Output = T>,
-    ) -> T {
-        let begin = Instant::now();
-        let at_unix_us = Some(model::ran::unix_now_us());
-        let out = f.await;
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.steps.push(TimelineStep {
-            step: step.into(),
-            at_us: micros(begin - self.start),
-            took_us: micros(begin.elapsed()),
-            at_unix_us,
-        });
-        out
-    }
+/// What the SMF remembers of a UE's path switches besides its session.
+#[derive(Debug, Default)]
+struct Procedures {
+    /// A switch cut short by a crash, to finish.
+    pending: Option<PathSwitch>,
+    /// The last one that completed.
+    last: Option<LastSwitch>,
 }
 
 /// The SMF.
@@ -108,8 +99,10 @@ pub struct Smf {
     n4: Arc<N4>,
     lr: sbi::Client,
     notifier: sbi::Client,
+    store: Store,
     sessions: Mutex<SessionTable>,
     subscriptions: Mutex<Subscriptions>,
+    procedures: Mutex<HashMap<String, Procedures>>,
     /// One procedure at a time per UE.
     ue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// What happened.
@@ -117,13 +110,66 @@ pub struct Smf {
 }
 
 impl Smf {
-    /// An SMF speaking PFCP through `n4`.
+    /// An SMF speaking PFCP through `n4` that keeps nothing on disk.
     pub fn new(config: SmfConfig, n4: Arc<N4>) -> Self {
+        Self::with_store(config, n4, Store::memory(), store::Restored::default())
+    }
+
+    /// An SMF with the state in `config.state_dir` (if any): what a previous run left there is
+    /// taken up (sessions, subscriptions, id counters, path switches to finish: [`Self::resume`]).
+    pub fn open(config: SmfConfig, n4: Arc<N4>) -> Result<Self, SmfError> {
+        let Some(dir) = config.state_dir.clone() else {
+            return Ok(Self::new(config, n4));
+        };
+        let store_error = |e: sbi::StoreError| SmfError::Store(Box::new(e));
+        let store = Store::open(&dir, &store::TABLES).map_err(store_error)?;
+        let restored = store::load(&store).map_err(store_error)?;
+        tracing::info!(dir = %dir.display(), ues = restored.ues.len(),
+            subscriptions = restored.subscriptions.len(),
+            pending = restored.ues.iter().filter(|u| u.switch.is_some()).count(),
+            "smf state loaded");
+        Ok(Self::with_store(config, n4, store, restored))
+    }
+
+    fn with_store(config: SmfConfig, n4: Arc<N4>, store: Store, restored: store::Restored) -> Self {
+        let callbacks =
+            sbi::CallbackNetworks::or_own(&config.callback_networks, *config.sbi_addr.ip());
+        let reserved: Vec<(String, UpfTunnels)> = restored
+            .ues
+            .iter()
+            .filter_map(|u| u.switch.as_ref()?.target.as_ref())
+            .map(|t| (t.upf.clone(), t.tunnels))
+            .collect();
+        let procedures = restored
+            .ues
+            .iter()
+            .map(|u| {
+                (
+                    u.session.supi.clone(),
+                    Procedures {
+                        pending: u.switch.clone(),
+                        last: u.last_switch.clone(),
+                    },
+                )
+            })
+            .collect();
+        let table = SessionTable::restore(
+            config.ue_pool,
+            restored.counters.allocations,
+            restored.ues.into_iter().map(|u| u.session),
+            reserved,
+        );
         Self {
             lr: sbi::Client::new(config.token.clone(), LR_TIMEOUT),
             notifier: sbi::Client::new(config.token.clone(), NOTIFICATION_TIMEOUT),
-            sessions: Mutex::new(SessionTable::new(config.ue_pool)),
-            subscriptions: Mutex::new(Subscriptions::default()),
+            store,
+            sessions: Mutex::new(table),
+            subscriptions: Mutex::new(Subscriptions::restore(
+                callbacks,
+                restored.counters.last_subscription,
+                restored.subscriptions,
+            )),
+            procedures: Mutex::new(procedures),
             ue_locks: Mutex::new(HashMap::new()),
             counters: SmfCounters::default(),
             config,
@@ -137,6 +183,12 @@ impl Smf {
 
     fn subscriptions(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn procedures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Procedures>> {
+        self.procedures
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -198,28 +250,8 @@ impl Smf {
             .map_err(ProcedureError::Lr)
     }
 
-    async fn establish(
-        &self,
-        upf: &UpfPeer,
-        ue: Ipv4Addr,
-        tunnels: &UpfTunnels,
-        gnb: TunnelEndpoint,
-    ) -> Result<(u64, u64), ProcedureError> {
-        let cp_seid = self.sessions().allocate_seid();
-        let request = session::establishment_request(self.n4.node(), cp_seid, ue, tunnels, gnb);
-        let up_seid = self
-            .n4
-            .establish(upf.pfcp, request)
-            .await
-            .map_err(|source| ProcedureError::Pfcp {
-                procedure: "establishment",
-                upf: upf.name.clone(),
-                source,
-            })?;
-        Ok((cp_seid, up_seid))
-    }
-
-    /// Deletes a PFCP session whose failure must not stop the procedure; logs and counts it.
+    /// Deletes a PFCP session whose failure must not stop the procedure; logs and counts it. A
+    /// UPF that does not know the session (a deletion repeated after a restart) counts as done.
     async fn delete_quietly(&self, upf: &UpfPeer, up_seid: u64, why: &str) -> bool {
         match self
             .n4
@@ -227,6 +259,10 @@ impl Smf {
             .await
         {
             Ok(()) => true,
+            Err(N4Error::Rejected { cause, .. }) if cause == Cause::SESSION_CONTEXT_NOT_FOUND.0 => {
+                tracing::info!(upf = %upf.name, up_seid, why, "pfcp session already gone");
+                true
+            }
             Err(error) => {
                 self.counters
                     .pfcp_cleanup_failures
@@ -258,34 +294,45 @@ impl Smf {
                 self.delete_quietly(old_upf, old.up_seid, "re-attach").await;
             }
         }
-        let result = self.setup_at(upf, &request, ue_ipv4).await;
-        let mut table = self.sessions();
-        if let Some(old) = &previous {
-            table.release_tunnels(&old.upf, &old.tunnels);
-        }
-        match result {
-            Ok(session) => {
-                let response = PduSessionSetupResponse {
-                    ue_ipv4,
-                    pdu_session_id: PDU_SESSION_ID,
-                    qfi: self.config.qfi,
-                    upf_tunnel: session.tunnels.uplink,
-                };
-                tracing::info!(supi = %session.supi, ue = %ue_ipv4, upf = %session.upf, gnb = %session.gnb,
-                    ul_teid = session.tunnels.uplink.teid, dl_teid = session.tunnels.downlink.teid,
-                    "pdu session set up");
-                table.insert(session);
-                Ok(response)
-            }
-            Err(error) => {
-                if previous.is_some() {
-                    // The old session was deleted: the UE has none now.
-                    table.remove(&request.supi);
+        // A new session: whatever a path switch left of the old one is over.
+        if let Some(p) = self.procedures().get_mut(&request.supi) {
+            if let Some(pending) = p.pending.take() {
+                if let Some(t) = pending.target {
+                    self.sessions().release_tunnels(&t.upf, &t.tunnels);
                 }
-                table.release_address(&request.supi);
-                Err(error)
+            }
+            p.last = None;
+        }
+        let result = self.setup_at(upf, &request, ue_ipv4).await;
+        {
+            let mut table = self.sessions();
+            if let Some(old) = &previous {
+                table.release_tunnels(&old.upf, &old.tunnels);
+            }
+            match &result {
+                Ok(session) => {
+                    tracing::info!(supi = %session.supi, ue = %ue_ipv4, upf = %session.upf, gnb = %session.gnb,
+                        ul_teid = session.tunnels.uplink.teid, dl_teid = session.tunnels.downlink.teid,
+                        "pdu session set up");
+                    table.insert(session.clone());
+                }
+                Err(_) => {
+                    if previous.is_some() {
+                        // The old session was deleted: the UE has none now.
+                        table.remove(&request.supi);
+                    }
+                    table.release_address(&request.supi);
+                }
             }
         }
+        self.save_ue(&request.supi, None);
+        let session = result?;
+        Ok(PduSessionSetupResponse {
+            ue_ipv4,
+            pdu_session_id: PDU_SESSION_ID,
+            qfi: self.config.qfi,
+            upf_tunnel: session.tunnels.uplink,
+        })
     }
 
     async fn setup_at(
@@ -294,17 +341,29 @@ impl Smf {
         request: &PduSessionSetupRequest,
         ue_ipv4: Ipv4Addr,
     ) -> Result<Session, ProcedureError> {
-        let tunnels = self
-            .sessions()
-            .allocate_tunnels(&upf.name, upf.n3, upf.n9)?;
-        let (cp_seid, up_seid) = match self
-            .establish(upf, ue_ipv4, &tunnels, request.gnb_tunnel)
-            .await
-        {
-            Ok(seids) => seids,
-            Err(e) => {
+        let (tunnels, cp_seid) = {
+            let mut table = self.sessions();
+            let tunnels = table.allocate_tunnels(&upf.name, upf.n3, upf.n9)?;
+            (tunnels, table.allocate_seid())
+        };
+        // The ids are on disk before the UPF hears of them: a restart never hands them out again.
+        self.save_counters();
+        let establishment = session::establishment_request(
+            self.n4.node(),
+            cp_seid,
+            ue_ipv4,
+            &tunnels,
+            request.gnb_tunnel,
+        );
+        let up_seid = match self.n4.establish(upf.pfcp, establishment).await {
+            Ok(seid) => seid,
+            Err(source) => {
                 self.sessions().release_tunnels(&upf.name, &tunnels);
-                return Err(e);
+                return Err(ProcedureError::Pfcp {
+                    procedure: "establishment",
+                    upf: upf.name.clone(),
+                    source,
+                });
             }
         };
         if let Err(e) = self
@@ -328,23 +387,41 @@ impl Smf {
     }
 
     /// Path Switch after an Xn handover: a UPF relocation if the target gNB's site has another
-    /// UPF (ARCHITECTURE.md, handover step 5), else a downlink switch at the same UPF.
+    /// UPF (ARCHITECTURE.md, handover step 5), else a downlink switch at the same UPF. A switch of
+    /// this UE cut short (an SMF crash, a dropped request) is finished first; a request the
+    /// session already matches (a retry) gets the same answer again and changes nothing at the
+    /// UPFs.
     pub async fn path_switch(
         &self,
         request: PathSwitchRequest,
     ) -> Result<PathSwitchAck, ProcedureError> {
         let _ue = self.lock_ue(&request.supi).await;
-        let session = self
-            .sessions()
-            .get(&request.supi)
-            .cloned()
-            .ok_or_else(|| ProcedureError::UnknownUe(request.supi.clone()))?;
-        if session.ue_ipv4 != request.ue_ipv4 {
-            return Err(ProcedureError::AddressMismatch {
-                supi: request.supi,
-                has: session.ue_ipv4,
-                asked: request.ue_ipv4,
-            });
+        self.check_ue(&request)?;
+        let pending = self
+            .procedures()
+            .get_mut(&request.supi)
+            .and_then(|p| p.pending.take());
+        if let Some(pending) = pending {
+            let same = pending.request == request;
+            tracing::info!(supi = %request.supi, stage = ?pending.stage, same, "finishing a path switch cut short");
+            let finished = self.drive(pending, true).await;
+            if same {
+                return finished;
+            }
+        }
+        let session = self.check_ue(&request)?;
+        if session.gnb == request.gnb && session.gnb_tunnel == request.gnb_tunnel {
+            let last = self
+                .procedures()
+                .get(&request.supi)
+                .and_then(|p| p.last.clone())
+                .filter(|l| l.request == request);
+            tracing::info!(supi = %request.supi, gnb = %request.gnb, "path switch already done: answered again");
+            return Ok(last.map(|l| l.ack).unwrap_or_else(|| PathSwitchAck {
+                upf_tunnel: session.tunnels.uplink,
+                upf: session.upf.clone(),
+                timeline: Vec::new(),
+            }));
         }
         let target = self.upf_for(&request.gnb)?;
         let source = self
@@ -353,172 +430,333 @@ impl Smf {
                 gnb: session.gnb.clone(),
                 site: session.upf.clone(),
             })?;
-        let mut clock = Stopwatch::start();
-        let moved = if target.name == source.name {
-            self.switch_downlink(&mut clock, source, &session, &request)
-                .await?
+        let target = if target.name == source.name {
+            None
         } else {
-            self.relocate(&mut clock, source, target, &session, &request)
-                .await?
+            let (tunnels, cp_seid) = {
+                let mut table = self.sessions();
+                let tunnels = table.allocate_tunnels(&target.name, target.n3, target.n9)?;
+                (tunnels, table.allocate_seid())
+            };
+            self.save_counters();
+            tracing::info!(supi = %session.supi, ue = %session.ue_ipv4, source = %source.name,
+                target = %target.name, "upf relocation started");
+            Some(Target {
+                upf: target.name.clone(),
+                tunnels,
+                cp_seid,
+                up_seid: None,
+            })
         };
-        let ack = PathSwitchAck {
-            upf_tunnel: moved.tunnels.uplink,
-            upf: moved.upf.clone(),
-            timeline: clock.steps,
-        };
-        tracing::info!(supi = %moved.supi, ue = %moved.ue_ipv4, upf = %moved.upf, gnb = %moved.gnb,
-            steps = ?ack.timeline.iter().map(|s| (s.step.as_str(), s.took_us)).collect::<Vec<_>>(),
-            "path switched");
-        self.sessions().insert(moved);
-        Ok(ack)
-    }
-
-    async fn switch_downlink(
-        &self,
-        clock: &mut Stopwatch,
-        upf: &UpfPeer,
-        session: &Session,
-        request: &PathSwitchRequest,
-    ) -> Result<Session, ProcedureError> {
-        let modify = self.n4.modify(
-            upf.pfcp,
-            session::switch_downlink_request(session.up_seid, request.gnb_tunnel),
+        let switch = PathSwitch::new(
+            request,
+            session,
+            target,
+            us(self.config.ack_timeout()),
+            unix_now_us(),
         );
-        clock
-            .time(
-                format!("pfcp session modification (end marker) at {}", upf.name),
-                modify,
-            )
-            .await
-            .map_err(|source| ProcedureError::Pfcp {
-                procedure: "modification",
-                upf: upf.name.clone(),
-                source,
-            })?;
-        Ok(Session {
-            gnb: request.gnb.clone(),
-            gnb_tunnel: request.gnb_tunnel,
-            ..session.clone()
-        })
+        self.drive(switch, false).await
     }
 
-    async fn relocate(
-        &self,
-        clock: &mut Stopwatch,
-        source: &UpfPeer,
-        target: &UpfPeer,
-        session: &Session,
-        request: &PathSwitchRequest,
-    ) -> Result<Session, ProcedureError> {
-        let route = |u: &UpfPeer| RouteToLocation::new(u.dnai.as_str(), u.n9, wire::gtpu::PORT);
-        let change = UpPathChange {
-            supi: session.supi.clone(),
-            pdu_session_id: PDU_SESSION_ID,
-            ue_ipv4: session.ue_ipv4,
-            source: route(source),
-            target: route(target),
-        };
-        tracing::info!(supi = %session.supi, ue = %session.ue_ipv4, source = %source.name,
-            target = %target.name, "upf relocation started");
-
-        // 1. EARLY notifications, before the new path exists.
-        self.notify_step(clock, Timing::Early, &change).await;
-
-        // 2. Session at the target UPF, downlink to the target gNB.
-        let tunnels = self
+    /// The UE's session, if `request` fits it.
+    fn check_ue(&self, request: &PathSwitchRequest) -> Result<Session, ProcedureError> {
+        let session = self
             .sessions()
-            .allocate_tunnels(&target.name, target.n3, target.n9)?;
-        let establish = self.establish(target, session.ue_ipv4, &tunnels, request.gnb_tunnel);
-        let seids = clock
-            .time(
-                format!("pfcp session establishment at {}", target.name),
-                establish,
-            )
-            .await;
-        let (cp_seid, up_seid) = match seids {
-            Ok(seids) => seids,
-            Err(e) => {
-                self.sessions().release_tunnels(&target.name, &tunnels);
-                return Err(e);
-            }
-        };
-        let undo_target = |why: &'static str| async move {
-            self.delete_quietly(target, up_seid, why).await;
-            self.sessions().release_tunnels(&target.name, &tunnels);
-        };
-
-        // 3. The LR (and through it every IAP) sends downlink to the target UPF.
-        let location = self.location(session.ue_ipv4, target, &tunnels);
-        let put = self.put_location(&location);
-        let lr_step = format!("lr update (site {}, after pushes to iaps)", target.site);
-        if let Err(e) = clock.time(lr_step, put).await {
-            self.restore_location(source, session).await;
-            undo_target("lr update failed").await;
-            return Err(e);
-        }
-
-        // 4. End Marker from the source UPF to the source gNB; late downlink to the target gNB.
-        let modify = self.n4.modify(
-            source.pfcp,
-            session::switch_downlink_request(session.up_seid, request.gnb_tunnel),
-        );
-        let step = format!("pfcp session modification (end marker) at {}", source.name);
-        if let Err(source_error) = clock.time(step, modify).await {
-            self.restore_location(source, session).await;
-            undo_target("source modification failed").await;
-            return Err(ProcedureError::Pfcp {
-                procedure: "modification",
-                upf: source.name.clone(),
-                source: source_error,
+            .get(&request.supi)
+            .cloned()
+            .ok_or_else(|| ProcedureError::UnknownUe(request.supi.clone()))?;
+        if session.ue_ipv4 != request.ue_ipv4 {
+            return Err(ProcedureError::AddressMismatch {
+                supi: request.supi.clone(),
+                has: session.ue_ipv4,
+                asked: request.ue_ipv4,
             });
         }
+        Ok(session)
+    }
 
-        // 5. The source session goes. The new path works already: a failure is logged only.
-        let delete = self.delete_quietly(source, session.up_seid, "relocation");
-        let deleted = clock
-            .time(format!("pfcp session deletion at {}", source.name), delete)
-            .await;
-        if deleted {
-            self.sessions()
-                .release_tunnels(&source.name, &session.tunnels);
+    /// Runs `switch` from its current step to its end (the caller holds the UE's lock),
+    /// persisting it before every step; applies the outcome to the session table. `resumed`: it
+    /// was cut short (by a crash) and goes on from where it was.
+    async fn drive(
+        &self,
+        mut switch: PathSwitch,
+        resumed: bool,
+    ) -> Result<PathSwitchAck, ProcedureError> {
+        let supi = switch.request.supi.clone();
+        let mut clock = Stopwatch::start();
+        let earlier = std::mem::take(&mut switch.steps);
+        if resumed {
+            clock.record(
+                format!("smf restarted: path switch resumed ({:?})", switch.stage),
+                Instant::now(),
+            );
         }
+        let change = self.change_of(&switch);
+        let mut error: Option<ProcedureError> = None;
+        let mut fail = |e: ProcedureError| {
+            let detail = sbi::error_chain(&e);
+            error.get_or_insert(e);
+            detail
+        };
+        let mut command = switch.handle(unix_now_us(), Event::Resume);
+        loop {
+            switch.steps = earlier.iter().chain(clock.steps()).cloned().collect();
+            self.save_ue(&supi, Some(&switch));
+            let Some(cmd) = command.take() else {
+                command = switch.handle(unix_now_us(), Event::Resume);
+                continue;
+            };
+            let event = match cmd {
+                Command::Finish => break,
+                Command::Notify { timing, audience } => {
+                    let awaiting = match &change {
+                        Some(change) => {
+                            self.notify_step(&mut clock, timing, audience, change).await
+                        }
+                        None => BTreeMap::new(),
+                    };
+                    Event::Notified { awaiting }
+                }
+                Command::Hold {
+                    timing,
+                    deadline_unix_us,
+                    awaiting,
+                } => {
+                    let began = Instant::now();
+                    let wait =
+                        Duration::from_micros(deadline_unix_us.saturating_sub(unix_now_us()));
+                    tokio::time::sleep(wait).await;
+                    clock.record(
+                        format!(
+                            "hold for af acknowledgements of the {} notification ({} expected)",
+                            timing.label(),
+                            awaiting.len()
+                        ),
+                        began,
+                    );
+                    Event::HoldExpired
+                }
+                Command::Establish {
+                    upf,
+                    cp_seid,
+                    tunnels,
+                    gnb_tunnel,
+                } => {
+                    let Some(peer) = self.upf_named(&upf) else {
+                        command =
+                            switch.handle(unix_now_us(), Event::Established(Err(unknown(&upf))));
+                        continue;
+                    };
+                    let request = session::establishment_request(
+                        self.n4.node(),
+                        cp_seid,
+                        switch.source.ue_ipv4,
+                        &tunnels,
+                        gnb_tunnel,
+                    );
+                    let answer = clock
+                        .time(
+                            format!("pfcp session establishment at {upf}"),
+                            self.n4.establish(peer.pfcp, request),
+                        )
+                        .await;
+                    Event::Established(answer.map_err(|source| {
+                        fail(ProcedureError::Pfcp {
+                            procedure: "establishment",
+                            upf: upf.clone(),
+                            source,
+                        })
+                    }))
+                }
+                Command::PutLocation { upf, tunnels } => {
+                    let Some(peer) = self.upf_named(&upf) else {
+                        command =
+                            switch.handle(unix_now_us(), Event::LocationPut(Err(unknown(&upf))));
+                        continue;
+                    };
+                    let location = self.location(switch.source.ue_ipv4, peer, &tunnels);
+                    let restoring = switch.stage == Stage::RestoreLr;
+                    let step = if restoring {
+                        format!("lr restored (site {})", peer.site)
+                    } else {
+                        format!("lr update (site {}, after pushes to iaps)", peer.site)
+                    };
+                    let answer = clock.time(step, self.put_location(&location)).await;
+                    Event::LocationPut(match answer {
+                        Ok(_) => Ok(()),
+                        Err(e) if restoring => {
+                            tracing::warn!(ue = %switch.source.ue_ipv4, error = %sbi::error_chain(&e),
+                                "cannot restore the source location in the lr");
+                            Err(sbi::error_chain(&e))
+                        }
+                        Err(e) => Err(fail(e)),
+                    })
+                }
+                Command::Modify {
+                    upf,
+                    up_seid,
+                    gnb_tunnel,
+                } => {
+                    let Some(peer) = self.upf_named(&upf) else {
+                        command = switch.handle(unix_now_us(), Event::Modified(Err(unknown(&upf))));
+                        continue;
+                    };
+                    let modify = self.n4.modify(
+                        peer.pfcp,
+                        session::switch_downlink_request(up_seid, gnb_tunnel),
+                    );
+                    let answer = clock
+                        .time(
+                            format!("pfcp session modification (end marker) at {upf}"),
+                            modify,
+                        )
+                        .await;
+                    Event::Modified(answer.map_err(|source| {
+                        fail(ProcedureError::Pfcp {
+                            procedure: "modification",
+                            upf: upf.clone(),
+                            source,
+                        })
+                    }))
+                }
+                Command::Delete { upf, up_seid, why } => {
+                    let Some(peer) = self.upf_named(&upf) else {
+                        command = switch.handle(unix_now_us(), Event::Deleted(false));
+                        continue;
+                    };
+                    let deleted = if switch.stage == Stage::DeleteSource {
+                        clock
+                            .time(
+                                format!("pfcp session deletion at {upf}"),
+                                self.delete_quietly(peer, up_seid, why),
+                            )
+                            .await
+                    } else {
+                        self.delete_quietly(peer, up_seid, why).await
+                    };
+                    Event::Deleted(deleted)
+                }
+            };
+            command = switch.handle(unix_now_us(), event);
+        }
+        switch.steps = earlier.into_iter().chain(clock.into_steps()).collect();
+        self.finish(switch, error)
+    }
 
-        // 6. LATE notifications, after the new path is in use.
-        self.notify_step(clock, Timing::Late, &change).await;
+    /// Applies a finished switch: the new session (or the old one after a failure), the TEIDs
+    /// that are free again, the answer kept for a repeated request.
+    fn finish(
+        &self,
+        switch: PathSwitch,
+        error: Option<ProcedureError>,
+    ) -> Result<PathSwitchAck, ProcedureError> {
+        let supi = switch.request.supi.clone();
+        let outcome = switch
+            .outcome()
+            .unwrap_or_else(|| Err("path switch did not finish".into()));
+        let result = match outcome {
+            Ok(moved) => {
+                let mut timeline = switch.steps.clone();
+                for s in &mut timeline {
+                    if let Some(at) = s.at_unix_us {
+                        s.at_us = at.saturating_sub(switch.started_unix_us);
+                    }
+                }
+                let ack = PathSwitchAck {
+                    upf_tunnel: moved.tunnels.uplink,
+                    upf: moved.upf.clone(),
+                    timeline,
+                };
+                tracing::info!(supi = %moved.supi, ue = %moved.ue_ipv4, upf = %moved.upf, gnb = %moved.gnb,
+                    steps = ?ack.timeline.iter().map(|s| (s.step.as_str(), s.took_us)).collect::<Vec<_>>(),
+                    "path switched");
+                {
+                    let mut table = self.sessions();
+                    if switch.relocates() && switch.source_deleted {
+                        table.release_tunnels(&switch.source.upf, &switch.source.tunnels);
+                    }
+                    table.insert(moved);
+                }
+                self.procedures().entry(supi.clone()).or_default().last = Some(LastSwitch {
+                    request: switch.request.clone(),
+                    ack: ack.clone(),
+                });
+                Ok(ack)
+            }
+            Err(detail) => {
+                if let Some(t) = &switch.target {
+                    self.sessions().release_tunnels(&t.upf, &t.tunnels);
+                }
+                Err(error.unwrap_or(ProcedureError::Failed(detail)))
+            }
+        };
+        self.save_ue(&supi, None);
+        result
+    }
 
-        Ok(Session {
-            supi: session.supi.clone(),
-            ue_ipv4: session.ue_ipv4,
-            upf: target.name.clone(),
-            gnb: request.gnb.clone(),
-            gnb_tunnel: request.gnb_tunnel,
-            tunnels,
-            cp_seid,
-            up_seid,
+    /// The path change a relocation reports (`None` for a switch at the same UPF).
+    fn change_of(&self, switch: &PathSwitch) -> Option<UpPathChange> {
+        let target = self.upf_named(&switch.target.as_ref()?.upf)?;
+        let source = self.upf_named(&switch.source.upf)?;
+        let route = |u: &UpfPeer| RouteToLocation::new(u.dnai.as_str(), u.n9, wire::gtpu::PORT);
+        Some(UpPathChange {
+            supi: switch.source.supi.clone(),
+            pdu_session_id: PDU_SESSION_ID,
+            ue_ipv4: switch.source.ue_ipv4,
+            source: route(source),
+            target: route(target),
         })
     }
 
-    /// Puts the UE's source location back in the LR after a failed relocation (best effort).
-    async fn restore_location(&self, source: &UpfPeer, session: &Session) {
-        let location = self.location(session.ue_ipv4, source, &session.tunnels);
-        if let Err(error) = self.put_location(&location).await {
-            tracing::warn!(ue = %session.ue_ipv4, %error, "cannot restore the source location in the lr");
+    /// Finishes every path switch a crash cut short (each under its UE's lock); a retried
+    /// request of the gNB then gets the answer.
+    pub async fn resume(&self) {
+        let pending: Vec<String> = self
+            .procedures()
+            .iter()
+            .filter(|(_, p)| p.pending.is_some())
+            .map(|(supi, _)| supi.clone())
+            .collect();
+        for supi in pending {
+            let _ue = self.lock_ue(&supi).await;
+            let Some(switch) = self
+                .procedures()
+                .get_mut(&supi)
+                .and_then(|p| p.pending.take())
+            else {
+                continue; // a retried request finished it first
+            };
+            tracing::info!(%supi, stage = ?switch.stage, "resuming a path switch cut short");
+            if let Err(error) = self.drive(switch, true).await {
+                tracing::warn!(%supi, error = %sbi::error_chain(&error), "resumed path switch failed");
+            }
         }
     }
 
-    async fn notify_step(&self, clock: &mut Stopwatch, timing: Timing, change: &UpPathChange) {
-        let deliveries = self
+    /// Sends the `timing` notifications `audience` is owed and records the step; the ones that
+    /// expect an acknowledgement (ack id → `notifId`).
+    async fn notify_step(
+        &self,
+        clock: &mut Stopwatch,
+        timing: Timing,
+        audience: Audience,
+        change: &UpPathChange,
+    ) -> BTreeMap<String, String> {
+        let owed = self
             .subscriptions()
-            .up_path_change(timing, change, SystemTime::now());
-        let label = match timing {
-            Timing::Early => "early",
-            Timing::Late => "late",
-        };
+            .up_path_change(timing, audience, change, SystemTime::now());
+        self.save_subscriptions(&owed);
+        if audience == Audience::AckExpected && owed.deliveries.is_empty() {
+            return BTreeMap::new();
+        }
         let step = format!(
-            "{label} up_path_ch notifications ({} subscriptions)",
-            deliveries.len()
+            "{} up_path_ch notifications ({} subscriptions)",
+            timing.label(),
+            owed.deliveries.len()
         );
-        clock.time(step, self.notify(deliveries)).await;
+        clock.time(step, self.notify(owed.deliveries)).await;
+        BTreeMap::new()
     }
 
     /// Sends every notification concurrently (1 s each at most) and waits for all of them.
@@ -570,7 +808,13 @@ impl Smf {
         &self,
         s: NsmfEventExposure,
     ) -> Result<NsmfEventExposure, SubscriptionError> {
-        let created = self.subscriptions().create(s, SystemTime::now())?;
+        let created = {
+            let mut subs = self.subscriptions();
+            let created = subs.create(s, SystemTime::now())?;
+            self.save_subscription(&subs, &created);
+            created
+        };
+        self.save_counters();
         tracing::info!(sub_id = ?created.sub_id, uri = %created.notif_uri, "event exposure subscription created");
         Ok(created)
     }
@@ -589,7 +833,12 @@ impl Smf {
         id: &SubscriptionId,
         s: NsmfEventExposure,
     ) -> Result<NsmfEventExposure, SubscriptionError> {
-        let replaced = self.subscriptions().replace(id, s, SystemTime::now())?;
+        let replaced = {
+            let mut subs = self.subscriptions();
+            let replaced = subs.replace(id, s, SystemTime::now())?;
+            self.save_subscription(&subs, &replaced);
+            replaced
+        };
         tracing::info!(sub_id = %id, "event exposure subscription replaced");
         Ok(replaced)
     }
@@ -597,7 +846,75 @@ impl Smf {
     /// Deletes the subscription `id`.
     pub fn delete_subscription(&self, id: &SubscriptionId) -> Result<(), SubscriptionError> {
         self.subscriptions().delete(id)?;
+        self.persist(self.store.delete(store::SUBSCRIPTIONS, id.as_str()));
         tracing::info!(sub_id = %id, "event exposure subscription deleted");
         Ok(())
+    }
+
+    /// Logs and counts a failed write: the procedure goes on (only a later restart would miss
+    /// what was not written).
+    fn persist(&self, result: Result<(), sbi::StoreError>) {
+        if let Err(error) = result {
+            self.counters.store_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(error = %sbi::error_chain(&error), "cannot write the smf's state");
+        }
+    }
+
+    fn save_subscription(&self, subs: &Subscriptions, s: &NsmfEventExposure) {
+        let Some(id) = &s.sub_id else { return };
+        if let Some(stored) = subs.stored(id) {
+            self.persist(self.store.put(store::SUBSCRIPTIONS, id.as_str(), stored));
+        }
+    }
+
+    /// Writes the report counts of the subscriptions `owed` was sent to, removes those that
+    /// ended.
+    fn save_subscriptions(&self, owed: &Owed) {
+        if !self.store.is_persistent() {
+            return;
+        }
+        let subs = self.subscriptions();
+        for d in &owed.deliveries {
+            if let Some(stored) = subs.stored(&d.sub_id) {
+                self.persist(
+                    self.store
+                        .put(store::SUBSCRIPTIONS, d.sub_id.as_str(), stored),
+                );
+            }
+        }
+        for id in &owed.ended {
+            self.persist(self.store.delete(store::SUBSCRIPTIONS, id.as_str()));
+        }
+    }
+
+    fn save_counters(&self) {
+        let counters = store::Counters {
+            last_subscription: self.subscriptions().last_id(),
+            allocations: self.sessions().allocations(),
+        };
+        self.persist(self.store.put(store::META, store::COUNTERS, &counters));
+    }
+
+    /// Writes UE `supi`'s record: its session, `pending` (the switch in progress), the last
+    /// switch; removes it when the UE has no session.
+    fn save_ue(&self, supi: &str, pending: Option<&PathSwitch>) {
+        if !self.store.is_persistent() {
+            return;
+        }
+        let session = self.sessions().get(supi).cloned();
+        let last = self.procedures().get(supi).and_then(|p| p.last.clone());
+        let result = match session {
+            Some(session) => self.store.put(
+                store::UES,
+                supi,
+                &UeRecord {
+                    session,
+                    switch: pending.cloned(),
+                    last_switch: last,
+                },
+            ),
+            None => self.store.delete(store::UES, supi),
+        };
+        self.persist(result);
     }
 }

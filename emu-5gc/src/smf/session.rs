@@ -6,6 +6,7 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use model::ran::TunnelEndpoint;
+use serde::{Deserialize, Serialize};
 use wire::gtpu::Teid;
 use wire::pfcp::{
     ApplyAction, CreatePdr, FSeid, FTeid, Far, FarId, ForwardingParameters, Interface, Message,
@@ -32,7 +33,8 @@ pub enum AllocationError {
 }
 
 /// The two tunnel ends a UPF holds for one session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UpfTunnels {
     /// Uplink: where the gNB sends (UPF N3 address, UL TEID).
     pub uplink: TunnelEndpoint,
@@ -41,7 +43,8 @@ pub struct UpfTunnels {
 }
 
 /// One PDU session (one per UE).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Session {
     pub supi: String,
     pub ue_ipv4: Ipv4Addr,
@@ -57,6 +60,17 @@ pub struct Session {
     pub cp_seid: u64,
     /// The UPF's SEID of the PFCP session.
     pub up_seid: u64,
+}
+
+/// Where the table's id counters stand (persisted, so a restarted SMF never hands out an id a
+/// UPF may still hold for a session the SMF lost in the crash).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Allocations {
+    /// The next SMF-side SEID.
+    pub next_seid: u64,
+    /// The next TEID per UPF.
+    pub next_teid: BTreeMap<String, u32>,
 }
 
 /// Every PDU session, UE addresses and tunnel ids in use.
@@ -82,6 +96,45 @@ impl SessionTable {
             teids: HashMap::new(),
             next_teid: HashMap::new(),
             next_seid: 1,
+        }
+    }
+
+    /// A table as a restarted SMF finds it: `sessions` (their addresses and TEIDs in use again),
+    /// the TEIDs of `reserved` tunnels (procedures in progress) and the counters of `allocations`.
+    pub fn restore(
+        pool: Ipv4Net,
+        allocations: Allocations,
+        sessions: impl IntoIterator<Item = Session>,
+        reserved: impl IntoIterator<Item = (String, UpfTunnels)>,
+    ) -> Self {
+        let mut table = Self::new(pool);
+        table.next_seid = allocations.next_seid.max(1);
+        table.next_teid = allocations.next_teid.into_iter().collect();
+        for s in sessions {
+            table.reserve(&s.upf.clone(), &s.tunnels);
+            table.insert(s);
+        }
+        for (upf, tunnels) in reserved {
+            table.reserve(&upf, &tunnels);
+        }
+        table
+    }
+
+    fn reserve(&mut self, upf: &str, tunnels: &UpfTunnels) {
+        let used = self.teids.entry(upf.to_owned()).or_default();
+        used.insert(tunnels.uplink.teid);
+        used.insert(tunnels.downlink.teid);
+    }
+
+    /// Where the counters stand (see [`Allocations`]).
+    pub fn allocations(&self) -> Allocations {
+        Allocations {
+            next_seid: self.next_seid,
+            next_teid: self
+                .next_teid
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
         }
     }
 
@@ -382,6 +435,58 @@ mod tests {
         assert_eq!((e.uplink.teid, e.downlink.teid), (u32::MAX, 1));
         let f = t.allocate_tunnels("upf-a", n3, n9).expect("f");
         assert_eq!((f.uplink.teid, f.downlink.teid), (2, 7)); // 3..=6 in use
+    }
+
+    #[test]
+    fn a_restored_table_keeps_addresses_teids_and_counters() {
+        let mut t = SessionTable::new("192.168.1.0/24".parse().expect("net"));
+        let a = session(&mut t, "imsi-1");
+        t.insert(a.clone());
+        let pending = t
+            .allocate_tunnels("upf-b", [10, 30, 0, 103].into(), [10, 90, 0, 3].into())
+            .expect("pending");
+        let freed = t
+            .allocate_tunnels("upf-a", [10, 30, 0, 102].into(), [10, 90, 0, 2].into())
+            .expect("freed");
+        t.release_tunnels("upf-a", &freed);
+        let allocations = t.allocations();
+        assert_eq!(allocations.next_seid, 2);
+
+        let mut r = SessionTable::restore(
+            "192.168.1.0/24".parse().expect("net"),
+            allocations,
+            [a.clone()],
+            [("upf-b".to_owned(), pending)],
+        );
+        assert_eq!(r.get("imsi-1"), Some(&a));
+        assert_eq!(r.address_for("imsi-1"), Ok(a.ue_ipv4));
+        assert_eq!(r.address_for("imsi-2"), Ok(Ipv4Addr::new(192, 168, 1, 3)));
+        assert_eq!(r.allocate_seid(), 2, "the seid counter goes on");
+        // Neither the session's TEIDs nor the released ones come back at once.
+        let next = r
+            .allocate_tunnels("upf-a", [10, 30, 0, 102].into(), [10, 90, 0, 2].into())
+            .expect("next");
+        assert_eq!((next.uplink.teid, next.downlink.teid), (5, 6));
+        let at_b = r
+            .allocate_tunnels("upf-b", [10, 30, 0, 103].into(), [10, 90, 0, 3].into())
+            .expect("at b");
+        assert_eq!((at_b.uplink.teid, at_b.downlink.teid), (3, 4));
+        // Restored from nothing (no counters saved yet), ids still skip what is in use.
+        let mut fresh = SessionTable::restore(
+            "192.168.1.0/24".parse().expect("net"),
+            Allocations::default(),
+            [a],
+            [],
+        );
+        assert_eq!(fresh.allocate_seid(), 1);
+        let t1 = fresh
+            .allocate_tunnels("upf-a", [10, 30, 0, 102].into(), [10, 90, 0, 2].into())
+            .expect("t1");
+        assert_eq!(
+            (t1.uplink.teid, t1.downlink.teid),
+            (3, 4),
+            "1 and 2 are the session's"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod port;
 pub mod session;
 
 use port::{PacketPort, TunPort};
+use sbi::ratelog::LogLimiter;
 use serde::{Deserialize, Serialize};
 use session::{Flow, Session, SessionCounters, SessionTable, Tunnel, Verdict, CAUSE_RULE_FAILURE};
 use std::collections::VecDeque;
@@ -153,12 +154,17 @@ pub struct UpfState {
     name: String,
     node_ip: Ipv4Addr,
     recovery_time_stamp: u32,
-    association: Option<NodeId>,
+    /// The CP function associated with, and its Recovery Time Stamp.
+    association: Option<(NodeId, u32)>,
     table: SessionTable,
     counters: UpfCounters,
     retired: SessionCounters,
     /// Recent answers by (requester, sequence number, request type), oldest first.
     answers: VecDeque<((SocketAddr, u32, u8), Message)>,
+    /// Log lines about PFCP a peer got wrong (malformed, unexpected, unknown session), bounded.
+    pfcp_noise: LogLimiter,
+    /// Log lines about malformed GTP-U, bounded.
+    gtpu_noise: LogLimiter,
 }
 
 impl UpfState {
@@ -173,6 +179,8 @@ impl UpfState {
             counters: UpfCounters::default(),
             retired: SessionCounters::default(),
             answers: VecDeque::new(),
+            pfcp_noise: LogLimiter::new(),
+            gtpu_noise: LogLimiter::new(),
         }
     }
 
@@ -208,10 +216,19 @@ impl UpfState {
             Ok(m) => m,
             Err(error) => {
                 self.counters.pfcp_malformed += 1;
-                tracing::warn!(%error, len = datagram.len(), %from, "malformed pfcp message dropped");
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(%error, len = datagram.len(), %from, malformed = self.counters.pfcp_malformed, suppressed, "malformed pfcp message dropped");
+                }
                 return PfcpReaction::default();
             }
         };
+        if let Message::AssociationSetupRequest(a) = &msg {
+            if self.association != Some((a.node_id, a.recovery_time_stamp)) {
+                // A new or restarted CP function: it numbers its requests afresh, and answers
+                // kept for its previous run must not answer them. Its sessions stay.
+                self.answers.retain(|((peer, _, _), _)| *peer != from);
+            }
+        }
         let header = msg.header();
         let key = (from, header.seq, header.msg_type);
         if let Some((_, answer)) = self.answers.iter().find(|(k, _)| *k == key) {
@@ -241,8 +258,9 @@ impl UpfState {
                 recovery_time_stamp: self.recovery_time_stamp,
             }),
             Message::AssociationSetupRequest(a) => {
-                tracing::info!(peer = ?a.node_id, "pfcp association set up");
-                self.association = Some(a.node_id);
+                tracing::info!(peer = ?a.node_id, recovery_time_stamp = a.recovery_time_stamp,
+                    sessions = self.table.sessions().count(), "pfcp association set up (sessions kept)");
+                self.association = Some((a.node_id, a.recovery_time_stamp));
                 Message::AssociationSetupResponse(AssociationSetup {
                     seq: a.seq,
                     node_id,
@@ -326,10 +344,14 @@ impl UpfState {
             }
             other => {
                 self.counters.pfcp_unexpected += 1;
-                tracing::warn!(
-                    msg_type = other.header().msg_type,
-                    "unexpected pfcp message ignored"
-                );
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(
+                        msg_type = other.header().msg_type,
+                        unexpected = self.counters.pfcp_unexpected,
+                        suppressed,
+                        "unexpected pfcp message ignored"
+                    );
+                }
                 return PfcpReaction::default();
             }
         });
@@ -345,7 +367,9 @@ impl UpfState {
         match error {
             session::SessionError::NotFound(_) => {
                 self.counters.pfcp_unknown_seid += 1;
-                tracing::warn!(up_seid, "pfcp request for unknown session");
+                if let Some(suppressed) = self.pfcp_noise.allow() {
+                    tracing::warn!(up_seid, suppressed, "pfcp request for unknown session");
+                }
                 // TS 29.244 7.2.2.4.2: SEID 0 when the session is not known.
                 (0, Cause::SESSION_CONTEXT_NOT_FOUND)
             }
@@ -364,7 +388,9 @@ impl UpfState {
             Ok(v) => v,
             Err(error) => {
                 self.counters.gtpu_malformed += 1;
-                tracing::debug!(%error, len = datagram.len(), "malformed gtp-u dropped");
+                if let Some(suppressed) = self.gtpu_noise.allow() {
+                    tracing::warn!(%error, len = datagram.len(), malformed = self.counters.gtpu_malformed, suppressed, "malformed gtp-u dropped");
+                }
                 return GtpuAction::Nothing;
             }
         };
@@ -788,6 +814,43 @@ mod tests {
         let other = SocketAddr::from((Ipv4Addr::new(10, 100, 0, 11), 8805));
         assert_eq!(s.on_pfcp(&m, other).end_markers.len(), 1);
         assert_eq!(s.status().session_totals.end_markers, 2);
+    }
+
+    #[test]
+    fn a_restarted_smf_gets_no_answer_kept_for_its_previous_run_and_keeps_its_sessions() {
+        let mut s = state();
+        let associate = |stamp, seq| {
+            Message::AssociationSetupRequest(AssociationSetup {
+                seq,
+                node_id: NodeId::Ipv4(Ipv4Addr::new(10, 100, 0, 10)),
+                cause: None,
+                recovery_time_stamp: stamp,
+            })
+            .to_vec()
+            .unwrap()
+        };
+        let establish = |cp_seid, ul, dl| {
+            let mut e = session::tests::establishment(cp_seid, ul, dl, 3);
+            e.seq = 5;
+            Message::SessionEstablishmentRequest(e).to_vec().unwrap()
+        };
+        let up_seid = |r: PfcpReaction| match r.reply {
+            Some(Message::SessionEstablishmentResponse(e)) => e.up_f_seid.unwrap().seid,
+            other => panic!("{other:?}"),
+        };
+        s.on_pfcp(&associate(100, 1), SMF);
+        let first = up_seid(s.on_pfcp(&establish(7, 1, 2), SMF));
+        // The same association again (a retransmission): the kept answers stay.
+        s.on_pfcp(&associate(100, 1), SMF);
+        assert_eq!(up_seid(s.on_pfcp(&establish(7, 1, 2), SMF)), first);
+        assert_eq!(s.counters().pfcp_retransmissions, 2);
+        // The SMF restarted (a new Recovery Time Stamp) and happens to use sequence number 5
+        // again for another session: that is a new request, not a retransmission.
+        s.on_pfcp(&associate(200, 1), SMF);
+        let second = up_seid(s.on_pfcp(&establish(8, 11, 12), SMF));
+        assert_ne!(second, first);
+        assert_eq!(s.counters().pfcp_retransmissions, 2);
+        assert_eq!(s.table().sessions().count(), 2, "the old session is kept");
     }
 
     #[test]

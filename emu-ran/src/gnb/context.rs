@@ -8,7 +8,14 @@
 //! attach:  AttachRequest ─▶ Attaching ─(SMF answers)─▶ Connected
 //! source:  Connected ─(trigger)─▶ Preparing ─(ack)─▶ Forwarding ─(release + End Marker or 1 s)─▶ gone
 //! target:  (HandoverRequest) AwaitingUe ─(HandoverConfirm)─▶ PathSwitching ─(ack)─▶ Connected
+//!          (no answer or 5xx from the SMF: PathSwitching, the request again after a backoff)
 //! ```
+//!
+//! This file holds the types, the context table (radio ids, TEIDs, epochs) and the dispatch of
+//! [`GnbCore::handle`]; each role's transitions are in a file of their own: [`attach`] (attach
+//! and PDU session setup), [`user_plane`] (uplink, GTP-U in, delivery to the UE), [`source`]
+//! (handing a UE out) and [`target`] (taking a UE in). Each has its tests beside it
+//! (`*_tests.rs`, sharing the fixtures in `fixtures.rs`).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -22,9 +29,7 @@ use model::ran::xn::{
 };
 use model::ran::{TimelineStep, TunnelEndpoint};
 use tokio::time::{Duration, Instant};
-use wire::gtpu::{self, GtpuRepr, MessageType, PduSessionInfo, Qfi, Teid};
-
-use crate::radio;
+use wire::gtpu::{GtpuRepr, Qfi};
 
 /// Identifies a request (HTTP handler) waiting for an answer from the core.
 pub type RequestId = u64;
@@ -41,6 +46,14 @@ pub const HANDOVER_GUARD: Duration = Duration::from_secs(10);
 pub const AWAITING_UE_GUARD: Duration = Duration::from_secs(10);
 /// How long the target keeps the forwarding tunnel after the path switch when no End Marker came.
 pub const FORWARDING_TUNNEL_LIFETIME: Duration = Duration::from_secs(2);
+/// The first wait before a path switch the SMF did not answer is sent again; it doubles up to
+/// [`PATH_SWITCH_RETRY_MAX`].
+pub const PATH_SWITCH_RETRY_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between two tries of a path switch.
+pub const PATH_SWITCH_RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long after its first try a path switch is tried again at the most (the source's trigger
+/// gives up after [`HANDOVER_GUARD`] from the trigger, which came earlier).
+pub const PATH_SWITCH_GUARD: Duration = HANDOVER_GUARD;
 
 /// A failed request, answered as ProblemDetails with `status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +71,32 @@ impl Failure {
     }
 }
 
+/// Why a call to the core failed, and whether trying again may help (no answer, or a 5xx: the
+/// SMF answers a repeated path switch with the same result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallFailure {
+    pub detail: String,
+    pub retry: bool,
+}
+
+impl CallFailure {
+    /// A failure that another try will not change (a 4xx, an answer that does not parse).
+    pub fn refused(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            retry: false,
+        }
+    }
+
+    /// A failure another try may mend (no answer, a 5xx).
+    pub fn transient(detail: impl Into<String>) -> Self {
+        Self {
+            detail: detail.into(),
+            retry: true,
+        }
+    }
+}
+
 /// Timers a context asks for ([`Action::StartTimer`]); they come back as [`Event::Timer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Timer {
@@ -71,6 +110,8 @@ pub enum Timer {
     ForwardingDone,
     /// Target: the UE never arrived.
     AwaitingUe,
+    /// Target: send the path switch again.
+    PathSwitchRetry,
 }
 
 /// Something that happened to the gNB.
@@ -121,7 +162,7 @@ pub enum Event {
     PathSwitched {
         supi: String,
         epoch: u64,
-        result: Result<PathSwitchAck, String>,
+        result: Result<PathSwitchAck, CallFailure>,
     },
     /// A timer started by [`Action::StartTimer`] expired.
     Timer {
@@ -262,7 +303,10 @@ pub struct Arrival {
     pub end_marker: bool,
     pub hold_expired: bool,
     pub hold_started: bool,
+    /// When the first PathSwitchRequest was sent.
     pub path_switch_sent: Option<Instant>,
+    /// PathSwitchRequests sent (tries).
+    pub path_switch_tries: u32,
     /// Forwarded packets dropped because the buffer was full.
     pub dropped: u64,
 }
@@ -375,6 +419,13 @@ fn stamp(anchor: Option<(Instant, u64)>, origin: Instant, steps: &mut [TimelineS
 fn qfi_of(value: u8) -> Option<Qfi> {
     Qfi::new(value).ok()
 }
+
+mod attach;
+#[cfg(test)]
+mod fixtures;
+mod source;
+mod target;
+mod user_plane;
 
 impl GnbCore {
     pub fn new(config: CoreConfig) -> Self {
@@ -514,8 +565,6 @@ impl GnbCore {
         }
     }
 
-    // ---- radio ----
-
     fn on_rrc(&mut self, now: Instant, from: SocketAddr, rrc: Rrc, out: &mut Vec<Action>) {
         match rrc {
             Rrc::AttachRequest { supi, ue_name } => self.on_attach(from, supi, ue_name, out),
@@ -529,959 +578,17 @@ impl GnbCore {
         }
     }
 
-    fn on_attach(
-        &mut self,
-        from: SocketAddr,
-        supi: String,
-        ue_name: String,
-        out: &mut Vec<Action>,
-    ) {
-        if let Some(ctx) = self.contexts.get_mut(&supi) {
-            match ctx.phase {
-                Phase::Attaching => {
-                    // The SMF has not answered yet; the accept goes to the newest address.
-                    ctx.ue_radio = Some(from);
-                    return;
-                }
-                Phase::Connected => {
-                    // A repeated request (the accept was lost): the same answer.
-                    ctx.ue_radio = Some(from);
-                    ctx.ue_name = Some(ue_name);
-                    if let Some(ip) = ctx.ue_ipv4 {
-                        out.push(Action::SendRadio {
-                            to: from,
-                            frame: radio::control_frame(&Rrc::AttachAccept {
-                                radio_id: ctx.radio_id,
-                                ue_ipv4: ip,
-                                qfi: ctx.qfi,
-                            }),
-                        });
-                    }
-                    return;
-                }
-                _ => {
-                    // In a handover: a fresh attach wins (the UE lost the old context).
-                    tracing::warn!(
-                        supi,
-                        phase = ctx.phase.name(),
-                        "attach during a handover: starting afresh"
-                    );
-                }
-            }
-        }
-        let n3 = self.config.n3_addr;
-        let gnb = self.config.name.clone();
-        let ctx = self.new_context(&supi, Some(ue_name), Phase::Attaching);
-        ctx.ue_radio = Some(from);
-        tracing::info!(
-            supi,
-            radio_id = ctx.radio_id,
-            dl_teid = ctx.dl_teid,
-            "attach request"
-        );
-        out.push(Action::SetupPduSession {
-            supi: supi.clone(),
-            epoch: ctx.epoch,
-            request: PduSessionSetupRequest {
-                supi,
-                gnb,
-                gnb_tunnel: TunnelEndpoint {
-                    ipv4: n3,
-                    teid: ctx.dl_teid,
-                },
-            },
-        });
-    }
-
-    fn on_session_setup(
-        &mut self,
-        supi: &str,
-        epoch: u64,
-        result: Result<PduSessionSetupResponse, String>,
-        out: &mut Vec<Action>,
-    ) {
-        let default_qfi = self.config.qfi;
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if ctx.epoch != epoch || ctx.phase != Phase::Attaching {
-            tracing::debug!(supi, "late pdu session answer ignored");
-            return;
-        }
-        let Some(to) = ctx.ue_radio else { return };
-        match result {
-            Ok(resp) => {
-                ctx.ue_ipv4 = Some(resp.ue_ipv4);
-                ctx.qfi = if qfi_of(resp.qfi).is_some() {
-                    resp.qfi
-                } else {
-                    default_qfi
-                };
-                ctx.upf_tunnel = Some(resp.upf_tunnel);
-                ctx.phase = Phase::Connected;
-                tracing::info!(supi, ue = %resp.ue_ipv4, upf = ?resp.upf_tunnel, "attached");
-                out.push(Action::SendRadio {
-                    to,
-                    frame: radio::control_frame(&Rrc::AttachAccept {
-                        radio_id: ctx.radio_id,
-                        ue_ipv4: resp.ue_ipv4,
-                        qfi: ctx.qfi,
-                    }),
-                });
-            }
-            Err(cause) => {
-                tracing::warn!(supi, cause, "attach rejected");
-                out.push(Action::SendRadio {
-                    to,
-                    frame: radio::control_frame(&Rrc::AttachReject { cause }),
-                });
-                self.remove_context(supi);
-            }
-        }
-    }
-
-    fn on_uplink(&mut self, radio_id: u16, packet: &[u8], out: &mut Vec<Action>) {
-        let ctx = self
-            .by_radio_id
-            .get(&radio_id)
-            .and_then(|s| self.contexts.get_mut(s));
-        let Some(ctx) = ctx else {
-            self.counters.uplink_dropped += 1;
-            return;
-        };
-        let Some(tunnel) = ctx.upf_tunnel else {
-            self.counters.uplink_dropped += 1;
-            return;
-        };
-        let repr = GtpuRepr::g_pdu(
-            Teid(tunnel.teid),
-            qfi_of(ctx.qfi).map(PduSessionInfo::uplink),
-        );
-        match gtpu::to_vec(&repr, packet) {
-            Ok(message) => {
-                ctx.packets_up += 1;
-                self.counters.packets_up += 1;
-                out.push(Action::SendGtpu {
-                    to: tunnel.ipv4,
-                    message,
-                });
-            }
-            Err(e) => {
-                self.counters.uplink_dropped += 1;
-                tracing::warn!(error = %e, "uplink packet does not fit a g-pdu");
-            }
-        }
-    }
-
-    fn on_confirm(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        supi: &str,
-        radio_id: u16,
-        out: &mut Vec<Action>,
-    ) {
-        let n3 = self.config.n3_addr;
-        let gnb = self.config.name.clone();
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            self.counters.unexpected_rrc += 1;
-            tracing::warn!(supi, "handover confirm for an unknown ue");
-            return;
-        };
-        if ctx.radio_id != radio_id {
-            self.counters.unexpected_rrc += 1;
-            tracing::warn!(
-                supi,
-                radio_id,
-                expected = ctx.radio_id,
-                "handover confirm with a wrong radio id"
-            );
-            return;
-        }
-        match ctx.phase {
-            Phase::AwaitingUe => {}
-            Phase::PathSwitching | Phase::Connected => {
-                // A repeated confirm: the UE's address may have changed, nothing else.
-                ctx.ue_radio = Some(from);
-                return;
-            }
-            _ => {
-                self.counters.unexpected_rrc += 1;
-                return;
-            }
-        }
-        ctx.ue_radio = Some(from);
-        ctx.phase = Phase::PathSwitching;
-        let (Some(arrival), Some(ue_ipv4)) = (ctx.arrival.as_mut(), ctx.ue_ipv4) else {
-            return;
-        };
-        let at = now - arrival.started;
-        arrival.timeline.push(step(
-            "ue arrived at target (handover confirm)",
-            at,
-            Duration::ZERO,
-        ));
-        let buffered = arrival.fwd_pending.len();
-        arrival.path_switch_sent = Some(now);
-        arrival.timeline.push(step(
-            format!("forwarded packets buffered before arrival delivered: {buffered}"),
-            at,
-            Duration::ZERO,
-        ));
-        tracing::info!(supi, %from, buffered, "ue arrived; path switch");
-        let request = PathSwitchRequest {
-            supi: supi.to_owned(),
-            ue_ipv4,
-            gnb,
-            gnb_tunnel: TunnelEndpoint {
-                ipv4: n3,
-                teid: ctx.dl_teid,
-            },
-        };
-        let epoch = ctx.epoch;
-        self.flush(supi, out);
-        out.push(Action::PathSwitch {
-            supi: supi.to_owned(),
-            epoch,
-            request,
-        });
-    }
-
-    // ---- user plane ----
-
-    fn deliver(counters: &mut Counters, ctx: &mut UeContext, packet: &[u8], out: &mut Vec<Action>) {
-        match ctx.ue_radio {
-            Some(to) => {
-                ctx.packets_down += 1;
-                counters.packets_down += 1;
-                out.push(Action::SendRadio {
-                    to,
-                    frame: radio::data_frame(ctx.radio_id, packet),
-                });
-            }
-            None => counters.downlink_dropped += 1,
-        }
-    }
-
-    /// Target: delivers whatever the ordering rules allow.
-    fn flush(&mut self, supi: &str, out: &mut Vec<Action>) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if ctx.ue_radio.is_none() || ctx.phase == Phase::AwaitingUe {
-            return;
-        }
-        let Some(mut arrival) = ctx.arrival.take() else {
-            return;
-        };
-        while let Some(p) = arrival.fwd_pending.pop_front() {
-            Self::deliver(&mut self.counters, ctx, &p, out);
-        }
-        if arrival.end_marker || arrival.hold_expired {
-            while let Some(p) = arrival.new_pending.pop_front() {
-                Self::deliver(&mut self.counters, ctx, &p, out);
-            }
-        }
-        ctx.arrival = Some(arrival);
-    }
-
-    fn buffered(a: &Arrival) -> usize {
-        a.fwd_pending.len() + a.new_pending.len()
-    }
-
-    fn on_gtpu(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        repr: GtpuRepr,
-        payload: Vec<u8>,
-        out: &mut Vec<Action>,
-    ) {
-        match repr.msg_type {
-            MessageType::EchoRequest => {
-                let seq = repr.seq.unwrap_or(0);
-                if let Ok(message) = gtpu::to_vec(&GtpuRepr::echo_response(seq), &gtpu::RECOVERY_IE)
-                {
-                    out.push(Action::ReplyGtpu { to: from, message });
-                }
-                return;
-            }
-            MessageType::GPdu | MessageType::EndMarker => {}
-            other => {
-                tracing::debug!(%from, kind = ?other, "gtp-u message ignored");
-                return;
-            }
-        }
-        let Some((supi, role)) = self.by_teid.get(&repr.teid.0).cloned() else {
-            self.counters.unknown_teid += 1;
-            tracing::debug!(%from, teid = %repr.teid, "gtp-u for an unknown teid");
-            return;
-        };
-        let end_marker = repr.msg_type == MessageType::EndMarker;
-        match role {
-            TeidRole::Downlink => self.on_downlink(now, &supi, end_marker, payload, out),
-            TeidRole::Forwarding => self.on_forwarded(&supi, end_marker, payload, out),
-        }
-    }
-
-    fn on_downlink(
-        &mut self,
-        now: Instant,
-        supi: &str,
-        end_marker: bool,
-        payload: Vec<u8>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if let Phase::Forwarding(ho) = &mut ctx.phase {
-            let Some(tunnel) = ho.tunnel else { return };
-            let repr = if end_marker {
-                GtpuRepr::end_marker(Teid(tunnel.teid))
-            } else {
-                GtpuRepr::g_pdu(
-                    Teid(tunnel.teid),
-                    qfi_of(ctx.qfi).map(PduSessionInfo::downlink),
-                )
-            };
-            let Ok(message) = gtpu::to_vec(&repr, &payload) else {
-                self.counters.downlink_dropped += 1;
-                return;
-            };
-            out.push(Action::SendGtpu {
-                to: tunnel.ipv4,
-                message,
-            });
-            if end_marker {
-                ho.end_marker_forwarded = true;
-                let at = now - ho.started;
-                ho.timeline.push(step(
-                    format!("end marker forwarded to {}", ho.target_gnb),
-                    at,
-                    Duration::ZERO,
-                ));
-                tracing::info!(supi, forwarded = ho.forwarded, "end marker forwarded");
-                if ho.released {
-                    self.remove_context(supi);
-                }
-            } else {
-                ho.forwarded += 1;
-                self.counters.packets_forwarded += 1;
-            }
-            return;
-        }
-        if end_marker {
-            // An End Marker on our own downlink tunnel without a handover out: nothing to do.
-            tracing::debug!(supi, "end marker on a tunnel that is not being forwarded");
-            return;
-        }
-        match ctx.arrival.as_mut() {
-            Some(a) if !(a.end_marker || a.hold_expired) || ctx.ue_radio.is_none() => {
-                // New path before the old one ended: hold it back.
-                if Self::buffered(a) >= MAX_BUFFERED {
-                    self.counters.downlink_dropped += 1;
-                    return;
-                }
-                a.new_pending.push_back(payload);
-                if !a.hold_started {
-                    a.hold_started = true;
-                    out.push(Action::StartTimer {
-                        supi: supi.to_owned(),
-                        epoch: ctx.epoch,
-                        timer: Timer::NewPathHold,
-                        at: now + NEW_PATH_HOLD,
-                    });
-                }
-            }
-            _ => {
-                if ctx.phase == Phase::Attaching || ctx.phase == Phase::AwaitingUe {
-                    self.counters.downlink_dropped += 1;
-                    return;
-                }
-                Self::deliver(&mut self.counters, ctx, &payload, out);
-            }
-        }
-    }
-
-    fn on_forwarded(
-        &mut self,
-        supi: &str,
-        end_marker: bool,
-        payload: Vec<u8>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        let Some(a) = ctx.arrival.as_mut() else {
-            return;
-        };
-        if end_marker {
-            a.end_marker = true;
-            tracing::info!(supi, "end marker arrived over xn-u");
-            self.flush(supi, out);
-            // With the path switched and the old path ended, the forwarding tunnel is done.
-            if let Some(ctx) = self.contexts.get_mut(supi) {
-                if ctx.phase == Phase::Connected {
-                    if let Some(a) = ctx.arrival.take() {
-                        self.by_teid.remove(&a.fwd_teid);
-                    }
-                }
-            }
-            return;
-        }
-        if ctx.phase == Phase::AwaitingUe || ctx.ue_radio.is_none() {
-            if Self::buffered(a) >= MAX_BUFFERED {
-                a.dropped += 1;
-                self.counters.downlink_dropped += 1;
-                return;
-            }
-            a.fwd_pending.push_back(payload);
-            return;
-        }
-        Self::deliver(&mut self.counters, ctx, &payload, out);
-    }
-
-    // ---- source side ----
-
-    fn find_ue(&self, ue: &str) -> Option<String> {
-        if self.contexts.contains_key(ue) {
-            return Some(ue.to_owned());
-        }
-        self.contexts
-            .values()
-            .find(|c| c.ue_name.as_deref() == Some(ue))
-            .map(|c| c.supi.clone())
-    }
-
-    fn on_trigger(
-        &mut self,
-        now: Instant,
-        id: RequestId,
-        t: HandoverTrigger,
-        out: &mut Vec<Action>,
-    ) {
-        let fail = |status, detail: String| Action::AnswerTrigger {
-            id,
-            result: Err(Failure::new(status, detail)),
-        };
-        let Some(supi) = self.find_ue(&t.ue) else {
-            out.push(fail(
-                404,
-                format!("no ue `{}` at {}", t.ue, self.config.name),
-            ));
-            return;
-        };
-        if t.target_gnb == self.config.name {
-            out.push(fail(
-                400,
-                format!("ue `{}` is already served by {}", t.ue, t.target_gnb),
-            ));
-            return;
-        }
-        let Some(xn_url) = self.config.peers.get(&t.target_gnb).cloned() else {
-            out.push(fail(400, format!("unknown target gnb `{}`", t.target_gnb)));
-            return;
-        };
-        let name = self.config.name.clone();
-        let Some(ctx) = self.contexts.get_mut(&supi) else {
-            return;
-        };
-        let (Phase::Connected, Some(ue_ipv4), Some(upf_tunnel), None) =
-            (&ctx.phase, ctx.ue_ipv4, ctx.upf_tunnel, &ctx.arrival)
-        else {
-            out.push(fail(
-                409,
-                format!(
-                    "ue `{}` is {} here, not ready for a handover",
-                    t.ue,
-                    ctx.phase.name()
-                ),
-            ));
-            return;
-        };
-        tracing::info!(supi, target = t.target_gnb, "handover triggered");
-        ctx.phase = Phase::Preparing(SourceHandover {
-            trigger: id,
-            target_gnb: t.target_gnb.clone(),
-            started: now,
-            request_sent: now,
-            acked: None,
-            timeline: Vec::new(),
-            tunnel: None,
-            forwarded: 0,
-            end_marker_forwarded: false,
-            released: false,
-        });
-        out.push(Action::RequestHandover {
-            supi: supi.clone(),
-            epoch: ctx.epoch,
-            xn_url,
-            request: HandoverRequest {
-                source_gnb: name,
-                supi: supi.clone(),
-                ue_ipv4,
-                qfi: ctx.qfi,
-                upf_tunnel,
-                ue_name: ctx.ue_name.clone(),
-            },
-        });
-        out.push(Action::StartTimer {
-            supi,
-            epoch: ctx.epoch,
-            timer: Timer::HandoverGuard,
-            at: now + HANDOVER_GUARD,
-        });
-    }
-
-    fn on_prepared(
-        &mut self,
-        now: Instant,
-        supi: &str,
-        epoch: u64,
-        result: Result<HandoverRequestAck, String>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if ctx.epoch != epoch {
-            return;
-        }
-        let Phase::Preparing(ho) = &mut ctx.phase else {
-            return;
-        };
-        let mut ho = ho.clone();
-        match result {
-            Err(detail) => {
-                tracing::warn!(
-                    supi,
-                    target = ho.target_gnb,
-                    detail,
-                    "handover preparation failed"
-                );
-                out.push(Action::AnswerTrigger {
-                    id: ho.trigger,
-                    result: Err(Failure::new(
-                        502,
-                        format!("target {} refused the handover: {detail}", ho.target_gnb),
-                    )),
-                });
-                ctx.phase = Phase::Connected;
-            }
-            Ok(ack) => {
-                ho.timeline.push(step(
-                    format!("handover request to {} (acknowledged)", ho.target_gnb),
-                    ho.request_sent - ho.started,
-                    now - ho.request_sent,
-                ));
-                ho.timeline.push(step(
-                    "handover command to ue",
-                    now - ho.started,
-                    Duration::ZERO,
-                ));
-                ho.tunnel = Some(ack.forwarding_tunnel);
-                ho.acked = Some(now);
-                let Some(to) = ctx.ue_radio else { return };
-                tracing::info!(
-                    supi,
-                    target = ho.target_gnb,
-                    radio_id = ack.radio_id,
-                    "handover command"
-                );
-                out.push(Action::SendRadio {
-                    to,
-                    frame: radio::control_frame(&Rrc::HandoverCommand {
-                        target_gnb: ho.target_gnb.clone(),
-                        target: ack.radio,
-                        radio_id: ack.radio_id,
-                    }),
-                });
-                ctx.phase = Phase::Forwarding(ho);
-            }
-        }
-    }
-
-    fn on_release(
-        &mut self,
-        now: Instant,
-        id: RequestId,
-        r: UeContextRelease,
-        out: &mut Vec<Action>,
-    ) {
-        let name = self.config.name.clone();
-        let Some(ctx) = self.contexts.get_mut(&r.supi) else {
-            out.push(Action::AnswerRelease {
-                id,
-                result: Err(Failure::new(404, format!("no ue context for {}", r.supi))),
-            });
-            return;
-        };
-        let (ue_ipv4, epoch) = (ctx.ue_ipv4, ctx.epoch);
-        let Phase::Forwarding(ho) = &mut ctx.phase else {
-            out.push(Action::AnswerRelease {
-                id,
-                result: Err(Failure::new(
-                    409,
-                    format!(
-                        "ue {} is {} here, not handed over",
-                        r.supi,
-                        ctx.phase.name()
-                    ),
-                )),
-            });
-            return;
-        };
-        out.push(Action::AnswerRelease { id, result: Ok(()) });
-        if ho.released {
-            return;
-        }
-        if ho.target_gnb != r.target_gnb {
-            tracing::warn!(
-                supi = r.supi,
-                expected = ho.target_gnb,
-                got = r.target_gnb,
-                "release from another gnb"
-            );
-        }
-        ho.released = true;
-        // The target's steps are relative to the HandoverRequest's arrival there, which has no
-        // common clock with ours. We place that instant at the arrival of its acknowledgement
-        // here: the target acknowledges at once, so this errs late by the answer's one-way delay
-        // and keeps cause before effect (the UE's arrival at the target after our
-        // HandoverCommand). The sending time would err early by the request's delay, which
-        // includes the h2c connection set-up on a first handover (several ms).
-        // With a wall-clock anchor (the real binary) the target's and the SMF's steps carry the
-        // host's wall-clock time, shared by all processes, and line up exactly.
-        let shift = ho.acked.unwrap_or(ho.request_sent) - ho.started;
-        let origin = unix_at(self.wall_anchor, ho.started);
-        let mut timeline = ho.timeline.clone();
-        timeline.extend(r.timeline.iter().map(|s| TimelineStep {
-            step: s.step.clone(),
-            at_us: match (s.at_unix_us, origin) {
-                (Some(u), Some(o)) => u.saturating_sub(o),
-                _ => s.at_us.saturating_add(us(shift)),
-            },
-            took_us: s.took_us,
-            at_unix_us: s.at_unix_us,
-        }));
-        timeline.push(step(
-            format!("ue context release from {}", r.target_gnb),
-            now - ho.started,
-            Duration::ZERO,
-        ));
-        timeline.sort_by_key(|s| s.at_us);
-        let report = HandoverReport {
-            supi: r.supi.clone(),
-            ue_ipv4: ue_ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED),
-            source_gnb: name,
-            target_gnb: ho.target_gnb.clone(),
-            timeline,
-            forwarded_packets: ho.forwarded,
-        };
-        tracing::info!(supi = r.supi, forwarded = ho.forwarded, "handover complete");
-        self.counters.handovers_out += 1;
-        out.push(Action::AnswerTrigger {
-            id: ho.trigger,
-            result: Ok(report),
-        });
-        if ho.end_marker_forwarded {
-            self.remove_context(&r.supi);
-        } else {
-            out.push(Action::StartTimer {
-                supi: r.supi,
-                epoch,
-                timer: Timer::ReleaseLinger,
-                at: now + RELEASE_LINGER,
-            });
-        }
-    }
-
-    // ---- target side ----
-
-    fn on_handover_request(
-        &mut self,
-        now: Instant,
-        id: RequestId,
-        req: HandoverRequest,
-        out: &mut Vec<Action>,
-    ) {
-        let radio = self.config.radio;
-        let xn = self.config.xn_addr;
-        if let Some(ctx) = self.contexts.get(&req.supi) {
-            match (&ctx.phase, &ctx.arrival) {
-                (Phase::AwaitingUe, Some(a)) if a.source_gnb == req.source_gnb => {
-                    // A retried request: the same answer.
-                    out.push(Action::AnswerHandoverRequest {
-                        id,
-                        result: Ok(HandoverRequestAck {
-                            radio_id: ctx.radio_id,
-                            radio,
-                            forwarding_tunnel: TunnelEndpoint {
-                                ipv4: xn,
-                                teid: a.fwd_teid,
-                            },
-                        }),
-                    });
-                    return;
-                }
-                (Phase::Forwarding(ho), _) if ho.released => {
-                    // We handed it out and it comes straight back: the old context goes.
-                }
-                (phase, _) => {
-                    out.push(Action::AnswerHandoverRequest {
-                        id,
-                        result: Err(Failure::new(
-                            409,
-                            format!(
-                                "ue {} is already {} at {}",
-                                req.supi,
-                                phase.name(),
-                                self.config.name
-                            ),
-                        )),
-                    });
-                    return;
-                }
-            }
-        }
-        if !self.config.peers.contains_key(&req.source_gnb) {
-            tracing::warn!(
-                source = req.source_gnb,
-                "handover request from a gnb that is not a peer"
-            );
-        }
-        let fwd_teid = self.alloc_teid();
-        let supi = req.supi.clone();
-        let ctx = self.new_context(&supi, req.ue_name.clone(), Phase::AwaitingUe);
-        ctx.ue_ipv4 = Some(req.ue_ipv4);
-        ctx.qfi = req.qfi;
-        ctx.upf_tunnel = Some(req.upf_tunnel);
-        ctx.arrival = Some(Arrival {
-            source_gnb: req.source_gnb.clone(),
-            fwd_teid,
-            started: now,
-            timeline: vec![step(
-                format!("handover request from {} admitted", req.source_gnb),
-                Duration::ZERO,
-                Duration::ZERO,
-            )],
-            fwd_pending: VecDeque::new(),
-            new_pending: VecDeque::new(),
-            end_marker: false,
-            hold_expired: false,
-            hold_started: false,
-            path_switch_sent: None,
-            dropped: 0,
-        });
-        let (radio_id, epoch) = (ctx.radio_id, ctx.epoch);
-        self.by_teid
-            .insert(fwd_teid, (supi.clone(), TeidRole::Forwarding));
-        tracing::info!(
-            supi,
-            source = req.source_gnb,
-            radio_id,
-            fwd_teid,
-            "handover prepared"
-        );
-        out.push(Action::AnswerHandoverRequest {
-            id,
-            result: Ok(HandoverRequestAck {
-                radio_id,
-                radio,
-                forwarding_tunnel: TunnelEndpoint {
-                    ipv4: xn,
-                    teid: fwd_teid,
-                },
-            }),
-        });
-        out.push(Action::StartTimer {
-            supi,
-            epoch,
-            timer: Timer::AwaitingUe,
-            at: now + AWAITING_UE_GUARD,
-        });
-    }
-
-    fn on_path_switched(
-        &mut self,
-        now: Instant,
-        supi: &str,
-        epoch: u64,
-        result: Result<PathSwitchAck, String>,
-        out: &mut Vec<Action>,
-    ) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if ctx.epoch != epoch || ctx.phase != Phase::PathSwitching {
-            return;
-        }
-        let Some(a) = ctx.arrival.as_mut() else {
-            return;
-        };
-        let sent = a.path_switch_sent.unwrap_or(now);
-        match result {
-            Err(detail) => {
-                // The UE stays here on the old UPF's uplink tunnel; no release is sent, so the
-                // source's trigger fails on its guard timer.
-                tracing::error!(
-                    supi,
-                    detail,
-                    "path switch failed; uplink stays on the old upf"
-                );
-                a.timeline.push(step(
-                    format!("path switch request to smf failed: {detail}"),
-                    sent - a.started,
-                    now - sent,
-                ));
-                ctx.phase = Phase::Connected;
-            }
-            Ok(ack) => {
-                a.timeline.push(step(
-                    format!("path switch request to smf (acknowledged, {})", ack.upf),
-                    sent - a.started,
-                    now - sent,
-                ));
-                let shift = us(sent - a.started);
-                let origin = unix_at(self.wall_anchor, a.started);
-                a.timeline.extend(ack.timeline.iter().map(|s| TimelineStep {
-                    step: format!("smf: {}", s.step),
-                    at_us: match (s.at_unix_us, origin) {
-                        (Some(u), Some(o)) => u.saturating_sub(o),
-                        _ => s.at_us.saturating_add(shift),
-                    },
-                    took_us: s.took_us,
-                    at_unix_us: s.at_unix_us,
-                }));
-                a.timeline.push(step(
-                    format!("ue context release to {}", a.source_gnb),
-                    now - a.started,
-                    Duration::ZERO,
-                ));
-                a.timeline.sort_by_key(|s| s.at_us);
-                ctx.upf_tunnel = Some(ack.upf_tunnel);
-                ctx.phase = Phase::Connected;
-                self.counters.handovers_in += 1;
-                tracing::info!(supi, upf = ack.upf, tunnel = ?ack.upf_tunnel, "path switched");
-                let mut timeline = a.timeline.clone();
-                stamp(self.wall_anchor, a.started, &mut timeline);
-                let release = UeContextRelease {
-                    target_gnb: self.config.name.clone(),
-                    supi: supi.to_owned(),
-                    timeline,
-                };
-                match self.config.peers.get(&a.source_gnb) {
-                    Some(url) => out.push(Action::ReleaseUeContext {
-                        xn_url: url.clone(),
-                        release,
-                    }),
-                    None => tracing::error!(
-                        source = a.source_gnb,
-                        "cannot release: source is not a peer"
-                    ),
-                }
-                if a.end_marker {
-                    let fwd = a.fwd_teid;
-                    ctx.arrival = None;
-                    self.by_teid.remove(&fwd);
-                } else {
-                    out.push(Action::StartTimer {
-                        supi: supi.to_owned(),
-                        epoch,
-                        timer: Timer::ForwardingDone,
-                        at: now + FORWARDING_TUNNEL_LIFETIME,
-                    });
-                }
-            }
-        }
-    }
-
     fn on_timer(&mut self, supi: &str, epoch: u64, timer: Timer, out: &mut Vec<Action>) {
-        let Some(ctx) = self.contexts.get_mut(supi) else {
-            return;
-        };
-        if ctx.epoch != epoch {
+        if self.contexts.get(supi).is_none_or(|ctx| ctx.epoch != epoch) {
             return;
         }
         match timer {
-            Timer::ReleaseLinger => {
-                if matches!(&ctx.phase, Phase::Forwarding(ho) if ho.released) {
-                    tracing::info!(
-                        supi,
-                        "no end marker within 1 s of the release; context dropped"
-                    );
-                    self.remove_context(supi);
-                }
-            }
-            Timer::HandoverGuard => match &ctx.phase {
-                Phase::Preparing(ho) => {
-                    out.push(Action::AnswerTrigger {
-                        id: ho.trigger,
-                        result: Err(Failure::new(
-                            504,
-                            format!("no answer from {}", ho.target_gnb),
-                        )),
-                    });
-                    ctx.phase = Phase::Connected;
-                }
-                Phase::Forwarding(ho) if !ho.released => {
-                    out.push(Action::AnswerTrigger {
-                        id: ho.trigger,
-                        result: Err(Failure::new(
-                            504,
-                            format!(
-                                "ue left for {} but no ue context release came within {} s (ue arrival or path switch failed there)",
-                                ho.target_gnb,
-                                HANDOVER_GUARD.as_secs()
-                            ),
-                        )),
-                    });
-                    self.remove_context(supi);
-                }
-                _ => {}
-            },
-            Timer::NewPathHold => {
-                if let Some(a) = ctx.arrival.as_mut() {
-                    if !a.end_marker {
-                        tracing::info!(
-                            supi,
-                            held = a.new_pending.len(),
-                            "no end marker within 200 ms; new path released"
-                        );
-                    }
-                    a.hold_expired = true;
-                    self.flush(supi, out);
-                }
-            }
-            Timer::ForwardingDone => {
-                if ctx.phase == Phase::Connected {
-                    if let Some(a) = ctx.arrival.take() {
-                        self.by_teid.remove(&a.fwd_teid);
-                        // Whatever still waits goes out now, in arrival order per path.
-                        let mut a = a;
-                        let pending: Vec<Vec<u8>> = a
-                            .fwd_pending
-                            .drain(..)
-                            .chain(a.new_pending.drain(..))
-                            .collect();
-                        for p in pending {
-                            Self::deliver(&mut self.counters, ctx, &p, out);
-                        }
-                    }
-                }
-            }
-            Timer::AwaitingUe => {
-                if ctx.phase == Phase::AwaitingUe {
-                    tracing::warn!(supi, "ue never arrived; prepared context dropped");
-                    self.remove_context(supi);
-                }
-            }
+            Timer::ReleaseLinger => self.on_release_linger(supi),
+            Timer::HandoverGuard => self.on_handover_guard(supi, out),
+            Timer::NewPathHold => self.on_new_path_hold(supi, out),
+            Timer::ForwardingDone => self.on_forwarding_done(supi, out),
+            Timer::AwaitingUe => self.on_awaiting_ue(supi),
+            Timer::PathSwitchRetry => self.on_path_switch_retry(supi, out),
         }
     }
 }
-
-#[cfg(test)]
-#[path = "context_tests.rs"]
-mod tests;

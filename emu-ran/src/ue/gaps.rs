@@ -14,6 +14,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use etherparse::{Icmpv4Type, IpNumber, LaxNetSlice, LaxSlicedPacket, TransportSlice};
 use serde::{Deserialize, Serialize};
 
 /// What identifies a downlink flow.
@@ -33,37 +34,48 @@ pub enum FlowKey {
 }
 
 impl FlowKey {
-    /// Classifies an IP packet. Never panics.
+    /// Classifies an IP packet (etherparse, lax: a packet cut short still names what it has).
+    /// Never panics.
     pub fn of(packet: &[u8]) -> FlowKey {
-        let Some(&first) = packet.first() else {
-            return FlowKey::Other { version: 0 };
-        };
-        let version = first >> 4;
-        let ihl = usize::from(first & 0x0f) * 4;
-        if version != 4 || ihl < 20 || packet.len() < ihl {
-            return FlowKey::Other { version };
+        match LaxSlicedPacket::from_ip(packet) {
+            Ok(sliced) => FlowKey::of_sliced(&sliced),
+            Err(_) => FlowKey::Other {
+                version: packet.first().map_or(0, |b| b >> 4),
+            },
         }
-        let protocol = packet[9];
-        let src = Ipv4Addr::new(packet[12], packet[13], packet[14], packet[15]);
-        let dst = Ipv4Addr::new(packet[16], packet[17], packet[18], packet[19]);
-        let fragment_offset = u16::from_be_bytes([packet[6], packet[7]]) & 0x1fff;
-        let l4 = &packet[ihl..];
-        let (src_port, dst_port) = match (protocol, fragment_offset, l4) {
-            (6 | 17 | 132, 0, [a, b, c, d, ..]) => {
-                (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))
-            }
+    }
+
+    /// Classifies a packet etherparse has sliced (from IP, or from a link layer). Ports come from
+    /// the TCP or UDP header (or the first four octets of an SCTP one), the echo identifier from
+    /// an ICMP echo; fragments and transport headers cut short have none.
+    pub fn of_sliced(packet: &LaxSlicedPacket<'_>) -> FlowKey {
+        let ip = match &packet.net {
+            Some(LaxNetSlice::Ipv4(ip)) => ip,
+            Some(LaxNetSlice::Ipv6(_)) => return FlowKey::Other { version: 6 },
+            _ => return FlowKey::Other { version: 0 },
+        };
+        let header = ip.header();
+        let payload = ip.payload();
+        let (src_port, dst_port) = match &packet.transport {
+            Some(TransportSlice::Tcp(tcp)) => (tcp.source_port(), tcp.destination_port()),
+            Some(TransportSlice::Udp(udp)) => (udp.source_port(), udp.destination_port()),
             // ICMP echo request / reply: the identifier names the "flow" of a ping.
-            (1, 0, [0 | 8, _, _, _, i0, i1, ..]) => {
-                let id = u16::from_be_bytes([*i0, *i1]);
-                (id, id)
-            }
-            _ => (0, 0),
+            Some(TransportSlice::Icmpv4(icmp)) => match icmp.icmp_type() {
+                Icmpv4Type::EchoRequest(echo) | Icmpv4Type::EchoReply(echo) => (echo.id, echo.id),
+                _ => (0, 0),
+            },
+            _ => match (payload.ip_number, payload.fragmented, payload.payload) {
+                (IpNumber::SCTP, false, [a, b, c, d, ..]) => {
+                    (u16::from_be_bytes([*a, *b]), u16::from_be_bytes([*c, *d]))
+                }
+                _ => (0, 0),
+            },
         };
         FlowKey::Ipv4 {
-            protocol,
-            src,
+            protocol: header.protocol().0,
+            src: header.source_addr(),
             src_port,
-            dst,
+            dst: header.destination_addr(),
             dst_port,
         }
     }
@@ -282,6 +294,46 @@ mod tests {
         let p = udp(5);
         for n in 0..p.len() {
             let _ = FlowKey::of(&p[..n]);
+        }
+    }
+
+    #[test]
+    fn tcp_sctp_fragments_and_ipv6_are_told_apart() {
+        // TCP with a whole 20-octet header (and the lengths set, as the kernel sends them).
+        let mut tcp = vec![0u8; 40];
+        tcp[0] = 0x45;
+        tcp[2..4].copy_from_slice(&40u16.to_be_bytes());
+        tcp[9] = 6;
+        tcp[12..16].copy_from_slice(&[20, 0, 0, 100]);
+        tcp[16..20].copy_from_slice(&[192, 168, 1, 2]);
+        tcp[20..22].copy_from_slice(&5000u16.to_be_bytes());
+        tcp[22..24].copy_from_slice(&40001u16.to_be_bytes());
+        tcp[32] = 0x50; // data offset 5
+        assert_eq!(
+            FlowKey::of(&tcp).to_string(),
+            "tcp 20.0.0.100:5000 > 192.168.1.2:40001"
+        );
+        let mut sctp = tcp.clone();
+        sctp[9] = 132;
+        assert_eq!(
+            FlowKey::of(&sctp).to_string(),
+            "sctp 20.0.0.100:5000 > 192.168.1.2:40001"
+        );
+        // A later fragment carries no transport header: no ports.
+        let mut fragment = udp(9000);
+        fragment[6..8].copy_from_slice(&0x0010u16.to_be_bytes());
+        assert_eq!(
+            FlowKey::of(&fragment).to_string(),
+            "udp 20.0.0.10 > 192.168.1.2"
+        );
+        let mut v6 = vec![0u8; 48];
+        v6[0] = 0x60;
+        v6[6] = 17;
+        assert_eq!(FlowKey::of(&v6), FlowKey::Other { version: 6 });
+        for p in [&tcp, &sctp, &v6] {
+            for n in 0..p.len() {
+                let _ = FlowKey::of(&p[..n]);
+            }
         }
     }
 

@@ -2,16 +2,17 @@
 //!
 //! Opens the store, connects to the edge's Open vSwitch bridge (a missing bridge is only a
 //! warning: the programmer connects again on first use), serves the API, resumes interrupted
-//! relocations, subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best
-//! effort) and stops.
+//! relocations, starts the reconciler (a round at once, then every `reconcile.period_ms`),
+//! subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best effort) and
+//! stops.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use smo::api;
 use smo::config::SmoConfig;
-use smo::events::{self, EventForwarder};
-use smo::http::HttpBackends;
+use smo::events;
+use smo::http::HttpRemote;
 use smo::negotiator::{Clock, Negotiator};
 use smo::routing::ovs::OvsProgrammer;
 use smo::store::Store;
@@ -22,8 +23,6 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const OVS_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the SMO keeps trying to subscribe while the SMF is not up.
 const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(10);
-/// Bound on forwarding one notification to the negotiator (the SMF waits 1 s per notification).
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the SMO keeps trying to open its connections to peers that are not up yet.
 const PEER_WARM_UP_PATIENCE: Duration = Duration::from_secs(20);
 /// Bound on each subscription request.
@@ -51,14 +50,11 @@ async fn run(
             "edge switch not reachable yet; connecting on first use"
         ),
     }
-    let backends = HttpBackends::new(config.token.clone(), &config.timeouts);
-    let warm = backends.clone();
-    let negotiator = Negotiator::new(&config, backends, flows, store, Clock::Wall)?;
-    let forwarder = EventForwarder::new(
-        sbi::Client::new(config.token.clone(), FORWARD_TIMEOUT),
-        &api_root,
-    );
-    let router = api::router(negotiator.clone(), forwarder, &api_root);
+    let remote =
+        HttpRemote::new(config.token.clone(), &config.timeouts).with_lr(config.lr_url.clone());
+    let warm = remote.clone();
+    let negotiator = Negotiator::new(&config, remote, flows, store, Clock::Wall)?;
+    let router = api::router(negotiator.clone(), &api_root);
 
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -81,6 +77,10 @@ async fn run(
     if resumed > 0 {
         tracing::info!(resumed, "resuming relocations of the previous run");
     }
+    let reconciler = (config.reconcile.period_ms > 0).then(|| {
+        tracing::info!(period_ms = config.reconcile.period_ms, "reconciler running");
+        negotiator.spawn_reconciler(Duration::from_millis(config.reconcile.period_ms))
+    });
 
     let smf = sbi::Client::new(config.token.clone(), SMF_TIMEOUT);
     let subscription = match &config.smf_url {
@@ -120,6 +120,9 @@ async fn run(
                 tracing::warn!(%location, error = %sbi::error_chain(&e), "cannot unsubscribe")
             }
         }
+    }
+    if let Some(r) = reconciler {
+        r.abort();
     }
     let _ = stop_server.send(());
     server.await??;

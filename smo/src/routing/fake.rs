@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use super::{FlowError, FlowProgrammer, FlowReport, FlowRule, FlowSet, PacketOut};
+use super::{FlowError, FlowProgrammer, FlowReport, FlowRule, FlowSet, InstalledFlows, PacketOut};
 
 /// A switch in memory. Clones share one table, so a test keeps a clone to look at what the code
 /// under test installed.
@@ -26,6 +26,21 @@ struct State {
     attempts: Vec<String>,
     failures: Vec<String>,
     delay: Duration,
+}
+
+impl State {
+    /// `set`'s deletions (by cookie), then its additions (each replacing a flow with the same
+    /// priority and match, as OFPFC_ADD does).
+    fn take_effect(&mut self, set: &FlowSet) {
+        for d in &set.delete {
+            self.installed.retain(|r| r.cookie != d.cookie);
+        }
+        for r in &set.add {
+            self.installed
+                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
+            self.installed.push(r.clone());
+        }
+    }
 }
 
 impl FakeProgrammer {
@@ -51,6 +66,12 @@ impl FakeProgrammer {
     /// [`FlowError::Injected`], leaving the table unchanged. Several calls queue several failures.
     pub fn fail_next(&self, label_contains: &str) {
         self.lock().failures.push(label_contains.to_owned());
+    }
+
+    /// Puts `set` on the switch as someone else would (`ovs-ofctl`): no delay, no injected
+    /// failure, not recorded among the sets applied.
+    pub fn seed(&self, set: &FlowSet) {
+        self.lock().take_effect(set);
     }
 
     /// The sets applied successfully, in order.
@@ -122,19 +143,25 @@ impl FlowProgrammer for FakeProgrammer {
                 set.label
             )));
         }
-        for d in &set.delete {
-            st.installed.retain(|r| r.cookie != d.cookie);
-        }
-        for r in &set.add {
-            st.installed
-                .retain(|old| !(old.priority == r.priority && old.matches == r.matches));
-            st.installed.push(r.clone());
-        }
+        st.take_effect(set);
         st.packets_out.extend(set.packets.iter().cloned());
         st.applied.push(set.clone());
         Ok(FlowReport {
             flow_mods: set.delete.len() + set.add.len(),
             took: start.elapsed(),
+        })
+    }
+
+    async fn flows(&self) -> Result<InstalledFlows, FlowError> {
+        let st = self.lock();
+        Ok(InstalledFlows {
+            rules: st
+                .installed
+                .iter()
+                .filter(|r| super::rules::is_smo_cookie(r.cookie))
+                .cloned()
+                .collect(),
+            unreadable: Vec::new(),
         })
     }
 }

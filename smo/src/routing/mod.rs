@@ -2,14 +2,13 @@
 //!
 //! * [`rules`] generates the flow sets of each relocation phase (pure, unit-tested);
 //! * [`FlowProgrammer`] installs one [`FlowSet`] atomically: [`ovs::OvsProgrammer`] over a long-lived
-//!   OpenFlow 1.3 connection to the bridge's management socket, [`fake::FakeProgrammer`] in memory
-//!   for unit tests.
+//!   OpenFlow 1.3 connection to the bridge's management socket (the codec is [`wire::openflow`]),
+//!   [`fake::FakeProgrammer`] in memory for unit tests.
 //!
 //! Ports are named (`bh`, `n6`, the service's port); the programmer resolves names to OpenFlow port
 //! numbers itself.
 
 pub mod fake;
-pub mod openflow;
 pub mod ovs;
 pub mod rules;
 
@@ -190,9 +189,23 @@ pub enum FlowError {
     Injected(String),
 }
 
+/// The SMO's flows on a switch, as [`FlowProgrammer::flows`] reads them back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstalledFlows {
+    /// Every flow with an SMO cookie ([`rules::is_smo_cookie`]), ports by name.
+    pub rules: Vec<FlowRule>,
+    /// Cookies of SMO flows that could not be read back as a [`FlowRule`] (match fields or actions
+    /// the SMO never installs): whatever they are, they are not what the SMO would install.
+    pub unreadable: Vec<u64>,
+}
+
 /// Installs flow sets on one switch.
 pub trait FlowProgrammer: Send + Sync + 'static {
     /// Applies `set` atomically (see [`FlowSet`]) and reports what it cost. An empty set succeeds
     /// at once with zero flow mods.
     fn apply(&self, set: &FlowSet) -> impl Future<Output = Result<FlowReport, FlowError>> + Send;
+
+    /// The SMO's flows installed on the switch now (what the reconciler compares with what should
+    /// be there).
+    fn flows(&self) -> impl Future<Output = Result<InstalledFlows, FlowError>> + Send;
 }

@@ -19,6 +19,14 @@
 //! commit was sent is retried once on a new one (nothing of it can have taken effect: OVS discards
 //! a connection's open bundles when it goes away).
 //!
+//! # Reading the flows back
+//!
+//! [`FlowProgrammer::flows`] sends one FLOW statistics request (every table, cookies whose top
+//! three octets are `SMO`, so the testbed's base flows stay out) and reads every part of the reply;
+//! each flow becomes the [`FlowRule`] that would have installed it, port numbers named with the
+//! connection's port map (a number it does not know stays visible as `#N`). What the SMO never
+//! installs (masked or other match fields, other actions) is returned as an unreadable cookie.
+//!
 //! # One set, atomically
 //!
 //! Each set is one ONF bundle (the OpenFlow 1.4 bundle carried as an experimenter message in
@@ -62,8 +70,9 @@ use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use super::openflow::{self as of, BundleCtrl, CodecError, FlowMod, Message, PortReason};
-use super::{FlowError, FlowProgrammer, FlowReport, FlowSet, PacketOut};
+use super::rules::{SMO_COOKIE, SMO_COOKIE_MASK};
+use super::{FlowError, FlowProgrammer, FlowReport, FlowRule, FlowSet, InstalledFlows, PacketOut};
+use wire::openflow::{self as of, BundleCtrl, CodecError, FlowMod, FlowStats, Message, PortReason};
 
 /// Bundle flags of every set.
 const BUNDLE_FLAGS: u16 = of::OFPBF_ATOMIC | of::OFPBF_ORDERED;
@@ -211,6 +220,10 @@ async fn keepalive(
 }
 
 impl FlowProgrammer for OvsProgrammer {
+    async fn flows(&self) -> Result<InstalledFlows, FlowError> {
+        self.read_flows().await
+    }
+
     async fn apply(&self, set: &FlowSet) -> Result<FlowReport, FlowError> {
         if set.is_empty() {
             return Ok(FlowReport {
@@ -291,6 +304,38 @@ impl FlowProgrammer for OvsProgrammer {
                 }
                 Failure::Link(e) => return Err(e),
             }
+        }
+    }
+}
+
+impl OvsProgrammer {
+    /// The SMO's flows (cookies tagged `SMO`) as the switch reports them (flow statistics).
+    async fn read_flows(&self) -> Result<InstalledFlows, FlowError> {
+        let mut guard = self.conn.lock().await;
+        let mut conn = match guard.take() {
+            Some(c) => c,
+            None => self.open().await?,
+        };
+        match tokio::time::timeout(self.timeout, conn.flow_stats()).await {
+            Ok(Ok(stats)) => {
+                let names: HashMap<u32, String> =
+                    conn.ports.iter().map(|(n, no)| (*no, n.clone())).collect();
+                *guard = Some(conn);
+                let mut flows = InstalledFlows::default();
+                for f in &stats {
+                    match FlowRule::from_flow_stats(f, |no| names.get(&no).cloned()) {
+                        Some(rule) => flows.rules.push(rule),
+                        None => flows.unreadable.push(f.cookie),
+                    }
+                }
+                Ok(flows)
+            }
+            Ok(Err(Failure::Switch(e))) => {
+                *guard = Some(conn);
+                Err(e)
+            }
+            Ok(Err(Failure::Link(e))) => Err(e),
+            Err(_) => Err(FlowError::Timeout(self.timeout)),
         }
     }
 }
@@ -414,6 +459,38 @@ impl Conn {
         }
     }
 
+    /// The flow statistics of every flow with an SMO cookie, every part of the reply.
+    async fn flow_stats(&mut self) -> Result<Vec<FlowStats>, Failure> {
+        let mut out = Vec::with_capacity(64);
+        let xid = self.next_xid();
+        of::flow_stats_request(&mut out, xid, SMO_COOKIE, SMO_COOKIE_MASK);
+        self.send(&out).await?;
+        let mut flows = Vec::new();
+        loop {
+            match self.recv().await? {
+                Message::FlowStatsReply {
+                    xid: x,
+                    more,
+                    flows: part,
+                } if x == xid => {
+                    flows.extend(part);
+                    if !more {
+                        return Ok(flows);
+                    }
+                }
+                Message::Error {
+                    xid: x,
+                    err_type,
+                    code,
+                    ..
+                } if x == xid => {
+                    return Err(Failure::Switch(FlowError::Rejected { err_type, code }))
+                }
+                other => self.unsolicited(other),
+            }
+        }
+    }
+
     /// Fetches the port description and replaces the port map.
     async fn refresh_ports(&mut self) -> Result<(), FlowError> {
         let mut out = Vec::with_capacity(16);
@@ -460,7 +537,7 @@ impl Conn {
             let mut unknown = None;
             for rule in &set.add {
                 let ports = &self.ports;
-                let resolved = FlowMod::from_rule(rule, |name| {
+                let resolved = rule.to_flow_mod(|name| {
                     let no = ports.get(name).copied();
                     if let Some(no) = no {
                         used.push((name.to_owned(), no));
@@ -1087,7 +1164,7 @@ mod tests {
         want.extend(
             set.add
                 .iter()
-                .map(|r| FlowMod::from_rule(r, ports()).expect("ports")),
+                .map(|r| r.to_flow_mod(ports()).expect("ports")),
         );
         for (add, fm) in bundle[1..5].iter().zip(&want) {
             assert_eq!(add.exp_type(), Some(of::ONF_ET_BUNDLE_ADD_MESSAGE));

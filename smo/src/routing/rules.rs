@@ -16,6 +16,8 @@
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use wire::openflow::{Action, FlowMod, FlowStats, Oxm, OFPP_IN_PORT, OFPP_NORMAL};
+
 use super::{
     CookieDelete, FlowAction, FlowMatch, FlowRule, FlowSet, Mac, PacketOut, GATEWAY_IP,
     GATEWAY_MAC, TROMBONE_MAC, TROMBONE_UPLINK_MAC,
@@ -62,6 +64,37 @@ pub struct ServiceAt {
     pub mac: Mac,
     /// The service's OVS port at this edge.
     pub port: String,
+}
+
+impl ServiceAt {
+    /// Where `service` is on the switch: `None` when its MAC address does not parse.
+    pub fn of(service: &model::smo::Service) -> Option<Self> {
+        Some(Self {
+            ip: service.ipv4_addr,
+            mac: service.mac_addr.parse().ok()?,
+            port: service.ovs_port.clone(),
+        })
+    }
+}
+
+/// What every SMO cookie starts with (`SMO`), and the mask that selects those three octets: the
+/// switch's flows the SMO reads back (its own, relocations' and services').
+pub const SMO_COOKIE: u64 = 0x534d_4f00_0000_0000;
+pub const SMO_COOKIE_MASK: u64 = 0xffff_ff00_0000_0000;
+
+/// Whether `cookie` is one of the SMO's (a relocation's or a service's).
+pub fn is_smo_cookie(cookie: u64) -> bool {
+    cookie & SMO_COOKIE_MASK == SMO_COOKIE
+}
+
+/// Whether `cookie` is a relocation's ([`relocation_cookie`]).
+pub fn is_relocation_cookie(cookie: u64) -> bool {
+    cookie >> 32 == 0x534d_4f52
+}
+
+/// The service address of a service cookie ([`service_cookie`]), `None` for any other cookie.
+pub fn service_of_cookie(cookie: u64) -> Option<Ipv4Addr> {
+    (cookie >> 32 == 0x534d_4f53).then(|| Ipv4Addr::from(cookie as u32))
 }
 
 /// The cookie of the flows of relocation number `n` (`SMOR` in the top half).
@@ -247,34 +280,65 @@ pub fn arp_announce(svc_ip: Ipv4Addr, svc_mac: Mac) -> Vec<u8> {
 /// The service now runs at the target: replace the trombone by the direct path from the site to
 /// the service's port, IPv4 and ARP alike.
 pub fn new_path_target(relocation_cookie: u64, ports: &EdgePorts, svc: &ServiceAt) -> FlowSet {
-    let cookie = service_cookie(svc.ip);
     FlowSet {
         label: "new-path-target".into(),
         delete: vec![CookieDelete {
             cookie: relocation_cookie,
         }],
-        add: vec![
-            rule(
-                cookie,
-                SERVICE_PRIORITY,
-                FlowMatch {
-                    in_port: Some(ports.n6.clone()),
-                    ipv4_dst: Some(svc.ip),
-                    ..ipv4()
-                },
-                vec![FlowAction::Output(svc.port.clone())],
-            ),
-            rule(
-                cookie,
-                SERVICE_PRIORITY,
-                FlowMatch {
-                    in_port: Some(ports.n6.clone()),
-                    arp_tpa: Some(svc.ip),
-                    ..arp()
-                },
-                vec![FlowAction::Output(svc.port.clone())],
-            ),
-        ],
+        add: direct_path_rules(ports, svc),
+        packets: Vec::new(),
+    }
+}
+
+/// A service's direct path at the edge it runs at, as one set that replaces whatever its cookie
+/// holds there (the reconciler's repair).
+pub fn direct_path(ports: &EdgePorts, svc: &ServiceAt) -> FlowSet {
+    FlowSet {
+        label: "direct-path".into(),
+        delete: vec![CookieDelete {
+            cookie: service_cookie(svc.ip),
+        }],
+        add: direct_path_rules(ports, svc),
+        packets: Vec::new(),
+    }
+}
+
+/// The direct path: from the site to the service's port, IPv4 and ARP alike.
+pub fn direct_path_rules(ports: &EdgePorts, svc: &ServiceAt) -> Vec<FlowRule> {
+    let cookie = service_cookie(svc.ip);
+    vec![
+        rule(
+            cookie,
+            SERVICE_PRIORITY,
+            FlowMatch {
+                in_port: Some(ports.n6.clone()),
+                ipv4_dst: Some(svc.ip),
+                ..ipv4()
+            },
+            vec![FlowAction::Output(svc.port.clone())],
+        ),
+        rule(
+            cookie,
+            SERVICE_PRIORITY,
+            FlowMatch {
+                in_port: Some(ports.n6.clone()),
+                arp_tpa: Some(svc.ip),
+                ..arp()
+            },
+            vec![FlowAction::Output(svc.port.clone())],
+        ),
+    ]
+}
+
+/// Removes every flow of one relocation (its trombone), on either side: a cancelled
+/// relocation's, or one the reconciler finds stale.
+pub fn withdraw(relocation_cookie: u64) -> FlowSet {
+    FlowSet {
+        label: "withdraw".into(),
+        delete: vec![CookieDelete {
+            cookie: relocation_cookie,
+        }],
+        add: Vec::new(),
         packets: Vec::new(),
     }
 }
@@ -348,6 +412,93 @@ impl FlowRule {
             };
         }
         s
+    }
+}
+
+impl FlowRule {
+    /// The rule as an OpenFlow FLOW_MOD (add, table 0), with `port` resolving port names to
+    /// numbers (`Err(name)` for the first name it does not know). Match fields are written in OXM
+    /// prerequisite order.
+    pub fn to_flow_mod(
+        &self,
+        mut port: impl FnMut(&str) -> Option<u32>,
+    ) -> Result<FlowMod, String> {
+        let mut resolve = |name: &str| port(name).ok_or_else(|| name.to_owned());
+        let m = &self.matches;
+        let mut matches = Vec::with_capacity(6);
+        if let Some(p) = &m.in_port {
+            matches.push(Oxm::InPort(resolve(p)?));
+        }
+        matches.extend(m.eth_type.map(Oxm::EthType));
+        matches.extend(m.ipv4_src.map(Oxm::Ipv4Src));
+        matches.extend(m.ipv4_dst.map(Oxm::Ipv4Dst));
+        matches.extend(m.arp_op.map(Oxm::ArpOp));
+        matches.extend(m.arp_tpa.map(Oxm::ArpTpa));
+        let mut actions = Vec::with_capacity(self.actions.len());
+        for a in &self.actions {
+            actions.push(match a {
+                FlowAction::Output(p) => Action::Output(resolve(p)?),
+                FlowAction::InPort => Action::Output(OFPP_IN_PORT),
+                FlowAction::Normal => Action::Output(OFPP_NORMAL),
+                FlowAction::SetEthSrc(mac) => Action::SetField(Oxm::EthSrc(mac.0)),
+                FlowAction::SetEthDst(mac) => Action::SetField(Oxm::EthDst(mac.0)),
+                FlowAction::SetArpOp(op) => Action::SetField(Oxm::ArpOp(*op)),
+                FlowAction::SetArpSha(mac) => Action::SetField(Oxm::ArpSha(mac.0)),
+                FlowAction::SetArpSpa(a) => Action::SetField(Oxm::ArpSpa(*a)),
+                FlowAction::SetArpTha(mac) => Action::SetField(Oxm::ArpTha(mac.0)),
+                FlowAction::SetArpTpa(a) => Action::SetField(Oxm::ArpTpa(*a)),
+            });
+        }
+        Ok(FlowMod::add(self.cookie, self.priority, matches, actions))
+    }
+}
+
+impl FlowRule {
+    /// A flow read back from the switch as the rule that installed it, with `port` naming port
+    /// numbers (an unknown number becomes `#N`, which no rule names); `None` when it has match
+    /// fields or actions the SMO never installs.
+    pub fn from_flow_stats(
+        stats: &FlowStats,
+        mut port: impl FnMut(u32) -> Option<String>,
+    ) -> Option<Self> {
+        if stats.unknown > 0 || stats.table_id != 0 {
+            return None;
+        }
+        let mut name = |no: u32| port(no).unwrap_or_else(|| format!("#{no}"));
+        let mut m = FlowMatch::default();
+        for oxm in &stats.matches {
+            match *oxm {
+                Oxm::InPort(no) => m.in_port = Some(name(no)),
+                Oxm::EthType(t) => m.eth_type = Some(t),
+                Oxm::Ipv4Src(a) => m.ipv4_src = Some(a),
+                Oxm::Ipv4Dst(a) => m.ipv4_dst = Some(a),
+                Oxm::ArpOp(op) => m.arp_op = Some(op),
+                Oxm::ArpTpa(a) => m.arp_tpa = Some(a),
+                _ => return None,
+            }
+        }
+        let mut actions = Vec::with_capacity(stats.actions.len());
+        for a in &stats.actions {
+            actions.push(match *a {
+                Action::Output(OFPP_IN_PORT) => FlowAction::InPort,
+                Action::Output(OFPP_NORMAL) => FlowAction::Normal,
+                Action::Output(no) => FlowAction::Output(name(no)),
+                Action::SetField(Oxm::EthSrc(mac)) => FlowAction::SetEthSrc(Mac(mac)),
+                Action::SetField(Oxm::EthDst(mac)) => FlowAction::SetEthDst(Mac(mac)),
+                Action::SetField(Oxm::ArpOp(op)) => FlowAction::SetArpOp(op),
+                Action::SetField(Oxm::ArpSha(mac)) => FlowAction::SetArpSha(Mac(mac)),
+                Action::SetField(Oxm::ArpSpa(a)) => FlowAction::SetArpSpa(a),
+                Action::SetField(Oxm::ArpTha(mac)) => FlowAction::SetArpTha(Mac(mac)),
+                Action::SetField(Oxm::ArpTpa(a)) => FlowAction::SetArpTpa(a),
+                Action::SetField(_) => return None,
+            });
+        }
+        Some(Self {
+            cookie: stats.cookie,
+            priority: stats.priority,
+            matches: m,
+            actions,
+        })
     }
 }
 
@@ -577,6 +728,101 @@ mod tests {
                 "cookie=0x534d4f531400000a/-1"
             ]
         );
+    }
+
+    #[test]
+    fn the_arp_responder_becomes_a_flow_mod_with_ports_resolved() {
+        let set = trombone_target(
+            relocation_cookie(1),
+            &EdgePorts::testbed(),
+            SVC,
+            SVC_MAC,
+            UE,
+        );
+        let ports = |n: &str| match n {
+            "bh" => Some(1),
+            "n6" => Some(2),
+            _ => None,
+        };
+        let fm = set.add[0].to_flow_mod(ports).expect("ports known");
+        assert_eq!(
+            fm.matches,
+            [
+                Oxm::InPort(2),
+                Oxm::EthType(ETH_TYPE_ARP),
+                Oxm::ArpOp(ARP_REQUEST),
+                Oxm::ArpTpa(SVC)
+            ]
+        );
+        assert_eq!(fm.actions.len(), 8);
+        assert_eq!(
+            fm.actions.first(),
+            Some(&Action::SetField(Oxm::EthDst(GATEWAY_MAC.0)))
+        );
+        assert_eq!(fm.actions.last(), Some(&Action::Output(OFPP_IN_PORT)));
+        // 48 fixed + match (4 + 8 + 6 + 6 + 8 = 32) + instruction 8 + 7 set-fields × 16 + output 16.
+        assert_eq!(fm.encoded_len(), 48 + 32 + 8 + 7 * 16 + 16);
+        assert!(fm.check_len().is_ok());
+        let out = set.add[1].to_flow_mod(ports).expect("ports known");
+        assert_eq!(out.actions.last(), Some(&Action::Output(1)));
+        let unknown = set.add[0].to_flow_mod(|_| None);
+        assert_eq!(unknown, Err("n6".to_owned()));
+    }
+
+    #[test]
+    fn every_rule_reads_back_from_its_flow_stats() {
+        let ports = EdgePorts::testbed();
+        let number = |n: &str| match n {
+            "bh" => Some(1),
+            "n6" => Some(2),
+            "srv" => Some(3),
+            _ => None,
+        };
+        let name = |no: u32| match no {
+            1 => Some("bh".to_owned()),
+            2 => Some("n6".to_owned()),
+            3 => Some("srv".to_owned()),
+            _ => None,
+        };
+        let sets = [
+            trombone_source(relocation_cookie(1), &ports, &svc(), UE),
+            trombone_target(relocation_cookie(1), &ports, SVC, SVC_MAC, UE),
+            new_path_target(relocation_cookie(1), &ports, &svc()),
+        ];
+        for rule in sets.iter().flat_map(|s| &s.add) {
+            let fm = rule.to_flow_mod(number).expect("ports known");
+            let stats = FlowStats {
+                table_id: 0,
+                priority: fm.priority,
+                cookie: fm.cookie,
+                matches: fm.matches.clone(),
+                actions: fm.actions.clone(),
+                unknown: 0,
+            };
+            assert_eq!(FlowRule::from_flow_stats(&stats, name).as_ref(), Some(rule));
+            // A port renumbered since: the rule names a port nobody has.
+            let renumbered = FlowRule::from_flow_stats(&stats, |_| None).expect("readable");
+            assert_ne!(&renumbered, rule);
+            assert!(
+                renumbered.to_ofctl().contains('#'),
+                "{}",
+                renumbered.to_ofctl()
+            );
+            let odd = FlowStats {
+                unknown: 1,
+                ..stats.clone()
+            };
+            assert_eq!(FlowRule::from_flow_stats(&odd, name), None);
+        }
+    }
+
+    #[test]
+    fn cookies_tell_relocations_and_services_apart() {
+        assert!(is_smo_cookie(relocation_cookie(9)) && is_relocation_cookie(relocation_cookie(9)));
+        assert!(is_smo_cookie(service_cookie(SVC)) && !is_relocation_cookie(service_cookie(SVC)));
+        assert_eq!(service_of_cookie(service_cookie(SVC)), Some(SVC));
+        assert_eq!(service_of_cookie(relocation_cookie(9)), None);
+        assert!(!is_smo_cookie(0x1), "the testbed's base flows");
     }
 
     #[test]

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod reach;
+
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use model::schema::SchemaSet;
 
@@ -63,4 +66,48 @@ pub fn schemas() -> Schemas {
     std::fs::copy(openapi_path(), dir.join(SMO_FILE)).expect("copy openapi.yaml");
     let set = SchemaSet::load(&dir).expect("schemas load");
     Schemas { set, dir }
+}
+
+pub fn ms(v: u64) -> Duration {
+    Duration::from_millis(v)
+}
+
+/// Polls `done` every millisecond (of tokio's clock: instant when it is paused) until it holds;
+/// panics naming `what` after 100 000 tries.
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..100_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(ms(1)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A state directory per test, removed at the end.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!(
+            "smo-test-{}-{n}-{}",
+            std::process::id(),
+            model::ran::unix_now_us()
+        ));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        Self(p)
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -1,5 +1,5 @@
-//! `svcmod --config FILE.json --ready-file PATH`: the service module of one edge cloud (CRIU or
-//! LXC backend, as its config's `backend` says). Started by `testbed up` inside the edge's namespace; see `svcmod::daemon` for what it
+//! `svcmod --config FILE.json --ready-file PATH`: the service module of one edge cloud (CRIU,
+//! LXC or LXD backend, as its config's `backend` says). Started by `testbed up` inside the edge's namespace; see `svcmod::daemon` for what it
 //! does and `svcmod::ModuleConfig` for the config. SIGTERM de-registers it and removes the
 //! services it hosts.
 

@@ -22,6 +22,17 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn spawn(netns: &str, cfg: &ModuleConfig, dir: &Path) -> DaemonProcess {
+        Self::spawn_with_path(netns, cfg, dir, None)
+    }
+
+    /// [`DaemonProcess::spawn`] with `bin_dir` first on the daemon's `PATH` (its `criu`: a
+    /// wrapper).
+    pub fn spawn_with_path(
+        netns: &str,
+        cfg: &ModuleConfig,
+        dir: &Path,
+        bin_dir: Option<&Path>,
+    ) -> DaemonProcess {
         let name = cfg.name.clone();
         let config = dir.join(format!("{name}.json"));
         let ready = dir.join(format!("{name}.ready"));
@@ -32,7 +43,12 @@ impl DaemonProcess {
         )
         .expect("write config");
         let out = std::fs::File::create(&log).expect("log");
-        let child = Command::new("ip")
+        let mut cmd = Command::new("ip");
+        if let Some(bin) = bin_dir {
+            let path = std::env::var("PATH").unwrap_or_default();
+            cmd.env("PATH", format!("{}:{path}", bin.display()));
+        }
+        let child = cmd
             .args(["netns", "exec", netns])
             .arg(env!("CARGO_BIN_EXE_svcmod"))
             .arg("--config")
@@ -77,6 +93,12 @@ impl DaemonProcess {
         }
     }
 
+    /// SIGKILL (a crash: nothing of the module's shutdown runs), then waits for the exit.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then waits for the exit.
     pub async fn terminate(&mut self, limit: Duration) -> ExitStatus {
         let pid = Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
@@ -105,6 +127,18 @@ impl Drop for DaemonProcess {
             println!("{} killed; its log:\n{}", self.name, self.log_text());
         }
     }
+}
+
+/// ServedService of the module at `api` (its callbacks' base URL) for `ue`, from inside `ns`.
+pub async fn served_service(
+    ns: &Netns,
+    token: &str,
+    api: &str,
+    ue: std::net::Ipv4Addr,
+) -> model::smo::Service {
+    get_in(ns, token, format!("{api}/served-service?ueIpv4Addr={ue}"))
+        .await
+        .unwrap_or_else(|e| panic!("served-service at {api}: {e}"))
 }
 
 /// `GET url` from a thread inside `ns`.

@@ -303,6 +303,20 @@ pub struct StreamReport {
     pub problem: Option<String>,
 }
 
+impl StreamReport {
+    /// Prints the report under `label` and checks what a stream that survived must show: intact
+    /// (records kept coming), never disconnected, nothing corrupt.
+    pub fn print_and_check(&self, label: &str) {
+        println!(
+            "{label}: {} records, largest gap {:.1} ms (ended at {:.0} ms), corrupt {}, disconnected {:?}",
+            self.records, self.max_gap_ms, self.max_gap_end_ms, self.corrupt_records, self.disconnected
+        );
+        assert!(self.intact, "{self:?}");
+        assert!(self.disconnected.is_none(), "{self:?}");
+        assert_eq!(self.corrupt_records, 0, "{self:?}");
+    }
+}
+
 pub async fn client_report(child: Child) -> StreamReport {
     let out = tokio::task::spawn_blocking(move || child.wait_with_output())
         .await

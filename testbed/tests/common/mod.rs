@@ -21,13 +21,13 @@ impl Drop for Guard {
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "privileged test: needs root (namespaces, TUN, OVS); run `sudo scripts/test`"
+        "privileged test: needs root (namespaces, TUN, OVS); run `scripts/test` as root"
     );
 }
 
 /// Brings `two-site` up as `name`/`prefix` (after removing any leftovers of an earlier run) with
 /// every network function and SMO; the plan, the deployment's token and the tear-down guard.
-#[allow(dead_code)] // not every test file brings up the default services
+#[allow(dead_code)] // not every test file brings up the default testbed
 pub fn up(name: &str, prefix: &str) -> (Plan, String, Guard) {
     up_with(name, prefix, topo::UpOptions::default())
 }

@@ -1,32 +1,39 @@
 //! The handover negotiator (thesis §4.2.2): topology and service databases, registered service
 //! modules, and the driver that runs the relocation state machines of [`crate::core`] — one task
 //! per source relocation, target phases answered inline — performing their commands through
-//! [`Backends`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
+//! [`Remote`] (peer SMOs and service modules) and a [`FlowProgrammer`], with time limits, and
 //! persisting every step in the [`Store`].
 
-use crate::config::{SmoConfig, Timeouts};
+use crate::config::{BadCallback, CallbackNetworks, SmoConfig, Timeouts};
+use crate::core::hints::{Hint, Hints, Queued};
+use crate::core::reconcile::{Ended, Policy};
 use crate::core::{
     candidates_for, ExecuteFailure, Local, SourceCommand, SourceEvent, SourceRelocation,
     SourceStart, TargetContext, TargetEffect, TargetRelocation, TargetStep,
 };
-use crate::routing::FlowProgrammer;
+use crate::routing::{FlowProgrammer, FlowReport, FlowSet};
 use crate::store::{HostedService, Store, StoreError, StoredRelocation};
+use model::common::Dnai;
 use model::nsmf_event_exposure::{EventNotification, NsmfEventExposureNotification, SmfEvent};
 use model::smo::{
     ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, RelocationPhase, RelocationRecord, RelocationState, ResourceRequirements, Service,
-    ServiceArrival, ServiceModule, ServiceModuleRegistration,
+    PeerResult, RelocationControl, RelocationPhase, RelocationRecord, RelocationState,
+    RelocationTrigger, ResourceRequirements, Service, ServiceArrival, ServiceModule,
+    ServiceModuleRegistration,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-/// The calls a relocation makes to other processes. Time limits are applied by the negotiator,
-/// so implementations may simply wait.
-pub trait Backends: Send + Sync + 'static {
+mod reconcile;
+
+/// What the SMO asks of other processes (peer SMOs, its service modules): [`crate::http::HttpRemote`]
+/// in production, fakes in tests. (Named apart from `svcmod::Backend`, a module's migration
+/// backend.) Time limits are applied by the negotiator, so implementations may simply wait.
+pub trait Remote: Send + Sync + 'static {
     /// One peer-protocol message to `peer`.
     fn call_peer(
         &self,
@@ -44,6 +51,12 @@ pub trait Backends: Send + Sync + 'static {
         &self,
         module: &ServiceModule,
     ) -> impl Future<Output = Result<Vec<Service>, String>> + Send;
+    /// Where the Location Registry says `ue` is: the DNAI of its serving site's edge cloud
+    /// (`None`: the LR does not know the UE, or there is no LR to ask).
+    fn ue_location(
+        &self,
+        ue: Ipv4Addr,
+    ) -> impl Future<Output = Result<Option<Dnai>, String>> + Send;
     /// The module's Execute callback (the live migration). `Err(Refused)` only when the module
     /// answered that it failed (the service then still runs at the source).
     fn execute(
@@ -89,8 +102,10 @@ impl Clock {
 pub enum NegotiatorError {
     #[error("no service module `{0}`")]
     NoModule(String),
+    /// A field of the request the SMO will not use (a callback outside the deployment's
+    /// networks, an unusable address).
     #[error("bad request: {0}")]
-    Invalid(String),
+    Invalid(#[from] BadCallback),
     #[error("no relocation `{0}` with this SMO as its target")]
     NoTargetRelocation(String),
     /// The request does not fit the relocation's state (nothing changed).
@@ -116,6 +131,14 @@ impl Entry {
             Self::Target(m) => m.record(),
         }
     }
+
+    /// When it began (driver clock, µs), while it runs.
+    fn running_since_us(&self) -> Option<u64> {
+        (self.record().state == RelocationState::Running).then(|| match self {
+            Self::Source(m) => m.started_us(),
+            Self::Target(m) => m.started_us(),
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -125,14 +148,87 @@ struct Db {
     relocations: BTreeMap<String, Entry>,
     /// Relocation ids in arrival order (for listing).
     order: Vec<String>,
+    /// Notifications for UEs with a relocation running here, queued and coalesced.
+    hints: Hints,
+    /// UEs whose source relocation is being set up (the serving service is being looked up).
+    starting: BTreeSet<Ipv4Addr>,
+    /// Cancellations asked for, by relocation id, with their cause (the driver applies them
+    /// between steps while the relocation can still be cancelled).
+    cancels: BTreeMap<String, String>,
+    /// Per service id, how its relocations here ended lately (the reconciler's settle time and
+    /// retry backoff; not persisted: after a restart nothing waits).
+    ended: BTreeMap<String, Ended>,
 }
 
-struct Inner<B, F> {
+impl Db {
+    /// Whether a relocation of `ue` runs (or is being set up) here, as source or target.
+    fn busy(&self, ue: Ipv4Addr) -> bool {
+        self.starting.contains(&ue)
+            || self.relocations.values().any(|e| {
+                let r = e.record();
+                r.state == RelocationState::Running && r.ue_ipv4_addr == ue
+            })
+    }
+
+    /// The running source relocation of service `service_id`, if any.
+    fn running_source_of(&self, service_id: &str) -> Option<&SourceRelocation> {
+        self.relocations.values().find_map(|e| match e {
+            Entry::Source(m) if !m.is_done() && m.record().service.service_id == service_id => {
+                Some(&**m)
+            }
+            _ => None,
+        })
+    }
+}
+
+/// Counts of what the negotiator did with notifications (for `/metrics`).
+#[derive(Debug, Default)]
+struct Counters {
+    /// Notifications that found no service to relocate.
+    skipped: AtomicU64,
+    /// Notifications queued behind a running relocation of their UE (new hints).
+    queued: AtomicU64,
+    /// Notifications folded into a UE's queued hint.
+    coalesced: AtomicU64,
+    /// Cancellations applied to relocations that had not reached EXECUTE.
+    cancelled: AtomicU64,
+    /// Hints taken after a relocation ended and re-evaluated against the LR.
+    reevaluated: AtomicU64,
+    /// Reconciler rounds, corrections by action, errors by what failed.
+    reconciler_runs: AtomicU64,
+    reconciler: Mutex<ReconcilerTally>,
+}
+
+/// What the reconciler corrected, and what it could not observe or correct.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReconcilerTally {
+    /// By [`Correction::action`].
+    pub corrections: BTreeMap<&'static str, u64>,
+    /// By what failed: `switch` (reading the flows), `module` (GetServices), `lr`, `apply` (a
+    /// correction's flows).
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// What the negotiator did with notifications so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotificationCounts {
+    pub skipped: u64,
+    pub queued: u64,
+    pub coalesced: u64,
+    pub cancelled: u64,
+    pub reevaluated: u64,
+}
+
+struct Inner<R, F> {
     local: Local,
     peers: Vec<PeerInfo>,
+    /// The reconciler's patience.
+    policy: Policy,
+    /// Where callback URIs may point.
+    callbacks: CallbackNetworks,
     capacity: ResourceRequirements,
     timeouts: Timeouts,
-    backends: B,
+    remote: R,
     flows: F,
     store: Store,
     clock: Clock,
@@ -140,7 +236,7 @@ struct Inner<B, F> {
     /// Target relocations are answered one message at a time each; this serialises them.
     target_lock: tokio::sync::Mutex<()>,
     next_id: AtomicU64,
-    skipped: AtomicU64,
+    counters: Counters,
     /// Source relocation tasks spawned and not yet ended (see [`Negotiator::idle`]).
     tasks: Arc<AtomicUsize>,
 }
@@ -162,11 +258,11 @@ impl Drop for TaskGuard {
 }
 
 /// The handover negotiator. Cheap to clone (shared state).
-pub struct Negotiator<B, F> {
-    inner: Arc<Inner<B, F>>,
+pub struct Negotiator<R, F> {
+    inner: Arc<Inner<R, F>>,
 }
 
-impl<B, F> Clone for Negotiator<B, F> {
+impl<R, F> Clone for Negotiator<R, F> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -174,7 +270,7 @@ impl<B, F> Clone for Negotiator<B, F> {
     }
 }
 
-impl<B, F> std::fmt::Debug for Negotiator<B, F> {
+impl<R, F> std::fmt::Debug for Negotiator<R, F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Negotiator")
             .field("smo_id", &self.inner.local.smo_id)
@@ -186,12 +282,12 @@ fn ms(v: u64) -> Duration {
     Duration::from_millis(v)
 }
 
-impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
+impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
     /// A negotiator for `config`, loading registrations, services and relocations from `store`.
     /// Call [`Negotiator::resume`] once the runtime runs to finish interrupted relocations.
     pub fn new(
         config: &SmoConfig,
-        backends: B,
+        remote: R,
         flows: F,
         store: Store,
         clock: Clock,
@@ -241,16 +337,18 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     ports: config.ports.clone(),
                 },
                 peers: config.peers.clone(),
+                policy: config.reconcile.policy(),
+                callbacks: config.callbacks(),
                 capacity: config.capacity,
                 timeouts: config.timeouts,
-                backends,
+                remote,
                 flows,
                 store,
                 clock,
                 db: Mutex::new(db),
                 target_lock: tokio::sync::Mutex::new(()),
                 next_id: AtomicU64::new(max_seq + 1),
-                skipped: AtomicU64::new(0),
+                counters: Counters::default(),
                 tasks: Arc::new(AtomicUsize::new(0)),
             }),
         })
@@ -262,6 +360,11 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             .db
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Where callback URIs may point (the API checks a peer message's `notifUri` against it).
+    pub fn callbacks(&self) -> &CallbackNetworks {
+        &self.inner.callbacks
     }
 
     /// This SMO's id.
@@ -298,9 +401,11 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
 
     // ----- 5GC network interface -----
 
-    /// A notification forwarded by the event signalling module. Starts a source relocation for
-    /// every `UP_PATH_CH` event that moves a UE away from this SMO's DNAI; returns their ids
-    /// (the relocations run in the background).
+    /// A notification the event signalling module checked. For every `UP_PATH_CH` event: when a
+    /// relocation of its UE runs here (as source or target), the event is queued and coalesced
+    /// ([`Hints`]) — and a source relocation that has not reached EXECUTE and goes elsewhere is
+    /// cancelled; when the UE left this SMO's DNAI, a source relocation starts. Returns the ids of
+    /// the relocations started (they run in the background).
     pub fn on_notification(&self, n: &NsmfEventExposureNotification) -> Vec<String> {
         let notified_us = self.inner.clock.now_us();
         let notified_unix_us = model::ran::unix_now_us();
@@ -312,12 +417,20 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             let (Some(src), Some(dst)) = (&ev.source_dnai, &ev.target_dnai) else {
                 continue;
             };
-            if src != &self.inner.local.dnai || dst == src {
-                continue;
-            }
             let Some(ue) = ev.source_ue_ipv4_addr.or(ev.target_ue_ipv4_addr) else {
                 continue;
             };
+            {
+                let mut db = self.db();
+                if db.busy(ue) {
+                    self.queue(&mut db, ue, ev, notified_us);
+                    continue;
+                }
+                if src != &self.inner.local.dnai || dst == src {
+                    continue;
+                }
+                db.starting.insert(ue);
+            }
             let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let id = format!("{}-{seq}", self.inner.local.smo_id);
             ids.push(id.clone());
@@ -326,59 +439,186 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             let task = TaskGuard::new(&self.inner.tasks);
             tokio::spawn(async move {
                 let _task = task;
-                this.run_source(id, ev, ue, notified_us, notified_unix_us)
-                    .await;
+                let start = Trigger {
+                    control: RelocationControl::default(),
+                    notified_us,
+                    notified_unix_us,
+                };
+                this.run_source(id, ev, ue, start).await;
             });
         }
         ids
     }
 
-    async fn run_source(
-        &self,
-        id: String,
-        ev: EventNotification,
-        ue: Ipv4Addr,
-        notified_us: u64,
-        notified_unix_us: u64,
-    ) {
-        let Some((module, service)) = self.find_serving_service(ue).await else {
-            self.inner.skipped.fetch_add(1, Ordering::Relaxed);
-            tracing::info!(%ue, "no registered service serves this UE: nothing to relocate");
-            return;
+    /// Queues `ev` for `ue`, whose relocation runs here; asks a source relocation that has not
+    /// reached EXECUTE and moves the UE elsewhere than `ev` says to cancel.
+    fn queue(&self, db: &mut Db, ue: Ipv4Addr, ev: &EventNotification, now_us: u64) {
+        let c = &self.inner.counters;
+        let count = match db.hints.push(ue, ev.clone(), now_us) {
+            Queued::New => {
+                c.queued.fetch_add(1, Ordering::Relaxed);
+                1
+            }
+            Queued::Coalesced(n) => {
+                c.coalesced.fetch_add(1, Ordering::Relaxed);
+                n
+            }
         };
-        if self.relocating(&service.service_id) {
-            tracing::warn!(service = %service.service_id, "already being relocated: ignoring");
-            return;
+        let cancel = db.relocations.values().find_map(|e| match e {
+            Entry::Source(m)
+                if m.can_cancel()
+                    && m.record().ue_ipv4_addr == ue
+                    && ev.target_dnai.as_ref() != Some(&m.record().target_dnai) =>
+            {
+                Some(m.record().relocation_id.clone())
+            }
+            _ => None,
+        });
+        let to = ev.target_dnai.clone().unwrap_or_else(|| Dnai::new(""));
+        if let Some(id) = &cancel {
+            db.cancels.insert(
+                id.clone(),
+                format!("cancelled before EXECUTE: UE {ue} moved on to {to}"),
+            );
         }
-        let target_dnai = ev.target_dnai.clone().unwrap_or_else(|| "".into());
-        let start = SourceStart {
-            relocation_id: id,
-            local: self.inner.local.clone(),
-            candidates: candidates_for(&self.inner.peers, &target_dnai),
-            notification: ev,
-            ue,
-            target_dnai,
-            module,
-            service,
-            notified_us,
-            notified_unix_us,
-        };
-        let (m, cmds) = SourceRelocation::start(self.inner.clock.now_us(), start);
-        {
-            let mut db = self.db();
-            let id = m.record().relocation_id.clone();
-            db.order.push(id.clone());
-            db.relocations
-                .insert(id, Entry::Source(Box::new(m.clone())));
-        }
-        self.drive(m, cmds).await;
+        tracing::info!(%ue, to = %to, queued = count, cancel = ?cancel, "notification queued behind a running relocation of the UE");
     }
 
-    fn relocating(&self, service_id: &str) -> bool {
-        self.db().relocations.values().any(|e| match e {
-            Entry::Source(m) => !m.is_done() && m.record().service.service_id == service_id,
-            Entry::Target(_) => false,
-        })
+    /// Looks up the service serving `ue` and relocates it towards `ev.targetDnai`; a service
+    /// already being relocated gets the event queued instead.
+    async fn run_source(&self, id: String, ev: EventNotification, ue: Ipv4Addr, start: Trigger) {
+        let found = self.find_serving_service(ue).await;
+        let Some((module, service)) = found else {
+            self.db().starting.remove(&ue);
+            if start.control.trigger == RelocationTrigger::Notification {
+                self.inner.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::info!(%ue, trigger = ?start.control.trigger, "no registered service serves this UE: nothing to relocate");
+            self.after_relocation();
+            return;
+        };
+        let target_dnai = ev.target_dnai.clone().unwrap_or_else(|| "".into());
+        let begun = {
+            let mut db = self.db();
+            db.starting.remove(&ue);
+            if db.running_source_of(&service.service_id).is_some() {
+                // Another UE of the same service started its relocation first.
+                self.queue(&mut db, ue, &ev, start.notified_us);
+                None
+            } else {
+                let (m, cmds) = SourceRelocation::start(
+                    self.inner.clock.now_us(),
+                    SourceStart {
+                        relocation_id: id.clone(),
+                        local: self.inner.local.clone(),
+                        candidates: candidates_for(&self.inner.peers, &target_dnai),
+                        notification: ev,
+                        ue,
+                        target_dnai,
+                        module,
+                        service,
+                        notified_us: start.notified_us,
+                        notified_unix_us: start.notified_unix_us,
+                        control: start.control,
+                    },
+                );
+                db.order.push(id.clone());
+                db.relocations
+                    .insert(id, Entry::Source(Box::new(m.clone())));
+                Some((m, cmds))
+            }
+        };
+        if let Some((m, cmds)) = begun {
+            self.drive(m, cmds).await;
+        }
+    }
+
+    /// Notes that a relocation of `service_id` ended now: for a source one (`source`), whether it
+    /// failed in a row with earlier ones.
+    fn ended(&self, service_id: &str, source: Option<&RelocationRecord>) {
+        let now = self.inner.clock.now_us();
+        let mut db = self.db();
+        let e = db.ended.entry(service_id.to_owned()).or_default();
+        e.at_us = now;
+        if let Some(r) = source {
+            match r.state {
+                RelocationState::Completed => e.failures = 0,
+                RelocationState::Failed if !r.control.cancelled => e.failures += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// A relocation ended here (or never began): every queued hint whose UE has nothing running
+    /// here any more is re-evaluated in the background.
+    fn after_relocation(&self) {
+        let ready: Vec<(Ipv4Addr, Hint)> = {
+            let mut db = self.db();
+            let ues: Vec<Ipv4Addr> = db.hints.ues().filter(|ue| !db.busy(*ue)).collect();
+            ues.into_iter()
+                .filter_map(|ue| db.hints.take(ue).map(|h| (ue, h)))
+                .collect()
+        };
+        for (ue, hint) in ready {
+            self.inner
+                .counters
+                .reevaluated
+                .fetch_add(1, Ordering::Relaxed);
+            let this = self.clone();
+            let task = TaskGuard::new(&self.inner.tasks);
+            tokio::spawn(async move {
+                let _task = task;
+                this.reevaluate(ue, hint).await;
+            });
+        }
+    }
+
+    /// A queued hint, re-evaluated: where does the LR say the UE is now (the latest notification
+    /// when the LR cannot tell)? When that is another edge and a module here serves the UE, the
+    /// service follows it (a relocation with trigger `REQUEUED`).
+    async fn reevaluate(&self, ue: Ipv4Addr, hint: Hint) {
+        let local = self.inner.local.dnai.clone();
+        let limit = ms(self.inner.timeouts.module_ms);
+        let asked = tokio::time::timeout(limit, self.inner.remote.ue_location(ue)).await;
+        let (at, source) = match asked {
+            Ok(Ok(Some(dnai))) => (Some(dnai), "the LR"),
+            Ok(Ok(None)) => (hint.latest.target_dnai.clone(), "the latest notification"),
+            Ok(Err(e)) => {
+                tracing::warn!(%ue, error = %e, "LR lookup failed: going by the latest notification");
+                (hint.latest.target_dnai.clone(), "the latest notification")
+            }
+            Err(_) => {
+                tracing::warn!(%ue, "LR lookup timed out: going by the latest notification");
+                (hint.latest.target_dnai.clone(), "the latest notification")
+            }
+        };
+        let Some(at) = at.filter(|d| d != &local) else {
+            tracing::info!(%ue, coalesced = hint.count, by = source, "re-evaluated: the UE is at this edge's site, nothing to move from here");
+            return;
+        };
+        tracing::info!(%ue, at = %at, coalesced = hint.count, by = source, "re-evaluated: relocating what serves the UE here, if anything");
+        {
+            let mut db = self.db();
+            if db.busy(ue) {
+                // Something started meanwhile: keep the hint for when it ends.
+                db.hints.push(ue, hint.latest, hint.first_us);
+                return;
+            }
+            db.starting.insert(ue);
+        }
+        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{seq}", self.inner.local.smo_id);
+        let ev = up_path_event(Some(&hint.latest), ue, &local, &at);
+        let start = Trigger {
+            control: RelocationControl {
+                trigger: RelocationTrigger::Requeued,
+                coalesced: hint.count,
+                ..RelocationControl::default()
+            },
+            notified_us: self.inner.clock.now_us(),
+            notified_unix_us: model::ran::unix_now_us(),
+        };
+        self.run_source(id, ev, ue, start).await;
     }
 
     /// Asks every registered module (at once) for the service serving `ue`.
@@ -386,7 +626,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
         let modules: Vec<ServiceModule> = self.db().modules.values().cloned().collect();
         let limit = ms(self.inner.timeouts.module_ms);
         let asks = modules.into_iter().map(|m| async move {
-            match tokio::time::timeout(limit, self.inner.backends.served_service(&m, ue)).await {
+            match tokio::time::timeout(limit, self.inner.remote.served_service(&m, ue)).await {
                 Ok(Ok(Some(s))) => Some((m, s)),
                 Ok(Ok(None)) => None,
                 Ok(Err(e)) => {
@@ -414,28 +654,19 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     SourceCommand::CallPeer { peer, message } => {
                         let r = tokio::time::timeout(
                             ms(t.peer_ms),
-                            self.inner.backends.call_peer(&peer, &message),
+                            self.inner.remote.call_peer(&peer, &message),
                         )
                         .await
                         .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.peer_ms)));
                         event = Some(SourceEvent::Peer(r));
                     }
                     SourceCommand::ApplyFlows(set) => {
-                        let r = self
-                            .inner
-                            .flows
-                            .apply(&set)
-                            .await
-                            .map_err(|e| e.to_string());
-                        if let Ok(rep) = &r {
-                            tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
-                        }
-                        event = Some(SourceEvent::Flows(r));
+                        event = Some(SourceEvent::Flows(self.apply_flows(&set).await));
                     }
                     SourceCommand::Execute { module, request } => {
                         let r = tokio::time::timeout(
                             ms(t.execute_ms),
-                            self.inner.backends.execute(&module, &request),
+                            self.inner.remote.execute(&module, &request),
                         )
                         .await
                         .unwrap_or_else(|_| {
@@ -449,7 +680,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                     SourceCommand::CheckServiceLocal { module, service_id } => {
                         let r = tokio::time::timeout(
                             ms(t.module_ms),
-                            self.inner.backends.services(&module),
+                            self.inner.remote.services(&module),
                         )
                         .await
                         .unwrap_or_else(|_| Err(format!("no answer within {} ms", t.module_ms)))
@@ -462,11 +693,37 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
                             tracing::error!("{e}");
                         }
                     }
+                    SourceCommand::Wait {
+                        ms: pause,
+                        phase,
+                        why,
+                    } => {
+                        tracing::info!(
+                            relocation = %m.record().relocation_id,
+                            phase = %phase,
+                            retry_in_ms = pause,
+                            redrives = m.record().control.redrives,
+                            "{why}: sending it again"
+                        );
+                        tokio::time::sleep(ms(pause)).await;
+                        event = Some(SourceEvent::Waited);
+                    }
                     SourceCommand::Done => {}
                 }
             }
             if let Some(ev) = event {
                 cmds = m.handle(self.inner.clock.now_us(), ev);
+            }
+            let cancel = self.db().cancels.remove(&m.record().relocation_id);
+            if let Some(cause) = cancel {
+                if m.can_cancel() {
+                    tracing::info!(relocation = %m.record().relocation_id, %cause, "relocation cancelled");
+                    self.inner
+                        .counters
+                        .cancelled
+                        .fetch_add(1, Ordering::Relaxed);
+                    cmds = m.cancel(self.inner.clock.now_us(), cause);
+                }
             }
             self.save_source(&m);
         }
@@ -478,6 +735,17 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             cause = ?r.cause,
             "relocation ended"
         );
+        self.ended(&r.service.service_id, Some(r));
+        self.after_relocation();
+    }
+
+    /// Applies a relocation's flow set on this edge's switch, logging what it cost.
+    async fn apply_flows(&self, set: &FlowSet) -> Result<FlowReport, String> {
+        let r = self.inner.flows.apply(set).await.map_err(|e| e.to_string());
+        if let Ok(rep) = &r {
+            tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
+        }
+        r
     }
 
     fn save_source(&self, m: &SourceRelocation) {
@@ -556,6 +824,10 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
         };
         let answer = self.target_step(&mut m, step).await;
         self.save_target(&m);
+        if m.is_done() {
+            self.ended(&m.record().service.service_id, None);
+            self.after_relocation();
+        }
         answer
     }
 
@@ -570,15 +842,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
             TargetStep::Answer(a) => a,
             TargetStep::Apply(set) => {
                 self.save_target(m);
-                let r = self
-                    .inner
-                    .flows
-                    .apply(&set)
-                    .await
-                    .map_err(|e| e.to_string());
-                if let Ok(rep) = &r {
-                    tracing::info!(label = %set.label, took_us = rep.took.as_micros(), "flows applied");
-                }
+                let r = self.apply_flows(&set).await;
                 let (a, effects) = m.on_flows(self.inner.clock.now_us(), r);
                 for e in effects {
                     match e {
@@ -645,15 +909,26 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
 
     // ----- service-mobility API (service modules) -----
 
-    /// Registers a module; its id.
+    /// Registers a module; its id. A module that registers again with the same `notifAddress`
+    /// (it was killed and came back without de-registering) gets its old id and its new
+    /// registration: one module, not a live one and a dead one.
     pub fn register(
         &self,
         reg: ServiceModuleRegistration,
     ) -> Result<ServiceModule, NegotiatorError> {
-        check_registration(&reg)?;
-        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        check_registration(&reg, &self.inner.callbacks)?;
+        let known = self
+            .db()
+            .modules
+            .values()
+            .find(|m| m.registration.notif_address == reg.notif_address)
+            .map(|m| m.module_id.clone());
+        let module_id = known.unwrap_or_else(|| {
+            let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+            format!("module-{seq}")
+        });
         let m = ServiceModule {
-            module_id: format!("module-{seq}"),
+            module_id,
             registration: reg,
         };
         self.inner.store.put_module(&m)?;
@@ -667,7 +942,7 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
         id: &str,
         reg: ServiceModuleRegistration,
     ) -> Result<ServiceModule, NegotiatorError> {
-        check_registration(&reg)?;
+        check_registration(&reg, &self.inner.callbacks)?;
         if !self.db().modules.contains_key(id) {
             return Err(NegotiatorError::NoModule(id.into()));
         }
@@ -736,7 +1011,35 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
 
     /// Notifications that found no service to relocate.
     pub fn skipped(&self) -> u64 {
-        self.inner.skipped.load(Ordering::Relaxed)
+        self.inner.counters.skipped.load(Ordering::Relaxed)
+    }
+
+    /// What became of the notifications so far.
+    pub fn notification_counts(&self) -> NotificationCounts {
+        let c = &self.inner.counters;
+        NotificationCounts {
+            skipped: c.skipped.load(Ordering::Relaxed),
+            queued: c.queued.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            cancelled: c.cancelled.load(Ordering::Relaxed),
+            reevaluated: c.reevaluated.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Reconciler rounds so far, and what they corrected or could not.
+    pub fn reconciler_counts(&self) -> (u64, ReconcilerTally) {
+        let c = &self.inner.counters;
+        let tally = c
+            .reconciler
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        (c.reconciler_runs.load(Ordering::Relaxed), tally)
+    }
+
+    /// UEs with a notification queued behind a running relocation.
+    pub fn queued_hints(&self) -> usize {
+        self.db().hints.len()
     }
 
     /// Waits until no source relocation is running (tests, shutdown), including those whose
@@ -755,6 +1058,43 @@ impl<B: Backends, F: FlowProgrammer> Negotiator<B, F> {
     }
 }
 
+/// When and how a source relocation starts.
+#[derive(Debug, Clone, Copy)]
+struct Trigger {
+    control: RelocationControl,
+    /// When its notification (or re-evaluation) came: the driver's clock and the wall clock, µs.
+    notified_us: u64,
+    notified_unix_us: u64,
+}
+
+/// An `UP_PATH_CH` event moving `ue` from `from` to `to`, for a relocation the SMO starts itself
+/// (a re-evaluation, the reconciler): `base`'s other fields (the SMF's latest notification for
+/// the UE), or a fresh LATE event stamped now.
+pub fn up_path_event(
+    base: Option<&EventNotification>,
+    ue: Ipv4Addr,
+    from: &Dnai,
+    to: &Dnai,
+) -> EventNotification {
+    let mut ev = base.cloned().unwrap_or_else(|| {
+        let now = model::ran::unix_now_us();
+        let at = model::common::DateTime::from_unix(
+            i64::try_from(now / 1_000_000).unwrap_or(i64::MAX),
+            u32::try_from(now % 1_000_000).unwrap_or(0) * 1_000,
+        )
+        .unwrap_or_else(|| {
+            model::common::DateTime::from_unix(0, 0).unwrap_or_else(|| unreachable!("epoch"))
+        });
+        let mut ev = EventNotification::new(SmfEvent::UpPathCh, at);
+        ev.dnai_chg_type = Some(model::common::DnaiChangeType::Late);
+        ev
+    });
+    ev.source_dnai = Some(from.clone());
+    ev.target_dnai = Some(to.clone());
+    ev.source_ue_ipv4_addr = Some(ue);
+    ev
+}
+
 fn refuse(msg: &PeerRelocationMessage, cause: &str) -> PeerRelocationAnswer {
     PeerRelocationAnswer {
         relocation_id: msg.relocation_id.clone(),
@@ -767,23 +1107,24 @@ fn refuse(msg: &PeerRelocationMessage, cause: &str) -> PeerRelocationAnswer {
     }
 }
 
-fn check_registration(reg: &ServiceModuleRegistration) -> Result<(), NegotiatorError> {
-    for (name, uri) in [
+/// A registration's callbacks point into the deployment's networks, its address is usable.
+fn check_registration(
+    reg: &ServiceModuleRegistration,
+    callbacks: &CallbackNetworks,
+) -> Result<(), NegotiatorError> {
+    for (field, uri) in [
         ("getServiceNotifUri", &reg.get_service_notif_uri),
         ("servedServiceNotifUri", &reg.served_service_notif_uri),
         ("executeNotifUri", &reg.execute_notif_uri),
     ] {
-        if !(uri.starts_with("http://") || uri.starts_with("https://")) || uri.len() < 10 {
-            return Err(NegotiatorError::Invalid(format!(
-                "{name} must be an http:// or https:// URI, got `{uri}`"
-            )));
-        }
+        callbacks.check(field, uri)?;
     }
     if reg.notif_address.ip().is_unspecified() || reg.notif_address.port() == 0 {
-        return Err(NegotiatorError::Invalid(format!(
-            "notifAddress must be a reachable ip:port, got `{}`",
-            reg.notif_address
-        )));
+        return Err(BadCallback {
+            field: "notifAddress",
+            reason: format!("must be a reachable ip:port, got `{}`", reg.notif_address),
+        }
+        .into());
     }
     Ok(())
 }
