@@ -1,6 +1,7 @@
 //! The testbed: topology specifications and planning, bring-up and tear-down of the two-site (or
 //! larger) 5G edge deployment in network namespaces, status, and the environment doctor.
 
+pub mod chaos;
 pub mod doctor;
 pub mod experiment;
 pub mod fake_module;

@@ -199,6 +199,17 @@ enum ExperimentCommand {
         #[arg(long)]
         retry_failed: bool,
     },
+    /// Print the seeded schedule a `[chaos]` scenario's run plays (the same for every machine).
+    Schedule {
+        /// The scenario file (TOML with a [chaos] table).
+        scenario: PathBuf,
+        /// The run (its seed is the scenario's seed + run − 1).
+        #[arg(long, default_value_t = 1)]
+        run: u32,
+        /// Print the events as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A closed pipe ends the CLI quietly (`testbed status | head`), as it ends `ls`: Rust ignores
@@ -508,6 +519,44 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             if s.failed > 0 {
                 return Ok(ExitCode::from(2));
+            }
+        }
+        Command::Experiment {
+            command:
+                ExperimentCommand::Schedule {
+                    scenario,
+                    run,
+                    json,
+                },
+        } => {
+            let (sc, topo) = testbed::experiment::load(&scenario)?;
+            let Some(chaos) = &sc.chaos else {
+                bail!("{} has no [chaos] table", scenario.display());
+            };
+            let sites: Vec<String> = topo
+                .sites
+                .iter()
+                .map(|s| format!("site-{}", s.name))
+                .collect();
+            let seed = chaos.run_seed(run.max(1));
+            let events = testbed::chaos::schedule(
+                chaos,
+                seed,
+                &sites,
+                sites.first().map_or("", String::as_str),
+            );
+            if json {
+                println!("{}", serde_json::to_string_pretty(&events)?);
+            } else {
+                println!(
+                    "{} run {run}: seed {seed}, {} events",
+                    sc.scenario.name,
+                    events.len()
+                );
+                println!("  {:>4}  {:>9}  action", "#", "at ms");
+                for e in &events {
+                    println!("  {:>4}  {:>9}  {}", e.seq, e.at_ms, e.action);
+                }
             }
         }
         Command::Report { dir } => {

@@ -155,6 +155,121 @@ pub struct RunResult {
     /// Peak resident memory (`VmHWM`, kB) of each testbed process by name, read at the run's end.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub peak_rss_kb: BTreeMap<String, u64>,
+    /// Each `[[timeline]]` kill of the run, in order: what, when, the PID, or why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kills: Vec<KillResult>,
+    /// A chaos run's schedule as it ran and its verdict (scenarios with `[chaos]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<ChaosRun>,
+}
+
+/// One chaos run: its seed, the events as they ran, the stream's report and the verdict. The
+/// observer's samples are in `runs/NNN-samples.json` (the evidence behind the verdict). Times
+/// are ms on the run's clock, whose zero is `clock_unix_us`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChaosRun {
+    /// The run's seed (the scenario's `seed + run − 1`).
+    pub seed: u64,
+    /// The scenario's UE member that handed over, and the service the observer watched.
+    pub ue: String,
+    pub service_id: String,
+    /// The bound and the sample period the run was judged with.
+    pub bound_ms: f64,
+    pub sample_ms: u64,
+    /// µs since the epoch at the run clock's zero.
+    pub clock_unix_us: u64,
+    /// When the schedule began (the testbed was converged then), ms.
+    pub start_ms: f64,
+    /// Each event as it ran.
+    pub events: Vec<ChaosEventResult>,
+    pub verdict: crate::chaos::ChaosVerdict,
+    /// The UE's reconnecting stream's own report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<crate::probe::StreamReport>,
+    /// Why there is no stream report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_error: Option<String>,
+    /// The samples' file under `runs/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_file: Option<String>,
+}
+
+/// One chaos event as it ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChaosEventResult {
+    pub seq: u32,
+    pub action: crate::chaos::ChaosAction,
+    /// When it was due, when its action began and ended, ms on the run's clock.
+    pub due_ms: f64,
+    pub started_ms: f64,
+    pub done_ms: f64,
+    /// A kill: what was killed (PID, node) or why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill: Option<KillResult>,
+    /// Why the action did not happen or failed (a handover refused; "skipped": the UE was at
+    /// the target already, an earlier handover having failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ChaosEventResult {
+    /// The times the judge needs.
+    pub fn times(&self) -> crate::chaos::judge::EventTimes {
+        crate::chaos::judge::EventTimes {
+            seq: self.seq,
+            started_ms: self.started_ms,
+            done_ms: self.done_ms,
+        }
+    }
+}
+
+/// One kill (a `[[timeline]]` kill or a chaos event): what was killed, when, its PID, the phase
+/// it waited for, or why it could not kill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KillResult {
+    /// The network function, as `testbed status` names it.
+    pub process: String,
+    /// The node it ran on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Seconds after the run started, as planned (`[[timeline]]` kills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_s: Option<f64>,
+    /// The relocation phase it waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RelocationPhase>,
+    /// How long into that phase it was to kill, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
+    /// The relocation whose source record was seen in `phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relocation_id: Option<String>,
+    /// µs since the Unix epoch, when the runner first saw that record in `phase`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_seen_unix_us: Option<u64>,
+    /// µs since the Unix epoch, when the phase began by the SMO's stopwatch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started_unix_us: Option<u64>,
+    /// µs since the Unix epoch, when SIGKILL was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed_unix_us: Option<u64>,
+    /// The PID killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Why it did not kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl KillResult {
+    /// How far into the phase it waited for the kill landed, by the SMO's stopwatch, ms.
+    pub fn into_phase_ms(&self) -> Option<f64> {
+        let (kill, start) = (self.killed_unix_us?, self.phase_started_unix_us?);
+        Some((kill as f64 - start as f64) / 1e3)
+    }
 }
 
 impl RunResult {
@@ -172,6 +287,8 @@ impl RunResult {
             captures: Vec::new(),
             notes: Vec::new(),
             peak_rss_kb: BTreeMap::new(),
+            kills: Vec::new(),
+            chaos: None,
         }
     }
 }
@@ -926,6 +1043,8 @@ pub(crate) mod tests {
             captures: vec![],
             notes: vec![],
             peak_rss_kb: [("smo-x".to_owned(), 9000 + u64::from(run))].into(),
+            kills: vec![],
+            chaos: None,
         }
     }
 

@@ -52,6 +52,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use model::smo::RelocationPhase;
+
 use crate::spec::{SpecError, TopologySpec, MAX_UES};
 
 /// Most runs one experiment may ask for.
@@ -79,6 +81,84 @@ pub struct Scenario {
     /// The events of a run (`[[timeline]]`).
     #[serde(default)]
     pub timeline: Vec<TimelineEvent>,
+    /// `[chaos]`: each run is a seeded random schedule of handovers and kills instead of
+    /// `[[traffic]]` and `[[timeline]]` ([`crate::chaos`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chaos: Option<ChaosSpec>,
+}
+
+/// The `[chaos]` table: a run of the scenario is a seeded random schedule of ping-pong
+/// handovers of one UE and kills of network functions, watched by an observer that judges
+/// every event ([`crate::chaos`]). Defaults in the field docs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChaosSpec {
+    /// The seed of run 1; run *k* uses `seed + k − 1` (default 1).
+    #[serde(default = "chaos_default_seed")]
+    pub seed: u64,
+    /// Events per run (1..=[`MAX_CHAOS_EVENTS`]).
+    pub events: u32,
+    /// The time from one event to the next, ms, drawn uniformly from `[min, max]` (default
+    /// `[50, 3000]`).
+    #[serde(default = "chaos_default_interval")]
+    pub interval_ms: [u64; 2],
+    /// The UE that hands over (a UE or group member; default the first UE). Exactly one
+    /// service serves it, a `streamer` or `ballast`: the observer streams from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ue: Option<String>,
+    /// The network functions a kill picks from, uniformly (default none: handovers only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kill: Vec<String>,
+    /// The share of the events that are kills, 0..=1 (default 0.25 when `kill` names
+    /// processes): exactly `round(events × kill_share)` of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kill_share: Option<f64>,
+    /// The bound, seconds (default 5): an event must converge within it unless the next event
+    /// comes first, and the UE's stream may never be silent longer.
+    #[serde(default = "chaos_default_bound")]
+    pub bound_s: f64,
+    /// How often the observer samples the truth, ms (20..=1000, default 100).
+    #[serde(default = "chaos_default_sample")]
+    pub sample_ms: u64,
+}
+
+fn chaos_default_seed() -> u64 {
+    1
+}
+fn chaos_default_interval() -> [u64; 2] {
+    [50, 3000]
+}
+fn chaos_default_bound() -> f64 {
+    5.0
+}
+fn chaos_default_sample() -> u64 {
+    100
+}
+
+/// Most events a chaos run may have.
+pub const MAX_CHAOS_EVENTS: u32 = 10_000;
+/// The share of kills when `kill` names processes and `kill_share` is not given.
+pub const DEFAULT_KILL_SHARE: f64 = 0.25;
+
+impl ChaosSpec {
+    /// The share of kills: as given, else [`DEFAULT_KILL_SHARE`] when `kill` names processes.
+    pub fn kill_share(&self) -> f64 {
+        match (self.kill_share, self.kill.is_empty()) {
+            (Some(s), _) => s,
+            (None, true) => 0.0,
+            (None, false) => DEFAULT_KILL_SHARE,
+        }
+    }
+
+    /// The seed of run `run` (from 1): `seed + run − 1`.
+    pub fn run_seed(&self, run: u32) -> u64 {
+        self.seed.wrapping_add(u64::from(run.saturating_sub(1)))
+    }
+
+    /// The bound in ms.
+    pub fn bound_ms(&self) -> f64 {
+        self.bound_s * 1e3
+    }
 }
 
 /// The `[scenario]` table.
@@ -251,17 +331,31 @@ pub struct TrafficParams {
     pub reverse: Option<bool>,
 }
 
-/// A `[[timeline]]` event.
+/// A `[[timeline]]` event. Which keys it takes depends on its `action` (checked by
+/// [`Scenario::validate`]); read a validated one through [`TimelineEvent::step`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineEvent {
     /// Seconds after the run started.
     pub at_s: f64,
     pub action: Action,
-    /// The UE, or a group whose members all hand over at once.
-    pub ue: String,
-    /// The site to hand over to, as the topology names its node: `site-<site>`.
-    pub to: String,
+    /// `handover`: the UE, or a group whose members all hand over at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ue: Option<String>,
+    /// `handover`: the site to hand over to, as the topology names its node: `site-<site>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `kill`: the network function, as `testbed status` names it (`smo-y`, `svcmod-x`, `smf`,
+    /// `upf-a`, …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<String>,
+    /// `kill`: from `at_s`, wait until a relocation's source record (any SMO, begun during the
+    /// run) is in this phase, then kill.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RelocationPhase>,
+    /// `kill` with `phase`: how long into the phase (ms after the runner saw it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_ms: Option<u64>,
 }
 
 /// What a timeline event does.
@@ -270,6 +364,70 @@ pub struct TimelineEvent {
 pub enum Action {
     /// Xn handover with UPF relocation (`testbed handover`).
     Handover,
+    /// SIGKILL to one of the testbed's network functions (`testbed kill`); the supervisor starts
+    /// it again.
+    Kill,
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Handover => "handover",
+            Self::Kill => "kill",
+        })
+    }
+}
+
+/// What a (validated) timeline event does, with the keys its action takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step<'a> {
+    Handover { ue: &'a str, to: &'a str },
+    Kill(Kill<'a>),
+}
+
+/// A scripted kill: which process, and optionally when relative to a relocation phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill<'a> {
+    pub process: &'a str,
+    pub phase: Option<RelocationPhase>,
+    /// ms into `phase` (0 without a phase).
+    pub after_ms: u64,
+}
+
+/// The longest `after_ms` of a kill.
+pub const MAX_AFTER_MS: u64 = 60_000;
+
+impl TimelineEvent {
+    /// The event's action with its keys (empty strings where a key is missing: validate first).
+    pub fn step(&self) -> Step<'_> {
+        fn s(o: &Option<String>) -> &str {
+            o.as_deref().unwrap_or_default()
+        }
+        match self.action {
+            Action::Handover => Step::Handover {
+                ue: s(&self.ue),
+                to: s(&self.to),
+            },
+            Action::Kill => Step::Kill(Kill {
+                process: s(&self.process),
+                phase: self.phase,
+                after_ms: self.after_ms.unwrap_or(0),
+            }),
+        }
+    }
+
+    /// `handover of ue1 at 30 s`, `kill of smo-y at 12 s` (for messages).
+    fn describe(&self) -> String {
+        let of = match self.step() {
+            Step::Handover { ue, .. } => ue,
+            Step::Kill(k) => k.process,
+        };
+        if of.is_empty() {
+            format!("{} at {} s", self.action, self.at_s)
+        } else {
+            format!("{} of {of} at {} s", self.action, self.at_s)
+        }
+    }
 }
 
 /// Why a scenario was refused.
@@ -406,8 +564,126 @@ impl Scenario {
         }
         self.validate_ues()?;
         self.validate_services()?;
+        if self.chaos.is_some() {
+            return self.validate_chaos();
+        }
         self.validate_traffic()?;
         self.validate_timeline()
+    }
+
+    /// The UE a chaos run hands over (`[chaos] ue`, default the first UE member).
+    pub fn chaos_ue(&self) -> Option<String> {
+        let c = self.chaos.as_ref()?;
+        match &c.ue {
+            Some(u) => Some(u.clone()),
+            None => self.ue_members().into_iter().next(),
+        }
+    }
+
+    /// The services that serve UE member `member`.
+    pub fn services_serving(&self, member: &str) -> Vec<&ServiceSpec> {
+        self.services
+            .iter()
+            .filter(|s| {
+                s.serves
+                    .iter()
+                    .any(|u| self.resolve_ue(u).iter().any(|x| x == member))
+            })
+            .collect()
+    }
+
+    fn validate_chaos(&self) -> Result<(), ScenarioError> {
+        let Some(c) = &self.chaos else { return Ok(()) };
+        if !self.traffic.is_empty() {
+            return invalid(
+                "[[traffic]] with [chaos]: a chaos run's traffic is the observer's own stream from the UE's service".into(),
+            );
+        }
+        if !self.timeline.is_empty() {
+            return invalid(
+                "[[timeline]] with [chaos]: a chaos run's events are generated from chaos.seed"
+                    .into(),
+            );
+        }
+        if c.events == 0 || c.events > MAX_CHAOS_EVENTS {
+            return invalid(format!(
+                "chaos.events = {} must be 1..={MAX_CHAOS_EVENTS}",
+                c.events
+            ));
+        }
+        let [lo, hi] = c.interval_ms;
+        if lo == 0 || lo > hi || hi > 600_000 {
+            return invalid(format!(
+                "chaos.interval_ms = [{lo}, {hi}] must be [min, max] with 1 ≤ min ≤ max ≤ 600000"
+            ));
+        }
+        let longest_s = f64::from(c.events) * hi as f64 / 1e3 + self.scenario.observe_s;
+        if longest_s > MAX_RUN_S {
+            return invalid(format!(
+                "chaos: {} events × up to {hi} ms + scenario.observe_s may take {longest_s} s, longer than the longest run ({MAX_RUN_S} s)",
+                c.events
+            ));
+        }
+        let share = c.kill_share();
+        if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
+            return invalid(format!("chaos.kill_share = {share} must be 0..=1"));
+        }
+        match (c.kill.is_empty(), share > 0.0) {
+            (true, true) => {
+                return invalid(format!(
+                    "chaos.kill_share = {share} but chaos.kill names no process to kill"
+                ))
+            }
+            (false, false) => {
+                return invalid(
+                    "chaos.kill names processes but chaos.kill_share = 0 (leave kill out for handovers only)".into(),
+                )
+            }
+            _ => {}
+        }
+        for p in &c.kill {
+            if !is_name(p, 32) {
+                return invalid(format!(
+                    "chaos.kill: `{p}` must be a network function's name as `testbed status` shows it (e.g. smo-y, svcmod-x, smf)"
+                ));
+            }
+        }
+        if !(c.bound_s.is_finite() && c.bound_s > 0.0 && c.bound_s <= 600.0) {
+            return invalid(format!(
+                "chaos.bound_s = {} must be > 0 and ≤ 600",
+                c.bound_s
+            ));
+        }
+        if !(20..=1000).contains(&c.sample_ms) {
+            return invalid(format!(
+                "chaos.sample_ms = {} must be 20..=1000",
+                c.sample_ms
+            ));
+        }
+        if self.scenario.observe_s < c.bound_s {
+            return invalid(format!(
+                "scenario.observe_s = {} is shorter than chaos.bound_s = {}: the last event must have the bound to converge in",
+                self.scenario.observe_s, c.bound_s
+            ));
+        }
+        let ue = self.chaos_ue().unwrap_or_default();
+        if self.resolve_ue(&ue) != [ue.clone()] {
+            return invalid(format!(
+                "chaos.ue `{ue}` must be one UE (a [[ue]] or a group member, not a group)"
+            ));
+        }
+        match self.services_serving(&ue).as_slice() {
+            [s] if matches!(s.kind, ServiceKind::Streamer | ServiceKind::Ballast) => Ok(()),
+            [s] => invalid(format!(
+                "chaos: service `{}` serving {ue} is a {}; the observer streams from a streamer or ballast",
+                s.id, s.kind
+            )),
+            many => invalid(format!(
+                "chaos: {} services serve {ue} ({}); exactly one must (the one the observer watches)",
+                many.len(),
+                many.iter().map(|s| s.id.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
     }
 
     fn validate_ues(&self) -> Result<(), ScenarioError> {
@@ -602,41 +878,97 @@ impl Scenario {
 
     fn validate_timeline(&self) -> Result<(), ScenarioError> {
         if self.timeline.is_empty() {
-            return invalid("no [[timeline]]: a run needs at least one handover to measure".into());
+            return invalid(
+                "no [[timeline]]: a run needs at least one event (a handover to measure)".into(),
+            );
         }
         let end = self.run_duration_s();
         let observe = self.scenario.observe_s;
         let mut seen: BTreeMap<String, f64> = BTreeMap::new();
         for (i, e) in self.timeline.iter().enumerate() {
-            let at = format!("timeline[{i}] (handover of {} at {} s)", e.ue, e.at_s);
-            if self.resolve_ue(&e.ue).is_empty() {
-                return invalid(format!("{at}: ue `{}` is no [[ue]] or group member", e.ue));
+            let at = format!("timeline[{i}] ({})", e.describe());
+            let keys = [
+                ("ue", e.ue.is_some()),
+                ("to", e.to.is_some()),
+                ("process", e.process.is_some()),
+                ("phase", e.phase.is_some()),
+                ("after_ms", e.after_ms.is_some()),
+            ];
+            let (needs, takes): (&[&str], &[&str]) = match e.action {
+                Action::Handover => (&["ue", "to"], &["ue", "to"]),
+                Action::Kill => (&["process"], &["process", "phase", "after_ms"]),
+            };
+            for (key, set) in keys {
+                if set && !takes.contains(&key) {
+                    return invalid(format!(
+                        "{at}: {key} does not apply to action = \"{}\" (it takes: {})",
+                        e.action,
+                        takes.join(", ")
+                    ));
+                }
+                if !set && needs.contains(&key) {
+                    return invalid(format!("{at}: action = \"{}\" needs {key}", e.action));
+                }
             }
             if !(e.at_s.is_finite() && e.at_s > 0.0 && e.at_s < end) {
                 return invalid(format!(
                     "{at}: at_s must be inside the run, 0 < at_s < {end} s (the end of the last flow)"
                 ));
             }
-            if e.at_s + observe > end {
+            match e.step() {
+                Step::Handover { ue, .. } => {
+                    if self.resolve_ue(ue).is_empty() {
+                        return invalid(format!("{at}: ue `{ue}` is no [[ue]] or group member"));
+                    }
+                    if e.at_s + observe > end {
+                        return invalid(format!(
+                            "{at}: the run ends at {end} s (the end of the last flow), before at_s + scenario.observe_s = {} s; lengthen the traffic",
+                            e.at_s + observe
+                        ));
+                    }
+                    for m in self.resolve_ue(ue) {
+                        if let Some(prev) = seen.insert(m.clone(), e.at_s) {
+                            if prev == e.at_s {
+                                return invalid(format!(
+                                    "{at}: `{m}` already hands over at {prev} s"
+                                ));
+                            }
+                        }
+                    }
+                }
+                Step::Kill(k) => check_kill(&at, &k, e.after_ms.is_some())?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks every process a kill names (`[[timeline]]` kills) against the network functions
+    /// of the testbed the scenario brings up (`known`, as `testbed status` names them); the
+    /// caller derives them from the topology ([`crate::experiment::load`] does).
+    pub fn check_processes(&self, topology: &str, known: &[String]) -> Result<(), ScenarioError> {
+        for p in self.chaos.iter().flat_map(|c| &c.kill) {
+            if !known.iter().any(|k| k == p) {
                 return invalid(format!(
-                    "{at}: the run ends at {end} s (the end of the last flow), before at_s + scenario.observe_s = {} s; lengthen the traffic",
-                    e.at_s + observe
+                    "chaos.kill: `{p}` is no network function of topology {topology} ({})",
+                    known.join(", ")
                 ));
             }
-            for m in self.resolve_ue(&e.ue) {
-                if let Some(prev) = seen.insert(m.clone(), e.at_s) {
-                    if prev == e.at_s {
-                        return invalid(format!("{at}: `{m}` already hands over at {prev} s"));
-                    }
+        }
+        for (i, e) in self.timeline.iter().enumerate() {
+            if let Step::Kill(k) = e.step() {
+                if !known.iter().any(|p| p == k.process) {
+                    return invalid(format!(
+                        "timeline[{i}] ({}): process `{}` is no network function of topology {topology} ({})",
+                        e.describe(),
+                        k.process,
+                        known.join(", ")
+                    ));
                 }
             }
         }
         Ok(())
     }
 
-    /// Checks the scenario against its topology: every service's edge and every handover's
-    /// target site exist, and no handover goes to the site the UE is already at (UEs start at
-    /// the first site).
     /// The topology the testbed brings up for this scenario: `topo` with one testbed UE per UE
     /// member (member *i* is `ue<i+1>`).
     pub fn testbed_spec(&self, mut topo: TopologySpec) -> Result<TopologySpec, ScenarioError> {
@@ -652,6 +984,9 @@ impl Scenario {
         Ok(topo)
     }
 
+    /// Checks the scenario against its topology: every service's edge and every handover's
+    /// target site exist, and no handover goes to the site the UE is already at (UEs start at
+    /// the first site).
     pub fn check_topology(&self, topo: &TopologySpec) -> Result<(), ScenarioError> {
         let edges: Vec<String> = topo
             .sites
@@ -677,31 +1012,38 @@ impl Scenario {
         let Some(first) = sites.first() else {
             return invalid(format!("topology {} has no sites", topo.name));
         };
+        if self.chaos.is_some() && sites.len() < 2 {
+            return invalid(format!(
+                "chaos hands the UE over between sites: topology {} has one",
+                topo.name
+            ));
+        }
         let mut at: BTreeMap<String, &str> = self
             .ue_members()
             .into_iter()
             .map(|m| (m, first.as_str()))
             .collect();
         for e in self.timeline_in_order() {
-            if !sites.contains(&e.to) {
+            let Step::Handover { ue, to } = e.step() else {
+                continue;
+            };
+            if !sites.iter().any(|s| s == to) {
                 return invalid(format!(
-                    "timeline (handover of {} at {} s): to `{}` is not a site of topology {} ({})",
-                    e.ue,
+                    "timeline (handover of {ue} at {} s): to `{to}` is not a site of topology {} ({})",
                     e.at_s,
-                    e.to,
                     topo.name,
                     sites.join(", ")
                 ));
             }
-            for m in self.resolve_ue(&e.ue) {
+            for m in self.resolve_ue(ue) {
                 let now = at.entry(m.clone()).or_insert(first.as_str());
-                if *now == e.to {
+                if *now == to {
                     return invalid(format!(
-                        "timeline (handover of {} at {} s): `{m}` is already at {} then (UEs start at {first})",
-                        e.ue, e.at_s, e.to
+                        "timeline (handover of {ue} at {} s): `{m}` is already at {to} then (UEs start at {first})",
+                        e.at_s
                     ));
                 }
-                *now = e.to.as_str();
+                *now = to;
             }
         }
         Ok(())
@@ -719,6 +1061,29 @@ impl UeSpec {
                 .collect()
         }
     }
+}
+
+/// The checks of a kill that need no topology: a process name, and `after_ms` only with a
+/// phase and within [`MAX_AFTER_MS`].
+fn check_kill(at: &str, k: &Kill<'_>, after_given: bool) -> Result<(), ScenarioError> {
+    if !is_name(k.process, 32) {
+        return invalid(format!(
+            "{at}: process `{}` must be a network function's name as `testbed status` shows it (e.g. smo-y, svcmod-x, smf)",
+            k.process
+        ));
+    }
+    if after_given && k.phase.is_none() {
+        return invalid(format!(
+            "{at}: after_ms needs phase (without a phase, put the delay into at_s)"
+        ));
+    }
+    if k.after_ms > MAX_AFTER_MS {
+        return invalid(format!(
+            "{at}: after_ms = {} is more than {MAX_AFTER_MS}",
+            k.after_ms
+        ));
+    }
+    Ok(())
 }
 
 fn is_name(s: &str, max: usize) -> bool {
@@ -766,6 +1131,9 @@ mod tests {
             names,
             [
                 "ballast-200mb",
+                "chaos-crash",
+                "chaos-pingpong",
+                "chaos-short",
                 "five-ues",
                 "lazy-pages",
                 "lxc-streamer",
@@ -797,7 +1165,7 @@ mod tests {
         assert_eq!(s.services[0].edge, "edge-x");
         assert_eq!(s.timeline.len(), 1);
         assert_eq!(s.timeline[0].at_s, 30.0);
-        assert_eq!(s.timeline[0].to, "site-b");
+        assert_eq!(s.timeline[0].to.as_deref(), Some("site-b"));
         assert_eq!(s.run_duration_s(), 40.0);
         assert_eq!(s.traffic[0].params.buffer_ms, Some(1000));
     }
@@ -813,7 +1181,7 @@ mod tests {
         let moved: Vec<String> = s
             .timeline
             .iter()
-            .flat_map(|e| s.resolve_ue(&e.ue))
+            .flat_map(|e| s.resolve_ue(e.ue.as_deref().unwrap_or_default()))
             .collect();
         assert_eq!(moved, members);
         for m in &members {
@@ -942,8 +1310,28 @@ to = "site-b"
             ("to = \"site-b\"", "to = \"b\"", "to `b` is not a site of topology two-site (site-a, site-b)"),
             ("to = \"site-b\"", "to = \"site-a\"", "`ue1` is already at site-a then"),
             ("to = \"site-b\"", "to = \"site-b\"\n[[timeline]]\nat_s = 20\naction = \"handover\"\nue = \"ue1\"\nto = \"site-b\"", "`ue1` is already at site-b then"),
+            ("to = \"site-b\"", "", "action = \"handover\" needs to"),
+            ("to = \"site-b\"", "to = \"site-b\"\nprocess = \"smo-y\"", "process does not apply to action = \"handover\" (it takes: ue, to)"),
         ];
-        for (from, to, want) in cases {
+        // Kills: appended to BASE's timeline.
+        let kill = |keys: &str| {
+            format!("to = \"site-b\"\n[[timeline]]\nat_s = 20\naction = \"kill\"{keys}")
+        };
+        let kills: Vec<(&str, String, &str)> = vec![
+            ("to = \"site-b\"", kill(""), "timeline[1] (kill at 20 s): action = \"kill\" needs process"),
+            ("to = \"site-b\"", kill("\nprocess = \"smo-y\"\nue = \"ue1\""), "timeline[1] (kill of smo-y at 20 s): ue does not apply to action = \"kill\" (it takes: process, phase, after_ms)"),
+            ("to = \"site-b\"", kill("\nprocess = \"Smo Y\""), "process `Smo Y` must be a network function's name"),
+            ("to = \"site-b\"", kill("\nprocess = \"smo-y\"\nafter_ms = 40"), "after_ms needs phase"),
+            ("to = \"site-b\"", kill("\nprocess = \"smo-y\"\nphase = \"LATER\""), "LATER"),
+            ("to = \"site-b\"", kill("\nprocess = \"smo-y\"\nphase = \"EXECUTE\"\nafter_ms = 70000"), "after_ms = 70000 is more than 60000"),
+            ("to = \"site-b\"", kill("\nprocess = \"smo-y\"").replace("at_s = 20", "at_s = 40"), "timeline[1] (kill of smo-y at 40 s): at_s must be inside the run"),
+        ];
+        let all = cases
+            .iter()
+            .map(|(a, b, c)| (*a, (*b).to_owned(), *c))
+            .chain(kills);
+        for (from, to, want) in all {
+            let to = to.as_str();
             assert!(BASE.contains(from), "BASE lacks {from:?}");
             let text = BASE.replacen(from, to, 1);
             let err = check(&text).expect_err(to);
@@ -952,6 +1340,147 @@ to = "site-b"
                 "{to:?}: got `{err}`, want `{want}`"
             );
         }
+    }
+
+    #[test]
+    fn a_kill_names_its_process_and_may_wait_for_a_phase() {
+        let text = BASE.replace(
+            "to = \"site-b\"",
+            "to = \"site-b\"\n\n[[timeline]]\nat_s = 31\naction = \"kill\"\nprocess = \"smo-y\"\nphase = \"EXECUTE\"\nafter_ms = 40\n\n[[timeline]]\nat_s = 39\naction = \"kill\"\nprocess = \"smf\"",
+        );
+        // A kill needs no observe_s after it (39 + 10 > 40), only to be inside the run.
+        let s = check(&text).expect("valid");
+        let steps: Vec<Step<'_>> = s.timeline_in_order().iter().map(|e| e.step()).collect();
+        assert_eq!(
+            steps,
+            [
+                Step::Handover {
+                    ue: "ue1",
+                    to: "site-b"
+                },
+                Step::Kill(Kill {
+                    process: "smo-y",
+                    phase: Some(RelocationPhase::Execute),
+                    after_ms: 40
+                }),
+                Step::Kill(Kill {
+                    process: "smf",
+                    phase: None,
+                    after_ms: 0
+                }),
+            ]
+        );
+        let known: Vec<String> = ["lr", "smf", "smo-x", "smo-y"].map(String::from).to_vec();
+        s.check_processes("two-site", &known).expect("known");
+        let err = s
+            .check_processes("two-site", &known[..3])
+            .expect_err("smo-y unknown");
+        assert_eq!(
+            err.to_string(),
+            "invalid scenario: timeline[1] (kill of smo-y at 31 s): process `smo-y` is no network function of topology two-site (lr, smf, smo-x)"
+        );
+        // Handovers and the site checks ignore kills.
+        assert_eq!(
+            s.timeline
+                .iter()
+                .filter(|e| e.action == Action::Kill)
+                .count(),
+            2
+        );
+    }
+
+    const CHAOS: &str = r#"
+[scenario]
+name = "c"
+topology = "two-site"
+runs = 1
+observe_s = 6
+
+[[ue]]
+name = "ue1"
+
+[[service]]
+id = "streamer"
+edge = "edge-x"
+backend = "criu"
+kind = "streamer"
+serves = ["ue1"]
+
+[chaos]
+seed = 7
+events = 100
+kill = ["smo-y", "svcmod-y", "smf"]
+"#;
+
+    #[test]
+    fn a_chaos_table_replaces_traffic_and_timeline_with_documented_defaults() {
+        let s = check(CHAOS).expect("valid");
+        let c = s.chaos.as_ref().expect("chaos");
+        assert_eq!((c.seed, c.events, c.interval_ms), (7, 100, [50, 3000]));
+        assert_eq!((c.bound_s, c.sample_ms), (5.0, 100));
+        assert_eq!(c.kill_share(), DEFAULT_KILL_SHARE);
+        assert_eq!((c.run_seed(1), c.run_seed(3)), (7, 9));
+        assert_eq!(s.chaos_ue().as_deref(), Some("ue1"));
+        let pingpong = check(&CHAOS.replace("kill = [\"smo-y\", \"svcmod-y\", \"smf\"]\n", ""))
+            .expect("handovers only");
+        assert_eq!(
+            pingpong.chaos.as_ref().map(ChaosSpec::kill_share),
+            Some(0.0)
+        );
+        let known: Vec<String> = ["smo-y", "svcmod-y", "smf"].map(String::from).to_vec();
+        s.check_processes("two-site", &known).expect("known");
+        let err = s.check_processes("two-site", &known[..2]).expect_err("smf");
+        assert!(
+            err.to_string().contains(
+                "chaos.kill: `smf` is no network function of topology two-site (smo-y, svcmod-y)"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_chaos_refusal_names_the_field_and_why() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("events = 100", "events = 0", "chaos.events = 0 must be 1..=10000"),
+            ("events = 100", "events = 100\ninterval_ms = [300, 200]", "chaos.interval_ms = [300, 200]"),
+            ("events = 100", "events = 100\ninterval_ms = [0, 200]", "1 ≤ min ≤ max"),
+            ("events = 100", "events = 5000\ninterval_ms = [50, 3000]", "longer than the longest run"),
+            ("events = 100", "events = 100\nkill_share = 1.5", "chaos.kill_share = 1.5 must be 0..=1"),
+            ("events = 100", "events = 100\nkill_share = 0", "chaos.kill names processes but chaos.kill_share = 0"),
+            ("kill = [\"smo-y\", \"svcmod-y\", \"smf\"]", "kill_share = 0.5", "chaos.kill_share = 0.5 but chaos.kill names no process"),
+            ("\"smf\"]", "\"Smf\"]", "chaos.kill: `Smf` must be a network function's name"),
+            ("events = 100", "events = 100\nbound_s = 0", "chaos.bound_s = 0 must be > 0"),
+            ("events = 100", "events = 100\nsample_ms = 5", "chaos.sample_ms = 5 must be 20..=1000"),
+            ("events = 100", "events = 100\nbound_s = 8", "scenario.observe_s = 6 is shorter than chaos.bound_s = 8"),
+            ("events = 100", "events = 100\nue = \"ue9\"", "chaos.ue `ue9` must be one UE"),
+            ("events = 100", "events = 100\nspeed = 3", "speed"),
+            ("kind = \"streamer\"", "kind = \"nginx-rtmp\"", "serving ue1 is a nginx-rtmp; the observer streams from a streamer or ballast"),
+            ("serves = [\"ue1\"]", "serves = [\"ue1\"]\n\n[[service]]\nid = \"two\"\nedge = \"edge-y\"\nbackend = \"criu\"\nkind = \"streamer\"\nserves = [\"ue1\"]", "2 services serve ue1 (streamer, two); exactly one must"),
+            ("[chaos]", "[[traffic]]\nue = \"ue1\"\nkind = \"stream\"\ntarget = \"streamer\"\nstart_s = 0\nduration_s = 40\n\n[chaos]", "[[traffic]] with [chaos]"),
+            ("[chaos]", "[[timeline]]\nat_s = 30\naction = \"handover\"\nue = \"ue1\"\nto = \"site-b\"\n\n[chaos]", "[[timeline]] with [chaos]"),
+        ];
+        for (from, to, want) in cases {
+            assert!(CHAOS.contains(from), "CHAOS lacks {from:?}");
+            let err = check(&CHAOS.replacen(from, to, 1)).expect_err(to);
+            assert!(
+                err.to_string().contains(want),
+                "{to:?}: got `{err}`, want `{want}`"
+            );
+        }
+        let one_site = r#"
+name = "one"
+prefix = "tb1"
+ues = 1
+
+[[sites]]
+name = "a"
+edge = "x"
+"#;
+        let s = Scenario::from_toml(CHAOS).expect("valid");
+        let err = s
+            .check_topology(&TopologySpec::from_toml(one_site).expect("topology"))
+            .expect_err("one site");
+        assert!(err.to_string().contains("has one"), "{err}");
     }
 
     #[test]

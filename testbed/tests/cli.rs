@@ -62,3 +62,44 @@ fn bad_topology_file_is_a_clear_error() {
     assert!(out.contains("unknown built-in topology"), "{out}");
     let _ = std::fs::remove_file(&file);
 }
+
+#[test]
+fn experiment_schedule_prints_a_chaos_runs_seeded_events() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    let short = dir.join("chaos-short.toml");
+    let (ok, out) = testbed(
+        &[
+            "experiment",
+            "schedule",
+            short.to_str().expect("utf8"),
+            "--run",
+            "2",
+            "--json",
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    let events: Vec<testbed::chaos::ChaosEvent> = serde_json::from_str(&out).expect("json");
+    let (sc, _) = testbed::experiment::load(&short).expect("scenario");
+    let spec = sc.chaos.expect("[chaos]");
+    let sites = ["site-a".to_owned(), "site-b".to_owned()];
+    assert_eq!(
+        events,
+        testbed::chaos::schedule(&spec, spec.run_seed(2), &sites, "site-a")
+    );
+    let (ok, text) = testbed(
+        &["experiment", "schedule", short.to_str().expect("utf8")],
+        None,
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.starts_with("chaos-short run 1: seed 13, 15 events"),
+        "{text}"
+    );
+    let thesis = dir.join("thesis-5.4.toml");
+    let (ok, out) = testbed(
+        &["experiment", "schedule", thesis.to_str().expect("utf8")],
+        None,
+    );
+    assert!(!ok && out.contains("has no [chaos] table"), "{out}");
+}

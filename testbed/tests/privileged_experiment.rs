@@ -8,6 +8,8 @@
 //! `#[ignore]`d (a plain `cargo test` counts it as skipped); `scripts/test` runs it as root after
 //! `cargo build --bins` (the testbed binary starts the other binaries from its own directory).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -83,17 +85,8 @@ fn testbed_bin() -> &'static str {
 
 /// Runs `testbed ARGS`, echoing its output; (success, stdout, stderr).
 fn testbed(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(testbed_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run testbed");
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
-    eprintln!("$ testbed {}\n{stdout}{stderr}", args.join(" "));
-    (out.status.success(), stdout, stderr)
+    let (code, stdout, stderr) = common::testbed_cli(args);
+    (code == Some(0), stdout, stderr)
 }
 
 fn run_files(dir: &Path) -> Vec<String> {
@@ -107,31 +100,9 @@ fn run_files(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Nothing of the testbed is left: no namespace with its prefix, no state, no process started
-/// for it (their command lines name its state directory or the experiment's directory).
+/// Nothing of the testbed or the experiment in `out` is left ([`common::assert_nothing_left`]).
 fn assert_nothing_left(out: &Path) {
-    let ns = netkit::Netns::list_with_prefix(&format!("{PREFIX}-"));
-    assert!(ns.is_empty(), "namespaces left: {ns:?}");
-    let state = Path::new(testbed::plan::STATE_ROOT).join(NAME);
-    assert!(!state.exists(), "{} left", state.display());
-    let me = std::process::id().to_string();
-    let mut left = Vec::new();
-    for e in std::fs::read_dir("/proc")
-        .expect("/proc")
-        .filter_map(Result::ok)
-    {
-        let pid = e.file_name().to_string_lossy().into_owned();
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let cmd = std::fs::read(e.path().join("cmdline"))
-            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
-            .unwrap_or_default();
-        if cmd.contains(&state.display().to_string()) || cmd.contains(&out.display().to_string()) {
-            left.push(format!("{pid}: {cmd}"));
-        }
-    }
-    assert!(left.is_empty(), "processes left: {left:#?}");
+    common::assert_nothing_left(NAME, PREFIX, out);
 }
 
 fn stat_row(label: &str, v: &[f64]) -> String {

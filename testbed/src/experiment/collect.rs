@@ -15,7 +15,7 @@ use super::{Runner, CLOCK_SLACK_MS};
 use crate::migration::{self, HandoverOutcome};
 use crate::pcap::{self, CaptureFlowGap};
 use crate::relocations::MergedRelocation;
-use crate::results::{HandoverResult, RelocationResult, RunResult};
+use crate::results::{HandoverResult, KillResult, RelocationResult, RunResult};
 
 /// A handover that ended: what it did, and when the thread returned (µs since the epoch).
 #[derive(Debug)]
@@ -41,8 +41,20 @@ impl Runner<'_> {
             captures,
             running,
             mut jobs,
+            kills,
             mut flow_results,
         } = played;
+        // Every kill happened (or said why not).
+        for (process, k) in kills {
+            let k = k.join().unwrap_or_else(|_| KillResult {
+                error: Some("the kill thread panicked".into()),
+                ..super::kill::planned(&process)
+            });
+            if let Some(e) = &k.error {
+                errors.push(format!("kill of {}: {e}", k.process));
+            }
+            r.kills.push(k);
+        }
         // Every handover (and the relocation it waits for) ends.
         let mut done: Vec<HandoverDone> = Vec::new();
         jobs.sort_by_key(|j| j.seq);

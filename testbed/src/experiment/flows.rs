@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use super::capture::{self, Capture};
 use super::{sleep_until, Runner, FLOW_GRACE, RELOCATION_WAIT};
 use crate::migration::{self, HandoverOutcome};
-use crate::results::FlowResult;
-use crate::scenario::{TrafficKind, TrafficSpec};
+use crate::results::{FlowResult, KillResult};
+use crate::scenario::{Step, TrafficKind, TrafficSpec};
 
 /// iperf3 flow number *i* of a run uses port `IPERF3_PORT + i` (a one-off server in the DN each).
 const IPERF3_PORT: u16 = 5200;
@@ -43,12 +43,14 @@ pub(super) struct HandoverJob {
 }
 
 /// A run's schedule, played to its end: the captures still running, the flows still running or
-/// ended, the handovers in flight, and the flows that could not start.
+/// ended, the handovers and kills in flight, and the flows that could not start.
 #[derive(Debug)]
 pub(super) struct Played<'a> {
     pub(super) captures: Vec<Capture>,
     pub(super) running: Vec<RunningFlow<'a>>,
     pub(super) jobs: Vec<HandoverJob>,
+    /// Each kill's process and its thread.
+    pub(super) kills: Vec<(String, std::thread::JoinHandle<KillResult>)>,
     pub(super) flow_results: Vec<FlowResult>,
 }
 
@@ -67,8 +69,11 @@ impl Runner<'_> {
             .collect();
         events.sort_by(|a, b| a.0.total_cmp(&b.0));
         let t0 = Instant::now();
+        let t0_unix_us = model::ran::unix_now_us();
+        let end = t0 + Duration::from_secs_f64(self.sc.run_duration_s());
         let mut running: Vec<RunningFlow<'_>> = Vec::new();
         let mut jobs: Vec<HandoverJob> = Vec::new();
+        let mut kills = Vec::new();
         let mut flow_results: Vec<FlowResult> = Vec::new();
         let mut interrupted = false;
         for (at, ev) in events {
@@ -93,16 +98,37 @@ impl Runner<'_> {
                 }
                 Err(i) => {
                     let e = timeline[i];
-                    for m in self.sc.resolve_ue(&e.ue) {
+                    let (ue, to) = match e.step() {
+                        Step::Handover { ue, to } => (ue, to),
+                        Step::Kill(k) => {
+                            let (plan, token, at_s) =
+                                (self.plan.clone(), self.token.clone(), e.at_s);
+                            let (process, phase, after_ms) =
+                                (k.process.to_owned(), k.phase, k.after_ms);
+                            kills.push((
+                                k.process.to_owned(),
+                                std::thread::spawn(move || {
+                                    let k = crate::scenario::Kill {
+                                        process: &process,
+                                        phase,
+                                        after_ms,
+                                    };
+                                    super::kill::scripted(&plan, &token, &k, at_s, t0_unix_us, end)
+                                }),
+                            ));
+                            continue;
+                        }
+                    };
+                    for m in self.sc.resolve_ue(ue) {
                         let (plan, token, ue, to) = (
                             self.plan.clone(),
                             self.token.clone(),
                             self.tb_ue(&m),
-                            e.to.clone(),
+                            to.to_owned(),
                         );
                         jobs.push(HandoverJob {
                             member: m,
-                            to: e.to.clone(),
+                            to: to.clone(),
                             seq: jobs.len(),
                             thread: std::thread::spawn(move || {
                                 let o = migration::handover_and_follow(
@@ -120,7 +146,7 @@ impl Runner<'_> {
                 }
             }
         }
-        if interrupted || !sleep_until(t0 + Duration::from_secs_f64(self.sc.run_duration_s())) {
+        if interrupted || !sleep_until(end) {
             for mut f in running {
                 end_child(&mut f.child);
             }
@@ -131,6 +157,7 @@ impl Runner<'_> {
             captures,
             running,
             jobs,
+            kills,
             flow_results,
         })
     }

@@ -38,8 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 mod capture;
+mod chaos;
 mod collect;
 mod flows;
+pub mod kill;
 
 pub use collect::{capture_downtime, recorder_downtime};
 pub use flows::service_port;
@@ -51,6 +53,7 @@ use crate::migration::{self, HandoverOutcome};
 use crate::plan::{Plan, DN_SERVER};
 use crate::results::{self, ExperimentMeta, ResultsError, RunResult};
 use crate::scenario::{Scenario, ScenarioError, TrafficKind, DN_TARGET, MAX_RUNS};
+use crate::spec::TopologySpec;
 use crate::state::{State, StateError};
 use crate::topo::{self, UpError, UpOptions};
 
@@ -220,9 +223,30 @@ impl Drop for TestbedGuard {
     }
 }
 
+/// Reads and checks a scenario file as the runner needs it: [`Scenario::load`], then every
+/// process its kills name against the network functions of the testbed it brings up.
+pub fn load(path: &Path) -> Result<(Scenario, TopologySpec), ScenarioError> {
+    let (sc, topology) = Scenario::load(path)?;
+    let spec = sc.testbed_spec(topology.clone())?;
+    sc.check_processes(&topology.name, &process_names(&sc, &spec))?;
+    Ok((sc, topology))
+}
+
+/// The network functions the testbed of scenario `sc` runs (what the supervisor restarts and a
+/// kill may name), as `testbed status` names them.
+pub fn process_names(sc: &Scenario, spec: &TopologySpec) -> Vec<String> {
+    let mut plan = Plan::new(spec);
+    // A service the plan refuses is refused again, with its reason, when the testbed comes up.
+    let _ = plan.set_services(&sc.services);
+    crate::nf::launches(&plan, "", &crate::nf::LaunchOptions::new())
+        .into_iter()
+        .map(|l| l.name)
+        .collect()
+}
+
 /// Runs the experiment.
 pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
-    let (sc, topology) = Scenario::load(&opts.scenario)?;
+    let (sc, topology) = load(&opts.scenario)?;
     let text = std::fs::read_to_string(&opts.scenario).map_err(|source| ScenarioError::Read {
         path: opts.scenario.clone(),
         source,
@@ -325,7 +349,10 @@ pub fn run(opts: &RunOptions) -> Result<Summary, ExperimentError> {
                 started,
                 format!("before the run: {e}"),
             )),
-            None => runner.run_once(run),
+            None => match &sc.chaos {
+                Some(c) => runner.run_chaos(run, c),
+                None => runner.run_once(run),
+            },
         };
         let Some(mut result) = result else {
             break;
@@ -393,6 +420,51 @@ pub fn one_line(r: &RunResult) -> String {
             )
         })
         .collect();
+    let kills: Vec<String> = r
+        .kills
+        .iter()
+        .map(|k| match (&k.error, k.pid) {
+            (Some(e), _) => format!("kill of {} FAILED: {e}", k.process),
+            (None, pid) => format!(
+                "killed {} (pid {}){}",
+                k.process,
+                pid.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                match (k.phase, k.into_phase_ms()) {
+                    (Some(p), Some(ms)) => format!(" {ms:.0} ms into {p}"),
+                    (Some(p), None) => format!(" in {p}"),
+                    _ => String::new(),
+                }
+            ),
+        })
+        .collect();
+    let chaos = r.chaos.as_ref().map(|c| {
+        let v = &c.verdict;
+        let (conv, sup, not) = v.counts();
+        let mut t = v.convergence_ms();
+        t.sort_by(f64::total_cmp);
+        let p = |q| {
+            let x = crate::report::percentile(&t, q);
+            if x.is_nan() {
+                "–".to_owned()
+            } else {
+                format!("{x:.0}")
+            }
+        };
+        format!(
+            "chaos seed {}: {} events, {conv} converged (p50 {} ms, p99 {} ms), {sup} superseded, {not} not converged; {} violation(s); at the end {}",
+            c.seed,
+            c.events.len(),
+            p(0.5),
+            p(0.99),
+            v.violations.len(),
+            if v.final_state.converged { "converged" } else { "NOT converged" }
+        )
+    });
+    // A chaos run says its verdict and how many relocations ran, not each one.
+    let nums: Vec<String> = match chaos {
+        Some(c) => vec![c, format!("{} relocation(s)", r.relocations.len())],
+        None => nums.into_iter().chain(kills).collect(),
+    };
     match (&r.error, r.ok) {
         (_, true) => format!("ok — {}", nums.join("; ")),
         (Some(e), false) => format!("FAILED — {e}"),
@@ -404,7 +476,7 @@ pub fn one_line(r: &RunResult) -> String {
 /// is up with `--reuse`.
 fn testbed_for(
     sc: &Scenario,
-    spec: &crate::spec::TopologySpec,
+    spec: &TopologySpec,
     opts: &RunOptions,
 ) -> Result<(State, Option<TestbedGuard>), ExperimentError> {
     if opts.reuse {
@@ -456,7 +528,7 @@ fn testbed_for(
 }
 
 /// How the testbed that is up differs from what the scenario needs (empty: it matches).
-pub fn reuse_mismatch(st: &State, sc: &Scenario, spec: &crate::spec::TopologySpec) -> Vec<String> {
+pub fn reuse_mismatch(st: &State, sc: &Scenario, spec: &TopologySpec) -> Vec<String> {
     let mut diff = Vec::new();
     if !st.complete {
         diff.push("its bring-up did not finish".to_owned());
@@ -633,13 +705,7 @@ impl Runner<'_> {
     fn serving_site(&self, member: &str) -> Result<String, String> {
         let st = self.ue_status(member)?;
         let radio = *st.gnb_radio.ip();
-        self.plan
-            .nodes
-            .iter()
-            .filter(|n| n.role == crate::plan::Role::Gnb)
-            .find(|g| g.addr("air") == Some(radio))
-            .and_then(|g| g.name.strip_prefix("gnb-"))
-            .map(|s| format!("site-{s}"))
+        crate::chaos::observe::site_of_radio(&self.plan, radio)
             .ok_or_else(|| format!("{member} is attached to no known gNB ({radio})"))
     }
 
@@ -798,13 +864,8 @@ impl Runner<'_> {
     /// The ids of the scenario's services that serve `member`.
     fn services_of(&self, member: &str) -> Vec<String> {
         self.sc
-            .services
-            .iter()
-            .filter(|s| {
-                s.serves
-                    .iter()
-                    .any(|u| self.sc.resolve_ue(u).iter().any(|x| x == member))
-            })
+            .services_serving(member)
+            .into_iter()
             .map(|s| s.id.clone())
             .collect()
     }
@@ -1021,6 +1082,45 @@ mod tests {
                 "{c}"
             );
         }
+    }
+
+    #[test]
+    fn the_runner_loads_every_shipped_scenario_and_refuses_a_kill_of_an_unknown_process() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        for entry in std::fs::read_dir(&dir).expect("scenarios/") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+        let text = std::fs::read_to_string(dir.join("thesis-5.4-streamer.toml")).expect("scenario");
+        let sc = Scenario::from_toml(&text).expect("valid");
+        let topo = crate::spec::TopologySpec::builtin("two-site").expect("builtin");
+        let names = process_names(&sc, &sc.testbed_spec(topo).expect("spec"));
+        for want in [
+            "lr", "smf", "upf-a", "iap-b", "smo-x", "smo-y", "svcmod-x", "svcmod-y", "gnb-a",
+            "ue1", "probe-dn",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        assert!(
+            !names.iter().any(|n| n.starts_with("svcmod-lxc")),
+            "{names:?}"
+        );
+        let tmp = std::env::temp_dir().join(format!("tb-load-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let bad = text.replace(
+            "[[timeline]]",
+            "[[timeline]]\nat_s = 31\naction = \"kill\"\nprocess = \"smo-z\"\n\n[[timeline]]",
+        );
+        std::fs::write(tmp.join("bad.toml"), bad).expect("write");
+        let err = load(&tmp.join("bad.toml")).expect_err("smo-z");
+        let _ = std::fs::remove_dir_all(&tmp);
+        let err = err.to_string();
+        assert!(
+            err.contains("process `smo-z` is no network function of topology two-site (lr, upf-a"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -24,9 +24,11 @@
 
 use std::path::{Path, PathBuf};
 
+mod chaos;
 mod plots;
 mod tables;
 
+pub use chaos::{chaos_headline, chaos_section};
 pub use plots::plots;
 pub use tables::{headline, markdown_report, memory_aim_mb, NF_AIM_MB, SMO_AIM_MB};
 
@@ -229,6 +231,7 @@ mod tests {
     use super::*;
     use crate::results::tests::{failed_run, ok_run};
     use crate::results::{write_outputs, ExperimentMeta};
+    use model::smo::RelocationPhase;
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
@@ -414,6 +417,45 @@ mod tests {
             r.peak_rss_kb.clear();
         }
         assert!(markdown_report(&e, &[]).contains("## Peak memory per process\n\nNot recorded."));
+    }
+
+    #[test]
+    fn kills_are_listed_with_their_phase_pid_or_why_not() {
+        let mut e = experiment();
+        assert!(
+            !markdown_report(&e, &[]).contains("## Kills"),
+            "no kills, no section"
+        );
+        let kill = |process: &str| crate::results::KillResult {
+            process: process.into(),
+            node: Some("edge-y".into()),
+            at_s: Some(3.0),
+            phase: Some(RelocationPhase::Execute),
+            after_ms: Some(40),
+            relocation_id: Some("smo-x-1".into()),
+            phase_seen_unix_us: Some(1_000_005_000),
+            phase_started_unix_us: Some(1_000_000_000),
+            killed_unix_us: Some(1_000_045_250),
+            pid: Some(4242),
+            error: None,
+        };
+        e.runs[0].kills = vec![
+            kill("smo-y"),
+            crate::results::KillResult {
+                error: Some("no relocation begun during the run was in EXECUTE".into()),
+                pid: None,
+                killed_unix_us: None,
+                ..kill("svcmod-y")
+            },
+        ];
+        let md = markdown_report(&e, &[]);
+        for want in [
+            "## Kills",
+            "| 1 | smo-y | edge-y | 3 | EXECUTE | 40 | smo-x-1 | 45.25 | 4242 | killed |",
+            "| 1 | svcmod-y | edge-y | 3 | EXECUTE | 40 | smo-x-1 | – | – | NOT KILLED: no relocation begun during the run was in EXECUTE |",
+        ] {
+            assert!(md.contains(want), "missing `{want}` in\n{md}");
+        }
     }
 
     #[test]

@@ -154,6 +154,7 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
 
     out.push_str(&headline(e));
     out.push('\n');
+    out.push_str(&super::chaos_section(e));
 
     out.push_str("## Data transferred\n\n");
     out.push_str("| Measurement point | n | MIN (MB) | MAX (MB) | MEAN (MB) | STDEV (MB) | 90th percentile (MB) |\n|---|---:|---:|---:|---:|---:|---:|\n");
@@ -165,6 +166,7 @@ pub fn markdown_report(e: &Experiment, plots: &[PathBuf]) -> String {
     out.push_str("\n(MB = 10⁶ bytes; the thesis gives no statistics for it.)\n\n");
 
     out.push_str(&flows_section(e));
+    out.push_str(&kills_section(e));
     out.push_str(&memory_section(e));
 
     out.push_str("## Failed runs\n\n");
@@ -267,6 +269,11 @@ pub fn headline(e: &Experiment) -> String {
     out.push('\n');
     out.push_str(&agreement(&s));
     out.push('\n');
+    let chaos = super::chaos_headline(e);
+    if !chaos.is_empty() {
+        out.push('\n');
+        out.push_str(&chaos);
+    }
     out
 }
 
@@ -291,6 +298,46 @@ fn flows_section(e: &Experiment) -> String {
     out.push_str(
         "\n(`stream` ok: every byte once, in order, on one connection; `ping` ok: answered.)\n\n",
     );
+    out
+}
+
+/// Every `[[timeline]]` kill of the recorded runs: what, when, into which phase, the PID, or
+/// why not (empty when no run killed anything).
+fn kills_section(e: &Experiment) -> String {
+    let kills: Vec<(u32, &crate::results::KillResult)> = e
+        .runs
+        .iter()
+        .flat_map(|r| r.kills.iter().map(move |k| (r.run, k)))
+        .collect();
+    if kills.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("## Kills\n\n");
+    out.push_str(
+        "SIGKILL to a network function by its recorded PID (the supervisor starts it again); \
+         with a phase, the kill waited for a relocation's source record in that phase. \"Into \
+         phase\" is SIGKILL's time after the phase began by the SMO's stopwatch.\n\n",
+    );
+    out.push_str("| Run | Process | Node | At (s) | Phase | After (ms) | Relocation | Into phase (ms) | PID | Result |\n|---:|---|---|---:|---|---:|---|---:|---:|---|\n");
+    let dash = || "–".to_owned();
+    for (run, k) in &kills {
+        let _ = writeln!(
+            out,
+            "| {run} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            k.process,
+            k.node.clone().unwrap_or_else(dash),
+            k.at_s.map_or_else(dash, |s| format!("{s}")),
+            k.phase.map_or_else(dash, |p| p.to_string()),
+            k.after_ms.map_or_else(dash, |ms| ms.to_string()),
+            k.relocation_id.clone().unwrap_or_else(dash),
+            opt(k.into_phase_ms()),
+            k.pid.map_or_else(dash, |p| p.to_string()),
+            k.error
+                .as_deref()
+                .map_or_else(|| "killed".to_owned(), |e| format!("NOT KILLED: {e}")),
+        );
+    }
+    out.push('\n');
     out
 }
 

@@ -7,6 +7,7 @@ use testbed::state::State;
 use testbed::topo;
 
 /// Tears the testbed down, also when the test fails half-way.
+#[allow(dead_code)] // not every test file brings a testbed up itself
 pub struct Guard(pub String, pub String);
 
 impl Drop for Guard {
@@ -16,6 +17,7 @@ impl Drop for Guard {
 }
 
 /// Fails (never skips silently) when not root.
+#[allow(dead_code)] // not every test file checks root itself
 pub fn require_root() {
     assert!(
         nix::unistd::geteuid().is_root(),
@@ -138,4 +140,49 @@ pub fn lxd_init_pid(plan: &Plan, id: &str, edge: &str) -> Option<u32> {
         .ok()?;
     let pid = state["metadata"]["pid"].as_u64()?;
     u32::try_from(pid).ok().filter(|p| *p > 0)
+}
+
+/// Nothing of testbed `name` is left: no namespace with its `prefix`, no state, no process
+/// started for it (their command lines name its state directory or `out`, e.g. an experiment's
+/// directory).
+#[allow(dead_code)] // not every test file runs experiments
+pub fn assert_nothing_left(name: &str, prefix: &str, out: &std::path::Path) {
+    let ns = netkit::Netns::list_with_prefix(&format!("{prefix}-"));
+    assert!(ns.is_empty(), "namespaces left: {ns:?}");
+    let state = std::path::Path::new(testbed::plan::STATE_ROOT).join(name);
+    assert!(!state.exists(), "{} left", state.display());
+    let me = std::process::id().to_string();
+    let mut left = Vec::new();
+    for e in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
+        let pid = e.file_name().to_string_lossy().into_owned();
+        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let cmd = std::fs::read(e.path().join("cmdline"))
+            .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+            .unwrap_or_default();
+        if cmd.contains(&state.display().to_string()) || cmd.contains(&out.display().to_string()) {
+            left.push(format!("{pid}: {cmd}"));
+        }
+    }
+    assert!(left.is_empty(), "processes left: {left:#?}");
+}
+
+/// Runs the `testbed` binary with `args`, echoing its output; (exit code, stdout, stderr).
+#[allow(dead_code)] // not every test file runs the CLI
+pub fn testbed_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run testbed");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    eprintln!("$ testbed {}\n{stdout}{stderr}", args.join(" "));
+    (out.status.code(), stdout, stderr)
 }
