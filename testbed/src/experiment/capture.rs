@@ -9,7 +9,6 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::flows::end_child;
 use super::{Runner, SNAPLEN, UE_TUN};
 use crate::pcap::Pcap;
 use crate::results::RunResult;
@@ -144,4 +143,28 @@ pub(super) fn discard(captures: Vec<Capture>) {
         end_child(&mut c.child);
         let _ = std::fs::remove_file(&c.path);
     }
+}
+
+/// Ends a child we started, by its PID: SIGTERM, then SIGKILL after 3 s; reaps it.
+pub(super) fn end_child(child: &mut Child) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    // Flows start in their own process group (led by the child): the group goes too (a
+    // player's ffmpeg, an iperf3 flow's server and client).
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(3) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

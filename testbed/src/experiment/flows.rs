@@ -7,7 +7,7 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::capture::{self, Capture};
+use super::capture::{self, end_child, Capture};
 use super::{sleep_until, Runner, FLOW_GRACE, RELOCATION_WAIT};
 use crate::migration::{self, HandoverOutcome};
 use crate::results::{FlowResult, KillResult};
@@ -432,28 +432,4 @@ pub fn service_port(kind: crate::scenario::ServiceKind) -> u16 {
         // nginx-rtmp's RTMP port.
         crate::scenario::ServiceKind::NginxRtmp => 1935,
     }
-}
-
-/// Ends a child we started, by its PID: SIGTERM, then SIGKILL after 3 s; reaps it.
-pub(super) fn end_child(child: &mut Child) {
-    if matches!(child.try_wait(), Ok(Some(_))) {
-        return;
-    }
-    // Flows start in their own process group (led by the child): the group goes too (a
-    // player's ffmpeg, an iperf3 flow's server and client).
-    if let Ok(pid) = i32::try_from(child.id()) {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(3) {
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
