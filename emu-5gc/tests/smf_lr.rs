@@ -560,6 +560,14 @@ fn state_dir(tag: &str) -> std::path::PathBuf {
 }
 
 async fn testbed_in(state_dir: Option<std::path::PathBuf>) -> Testbed {
+    testbed_with(state_dir, None).await
+}
+
+/// A testbed whose SMF holds a path switch at most `ack_timeout_ms` for AF acknowledgements.
+async fn testbed_with(
+    state_dir: Option<std::path::PathBuf>,
+    ack_timeout_ms: Option<u64>,
+) -> Testbed {
     let log = Log::default();
     let (lr, lr_stop) = start_lr().await;
     let (iap_uri, iap) = fake_iap("iap", log.clone(), Duration::ZERO).await;
@@ -601,7 +609,7 @@ async fn testbed_in(state_dir: Option<std::path::PathBuf>) -> Testbed {
         gnbs: vec![gnb("gnb-a", "a"), gnb("gnb-a2", "a"), gnb("gnb-b", "b")],
         callback_networks: Vec::new(),
         state_dir,
-        ack_timeout_ms: None,
+        ack_timeout_ms,
     };
     let (smf_rt, smf) = start_smf(config.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -1381,4 +1389,248 @@ async fn a_path_switch_cut_by_a_crash_is_finished_after_the_restart_and_a_retry_
         drop(tb);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AF acknowledgements: traffic controls (the N7 stand-in) and the NEF
+
+/// A fake AF that acknowledges: it records every notification, logs `af KIND ID` before its 204,
+/// and for one with an `ackUri` (TS 29.508: `AckOfNotify`) or an `afAckUri` (TS 29.522:
+/// `AfAckInfo`) POSTs `afStatus` there 50 ms later (logged `ack STATUS` before it goes; `None`:
+/// no answer). What it sent and the status it got are in `acks`.
+#[derive(Clone, Default)]
+struct Acker {
+    af_status: Arc<Mutex<Option<&'static str>>>,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    acks: Arc<Mutex<Vec<(String, Value, StatusCode)>>>,
+}
+
+impl Acker {
+    async fn start(log: Log, af_status: Option<&'static str>) -> (String, Self) {
+        let me = Acker::default();
+        *me.af_status.lock().expect("status") = af_status;
+        type S = (Log, Acker);
+        let app = Router::new()
+            .route(
+                "/af/v1/ack-notifications",
+                post(
+                    |State((log, me)): State<S>, sbi::Json(v): sbi::Json<Value>| async move {
+                        let kind = v["dnaiChgType"]
+                            .as_str()
+                            .or(v["eventNotifs"][0]["dnaiChgType"].as_str())
+                            .unwrap_or("?");
+                        let id = v["notifId"].as_str().or(v["afTransId"].as_str());
+                        log.push(format!("af {kind} {}", id.unwrap_or("?")));
+                        me.bodies.lock().expect("bodies").push(v.clone());
+                        let status = *me.af_status.lock().expect("status");
+                        let ack = match (v["ackUri"].as_str(), v["afAckUri"].as_str(), status) {
+                            (Some(uri), _, Some(s)) => Some((
+                                uri.to_owned(),
+                                json!({"notifId": v["notifId"], "ackResult": {"afStatus": s}}),
+                            )),
+                            (_, Some(uri), Some(s)) => Some((
+                                uri.to_owned(),
+                                json!({"afTransId": v["afTransId"], "ackResult": {"afStatus": s}}),
+                            )),
+                            _ => None,
+                        };
+                        if let Some((uri, body)) = ack {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                log.push(format!("ack {}", body["ackResult"]["afStatus"]));
+                                let (status, _, _) =
+                                    send_json(reqwest::Method::POST, &uri, &body).await;
+                                me.acks.lock().expect("acks").push((uri, body, status));
+                            });
+                        }
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state((log, me.clone()));
+        let (l, a) = listener().await;
+        tokio::spawn(sbi::serve(
+            l,
+            app,
+            Some(TOKEN.into()),
+            std::future::pending(),
+        ));
+        (format!("http://{a}/af/v1/ack-notifications"), me)
+    }
+
+    fn take_bodies(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.bodies.lock().expect("bodies"))
+    }
+
+    fn take_acks(&self) -> Vec<(String, Value, StatusCode)> {
+        std::mem::take(&mut *self.acks.lock().expect("acks"))
+    }
+}
+
+/// The step of `timeline` that starts with `prefix`.
+fn step<'a>(timeline: &'a [TimelineStep], prefix: &str) -> &'a TimelineStep {
+    timeline
+        .iter()
+        .find(|s| s.step.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no step `{prefix}…` in {:?}", step_names(timeline)))
+}
+
+#[tokio::test]
+async fn an_early_notification_with_an_ack_uri_holds_the_switch_until_the_answer_or_the_limit() {
+    let tb = testbed_with(None, Some(400)).await;
+    let (uri, acker) = Acker::start(tb.log.clone(), Some("SUCCESS")).await;
+    // What the NEF puts at the SMF for an AF that acknowledges EARLY notifications.
+    let control = json!({
+        "tcId": "tc-1",
+        "routeToLocs": [{"dnai": "edge-b", "routeInfo": {"ipv4Addr": "10.90.0.3", "portNumber": 2152}}],
+        "upPathChgEvent": {
+            "notificationUri": uri, "notifCorreId": "tc-1", "dnaiChgType": "EARLY", "afAckInd": true
+        }
+    });
+    tb.check(names::TRAFFIC_CONTROL_DATA, &control);
+    let tc_url = format!("{}/n7-lite/v1/traffic-controls/tc-1", tb.smf);
+    let (status, headers, body) = send_json(
+        reqwest::Method::PUT,
+        &format!("{tc_url}?anyUeInd=true"),
+        &control,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["location"].to_str().expect("location"), tc_url);
+    assert_eq!(body, control);
+    let (status, _, body) = call(reqwest::Method::GET, &tc_url, Some(TOKEN), None).await;
+    assert_eq!((status, &body), (StatusCode::OK, &control));
+    // A plain TS 29.508 subscription is notified as before, without an ackUri, and not waited for.
+    tb.subscribe("plain", DnaiChangeType::Early, None).await;
+
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+
+    // SUCCESS: the target UPF hears of the session only after the answer.
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let log = tb.log.take();
+    let mut early = log[..2].to_vec();
+    early.sort();
+    assert_eq!(early, ["af EARLY plain", "af EARLY tc-1"], "{log:?}");
+    assert_eq!(
+        log[2..5],
+        [
+            "ack \"SUCCESS\"".to_owned(),
+            "upf-b establishment".into(),
+            "iap push site b version 2".into()
+        ],
+        "{log:?}"
+    );
+    let hold = step(&ack.timeline, "hold for af acknowledgements");
+    assert_eq!(
+        hold.step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 SUCCESS"
+    );
+    let names_ = step_names(&ack.timeline);
+    let at = |prefix: &str| names_.iter().position(|n| n.starts_with(prefix));
+    assert!(at("early up_path_ch") < at("hold") && at("hold") < at("pfcp session establishment"));
+    assert_eq!(
+        names_[0],
+        "early up_path_ch notifications (2 subscriptions, 1 expecting an acknowledgement)"
+    );
+    // The bodies: the acknowledged one has an ackUri at the SMF, the plain one none.
+    let bodies = tb.notifications();
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].get("ackUri").is_none(), "{}", bodies[0]);
+    let [with_ack] = &acker.take_bodies()[..] else {
+        panic!("one notification to the acker");
+    };
+    tb.check(names::NSMF_EVENT_EXPOSURE_NOTIFICATION, with_ack);
+    let ack_uri = with_ack["ackUri"].as_str().expect("ackUri");
+    assert!(
+        ack_uri.starts_with(&format!("{}/nsmf-event-exposure/v1/acks/", tb.smf)),
+        "{ack_uri}"
+    );
+    let [(to, sent, answered)] = &acker.take_acks()[..] else {
+        panic!("one acknowledgement");
+    };
+    assert_eq!((to.as_str(), *answered), (ack_uri, StatusCode::NO_CONTENT));
+    tb.check(names::ACK_OF_NOTIFY, sent);
+    // Once the hold is over, the ackUri is gone; a wrong notifId is refused naming it.
+    let (status, _, problem) = send_json(reqwest::Method::POST, ack_uri, sent).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+
+    // A failure status: the switch goes on at once, and the timeline says what came back.
+    *acker.af_status.lock().expect("status") = Some("RELOC_NO_ALLOWED");
+    let (status, body) = tb.path_switch(ue, "gnb-a", 0x52).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let back: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(back.upf, "upf-a");
+    assert_eq!(
+        step(&back.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 RELOC_NO_ALLOWED"
+    );
+    let log = tb.log.take();
+    let answered_at = log.iter().position(|l| l == "ack \"RELOC_NO_ALLOWED\"");
+    let established_at = log.iter().position(|l| l == "upf-a establishment");
+    assert!(
+        answered_at < established_at && answered_at.is_some(),
+        "{log:?}"
+    );
+    acker.take_bodies();
+    acker.take_acks();
+
+    // No answer: the switch waits for the limit (400 ms here), then goes on.
+    *acker.af_status.lock().expect("status") = None;
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x62).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let timed_out: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(timed_out.upf, "upf-b");
+    let hold = step(&timed_out.timeline, "hold");
+    assert_eq!(
+        hold.step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 no answer"
+    );
+    assert!(
+        hold.took_us >= 400_000,
+        "the hold lasted its limit: {hold:?}"
+    );
+    // The answer after the limit finds no hold.
+    let [late] = &acker.take_bodies()[..] else {
+        panic!("one notification");
+    };
+    let late_ack = json!({"notifId": "tc-1", "ackResult": {"afStatus": "SUCCESS"}});
+    let (status, _, _) = send_json(
+        reqwest::Method::POST,
+        late["ackUri"].as_str().expect("ackUri"),
+        &late_ack,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Bad traffic controls are refused naming the field; unknown ones are 404.
+    let mut bad = control.clone();
+    bad["upPathChgEvent"]["notificationUri"] = json!("http://8.8.8.8/x");
+    bad["flowStatus"] = json!("ENABLED");
+    let (status, _, problem) = send_json(
+        reqwest::Method::PUT,
+        &format!("{tc_url}?anyUeInd=true"),
+        &bad,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let params: Vec<&str> = problem["invalidParams"]
+        .as_array()
+        .expect("invalidParams")
+        .iter()
+        .filter_map(|p| p["param"].as_str())
+        .collect();
+    assert_eq!(params, ["/flowStatus", "/upPathChgEvent/notificationUri"]);
+    let (status, _, problem) = send_json(reqwest::Method::PUT, &tc_url, &control).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no ue scope: {problem}");
+    let (status, _, _) = call(reqwest::Method::DELETE, &tc_url, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, problem) = call(reqwest::Method::GET, &tc_url, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
 }
