@@ -1634,3 +1634,223 @@ async fn an_early_notification_with_an_ack_uri_holds_the_switch_until_the_answer
     assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
     tb.check(names::PROBLEM_DETAILS, &problem);
 }
+
+/// Starts a NEF for the SMF at `smf` (AFs `smo-x` and `smo-y`); its base URL.
+async fn start_nef(smf: &str) -> (String, tokio::sync::watch::Sender<bool>) {
+    let (l, a) = listener().await;
+    let config = emu_5gc::nef::NefConfig {
+        sbi_addr: "127.0.0.1:0".parse().expect("addr"),
+        token: Some(TOKEN.into()),
+        smf_url: smf.to_owned(),
+        af_ids: vec!["smo-x".into(), "smo-y".into()],
+        callback_networks: Vec::new(),
+        state_dir: None,
+    };
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(emu_5gc::nef::run_on(config, l, Ready::none(), shutdown));
+    (format!("http://{a}"), stop)
+}
+
+/// The `param`s of a ProblemDetails' `invalidParams`.
+fn invalid_params(problem: &Value) -> Vec<&str> {
+    problem["invalidParams"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["param"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_af_subscribes_at_the_nef_and_its_acknowledgement_releases_the_held_switch() {
+    let tb = testbed_with(None, Some(2_000)).await;
+    let (nef, _nef_stop) = start_nef(&tb.smf).await;
+    let (destination, smo) = Acker::start(tb.log.clone(), Some("SUCCESS")).await;
+    let subs = format!("{nef}/3gpp-traffic-influence/v1/smo-x/subscriptions");
+    let sub = json!({
+        "afAppId": "stream1",
+        "afTransId": "smo-x-1",
+        "anyUeInd": true,
+        "subscribedEvents": ["UP_PATH_CHANGE"],
+        "dnaiChgType": "EARLY",
+        "notificationDestination": destination,
+        "trafficRoutes": [
+            {"dnai": "edge-a", "routeInfo": {"ipv4Addr": "10.90.0.2", "portNumber": 2152}},
+            {"dnai": "edge-b", "routeInfo": {"ipv4Addr": "10.90.0.3", "portNumber": 2152}}
+        ],
+        "afAckInd": true,
+        "addrPreserInd": true,
+        "appReloInd": true
+    });
+    tb.check(names::TRAFFIC_INFLU_SUB, &sub);
+
+    // Create: 201 + Location, the body with self.
+    let (status, headers, created) = send_json(reqwest::Method::POST, &subs, &sub).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    tb.check(names::TRAFFIC_INFLU_SUB, &created);
+    let location = headers["location"].to_str().expect("location").to_owned();
+    assert_eq!(location, format!("{subs}/sub-1"));
+    assert_eq!(created["self"], location.as_str());
+    let mut expected = sub.clone();
+    expected["self"] = json!(location);
+    assert_eq!(created, expected);
+    // Read, list.
+    let (status, _, read) = call(reqwest::Method::GET, &location, Some(TOKEN), None).await;
+    assert_eq!((status, &read), (StatusCode::OK, &created));
+    let (status, _, list) = call(reqwest::Method::GET, &subs, Some(TOKEN), None).await;
+    assert_eq!((status, list), (StatusCode::OK, json!([created])));
+    // The SMF has it as traffic control data (TS 29.512) whose notifications go to the NEF.
+    let (status, _, control) = call(
+        reqwest::Method::GET,
+        &format!("{}/n7-lite/v1/traffic-controls/sub-1", tb.smf),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{control}");
+    tb.check(names::TRAFFIC_CONTROL_DATA, &control);
+    assert_eq!(control["routeToLocs"], sub["trafficRoutes"]);
+    assert_eq!(
+        control["upPathChgEvent"],
+        json!({
+            "notificationUri": format!("{nef}/nef-callbacks/v1/notifications/sub-1"),
+            "notifCorreId": "sub-1", "dnaiChgType": "EARLY", "afAckInd": true
+        })
+    );
+
+    // Another AF does not see it; an AF the deployment does not know is refused.
+    let other = location.replace("/smo-x/", "/smo-y/");
+    let (status, _, problem) = call(reqwest::Method::GET, &other, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let (status, _, problem) = send_json(
+        reqwest::Method::POST,
+        &subs.replace("/smo-x/", "/intruder/"),
+        &sub,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let (status, _, _) = call(reqwest::Method::GET, &subs, None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "authenticated like every sbi endpoint"
+    );
+    // Bad bodies: 400 naming the field.
+    let mut bad = sub.clone();
+    bad.as_object_mut().expect("object").remove("dnaiChgType");
+    bad["notificationDestination"] = json!("http://8.8.8.8/x");
+    let (status, _, problem) = send_json(reqwest::Method::POST, &subs, &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    assert_eq!(
+        invalid_params(&problem),
+        ["/notificationDestination", "/dnaiChgType"]
+    );
+    let mut bad = sub.clone();
+    bad["ueIpv4"] = json!("192.168.1.2");
+    let (status, _, problem) = send_json(reqwest::Method::POST, &subs, &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ueIpv4")),
+        "{problem}"
+    );
+    // Unknown ids.
+    let (status, _, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{subs}/sub-9"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // PATCH (merge patch) and PUT.
+    let (status, _, patched) = send_json(
+        reqwest::Method::PATCH,
+        &location,
+        &json!({"appReloInd": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    tb.check(names::TRAFFIC_INFLU_SUB, &patched);
+    assert_eq!(patched["appReloInd"], false);
+    let (status, _, replaced) = send_json(reqwest::Method::PUT, &location, &sub).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced, created);
+
+    // A handover: the SMF's EARLY notification reaches the SMO through the NEF with an
+    // afAckUri; the SMO's AfAckInfo goes back through the NEF; only then the target UPF.
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let log = tb.log.take();
+    assert_eq!(
+        log[..3],
+        [
+            "af EARLY smo-x-1".to_owned(),
+            "ack \"SUCCESS\"".into(),
+            "upf-b establishment".into()
+        ],
+        "{log:?}"
+    );
+    assert_eq!(
+        step(&ack.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): sub-1 SUCCESS"
+    );
+    let [notification] = &smo.take_bodies()[..] else {
+        panic!("one notification to the smo");
+    };
+    tb.check(names::TRAFFIC_INFLUENCE_NOTIFICATION, notification);
+    let af_ack_uri = notification["afAckUri"].as_str().expect("afAckUri");
+    assert!(
+        af_ack_uri.starts_with(&format!("{location}/acks/")),
+        "{af_ack_uri}"
+    );
+    assert_eq!(
+        (
+            &notification["afTransId"],
+            &notification["dnaiChgType"],
+            &notification["subscribedEvent"],
+            &notification["sourceDnai"],
+            &notification["targetDnai"],
+            &notification["srcUeIpv4Addr"],
+        ),
+        (
+            &json!("smo-x-1"),
+            &json!("EARLY"),
+            &json!("UP_PATH_CHANGE"),
+            &json!("edge-a"),
+            &json!("edge-b"),
+            &json!("192.168.1.2"),
+        )
+    );
+    let [(to, sent, answered)] = &smo.take_acks()[..] else {
+        panic!("one acknowledgement");
+    };
+    tb.check(names::AF_ACK_INFO, sent);
+    assert_eq!(
+        (to.as_str(), *answered),
+        (af_ack_uri, StatusCode::NO_CONTENT)
+    );
+    // Again, after the hold: the SMF no longer waits for it.
+    let (status, _, _) = send_json(reqwest::Method::POST, af_ack_uri, sent).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Delete: gone at the NEF and at the SMF.
+    let (status, _, _) = call(reqwest::Method::DELETE, &location, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(reqwest::Method::GET, &location, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        reqwest::Method::GET,
+        &format!("{}/n7-lite/v1/traffic-controls/sub-1", tb.smf),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
