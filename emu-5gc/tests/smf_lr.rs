@@ -1854,3 +1854,106 @@ async fn an_af_subscribes_at_the_nef_and_its_acknowledgement_releases_the_held_s
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn a_hold_cut_by_the_smfs_crash_goes_on_after_the_restart_with_the_same_ack_uri() {
+    let dir = state_dir("hold-crash");
+    let mut tb = testbed_with(Some(dir.clone()), Some(5_000)).await;
+    let (uri, acker) = Acker::start(tb.log.clone(), None).await;
+    let control = json!({
+        "tcId": "tc-1",
+        "upPathChgEvent": {
+            "notificationUri": uri, "notifCorreId": "tc-1", "dnaiChgType": "EARLY", "afAckInd": true
+        }
+    });
+    let (status, _, body) = send_json(
+        reqwest::Method::PUT,
+        &format!("{}/n7-lite/v1/traffic-controls/tc-1?anyUeInd=true", tb.smf),
+        &control,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+
+    // The switch holds (the AF does not answer); the SMF dies meanwhile.
+    let cut = tokio::spawn({
+        let smf = tb.smf.clone();
+        async move {
+            let request = PathSwitchRequest {
+                supi: SUPI.into(),
+                ue_ipv4: ue,
+                gnb: "gnb-b".into(),
+                gnb_tunnel: gnb_tunnel("gnb-b", 0x61),
+            };
+            let url = format!("{smf}/n2-lite/v1/path-switch");
+            let body = serde_json::to_string(&request).expect("json");
+            http()
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let notification = loop {
+        if let Some(n) = acker.take_bodies().pop() {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no EARLY notification");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let old_smf = tb.smf.clone();
+    tb.restart_smf().await;
+    assert!(cut.await.expect("join").is_err(), "cut: no answer");
+    assert!(
+        tb.upf_b.take().is_empty(),
+        "nothing at the target during the hold"
+    );
+
+    // The restarted SMF holds on (it sends EARLY not again) and takes the answer at the same
+    // ackUri (on its new port here; the testbed's address does not change).
+    let ack_uri = notification["ackUri"]
+        .as_str()
+        .expect("ackUri")
+        .replace(&old_smf, &tb.smf);
+    let ack = json!({"notifId": "tc-1", "ackResult": {"afStatus": "SUCCESS"}});
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, _, problem) = send_json(reqwest::Method::POST, &ack_uri, &ack).await;
+        if status == StatusCode::NO_CONTENT {
+            break;
+        }
+        // 404 until the restarted SMF has taken up the switch.
+        assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+        assert!(Instant::now() < deadline, "the hold was not resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(done.upf, "upf-b");
+    assert_eq!(
+        step(&done.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 SUCCESS"
+    );
+    assert!(
+        acker.take_bodies().is_empty(),
+        "EARLY was not sent again after the restart"
+    );
+    assert_eq!(
+        tb.upf_b
+            .take()
+            .iter()
+            .filter(|m| matches!(m, Message::SessionEstablishmentRequest(_)))
+            .count(),
+        1
+    );
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
