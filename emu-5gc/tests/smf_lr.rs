@@ -52,6 +52,18 @@ async fn listener() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// Serves a fake's `app` on 127.0.0.1:0 (h2c, the token required) until the test ends; its address.
+async fn serve_fake(app: Router) -> SocketAddr {
+    let (l, a) = listener().await;
+    tokio::spawn(sbi::serve(
+        l,
+        app,
+        Some(TOKEN.into()),
+        std::future::pending(),
+    ));
+    a
+}
+
 /// A client speaking h2c like the NFs, with or without the token.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -133,13 +145,7 @@ async fn fake_iap(
             ),
         )
         .with_state(state);
-    let (l, a) = listener().await;
-    tokio::spawn(sbi::serve(
-        l,
-        app,
-        Some(TOKEN.into()),
-        std::future::pending(),
-    ));
+    let a = serve_fake(app).await;
     (format!("http://{a}/iap/v1/locations"), pushes)
 }
 
@@ -516,13 +522,7 @@ async fn fake_af(log: Log) -> (String, Arc<Mutex<Vec<Value>>>) {
             ),
         )
         .with_state((log, bodies.clone()));
-    let (l, a) = listener().await;
-    tokio::spawn(sbi::serve(
-        l,
-        app,
-        Some(TOKEN.into()),
-        std::future::pending(),
-    ));
+    let a = serve_fake(app).await;
     (format!("http://{a}/af/v1/notifications"), bodies)
 }
 
@@ -1448,13 +1448,7 @@ impl Acker {
                 ),
             )
             .with_state((log, me.clone()));
-        let (l, a) = listener().await;
-        tokio::spawn(sbi::serve(
-            l,
-            app,
-            Some(TOKEN.into()),
-            std::future::pending(),
-        ));
+        let a = serve_fake(app).await;
         (format!("http://{a}/af/v1/ack-notifications"), me)
     }
 
@@ -1462,7 +1456,13 @@ impl Acker {
         std::mem::take(&mut *self.bodies.lock().expect("bodies"))
     }
 
-    fn take_acks(&self) -> Vec<(String, Value, StatusCode)> {
+    /// The acknowledgements sent and answered since the last call, once there are `n` (its
+    /// answer may reach the fake after the SMF went on), or what there is after 2 s.
+    async fn take_acks(&self, n: usize) -> Vec<(String, Value, StatusCode)> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.acks.lock().expect("acks").len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         std::mem::take(&mut *self.acks.lock().expect("acks"))
     }
 }
@@ -1549,7 +1549,7 @@ async fn an_early_notification_with_an_ack_uri_holds_the_switch_until_the_answer
         ack_uri.starts_with(&format!("{}/nsmf-event-exposure/v1/acks/", tb.smf)),
         "{ack_uri}"
     );
-    let [(to, sent, answered)] = &acker.take_acks()[..] else {
+    let [(to, sent, answered)] = &acker.take_acks(1).await[..] else {
         panic!("one acknowledgement");
     };
     assert_eq!((to.as_str(), *answered), (ack_uri, StatusCode::NO_CONTENT));
@@ -1577,7 +1577,7 @@ async fn an_early_notification_with_an_ack_uri_holds_the_switch_until_the_answer
         "{log:?}"
     );
     acker.take_bodies();
-    acker.take_acks();
+    acker.take_acks(1).await;
 
     // No answer: the switch waits for the limit (400 ms here), then goes on.
     *acker.af_status.lock().expect("status") = None;
@@ -1828,7 +1828,7 @@ async fn an_af_subscribes_at_the_nef_and_its_acknowledgement_releases_the_held_s
             &json!("192.168.1.2"),
         )
     );
-    let [(to, sent, answered)] = &smo.take_acks()[..] else {
+    let [(to, sent, answered)] = &smo.take_acks(1).await[..] else {
         panic!("one acknowledgement");
     };
     tb.check(names::AF_ACK_INFO, sent);

@@ -35,6 +35,33 @@ fn ok(mut c: Command) -> (bool, String) {
     )
 }
 
+/// A tcpdump on bridge `bridge` of the fabric writing what `filter` selects to `pcap`; a second
+/// later, so that it captures from the start.
+fn capture(plan: &Plan, bridge: &str, pcap: &std::path::Path, filter: &str) -> std::process::Child {
+    let c = in_ns(
+        plan,
+        "fabric",
+        &[
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            bridge,
+            "-U",
+            "-w",
+        ],
+    )
+    .arg(pcap)
+    .arg(filter)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("tcpdump");
+    std::thread::sleep(Duration::from_secs(1));
+    c
+}
+
 /// Ends a tcpdump with SIGINT, so it writes out everything it captured.
 fn stop_capture(c: &mut std::process::Child) {
     let pid = nix::unistd::Pid::from_raw(c.id() as i32);
@@ -91,34 +118,14 @@ fn ue_traffic_crosses_gtpu_and_a_stream_survives_handovers() {
         "ue0 has no PDU session address: {addr}"
     );
     let pcap = plan.state_dir.join("n3.pcap");
-    let mut capture = in_ns(
-        &plan,
-        "fabric",
-        &[
-            "tcpdump",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            "br-n3",
-            "-U",
-            "-w",
-        ],
-    )
-    .arg(&pcap)
-    .arg("udp port 2152")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("tcpdump");
-    std::thread::sleep(Duration::from_secs(1));
+    let mut n3_capture = capture(&plan, "br-n3", &pcap, "udp port 2152");
     assert!(
         reach(&plan, "ue1", "10.60.0.100"),
         "ue1 cannot reach the central DN"
     );
     assert!(reach(&plan, "ue1", "20.0.0.10"), "ue1 cannot reach edge X");
     std::thread::sleep(Duration::from_millis(300));
-    stop_capture(&mut capture);
+    stop_capture(&mut n3_capture);
     let decoded = stdout_of({
         let mut c = Command::new("tshark");
         c.arg("-r").arg(&pcap).args([
@@ -157,27 +164,7 @@ fn ue_traffic_crosses_gtpu_and_a_stream_survives_handovers() {
         .expect("stream");
     std::thread::sleep(Duration::from_secs(2));
     let n4 = plan.state_dir.join("n4.pcap");
-    let mut n4_capture = in_ns(
-        &plan,
-        "fabric",
-        &[
-            "tcpdump",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            "br-sbi",
-            "-U",
-            "-w",
-        ],
-    )
-    .arg(&n4)
-    .arg("udp port 8805")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("tcpdump n4");
-    std::thread::sleep(Duration::from_secs(1));
+    let mut n4_capture = capture(&plan, "br-sbi", &n4, "udp port 8805");
     let to_b = handover(&plan, &token, "site-b");
     std::thread::sleep(Duration::from_millis(200));
     stop_capture(&mut n4_capture);
@@ -758,27 +745,7 @@ fn a_path_switch_held_for_the_afs_acknowledgement_keeps_the_downlink_on_the_old_
     // edge X's; edge X's own server is out of reach from site B without the SMOs' relocation
     // flows), across the held switch, captured on N3.
     let pcap = plan.state_dir.join("held-n3.pcap");
-    let mut capture = in_ns(
-        &plan,
-        "fabric",
-        &[
-            "tcpdump",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            "br-n3",
-            "-U",
-            "-w",
-        ],
-    )
-    .arg(&pcap)
-    .arg("udp port 2152")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("tcpdump");
-    std::thread::sleep(Duration::from_secs(1));
+    let mut n3_capture = capture(&plan, "br-n3", &pcap, "udp port 2152");
     let stream = in_ns(&plan, "ue1", &[])
         .arg(testbed::nf::bin_dir().join("tbprobe"))
         .args(["stream", "10.60.0.100:5000", "--seconds", "7"])
@@ -788,7 +755,7 @@ fn a_path_switch_held_for_the_afs_acknowledgement_keeps_the_downlink_on_the_old_
     std::thread::sleep(Duration::from_secs(2));
     let report = handover(&plan, &token, "site-b");
     let out = stream.wait_with_output().expect("stream output");
-    stop_capture(&mut capture);
+    stop_capture(&mut n3_capture);
     let stream_report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("stream report: {e}: {out:?}"));
     eprintln!(
