@@ -743,6 +743,34 @@ impl Testbed {
         (status, body)
     }
 
+    /// A path switch request sent in a task of its own (one a crash may cut): its answer's
+    /// status, or the error of a request that got none.
+    fn spawn_path_switch(
+        &self,
+        ue: Ipv4Addr,
+        gnb: &str,
+        teid: u32,
+    ) -> tokio::task::JoinHandle<Result<u16, reqwest::Error>> {
+        let request = serde_json::to_string(&PathSwitchRequest {
+            supi: SUPI.into(),
+            ue_ipv4: ue,
+            gnb: gnb.into(),
+            gnb_tunnel: gnb_tunnel(gnb, teid),
+        })
+        .expect("json");
+        let url = format!("{}/n2-lite/v1/path-switch", self.smf);
+        tokio::spawn(async move {
+            http()
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(request)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    }
+
     async fn lr_location(&self, ue: Ipv4Addr) -> UeLocation {
         let (status, _, body) = call(
             reqwest::Method::GET,
@@ -1286,27 +1314,7 @@ async fn a_path_switch_cut_by_a_crash_is_finished_after_the_restart_and_a_retry_
         *stalling.silent.lock().expect("silent") = Some(stalled);
 
         // The path switch stops at the UPF that does not answer; the SMF dies there.
-        let request = serde_json::to_string(&PathSwitchRequest {
-            supi: SUPI.into(),
-            ue_ipv4: ue,
-            gnb: "gnb-b".into(),
-            gnb_tunnel: gnb_tunnel("gnb-b", 0x61),
-        })
-        .expect("json");
-        let url = format!("{}/n2-lite/v1/path-switch", tb.smf);
-        let cut = tokio::spawn({
-            let (url, request) = (url.clone(), request.clone());
-            async move {
-                http()
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/json")
-                    .body(request)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            }
-        });
+        let cut = tb.spawn_path_switch(ue, "gnb-b", 0x61);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !tb
             .log
@@ -1878,27 +1886,7 @@ async fn a_hold_cut_by_the_smfs_crash_goes_on_after_the_restart_with_the_same_ac
     tb.log.take();
 
     // The switch holds (the AF does not answer); the SMF dies meanwhile.
-    let cut = tokio::spawn({
-        let smf = tb.smf.clone();
-        async move {
-            let request = PathSwitchRequest {
-                supi: SUPI.into(),
-                ue_ipv4: ue,
-                gnb: "gnb-b".into(),
-                gnb_tunnel: gnb_tunnel("gnb-b", 0x61),
-            };
-            let url = format!("{smf}/n2-lite/v1/path-switch");
-            let body = serde_json::to_string(&request).expect("json");
-            http()
-                .post(&url)
-                .bearer_auth(TOKEN)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }
-    });
+    let cut = tb.spawn_path_switch(ue, "gnb-b", 0x61);
     let deadline = Instant::now() + Duration::from_secs(5);
     let notification = loop {
         if let Some(n) = acker.take_bodies().pop() {
