@@ -109,7 +109,9 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         dnai: Dnai::new(dnai),
         api_addr: SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 41), 8090),
         token: None,
+        subscribe_at: smo::config::SubscribeAt::Smf,
         smf_url: None,
+        nef: Default::default(),
         lr_url: None,
         notify_when: Default::default(),
         peers,
@@ -1686,6 +1688,7 @@ fn message(id: &str, phase: Phase) -> PeerRelocationMessage {
         notification: event(UE, SOURCE_DNAI, TARGET_DNAI),
         service: service(1),
         cause: None,
+        path_held: false,
     }
 }
 

@@ -412,6 +412,17 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 dnai: sw.dnai.as_str().into(),
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
+                // At the NEF, the 3GPP way for an edge AF. With EARLY notifications the SMO
+                // acknowledges them (afAckInd): the SMF holds the path switch while the service
+                // moves, and no trombone is needed (make-before-break); with LATE ones (the
+                // thesis's timing) the path has switched already and the trombone carries the
+                // UE's traffic until the service arrived.
+                subscribe_at: smo::config::SubscribeAt::Nef,
+                nef: smo::config::NefSubscription {
+                    url: Some(nef_url(plan)),
+                    af_ack_ind: plan.notify == crate::scenario::Notify::Early,
+                    ..Default::default()
+                },
                 smf_url: Some(smf_url.to_owned()),
                 lr_url: Some(format!("http://{}:{LR_PORT}", addr(plan, "core", "sbi"))),
                 notify_when: plan.notify,
@@ -933,6 +944,13 @@ mod tests {
         assert_eq!(x.token.as_deref(), Some("tok"));
         assert_eq!(x.smf_url.as_deref(), Some("http://10.100.0.10:8000"));
         assert_eq!(x.notify_when, NotifyWhen::Late);
+        assert_eq!(x.subscribe_at, smo::config::SubscribeAt::Nef);
+        assert_eq!(x.nef.url.as_deref(), Some("http://10.100.0.10:8002"));
+        assert!(
+            !x.nef.af_ack_ind,
+            "LATE: no acknowledgement (the trombone carries the UE)"
+        );
+        assert!(x.nef.app_relo_ind);
         assert_eq!(
             x.peers,
             [PeerInfo {
@@ -1062,6 +1080,10 @@ mod tests {
         assert!(!x.services[0].command.iter().any(|a| a.contains("ballast")));
         let smos = smo_configs(&plan, "tok", "http://10.100.0.20:8080");
         assert!(smos.iter().all(|(_, c)| c.notify_when == NotifyWhen::Early));
+        assert!(
+            smos.iter().all(|(_, c)| c.nef.af_ack_ind),
+            "EARLY: acknowledged, the path switch held while the service moves"
+        );
     }
 
     #[test]

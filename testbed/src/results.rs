@@ -876,6 +876,7 @@ pub(crate) mod tests {
             }),
             cause: None,
             control: Default::default(),
+            af_ack: None,
         }
     }
 
