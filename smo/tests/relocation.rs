@@ -2584,7 +2584,7 @@ async fn notifications_that_move_nothing_here_are_acked_at_once() {
         &cfg,
         remote.clone(),
         FakeProgrammer::new(),
-        Store::open(&fixed_dir.join("s")).expect("store"),
+        Store::open(fixed_dir.join("s")).expect("store"),
         Clock::tokio(0),
     )
     .expect("negotiator");
