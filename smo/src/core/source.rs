@@ -961,3 +961,178 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+    use crate::routing::rules::EdgePorts;
+    use model::nsmf_event_exposure::SmfEvent;
+    use model::smo::{RelocationType, ResourceRequirements};
+    use model::traffic_influence::AfResultStatus;
+
+    fn held() -> (SourceRelocation, Vec<SourceCommand>) {
+        let at = model::common::DateTime::from_unix(0, 0).expect("epoch");
+        SourceRelocation::start(
+            0,
+            SourceStart {
+                relocation_id: "smo-x-1".into(),
+                local: Local {
+                    smo_id: "smo-x".into(),
+                    dnai: Dnai::new("edge-x"),
+                    api_root: "http://smo-x.invalid".into(),
+                    ports: EdgePorts::testbed(),
+                },
+                notification: EventNotification::new(SmfEvent::UpPathCh, at),
+                ue: Ipv4Addr::new(192, 168, 1, 2),
+                target_dnai: Dnai::new("edge-y"),
+                module: super::super::test_module("module-1", "10.0.1.1:9100"),
+                service: Service {
+                    service_id: "svc-1".into(),
+                    ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
+                    mac_addr: "02:00:00:00:00:0a".into(),
+                    ovs_port: "svc1".into(),
+                    relocation_type: RelocationType::Test,
+                    resource_requirements: ResourceRequirements::default(),
+                    ue_ipv4_addrs: Vec::new(),
+                },
+                candidates: vec![PeerInfo {
+                    smo_id: "smo-y".into(),
+                    dnai: Dnai::new("edge-y"),
+                    api_root: "http://smo-y.invalid".into(),
+                    cost: 0,
+                }],
+                notified_us: 0,
+                notified_unix_us: 0,
+                control: RelocationControl::default(),
+                ack: Some(AckRequest {
+                    uri: "http://nef.invalid/acks/ack-1".into(),
+                    af_trans_id: Some("t".into()),
+                }),
+            },
+        )
+    }
+
+    fn proceed(phase: Phase) -> SourceEvent {
+        SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            relocation_id: "smo-x-1".into(),
+            relocation_phase: phase,
+            result: PeerResult::Proceed,
+            cause: None,
+            target_module_address: (phase == Phase::Initiate)
+                .then(|| "10.0.1.2:9200".parse().expect("addr")),
+            took_us: 0,
+            flow_install_us: None,
+        }))
+    }
+
+    fn acks(cmds: &[SourceCommand]) -> AfResultStatus {
+        match cmds {
+            [SourceCommand::Acknowledge { uri, body }] => {
+                assert_eq!(uri, "http://nef.invalid/acks/ack-1");
+                assert_eq!(body.af_trans_id.as_deref(), Some("t"));
+                body.ack_result.af_status.clone()
+            }
+            other => panic!("expected the acknowledgement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_held_relocation_skips_the_trombone_and_acks_between_execute_and_complete() {
+        let (mut m, cmds) = held();
+        assert!(m.path_held());
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::CallPeer { message, .. }] if message.path_held)
+        );
+        m.handle(10, proceed(Phase::Initiate));
+        // VALIDATE proceeds: PREPARE asks the target at once, no flows here.
+        let cmds = m.handle(20, proceed(Phase::Validate));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::CallPeer { message, .. }]
+                if message.relocation_phase == Phase::Prepare && message.path_held
+        ));
+        let cmds = m.handle(30, proceed(Phase::Prepare));
+        assert!(matches!(cmds.as_slice(), [SourceCommand::Execute { .. }]));
+        m.handle(300_030, SourceEvent::Executed(Ok(ExecuteReport::default())));
+        // The target confirmed the new path: the acknowledgement, before COMPLETE's cleanup.
+        let cmds = m.handle(300_040, proceed(Phase::Execute));
+        assert_eq!(acks(&cmds), AfResultStatus::Success);
+        let noted = m.record().af_ack.clone().expect("noted");
+        assert_eq!(
+            (noted.af_status, noted.sent_us, noted.answer),
+            (Some(AfResultStatus::Success), Some(300_040), None)
+        );
+        // A restart while it waits for the answer sends it again.
+        let mut restarted = m.clone();
+        assert_eq!(acks(&restarted.resume(300_050)), AfResultStatus::Success);
+        let cmds = m.handle(300_060, SourceEvent::Acknowledged(Ok(204)));
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "cleanup-source")
+        );
+        assert_eq!(
+            m.record().af_ack.as_ref().and_then(|a| a.answer.as_deref()),
+            Some("204")
+        );
+        m.handle(
+            300_070,
+            SourceEvent::Flows(Ok(FlowReport {
+                flow_mods: 2,
+                took: std::time::Duration::from_micros(10),
+            })),
+        );
+        let cmds = m.handle(300_080, proceed(Phase::Complete));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::ServiceMoved { .. }, SourceCommand::Done]
+        ));
+        assert_eq!(m.record().state, RelocationState::Completed);
+    }
+
+    #[test]
+    fn a_held_relocation_that_fails_acks_other_after_failures_flows_and_a_lost_answer_is_noted() {
+        let (mut m, _) = held();
+        m.handle(10, proceed(Phase::Initiate));
+        // The target refuses VALIDATE: FAILURE's trombone here, then the target, then the ack.
+        let refused = SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            result: PeerResult::Fail,
+            cause: Some("no room".into()),
+            ..match proceed(Phase::Validate) {
+                SourceEvent::Peer(Ok(a)) => a,
+                _ => unreachable!(),
+            }
+        }));
+        let cmds = m.handle(20, refused);
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "failure-source")
+        );
+        let cmds = m.handle(
+            30,
+            SourceEvent::Flows(Ok(FlowReport {
+                flow_mods: 2,
+                took: std::time::Duration::from_micros(10),
+            })),
+        );
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::CallPeer { message, .. }] if message.relocation_phase == Phase::Failure
+        ));
+        let cmds = m.handle(40, proceed(Phase::Failure));
+        assert_eq!(acks(&cmds), AfResultStatus::OtherReason);
+        assert_eq!(
+            m.record().state,
+            RelocationState::Running,
+            "FAILED after the ack"
+        );
+        let cmds = m.handle(
+            50,
+            SourceEvent::Acknowledged(Err("no answer within 1000 ms".into())),
+        );
+        assert_eq!(cmds, [SourceCommand::Done]);
+        let r = m.record();
+        assert_eq!(r.state, RelocationState::Failed);
+        assert_eq!(
+            r.af_ack.as_ref().and_then(|a| a.answer.as_deref()),
+            Some("no answer within 1000 ms")
+        );
+    }
+}
