@@ -52,6 +52,18 @@ async fn listener() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
+/// Serves a fake's `app` on 127.0.0.1:0 (h2c, the token required) until the test ends; its address.
+async fn serve_fake(app: Router) -> SocketAddr {
+    let (l, a) = listener().await;
+    tokio::spawn(sbi::serve(
+        l,
+        app,
+        Some(TOKEN.into()),
+        std::future::pending(),
+    ));
+    a
+}
+
 /// A client speaking h2c like the NFs, with or without the token.
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -133,13 +145,7 @@ async fn fake_iap(
             ),
         )
         .with_state(state);
-    let (l, a) = listener().await;
-    tokio::spawn(sbi::serve(
-        l,
-        app,
-        Some(TOKEN.into()),
-        std::future::pending(),
-    ));
+    let a = serve_fake(app).await;
     (format!("http://{a}/iap/v1/locations"), pushes)
 }
 
@@ -516,13 +522,7 @@ async fn fake_af(log: Log) -> (String, Arc<Mutex<Vec<Value>>>) {
             ),
         )
         .with_state((log, bodies.clone()));
-    let (l, a) = listener().await;
-    tokio::spawn(sbi::serve(
-        l,
-        app,
-        Some(TOKEN.into()),
-        std::future::pending(),
-    ));
+    let a = serve_fake(app).await;
     (format!("http://{a}/af/v1/notifications"), bodies)
 }
 
@@ -560,6 +560,14 @@ fn state_dir(tag: &str) -> std::path::PathBuf {
 }
 
 async fn testbed_in(state_dir: Option<std::path::PathBuf>) -> Testbed {
+    testbed_with(state_dir, None).await
+}
+
+/// A testbed whose SMF holds a path switch at most `ack_timeout_ms` for AF acknowledgements.
+async fn testbed_with(
+    state_dir: Option<std::path::PathBuf>,
+    ack_timeout_ms: Option<u64>,
+) -> Testbed {
     let log = Log::default();
     let (lr, lr_stop) = start_lr().await;
     let (iap_uri, iap) = fake_iap("iap", log.clone(), Duration::ZERO).await;
@@ -601,7 +609,7 @@ async fn testbed_in(state_dir: Option<std::path::PathBuf>) -> Testbed {
         gnbs: vec![gnb("gnb-a", "a"), gnb("gnb-a2", "a"), gnb("gnb-b", "b")],
         callback_networks: Vec::new(),
         state_dir,
-        ack_timeout_ms: None,
+        ack_timeout_ms,
     };
     let (smf_rt, smf) = start_smf(config.clone()).await;
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -733,6 +741,34 @@ impl Testbed {
         )
         .await;
         (status, body)
+    }
+
+    /// A path switch request sent in a task of its own (one a crash may cut): its answer's
+    /// status, or the error of a request that got none.
+    fn spawn_path_switch(
+        &self,
+        ue: Ipv4Addr,
+        gnb: &str,
+        teid: u32,
+    ) -> tokio::task::JoinHandle<Result<u16, reqwest::Error>> {
+        let request = serde_json::to_string(&PathSwitchRequest {
+            supi: SUPI.into(),
+            ue_ipv4: ue,
+            gnb: gnb.into(),
+            gnb_tunnel: gnb_tunnel(gnb, teid),
+        })
+        .expect("json");
+        let url = format!("{}/n2-lite/v1/path-switch", self.smf);
+        tokio::spawn(async move {
+            http()
+                .post(&url)
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(request)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
     }
 
     async fn lr_location(&self, ue: Ipv4Addr) -> UeLocation {
@@ -1278,27 +1314,7 @@ async fn a_path_switch_cut_by_a_crash_is_finished_after_the_restart_and_a_retry_
         *stalling.silent.lock().expect("silent") = Some(stalled);
 
         // The path switch stops at the UPF that does not answer; the SMF dies there.
-        let request = serde_json::to_string(&PathSwitchRequest {
-            supi: SUPI.into(),
-            ue_ipv4: ue,
-            gnb: "gnb-b".into(),
-            gnb_tunnel: gnb_tunnel("gnb-b", 0x61),
-        })
-        .expect("json");
-        let url = format!("{}/n2-lite/v1/path-switch", tb.smf);
-        let cut = tokio::spawn({
-            let (url, request) = (url.clone(), request.clone());
-            async move {
-                http()
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/json")
-                    .body(request)
-                    .send()
-                    .await
-                    .map(|r| r.status().as_u16())
-            }
-        });
+        let cut = tb.spawn_path_switch(ue, "gnb-b", 0x61);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !tb
             .log
@@ -1381,4 +1397,551 @@ async fn a_path_switch_cut_by_a_crash_is_finished_after_the_restart_and_a_retry_
         drop(tb);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AF acknowledgements: traffic controls (the N7 stand-in) and the NEF
+
+/// A fake AF that acknowledges: it records every notification, logs `af KIND ID` before its 204,
+/// and for one with an `ackUri` (TS 29.508: `AckOfNotify`) or an `afAckUri` (TS 29.522:
+/// `AfAckInfo`) POSTs `afStatus` there 50 ms later (logged `ack STATUS` before it goes; `None`:
+/// no answer). What it sent and the status it got are in `acks`.
+#[derive(Clone, Default)]
+struct Acker {
+    af_status: Arc<Mutex<Option<&'static str>>>,
+    bodies: Arc<Mutex<Vec<Value>>>,
+    acks: Arc<Mutex<Vec<(String, Value, StatusCode)>>>,
+}
+
+impl Acker {
+    async fn start(log: Log, af_status: Option<&'static str>) -> (String, Self) {
+        let me = Acker::default();
+        *me.af_status.lock().expect("status") = af_status;
+        type S = (Log, Acker);
+        let app = Router::new()
+            .route(
+                "/af/v1/ack-notifications",
+                post(
+                    |State((log, me)): State<S>, sbi::Json(v): sbi::Json<Value>| async move {
+                        let kind = v["dnaiChgType"]
+                            .as_str()
+                            .or(v["eventNotifs"][0]["dnaiChgType"].as_str())
+                            .unwrap_or("?");
+                        let id = v["notifId"].as_str().or(v["afTransId"].as_str());
+                        log.push(format!("af {kind} {}", id.unwrap_or("?")));
+                        me.bodies.lock().expect("bodies").push(v.clone());
+                        let status = *me.af_status.lock().expect("status");
+                        let ack = match (v["ackUri"].as_str(), v["afAckUri"].as_str(), status) {
+                            (Some(uri), _, Some(s)) => Some((
+                                uri.to_owned(),
+                                json!({"notifId": v["notifId"], "ackResult": {"afStatus": s}}),
+                            )),
+                            (_, Some(uri), Some(s)) => Some((
+                                uri.to_owned(),
+                                json!({"afTransId": v["afTransId"], "ackResult": {"afStatus": s}}),
+                            )),
+                            _ => None,
+                        };
+                        if let Some((uri, body)) = ack {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                                log.push(format!("ack {}", body["ackResult"]["afStatus"]));
+                                let (status, _, _) =
+                                    send_json(reqwest::Method::POST, &uri, &body).await;
+                                me.acks.lock().expect("acks").push((uri, body, status));
+                            });
+                        }
+                        StatusCode::NO_CONTENT
+                    },
+                ),
+            )
+            .with_state((log, me.clone()));
+        let a = serve_fake(app).await;
+        (format!("http://{a}/af/v1/ack-notifications"), me)
+    }
+
+    fn take_bodies(&self) -> Vec<Value> {
+        std::mem::take(&mut *self.bodies.lock().expect("bodies"))
+    }
+
+    /// The acknowledgements sent and answered since the last call, once there are `n` (its
+    /// answer may reach the fake after the SMF went on), or what there is after 2 s.
+    async fn take_acks(&self, n: usize) -> Vec<(String, Value, StatusCode)> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.acks.lock().expect("acks").len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        std::mem::take(&mut *self.acks.lock().expect("acks"))
+    }
+}
+
+/// The step of `timeline` that starts with `prefix`.
+fn step<'a>(timeline: &'a [TimelineStep], prefix: &str) -> &'a TimelineStep {
+    timeline
+        .iter()
+        .find(|s| s.step.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no step `{prefix}…` in {:?}", step_names(timeline)))
+}
+
+#[tokio::test]
+async fn an_early_notification_with_an_ack_uri_holds_the_switch_until_the_answer_or_the_limit() {
+    let tb = testbed_with(None, Some(400)).await;
+    let (uri, acker) = Acker::start(tb.log.clone(), Some("SUCCESS")).await;
+    // What the NEF puts at the SMF for an AF that acknowledges EARLY notifications.
+    let control = json!({
+        "tcId": "tc-1",
+        "routeToLocs": [{"dnai": "edge-b", "routeInfo": {"ipv4Addr": "10.90.0.3", "portNumber": 2152}}],
+        "upPathChgEvent": {
+            "notificationUri": uri, "notifCorreId": "tc-1", "dnaiChgType": "EARLY", "afAckInd": true
+        }
+    });
+    tb.check(names::TRAFFIC_CONTROL_DATA, &control);
+    let tc_url = format!("{}/n7-lite/v1/traffic-controls/tc-1", tb.smf);
+    let (status, headers, body) = send_json(
+        reqwest::Method::PUT,
+        &format!("{tc_url}?anyUeInd=true"),
+        &control,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers["location"].to_str().expect("location"), tc_url);
+    assert_eq!(body, control);
+    let (status, _, body) = call(reqwest::Method::GET, &tc_url, Some(TOKEN), None).await;
+    assert_eq!((status, &body), (StatusCode::OK, &control));
+    // A plain TS 29.508 subscription is notified as before, without an ackUri, and not waited for.
+    tb.subscribe("plain", DnaiChangeType::Early, None).await;
+
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+
+    // SUCCESS: the target UPF hears of the session only after the answer.
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let log = tb.log.take();
+    let mut early = log[..2].to_vec();
+    early.sort();
+    assert_eq!(early, ["af EARLY plain", "af EARLY tc-1"], "{log:?}");
+    assert_eq!(
+        log[2..5],
+        [
+            "ack \"SUCCESS\"".to_owned(),
+            "upf-b establishment".into(),
+            "iap push site b version 2".into()
+        ],
+        "{log:?}"
+    );
+    let hold = step(&ack.timeline, "hold for af acknowledgements");
+    assert_eq!(
+        hold.step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 SUCCESS"
+    );
+    let names_ = step_names(&ack.timeline);
+    let at = |prefix: &str| names_.iter().position(|n| n.starts_with(prefix));
+    assert!(at("early up_path_ch") < at("hold") && at("hold") < at("pfcp session establishment"));
+    assert_eq!(
+        names_[0],
+        "early up_path_ch notifications (2 subscriptions, 1 expecting an acknowledgement)"
+    );
+    // The bodies: the acknowledged one has an ackUri at the SMF, the plain one none.
+    let bodies = tb.notifications();
+    assert_eq!(bodies.len(), 1);
+    assert!(bodies[0].get("ackUri").is_none(), "{}", bodies[0]);
+    let [with_ack] = &acker.take_bodies()[..] else {
+        panic!("one notification to the acker");
+    };
+    tb.check(names::NSMF_EVENT_EXPOSURE_NOTIFICATION, with_ack);
+    let ack_uri = with_ack["ackUri"].as_str().expect("ackUri");
+    assert!(
+        ack_uri.starts_with(&format!("{}/nsmf-event-exposure/v1/acks/", tb.smf)),
+        "{ack_uri}"
+    );
+    let [(to, sent, answered)] = &acker.take_acks(1).await[..] else {
+        panic!("one acknowledgement");
+    };
+    assert_eq!((to.as_str(), *answered), (ack_uri, StatusCode::NO_CONTENT));
+    tb.check(names::ACK_OF_NOTIFY, sent);
+    // Once the hold is over, the ackUri is gone; a wrong notifId is refused naming it.
+    let (status, _, problem) = send_json(reqwest::Method::POST, ack_uri, sent).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+
+    // A failure status: the switch goes on at once, and the timeline says what came back.
+    *acker.af_status.lock().expect("status") = Some("RELOC_NO_ALLOWED");
+    let (status, body) = tb.path_switch(ue, "gnb-a", 0x52).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let back: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(back.upf, "upf-a");
+    assert_eq!(
+        step(&back.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 RELOC_NO_ALLOWED"
+    );
+    let log = tb.log.take();
+    let answered_at = log.iter().position(|l| l == "ack \"RELOC_NO_ALLOWED\"");
+    let established_at = log.iter().position(|l| l == "upf-a establishment");
+    assert!(
+        answered_at < established_at && answered_at.is_some(),
+        "{log:?}"
+    );
+    acker.take_bodies();
+    acker.take_acks(1).await;
+
+    // No answer: the switch waits for the limit (400 ms here), then goes on.
+    *acker.af_status.lock().expect("status") = None;
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x62).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let timed_out: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(timed_out.upf, "upf-b");
+    let hold = step(&timed_out.timeline, "hold");
+    assert_eq!(
+        hold.step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 no answer"
+    );
+    assert!(
+        hold.took_us >= 400_000,
+        "the hold lasted its limit: {hold:?}"
+    );
+    // The answer after the limit finds no hold.
+    let [late] = &acker.take_bodies()[..] else {
+        panic!("one notification");
+    };
+    let late_ack = json!({"notifId": "tc-1", "ackResult": {"afStatus": "SUCCESS"}});
+    let (status, _, _) = send_json(
+        reqwest::Method::POST,
+        late["ackUri"].as_str().expect("ackUri"),
+        &late_ack,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Bad traffic controls are refused naming the field; unknown ones are 404.
+    let mut bad = control.clone();
+    bad["upPathChgEvent"]["notificationUri"] = json!("http://8.8.8.8/x");
+    bad["flowStatus"] = json!("ENABLED");
+    let (status, _, problem) = send_json(
+        reqwest::Method::PUT,
+        &format!("{tc_url}?anyUeInd=true"),
+        &bad,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let params: Vec<&str> = problem["invalidParams"]
+        .as_array()
+        .expect("invalidParams")
+        .iter()
+        .filter_map(|p| p["param"].as_str())
+        .collect();
+    assert_eq!(params, ["/flowStatus", "/upPathChgEvent/notificationUri"]);
+    let (status, _, problem) = send_json(reqwest::Method::PUT, &tc_url, &control).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "no ue scope: {problem}");
+    let (status, _, _) = call(reqwest::Method::DELETE, &tc_url, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, problem) = call(reqwest::Method::GET, &tc_url, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+}
+
+/// Starts a NEF for the SMF at `smf` (AFs `smo-x` and `smo-y`); its base URL.
+async fn start_nef(smf: &str) -> (String, tokio::sync::watch::Sender<bool>) {
+    let (l, a) = listener().await;
+    let config = emu_5gc::nef::NefConfig {
+        sbi_addr: "127.0.0.1:0".parse().expect("addr"),
+        token: Some(TOKEN.into()),
+        smf_url: smf.to_owned(),
+        af_ids: vec!["smo-x".into(), "smo-y".into()],
+        callback_networks: Vec::new(),
+        state_dir: None,
+    };
+    let (stop, shutdown) = Shutdown::new();
+    tokio::spawn(emu_5gc::nef::run_on(config, l, Ready::none(), shutdown));
+    (format!("http://{a}"), stop)
+}
+
+/// The `param`s of a ProblemDetails' `invalidParams`.
+fn invalid_params(problem: &Value) -> Vec<&str> {
+    problem["invalidParams"]
+        .as_array()
+        .map(|ps| ps.iter().filter_map(|p| p["param"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_af_subscribes_at_the_nef_and_its_acknowledgement_releases_the_held_switch() {
+    let tb = testbed_with(None, Some(2_000)).await;
+    let (nef, _nef_stop) = start_nef(&tb.smf).await;
+    let (destination, smo) = Acker::start(tb.log.clone(), Some("SUCCESS")).await;
+    let subs = format!("{nef}/3gpp-traffic-influence/v1/smo-x/subscriptions");
+    let sub = json!({
+        "afAppId": "stream1",
+        "afTransId": "smo-x-1",
+        "anyUeInd": true,
+        "subscribedEvents": ["UP_PATH_CHANGE"],
+        "dnaiChgType": "EARLY",
+        "notificationDestination": destination,
+        "trafficRoutes": [
+            {"dnai": "edge-a", "routeInfo": {"ipv4Addr": "10.90.0.2", "portNumber": 2152}},
+            {"dnai": "edge-b", "routeInfo": {"ipv4Addr": "10.90.0.3", "portNumber": 2152}}
+        ],
+        "afAckInd": true,
+        "addrPreserInd": true,
+        "appReloInd": true
+    });
+    tb.check(names::TRAFFIC_INFLU_SUB, &sub);
+
+    // Create: 201 + Location, the body with self.
+    let (status, headers, created) = send_json(reqwest::Method::POST, &subs, &sub).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    tb.check(names::TRAFFIC_INFLU_SUB, &created);
+    let location = headers["location"].to_str().expect("location").to_owned();
+    assert_eq!(location, format!("{subs}/sub-1"));
+    assert_eq!(created["self"], location.as_str());
+    let mut expected = sub.clone();
+    expected["self"] = json!(location);
+    assert_eq!(created, expected);
+    // Read, list.
+    let (status, _, read) = call(reqwest::Method::GET, &location, Some(TOKEN), None).await;
+    assert_eq!((status, &read), (StatusCode::OK, &created));
+    let (status, _, list) = call(reqwest::Method::GET, &subs, Some(TOKEN), None).await;
+    assert_eq!((status, list), (StatusCode::OK, json!([created])));
+    // The SMF has it as traffic control data (TS 29.512) whose notifications go to the NEF.
+    let (status, _, control) = call(
+        reqwest::Method::GET,
+        &format!("{}/n7-lite/v1/traffic-controls/sub-1", tb.smf),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{control}");
+    tb.check(names::TRAFFIC_CONTROL_DATA, &control);
+    assert_eq!(control["routeToLocs"], sub["trafficRoutes"]);
+    assert_eq!(
+        control["upPathChgEvent"],
+        json!({
+            "notificationUri": format!("{nef}/nef-callbacks/v1/notifications/sub-1"),
+            "notifCorreId": "sub-1", "dnaiChgType": "EARLY", "afAckInd": true
+        })
+    );
+
+    // Another AF does not see it; an AF the deployment does not know is refused.
+    let other = location.replace("/smo-x/", "/smo-y/");
+    let (status, _, problem) = call(reqwest::Method::GET, &other, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let (status, _, problem) = send_json(
+        reqwest::Method::POST,
+        &subs.replace("/smo-x/", "/intruder/"),
+        &sub,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    let (status, _, _) = call(reqwest::Method::GET, &subs, None, None).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "authenticated like every sbi endpoint"
+    );
+    // Bad bodies: 400 naming the field.
+    let mut bad = sub.clone();
+    bad.as_object_mut().expect("object").remove("dnaiChgType");
+    bad["notificationDestination"] = json!("http://8.8.8.8/x");
+    let (status, _, problem) = send_json(reqwest::Method::POST, &subs, &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    tb.check(names::PROBLEM_DETAILS, &problem);
+    assert_eq!(
+        invalid_params(&problem),
+        ["/notificationDestination", "/dnaiChgType"]
+    );
+    let mut bad = sub.clone();
+    bad["ueIpv4"] = json!("192.168.1.2");
+    let (status, _, problem) = send_json(reqwest::Method::POST, &subs, &bad).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("ueIpv4")),
+        "{problem}"
+    );
+    // Unknown ids.
+    let (status, _, _) = call(
+        reqwest::Method::DELETE,
+        &format!("{subs}/sub-9"),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // PATCH (merge patch) and PUT.
+    let (status, _, patched) = send_json(
+        reqwest::Method::PATCH,
+        &location,
+        &json!({"appReloInd": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    tb.check(names::TRAFFIC_INFLU_SUB, &patched);
+    assert_eq!(patched["appReloInd"], false);
+    let (status, _, replaced) = send_json(reqwest::Method::PUT, &location, &sub).await;
+    assert_eq!(status, StatusCode::OK, "{replaced}");
+    assert_eq!(replaced, created);
+
+    // A handover: the SMF's EARLY notification reaches the SMO through the NEF with an
+    // afAckUri; the SMO's AfAckInfo goes back through the NEF; only then the target UPF.
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let ack: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    let log = tb.log.take();
+    assert_eq!(
+        log[..3],
+        [
+            "af EARLY smo-x-1".to_owned(),
+            "ack \"SUCCESS\"".into(),
+            "upf-b establishment".into()
+        ],
+        "{log:?}"
+    );
+    assert_eq!(
+        step(&ack.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): sub-1 SUCCESS"
+    );
+    let [notification] = &smo.take_bodies()[..] else {
+        panic!("one notification to the smo");
+    };
+    tb.check(names::TRAFFIC_INFLUENCE_NOTIFICATION, notification);
+    let af_ack_uri = notification["afAckUri"].as_str().expect("afAckUri");
+    assert!(
+        af_ack_uri.starts_with(&format!("{location}/acks/")),
+        "{af_ack_uri}"
+    );
+    assert_eq!(
+        (
+            &notification["afTransId"],
+            &notification["dnaiChgType"],
+            &notification["subscribedEvent"],
+            &notification["sourceDnai"],
+            &notification["targetDnai"],
+            &notification["srcUeIpv4Addr"],
+        ),
+        (
+            &json!("smo-x-1"),
+            &json!("EARLY"),
+            &json!("UP_PATH_CHANGE"),
+            &json!("edge-a"),
+            &json!("edge-b"),
+            &json!("192.168.1.2"),
+        )
+    );
+    let [(to, sent, answered)] = &smo.take_acks(1).await[..] else {
+        panic!("one acknowledgement");
+    };
+    tb.check(names::AF_ACK_INFO, sent);
+    assert_eq!(
+        (to.as_str(), *answered),
+        (af_ack_uri, StatusCode::NO_CONTENT)
+    );
+    // Again, after the hold: the SMF no longer waits for it.
+    let (status, _, _) = send_json(reqwest::Method::POST, af_ack_uri, sent).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Delete: gone at the NEF and at the SMF.
+    let (status, _, _) = call(reqwest::Method::DELETE, &location, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(reqwest::Method::GET, &location, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = call(
+        reqwest::Method::GET,
+        &format!("{}/n7-lite/v1/traffic-controls/sub-1", tb.smf),
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_hold_cut_by_the_smfs_crash_goes_on_after_the_restart_with_the_same_ack_uri() {
+    let dir = state_dir("hold-crash");
+    let mut tb = testbed_with(Some(dir.clone()), Some(5_000)).await;
+    let (uri, acker) = Acker::start(tb.log.clone(), None).await;
+    let control = json!({
+        "tcId": "tc-1",
+        "upPathChgEvent": {
+            "notificationUri": uri, "notifCorreId": "tc-1", "dnaiChgType": "EARLY", "afAckInd": true
+        }
+    });
+    let (status, _, body) = send_json(
+        reqwest::Method::PUT,
+        &format!("{}/n7-lite/v1/traffic-controls/tc-1?anyUeInd=true", tb.smf),
+        &control,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let ue = tb.setup(SUPI, "gnb-a", 0x51).await.ue_ipv4;
+    tb.upf_a.take();
+    tb.log.take();
+
+    // The switch holds (the AF does not answer); the SMF dies meanwhile.
+    let cut = tb.spawn_path_switch(ue, "gnb-b", 0x61);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let notification = loop {
+        if let Some(n) = acker.take_bodies().pop() {
+            break n;
+        }
+        assert!(Instant::now() < deadline, "no EARLY notification");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let old_smf = tb.smf.clone();
+    tb.restart_smf().await;
+    assert!(cut.await.expect("join").is_err(), "cut: no answer");
+    assert!(
+        tb.upf_b.take().is_empty(),
+        "nothing at the target during the hold"
+    );
+
+    // The restarted SMF holds on (it sends EARLY not again) and takes the answer at the same
+    // ackUri (on its new port here; the testbed's address does not change).
+    let ack_uri = notification["ackUri"]
+        .as_str()
+        .expect("ackUri")
+        .replace(&old_smf, &tb.smf);
+    let ack = json!({"notifId": "tc-1", "ackResult": {"afStatus": "SUCCESS"}});
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, _, problem) = send_json(reqwest::Method::POST, &ack_uri, &ack).await;
+        if status == StatusCode::NO_CONTENT {
+            break;
+        }
+        // 404 until the restarted SMF has taken up the switch.
+        assert_eq!(status, StatusCode::NOT_FOUND, "{problem}");
+        assert!(Instant::now() < deadline, "the hold was not resumed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body) = tb.path_switch(ue, "gnb-b", 0x61).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done: PathSwitchAck = serde_json::from_value(body).expect("ack");
+    assert_eq!(done.upf, "upf-b");
+    assert_eq!(
+        step(&done.timeline, "hold").step,
+        "hold for af acknowledgements of the early notification (1 expected): tc-1 SUCCESS"
+    );
+    assert!(
+        acker.take_bodies().is_empty(),
+        "EARLY was not sent again after the restart"
+    );
+    assert_eq!(
+        tb.upf_b
+            .take()
+            .iter()
+            .filter(|m| matches!(m, Message::SessionEstablishmentRequest(_)))
+            .count(),
+        1
+    );
+    drop(tb);
+    let _ = std::fs::remove_dir_all(&dir);
 }

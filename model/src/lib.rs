@@ -3,6 +3,10 @@
 //!
 //! * [`nsmf_event_exposure`]: TS 29.508 Nsmf_EventExposure (subscriptions and `UP_PATH_CH`
 //!   notifications).
+//! * [`traffic_influence`]: TS 29.522 TrafficInfluence of the NEF (subscriptions, `UP_PATH_CHANGE`
+//!   notifications, the AF's acknowledgement).
+//! * [`sm_policy`]: the TS 29.512 traffic control data (with `UpPathChgEvent`, `afAckInd`) that
+//!   carries an AF's traffic influence to the SMF.
 //! * [`common`]: the TS 29.571 common data types those bodies use.
 //! * [`ran`]: the testbed's own RAN/core signalling where 3GPP has no JSON form (radio, N2, Xn, LR).
 //! * [`smo`]: the SMO's own messages (service-mobility API, module callbacks, peer protocol,
@@ -23,5 +27,7 @@ pub mod problem;
 pub mod ran;
 #[cfg(feature = "schema")]
 pub mod schema;
+pub mod sm_policy;
 pub mod smo;
 pub mod timeline;
+pub mod traffic_influence;

@@ -14,6 +14,8 @@ use ipnet::Ipv6Net;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::traffic_influence::AfResultInfo;
+
 use crate::common::{
     extensible_enum, non_empty, string_newtype, AccessType, DateTime, DddTrafficDescriptor,
     DlDataDeliveryStatus, Dnai, DnaiChangeType, DurationSec, Gpsi, MacAddr48, PduSessionId,
@@ -437,14 +439,14 @@ impl EventNotification {
     }
 }
 
-/// `AckOfNotify`: the AF's acknowledgement of a notification, POSTed to `ackUri`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// `AckOfNotify`: the AF's acknowledgement of a notification, POSTed to `ackUri` (answered 204).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AckOfNotify {
     /// The subscription's correlation id.
     pub notif_id: NotifId,
-    /// `AfResultInfo` of TS 29.522 (kept as raw JSON).
-    pub ack_result: Value,
+    /// The AF's result (`AfResultInfo` of TS 29.522).
+    pub ack_result: AfResultInfo,
     /// The UE.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supi: Option<Supi>,

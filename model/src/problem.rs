@@ -81,6 +81,63 @@ impl InvalidParam {
     }
 }
 
+/// The parameters a request got wrong, collected while checking it, and the application error
+/// cause of the first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InvalidParams {
+    cause: Option<&'static str>,
+    params: Vec<InvalidParam>,
+}
+
+/// A refused request: its `detail` (every parameter with its reason), `cause` and parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub detail: String,
+    pub cause: &'static str,
+    pub invalid_params: Vec<InvalidParam>,
+}
+
+impl InvalidParams {
+    /// Nothing wrong yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `param` (a JSON pointer) is wrong because of `reason` (application error `cause`).
+    pub fn add(
+        &mut self,
+        cause: &'static str,
+        param: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        self.cause.get_or_insert(cause);
+        self.params.push(InvalidParam::new(param, reason));
+    }
+
+    /// `Ok` if nothing was wrong, else the refusal naming every parameter.
+    pub fn check(self) -> Result<(), Refusal> {
+        let Some(cause) = self.cause else {
+            return Ok(());
+        };
+        Err(Refusal {
+            detail: self
+                .params
+                .iter()
+                .map(|p| format!("{}: {}", p.param, p.reason.as_deref().unwrap_or("invalid")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            cause,
+            invalid_params: self.params,
+        })
+    }
+}
+
+impl From<Refusal> for ProblemDetails {
+    fn from(r: Refusal) -> Self {
+        ProblemDetails::bad_request(r.detail, r.invalid_params).with_cause(r.cause)
+    }
+}
+
 impl ProblemDetails {
     /// A problem with `status`, its standard `title` and a `detail` text.
     pub fn new(status: u16, title: impl Into<String>, detail: impl Into<String>) -> Self {
@@ -143,6 +200,21 @@ mod tests {
                 "invalidParams": [{"param": "/foo", "reason": "unknown field"}],
             })
         );
+    }
+
+    #[test]
+    fn invalid_params_name_every_parameter_and_keep_the_first_cause() {
+        assert_eq!(InvalidParams::new().check(), Ok(()));
+        let mut bad = InvalidParams::new();
+        bad.add(cause::MANDATORY_IE_MISSING, "/a", "missing");
+        bad.add(cause::OPTIONAL_IE_INCORRECT, "/b", "wrong");
+        let refusal = bad.check().expect_err("refused");
+        assert_eq!(refusal.detail, "/a: missing; /b: wrong");
+        assert_eq!(refusal.cause, cause::MANDATORY_IE_MISSING);
+        let problem = ProblemDetails::from(refusal);
+        assert_eq!(problem.status, Some(400));
+        assert_eq!(problem.cause.as_deref(), Some("MANDATORY_IE_MISSING"));
+        assert_eq!(problem.invalid_params.len(), 2);
     }
 
     #[test]

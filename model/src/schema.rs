@@ -46,6 +46,31 @@ pub mod names {
     /// Traffic routing at one DNAI.
     pub const ROUTE_TO_LOCATION: &str =
         "TS29571_CommonData.yaml#/components/schemas/RouteToLocation";
+    /// The AF's acknowledgement of an Nsmf_EventExposure notification, POSTed to `ackUri`.
+    pub const ACK_OF_NOTIFY: &str =
+        "TS29508_Nsmf_EventExposure.yaml#/components/schemas/AckOfNotify";
+    /// A traffic influence subscription at the NEF (request, 201 and 200 bodies).
+    pub const TRAFFIC_INFLU_SUB: &str =
+        "TS29522_TrafficInfluence.yaml#/components/schemas/TrafficInfluSub";
+    /// A `PATCH` of a traffic influence subscription.
+    pub const TRAFFIC_INFLU_SUB_PATCH: &str =
+        "TS29522_TrafficInfluence.yaml#/components/schemas/TrafficInfluSubPatch";
+    /// The NEF's notification to `notificationDestination`.
+    pub const TRAFFIC_INFLUENCE_NOTIFICATION: &str =
+        "TS29522_TrafficInfluence.yaml#/components/schemas/EventNotification";
+    /// The AF's acknowledgement, POSTed to `afAckUri`.
+    pub const AF_ACK_INFO: &str = "TS29522_TrafficInfluence.yaml#/components/schemas/AfAckInfo";
+    /// The AF's result in an acknowledgement.
+    pub const AF_RESULT_INFO: &str =
+        "TS29522_TrafficInfluence.yaml#/components/schemas/AfResultInfo";
+    /// One IP flow and its packet filters (TS 29.122).
+    pub const FLOW_INFO: &str = "TS29122_CommonData.yaml#/components/schemas/FlowInfo";
+    /// A traffic control policy the SMF takes (TS 29.512).
+    pub const TRAFFIC_CONTROL_DATA: &str =
+        "TS29512_Npcf_SMPolicyControl.yaml#/components/schemas/TrafficControlData";
+    /// Its subscription to `UP_PATH_CH` (TS 29.512).
+    pub const UP_PATH_CHG_EVENT: &str =
+        "TS29512_Npcf_SMPolicyControl.yaml#/components/schemas/UpPathChgEvent";
 }
 
 /// Prefix of a JSON pointer to a schema in an OpenAPI file.

@@ -5,6 +5,7 @@
 
 use crate::common::Dnai;
 use crate::nsmf_event_exposure::EventNotification;
+use crate::traffic_influence::AfResultStatus;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -205,6 +206,11 @@ pub struct PeerRelocationMessage {
     /// Why the source gave up (FAILURE only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
+    /// The network holds the UE's path switch until the source acknowledges the notification
+    /// (TS 29.522 `afAckInd`): the UE's traffic stays on the old path meanwhile, so PREPARE
+    /// installs no trombone (make-before-break). Absent: false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_held: bool,
 }
 
 /// Whether the target agrees to go on.
@@ -311,6 +317,27 @@ pub struct RelocationRecord {
     /// notification and ran without a re-sent message).
     #[serde(default, skip_serializing_if = "RelocationControl::is_plain")]
     pub control: RelocationControl,
+    /// Source only: the acknowledgement of the notification the network waits for (TS 29.522
+    /// `afAckUri`), absent when none was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub af_ack: Option<AfAckRecord>,
+}
+
+/// The acknowledgement of one path-change notification (see [`RelocationRecord::af_ack`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AfAckRecord {
+    /// Where it goes (the notification's `afAckUri`).
+    pub af_ack_uri: String,
+    /// What was (or is being) answered; absent until it is decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub af_status: Option<AfResultStatus>,
+    /// When it was sent, µs after the notification arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_us: Option<u64>,
+    /// The answer: `204`, another status, or why none came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<String>,
 }
 
 /// What started a source relocation.

@@ -423,3 +423,243 @@ fn unknown_enum_values_pass_the_extensible_schema() {
     );
     assert_valid(names::NSMF_EVENT_EXPOSURE, &body);
 }
+
+// ---------------------------------------------------------------------------------------------
+// TS 29.522 TrafficInfluence, TS 29.512 traffic control data, TS 29.508 AckOfNotify
+
+use model::nsmf_event_exposure::AckOfNotify;
+use model::sm_policy::{TrafficControlData, UpPathChgEvent};
+use model::traffic_influence::{
+    AfAckInfo, AfResultInfo, AfResultStatus, EventNotification as TiNotification, FlowInfo,
+    SubscribedEvent, TrafficInfluSub, TrafficInfluSubPatch,
+};
+
+/// Every property of `full` is one `name` declares, and `full` uses all of them (for schemas
+/// whose `oneOf`s make a body with every property invalid).
+#[track_caller]
+fn assert_same_properties(name: &str, full: &impl Serialize) {
+    let json = to_json(full);
+    let ours: BTreeSet<String> = json.as_object().expect("object").keys().cloned().collect();
+    assert_eq!(ours, declared_properties(name), "properties of {name}");
+}
+
+/// The subscription an SMO makes at the NEF: any UE, early notifications it acknowledges.
+fn influence_sub() -> TrafficInfluSub {
+    TrafficInfluSub {
+        af_app_id: Some("stream1".into()),
+        af_trans_id: Some("smo-x-1".into()),
+        any_ue_ind: Some(true),
+        subscribed_events: Some(vec![SubscribedEvent::UpPathChange]),
+        dnai_chg_type: Some(DnaiChangeType::Early),
+        notification_destination: Some("http://10.100.0.41:8090/af/v1/ti-notifications".into()),
+        traffic_routes: Some(vec![routing("edge-x", 1), routing("edge-y", 2)]),
+        af_ack_ind: Some(true),
+        addr_preser_ind: Some(true),
+        app_relo_ind: Some(true),
+        ..TrafficInfluSub::default()
+    }
+}
+
+#[test]
+fn traffic_influence_bodies_are_valid_and_match_field_for_field() {
+    let sub = influence_sub();
+    assert_valid(names::TRAFFIC_INFLU_SUB, &sub);
+    let created = TrafficInfluSub {
+        self_link: Some(
+            "http://10.100.0.10:8002/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1".into(),
+        ),
+        ..sub.clone()
+    };
+    assert_valid(names::TRAFFIC_INFLU_SUB, &created);
+    // One UE by address, with packet filters instead of an application id.
+    let by_ip = TrafficInfluSub {
+        af_app_id: None,
+        any_ue_ind: None,
+        ipv4_addr: Some(Ipv4Addr::new(192, 168, 1, 2)),
+        traffic_filters: Some(vec![FlowInfo {
+            flow_id: 1,
+            flow_descriptions: vec!["permit out ip from 20.0.0.100 to 192.168.1.2".into()],
+        }]),
+        ..sub.clone()
+    };
+    assert_valid(names::TRAFFIC_INFLU_SUB, &by_ip);
+    let back: TrafficInfluSub = serde_json::from_value(to_json(&created)).expect("round trip");
+    assert_eq!(back, created);
+
+    let full = TrafficInfluSub {
+        af_service_id: Some("svc".into()),
+        af_app_id: Some("stream1".into()),
+        af_trans_id: Some("t".into()),
+        app_relo_ind: Some(true),
+        dnn: Some("internet".into()),
+        snssai: Some(slice()),
+        external_group_id: Some("group@example.org".into()),
+        any_ue_ind: Some(false),
+        subscribed_events: Some(vec![SubscribedEvent::UpPathChange]),
+        gpsi: Some("msisdn-491701234567".into()),
+        ipv4_addr: Some(Ipv4Addr::new(192, 168, 1, 2)),
+        ip_domain: Some("domain".into()),
+        ipv6_addr: Some(Ipv6Addr::LOCALHOST),
+        mac_addr: Some("00-1a-2b-3c-4d-5e".into()),
+        dnai_chg_type: Some(DnaiChangeType::EarlyLate),
+        notification_destination: Some("http://af/n".into()),
+        request_test_notification: Some(false),
+        websock_notif_config: Some(json!({"requestWebsocketUri": false})),
+        self_link: Some("http://nef/s".into()),
+        traffic_filters: Some(vec![FlowInfo {
+            flow_id: 1,
+            flow_descriptions: vec!["permit out ip from any to any".into()],
+        }]),
+        eth_traffic_filters: Some(vec![json!({"ethType": "0800"})]),
+        traffic_routes: Some(vec![routing("edge-x", 1)]),
+        tfc_corr_ind: Some(false),
+        temp_validities: vec![json!({"startTime": "2023-11-14T22:13:20Z"})],
+        valid_geo_zone_ids: Some(vec!["zone-1".into()]),
+        af_ack_ind: Some(true),
+        addr_preser_ind: Some(true),
+        supp_feat: Some("0".into()),
+    };
+    assert_same_properties(names::TRAFFIC_INFLU_SUB, &full);
+    assert_field_for_field(
+        names::FLOW_INFO,
+        &full.traffic_filters.as_ref().expect("set")[0],
+    );
+
+    let patch = TrafficInfluSubPatch {
+        app_relo_ind: Some(Some(false)),
+        traffic_filters: full.traffic_filters.clone(),
+        eth_traffic_filters: full.eth_traffic_filters.clone(),
+        traffic_routes: full.traffic_routes.clone(),
+        tfc_corr_ind: Some(None),
+        temp_validities: Some(Some(full.temp_validities.clone())),
+        valid_geo_zone_ids: Some(None),
+        af_ack_ind: Some(Some(false)),
+        addr_preser_ind: Some(None),
+    };
+    assert_field_for_field(names::TRAFFIC_INFLU_SUB_PATCH, &patch);
+
+    let mut notification = TiNotification {
+        af_trans_id: Some("smo-x-1".into()),
+        source_traffic_route: Some(routing("edge-x", 1)),
+        target_traffic_route: Some(routing("edge-y", 2)),
+        source_dnai: Some("edge-x".into()),
+        target_dnai: Some("edge-y".into()),
+        gpsi: Some("msisdn-491701234567".into()),
+        src_ue_ipv4_addr: Some(Ipv4Addr::new(192, 168, 1, 2)),
+        src_ue_ipv6_prefix: Some("2001:db8::/64".parse().expect("prefix")),
+        tgt_ue_ipv4_addr: Some(Ipv4Addr::new(192, 168, 1, 2)),
+        tgt_ue_ipv6_prefix: Some("2001:db8::/64".parse().expect("prefix")),
+        ue_mac: Some("00-1a-2b-3c-4d-5e".into()),
+        af_ack_uri: Some("http://10.100.0.10:8002/ack/1".into()),
+        ..TiNotification::up_path_change(DnaiChangeType::Early)
+    };
+    assert_field_for_field(names::TRAFFIC_INFLUENCE_NOTIFICATION, &notification);
+    notification.af_ack_uri = None;
+    let back: TiNotification = serde_json::from_value(to_json(&notification)).expect("round trip");
+    assert_eq!(back, notification);
+
+    let ack = AfAckInfo {
+        af_trans_id: Some("smo-x-1".into()),
+        ack_result: AfResultInfo {
+            af_status: AfResultStatus::Success,
+            traffic_route: Some(routing("edge-y", 2)),
+        },
+        gpsi: Some("msisdn-491701234567".into()),
+    };
+    assert_field_for_field(names::AF_ACK_INFO, &ack);
+    assert_field_for_field(names::AF_RESULT_INFO, &ack.ack_result);
+    for status in [
+        AfResultStatus::Success,
+        AfResultStatus::TemporaryCongestion,
+        AfResultStatus::RelocNoAllowed,
+        AfResultStatus::OtherReason,
+    ] {
+        let json = assert_valid(names::AF_RESULT_INFO, &AfResultInfo::new(status.clone()));
+        assert_eq!(json["afStatus"], status.as_str());
+    }
+    let of_notify = AckOfNotify {
+        notif_id: "sub-1".into(),
+        ack_result: ack.ack_result.clone(),
+        supi: Some("imsi-001010000000001".into()),
+        gpsi: Some("msisdn-491701234567".into()),
+    };
+    assert_field_for_field(names::ACK_OF_NOTIFY, &of_notify);
+    let back: AckOfNotify = serde_json::from_value(to_json(&of_notify)).expect("round trip");
+    assert_eq!(back, of_notify);
+}
+
+#[test]
+fn traffic_control_data_matches_field_for_field() {
+    let event = UpPathChgEvent {
+        notification_uri: "http://10.100.0.10:8002/nnef-callback/v1/notifications/sub-1".into(),
+        notif_corre_id: "sub-1".into(),
+        dnai_chg_type: DnaiChangeType::Early,
+        af_ack_ind: Some(true),
+    };
+    assert_field_for_field(names::UP_PATH_CHG_EVENT, &event);
+    let minimal = TrafficControlData {
+        route_to_locs: vec![routing("edge-x", 1)],
+        up_path_chg_event: Some(event.clone()),
+        ..TrafficControlData::new("sub-1")
+    };
+    assert_valid(names::TRAFFIC_CONTROL_DATA, &minimal);
+    let full = TrafficControlData {
+        flow_status: Some(json!("ENABLED")),
+        redirect_info: Some(json!({"redirectEnabled": false})),
+        add_redirect_info: vec![json!({"redirectEnabled": false})],
+        mute_notif: Some(false),
+        traffic_steering_pol_id_dl: Some("dl".into()),
+        traffic_steering_pol_id_ul: Some("ul".into()),
+        traff_corre_ind: Some(false),
+        steer_fun: Some(json!("MPTCP")),
+        steer_mode_dl: Some(json!({"steerModeValue": "ACTIVE_STANDBY"})),
+        steer_mode_ul: Some(json!({"steerModeValue": "ACTIVE_STANDBY"})),
+        mul_acc_ctrl: Some(json!("ALLOWED")),
+        ..minimal.clone()
+    };
+    assert_field_for_field(names::TRAFFIC_CONTROL_DATA, &full);
+    let back: TrafficControlData = serde_json::from_value(to_json(&full)).expect("round trip");
+    assert_eq!(back, full);
+}
+
+#[test]
+fn the_validator_rejects_broken_traffic_influence_bodies() {
+    let good = to_json(&influence_sub());
+    let broken = |edit: &dyn Fn(&mut Value)| {
+        let mut b = good.clone();
+        edit(&mut b);
+        b
+    };
+    for body in [
+        // no UE, or two ways of naming it
+        broken(&|b| drop(b.as_object_mut().map(|o| o.remove("anyUeInd")))),
+        broken(&|b| b["ipv4Addr"] = json!("192.168.1.2")),
+        // no application and no filters
+        broken(&|b| drop(b.as_object_mut().map(|o| o.remove("afAppId")))),
+        // events without a destination
+        broken(&|b| {
+            drop(
+                b.as_object_mut()
+                    .map(|o| o.remove("notificationDestination")),
+            )
+        }),
+        broken(&|b| b["afAckInd"] = json!("yes")),
+        broken(&|b| b["trafficRoutes"] = json!([{"dnai": "edge-x"}])),
+    ] {
+        assert_invalid(names::TRAFFIC_INFLU_SUB, &body);
+    }
+    assert_invalid(
+        names::TRAFFIC_INFLUENCE_NOTIFICATION,
+        &json!({"dnaiChgType": "EARLY"}),
+    );
+    assert_invalid(names::AF_ACK_INFO, &json!({"ackResult": {}}));
+    assert_invalid(
+        names::ACK_OF_NOTIFY,
+        &json!({"ackResult": {"afStatus": "SUCCESS"}}),
+    );
+    assert_invalid(
+        names::UP_PATH_CHG_EVENT,
+        &json!({"notificationUri": "u", "notifCorreId": "c"}),
+    );
+    assert_invalid(names::TRAFFIC_CONTROL_DATA, &json!({"routeToLocs": []}));
+}

@@ -5,6 +5,7 @@
 //! | route | module |
 //! |---|---|
 //! | `POST /event-signalling/v1/notifications` | event signalling: the SMF's callback; checked once ([`events::validate_notification`]), then handed to the negotiator in process (its 5GC interface, which starts relocations) |
+//! | `POST /event-signalling/v1/nef-notifications` | event signalling: the NEF's callback (TS 29.522 `EventNotification`); checked once ([`events::validate_af_notification`], `afAckUri` inside the deployment), then handed to the negotiator like the SMF's, with the acknowledgement it asks for |
 //! | `GET /application-function/v1/relocations[/{relocationId}]` | negotiator, stopwatch |
 //! | `POST /smo-peer/v1/relocations` | negotiator, peer interface (target side) |
 //! | `/service-mobility/v1/service-modules[/{moduleId}]`, `GET /service-mobility/v1/services` | negotiator, service-mobility API |
@@ -42,6 +43,7 @@ use crate::store::HostedService;
 /// describes exactly these (checked by a test).
 pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/event-signalling/v1/notifications"),
+    ("POST", "/event-signalling/v1/nef-notifications"),
     ("GET", "/application-function/v1/relocations"),
     ("GET", "/application-function/v1/relocations/{relocationId}"),
     ("POST", "/smo-peer/v1/relocations"),
@@ -93,6 +95,7 @@ pub fn router<R: Remote, F: FlowProgrammer>(
     };
     Router::new()
         .route(paths::EVENT_NOTIFICATIONS, post(event_notification::<R, F>))
+        .route(paths::NEF_NOTIFICATIONS, post(af_notification::<R, F>))
         .route(paths::AF_RELOCATIONS, get(relocations::<R, F>))
         .route(
             &format!("{}/{{relocationId}}", paths::AF_RELOCATIONS),
@@ -225,6 +228,19 @@ async fn event_notification<R: Remote, F: FlowProgrammer>(
     events::validate_notification(&n).map_err(Failure::Notification)?;
     let started = api.negotiator.on_notification(&n);
     tracing::info!(notif_id = %n.notif_id, events = n.event_notifs.len(), relocations = ?started, "notification handed to the handover negotiator");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn af_notification<R: Remote, F: FlowProgrammer>(
+    State(api): State<Api<R, F>>,
+    Json(n): Json<model::traffic_influence::EventNotification>,
+) -> Result<StatusCode, ApiError> {
+    let (ev, ack) =
+        events::validate_af_notification(&n, api.negotiator.smo_id(), api.negotiator.callbacks())
+            .map_err(Failure::Notification)?;
+    let acked = ack.is_some();
+    let started = api.negotiator.on_af_notification(&ev, ack);
+    tracing::info!(af_trans_id = ?n.af_trans_id, kind = %n.dnai_chg_type, ack = acked, relocation = ?started, "nef notification handed to the handover negotiator");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -20,6 +20,50 @@ pub enum NotifyWhen {
     Late,
 }
 
+/// Where the SMO subscribes to user-plane path changes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeAt {
+    /// At the NEF (TS 29.522 TrafficInfluence, `nef`): the 3GPP way for an AF outside the
+    /// operator's trust domain, such as an edge cloud's orchestrator.
+    #[default]
+    Nef,
+    /// At the SMF directly (TS 29.508 Nsmf_EventExposure, `smf_url`): the thesis's way.
+    Smf,
+}
+
+/// The SMO's traffic influence subscription at the NEF (`nef` in the config; every field but
+/// `url` optional). The timing of its notifications is `notify_when` (`dnaiChgType`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields, default)]
+pub struct NefSubscription {
+    /// Base URL of the NEF, e.g. `http://10.100.0.10:8002`. Without it the SMO does not
+    /// subscribe (notifications can still be posted to it).
+    pub url: Option<String>,
+    /// `afAppId`: the application the subscription is for.
+    pub af_app_id: String,
+    /// `afAckInd`: the network holds the path switch until the SMO acknowledges each
+    /// notification (at most the SMF's `ackTimeoutMs`): the SMO moves the service while the
+    /// UE's traffic still takes the old path, and acknowledges once the new one is in
+    /// (make-before-break, no trombone).
+    pub af_ack_ind: bool,
+    /// `appReloInd`: whether the application may be relocated (TS 29.522: "whether an
+    /// application can be relocated once a location of the application has been selected").
+    /// `false`: the SMO keeps its services where they are and acknowledges `RELOC_NO_ALLOWED`.
+    pub app_relo_ind: bool,
+}
+
+impl Default for NefSubscription {
+    fn default() -> Self {
+        Self {
+            url: None,
+            af_app_id: "edge-services".into(),
+            af_ack_ind: false,
+            app_relo_ind: true,
+        }
+    }
+}
+
 /// Time limits of the calls a relocation makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -98,15 +142,22 @@ pub struct SmoConfig {
     pub api_addr: SocketAddrV4,
     /// The deployment's bearer token: required on every request and sent on every call.
     pub token: Option<String>,
-    /// Base URL of the SMF, e.g. `http://10.100.0.10:8000`. Without it the SMO does not subscribe
-    /// (notifications can still be posted to it).
+    /// Where the SMO subscribes: `nef` (the default) or `smf`.
+    #[serde(default)]
+    pub subscribe_at: SubscribeAt,
+    /// Base URL of the SMF, e.g. `http://10.100.0.10:8000`, for `subscribe_at: smf`. Without it
+    /// the SMO does not subscribe (notifications can still be posted to it).
     pub smf_url: Option<String>,
+    /// The subscription at the NEF, for `subscribe_at: nef`.
+    #[serde(default)]
+    pub nef: NefSubscription,
     /// Base URL of the Location Registry, e.g. `http://10.100.0.10:8001`: where the SMO asks which
     /// site (DNAI) a UE is at (`GET /lr/v1/ues/{ip}`) when it re-evaluates queued notifications
     /// and when it reconciles. Without it queued notifications are re-evaluated against the
     /// latest of them, and the reconciler starts no relocation.
     #[serde(default)]
     pub lr_url: Option<String>,
+    /// The timing of the notifications (`dnaiChgType`), on either path.
     #[serde(default)]
     pub notify_when: NotifyWhen,
     /// The topology database: peer SMOs.
@@ -144,6 +195,12 @@ pub fn default_capacity() -> ResourceRequirements {
 }
 
 impl SmoConfig {
+    /// Whether this SMO relocates services on notifications (`false`: `appReloInd: false` at
+    /// the NEF; the SMF path has no such indication).
+    pub fn relocates(&self) -> bool {
+        self.subscribe_at == SubscribeAt::Smf || self.nef.app_relo_ind
+    }
+
     /// Base URL of this SMO's API.
     pub fn api_root(&self) -> String {
         format!("http://{}", self.api_addr)
@@ -260,6 +317,9 @@ mod tests {
         assert_eq!(c.callbacks(), nets(&["10.100.0.0/24"]));
         assert_eq!(c.reconcile, ReconcileConfig::default());
         assert_eq!(c.lr_url, None);
+        assert_eq!(c.subscribe_at, SubscribeAt::Nef);
+        assert_eq!(c.nef, NefSubscription::default());
+        assert!(!c.nef.af_ack_ind && c.nef.app_relo_ind);
         let with = SmoConfig {
             callback_networks: vec!["10.0.1.0/24".parse().expect("net")],
             ..c

@@ -1,6 +1,9 @@
-//! The event signalling module (thesis §4.2.1, the "Subscribe block"): it subscribes to the
-//! SMF's `UP_PATH_CH` events (TS 29.508 Nsmf_EventExposure) and checks every notification the
-//! SMF sends ([`validate_notification`], once); the API hands what passes to the handover
+//! The event signalling module (thesis §4.2.1, the "Subscribe block"): it subscribes to
+//! user-plane path changes — at the NEF (TS 29.522 TrafficInfluence, [`nef_subscription`]: the
+//! default, the 3GPP way for an AF outside the operator's trust domain) or at the SMF directly
+//! (TS 29.508 Nsmf_EventExposure `UP_PATH_CH`, [`subscription`]: the thesis's way) — and checks
+//! every notification once ([`validate_notification`], [`validate_af_notification`], which also
+//! turns the NEF's into the SMF event it stands for); the API hands what passes to the handover
 //! negotiator in process. (The thesis draws an HTTP boundary between the two, the negotiator's
 //! fixed AF URI; in one process it only cost a second validation and a loopback round trip.)
 //!
@@ -16,9 +19,12 @@ use model::nsmf_event_exposure::{
     EventSubscription, NsmfEventExposure, NsmfEventExposureNotification, SmfEvent, API_ROOT_PATH,
 };
 use model::problem::{cause, InvalidParam};
+use model::traffic_influence::{self as ti, SubscribedEvent, TrafficInfluSub};
 use sbi::{Client, ClientError};
+use serde::Serialize;
 
-use crate::config::NotifyWhen;
+use crate::config::{CallbackNetworks, NefSubscription, NotifyWhen};
+use crate::core::ack::AckRequest;
 use crate::paths;
 
 /// How long [`subscribe`] waits between attempts at most.
@@ -27,35 +33,91 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Why the subscription could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum SubscribeError {
-    /// The SMF answered with an error status (not retried: the request itself is wrong).
-    #[error("the smf refused the subscription")]
+    /// The SMF (or NEF) answered with an error status (not retried: the request itself is
+    /// wrong).
+    #[error("the subscription was refused")]
     Refused(#[source] ClientError),
-    /// The SMF could not be reached (or answered 5xx) for the whole patience.
+    /// The SMF (or NEF) could not be reached (or answered 5xx) for the whole patience.
     #[error("no subscription within {waited:?}")]
     Unreachable {
         waited: Duration,
         #[source]
         source: ClientError,
     },
-    /// The SMF answered a success other than 201 Created, or a 201 without a usable location.
-    #[error("the smf answered {status} to the subscription: {detail}")]
+    /// A success other than 201 Created, or a 201 without a usable location.
+    #[error("{status} to the subscription: {detail}")]
     Unexpected { status: u16, detail: String },
 }
 
 /// The subscription an SMO makes: any UE, `UP_PATH_CH` with the configured timing, notified at
 /// `notif_uri` with the correlation id `notif_id`.
 pub fn subscription(notif_id: &str, notif_uri: &str, when: NotifyWhen) -> NsmfEventExposure {
-    let timing = match when {
-        NotifyWhen::Early => DnaiChangeType::Early,
-        NotifyWhen::Late => DnaiChangeType::Late,
-    };
     let mut s = NsmfEventExposure::new(
         notif_id,
         notif_uri,
-        vec![EventSubscription::up_path_change(timing)],
+        vec![EventSubscription::up_path_change(timing(when))],
     );
     s.any_ue_ind = Some(true);
     s
+}
+
+fn timing(when: NotifyWhen) -> DnaiChangeType {
+    match when {
+        NotifyWhen::Early => DnaiChangeType::Early,
+        NotifyWhen::Late => DnaiChangeType::Late,
+    }
+}
+
+/// The traffic influence subscription an SMO makes at the NEF: any UE, `UP_PATH_CHANGE` with
+/// the configured timing, notified at `notif_uri`, `afTransId` [`af_trans_id`], and the
+/// acknowledgement and relocation indications of `nef`.
+pub fn nef_subscription(
+    smo_id: &str,
+    notif_uri: &str,
+    when: NotifyWhen,
+    nef: &NefSubscription,
+) -> TrafficInfluSub {
+    TrafficInfluSub {
+        af_app_id: Some(nef.af_app_id.clone()),
+        af_trans_id: Some(af_trans_id(smo_id)),
+        any_ue_ind: Some(true),
+        subscribed_events: Some(vec![SubscribedEvent::UpPathChange]),
+        dnai_chg_type: Some(timing(when)),
+        notification_destination: Some(notif_uri.to_owned()),
+        af_ack_ind: nef.af_ack_ind.then_some(true),
+        app_relo_ind: Some(nef.app_relo_ind),
+        // The service keeps its address wherever it runs; so does the UE.
+        addr_preser_ind: Some(true),
+        ..TrafficInfluSub::default()
+    }
+}
+
+/// The `afTransId` of SMO `smo_id`'s subscription at the NEF (echoed in its notifications).
+pub fn af_trans_id(smo_id: &str) -> String {
+    format!("{smo_id}-up-path-change")
+}
+
+/// The URI the NEF notifies: this SMO's endpoint for TS 29.522 notifications.
+pub fn nef_notif_uri(api_root: &str) -> String {
+    format!(
+        "{}{}",
+        api_root.trim_end_matches('/'),
+        paths::NEF_NOTIFICATIONS
+    )
+}
+
+/// Creates `body` at the NEF whose base URL is `nef_url`, as AF `smo_id` (`POST
+/// …/3gpp-traffic-influence/v1/{smoId}/subscriptions`, expecting 201); as [`subscribe`].
+pub async fn subscribe_nef(
+    client: &Client,
+    nef_url: &str,
+    smo_id: &str,
+    body: &TrafficInfluSub,
+    patience: Duration,
+) -> Result<String, SubscribeError> {
+    let nef_url = nef_url.trim_end_matches('/');
+    let url = format!("{nef_url}{}/{smo_id}/subscriptions", ti::API_ROOT_PATH);
+    create(client, nef_url, &url, body, patience).await
 }
 
 /// The notification correlation id of SMO `smo_id` (unique per SMO).
@@ -84,11 +146,24 @@ pub async fn subscribe(
 ) -> Result<String, SubscribeError> {
     let smf_url = smf_url.trim_end_matches('/');
     let url = format!("{smf_url}{API_ROOT_PATH}/subscriptions");
+    create(client, smf_url, &url, body, patience).await
+}
+
+/// POSTs `body` to `url` (under `base`), expecting 201; the new resource's URL. Retries while
+/// the server cannot be reached or answers 5xx, for up to `patience`; a 4xx is final.
+async fn create(
+    client: &Client,
+    base: &str,
+    url: &str,
+    body: &(impl Serialize + Sync),
+    patience: Duration,
+) -> Result<String, SubscribeError> {
+    let smf_url = base;
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(100);
     loop {
-        let error = match client.send(reqwest::Method::POST, &url, Some(body)).await {
-            Ok(response) => return created(smf_url, &url, response).await,
+        let error = match client.send(reqwest::Method::POST, url, Some(body)).await {
+            Ok(response) => return created(smf_url, url, response).await,
             Err(e @ ClientError::Status { status, .. }) if status < 500 => {
                 return Err(SubscribeError::Refused(e));
             }
@@ -101,7 +176,7 @@ pub async fn subscribe(
                 source: error,
             });
         }
-        tracing::info!(url = %url, error = %sbi::error_chain(&error), retry_in = ?pause, "smf not ready for the subscription yet");
+        tracing::info!(url = %url, error = %sbi::error_chain(&error), retry_in = ?pause, "not ready for the subscription yet");
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(MAX_BACKOFF);
     }
@@ -119,7 +194,7 @@ async fn created(
         .get(reqwest::header::LOCATION)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let answer: Option<NsmfEventExposure> = response.json().await.ok();
+    let answer: Option<serde_json::Value> = response.json().await.ok();
     if status != 201 {
         return Err(SubscribeError::Unexpected {
             status,
@@ -129,10 +204,15 @@ async fn created(
     let location = match location {
         Some(l) if l.starts_with('/') => Some(format!("{smf_url}{l}")),
         Some(l) => Some(l),
-        // No Location: build it from the subId of the body.
-        None => answer
-            .and_then(|a| a.sub_id)
-            .map(|id| format!("{url}/{id}")),
+        // No Location: the body's `self` (TS 29.522), or its `subId` (TS 29.508).
+        None => answer.and_then(|a| {
+            if let Some(link) = a.get("self").and_then(|v| v.as_str()) {
+                return Some(link.to_owned());
+            }
+            a.get("subId")
+                .and_then(|v| v.as_str())
+                .map(|id| format!("{url}/{id}"))
+        }),
     };
     location.ok_or_else(|| SubscribeError::Unexpected {
         status,
@@ -231,6 +311,112 @@ pub fn validate_notification(n: &NsmfEventExposureNotification) -> Result<(), In
             invalid_params: params,
         }),
     }
+}
+
+/// Checks a TS 29.522 notification from the NEF for SMO `smo_id`: `UP_PATH_CHANGE` with the
+/// source and target DNAI, the change type (`EARLY` or `LATE`) and the UE's IPv4 address;
+/// `afTransId`, when present, this SMO's ([`af_trans_id`]); `afAckUri`, when present, inside
+/// `callbacks`. What passes becomes the SMF event it stands for (what the negotiator takes),
+/// with the acknowledgement asked for.
+pub fn validate_af_notification(
+    n: &ti::EventNotification,
+    smo_id: &str,
+    callbacks: &CallbackNetworks,
+) -> Result<
+    (
+        model::nsmf_event_exposure::EventNotification,
+        Option<AckRequest>,
+    ),
+    InvalidNotification,
+> {
+    let mut params = Vec::new();
+    let mut first_cause = None;
+    let mut bad = |c: &'static str, param: &str, reason: String| {
+        first_cause.get_or_insert(c);
+        params.push(InvalidParam::new(param, reason));
+    };
+    if n.subscribed_event != SubscribedEvent::UpPathChange {
+        bad(
+            cause::MANDATORY_IE_INCORRECT,
+            "/subscribedEvent",
+            format!(
+                "only UP_PATH_CHANGE is subscribed, got {}",
+                n.subscribed_event
+            ),
+        );
+    }
+    if !matches!(
+        n.dnai_chg_type,
+        DnaiChangeType::Early | DnaiChangeType::Late
+    ) {
+        bad(
+            cause::MANDATORY_IE_INCORRECT,
+            "/dnaiChgType",
+            "a notification's dnaiChgType is EARLY or LATE".into(),
+        );
+    }
+    if n.source_dnai.is_none() {
+        bad(
+            cause::MANDATORY_IE_MISSING,
+            "/sourceDnai",
+            "UP_PATH_CHANGE needs sourceDnai".into(),
+        );
+    }
+    if n.target_dnai.is_none() {
+        bad(
+            cause::MANDATORY_IE_MISSING,
+            "/targetDnai",
+            "UP_PATH_CHANGE needs targetDnai".into(),
+        );
+    }
+    let ue = n.src_ue_ipv4_addr.or(n.tgt_ue_ipv4_addr);
+    if ue.is_none() {
+        bad(
+            cause::MANDATORY_IE_MISSING,
+            "/srcUeIpv4Addr",
+            "UP_PATH_CHANGE needs srcUeIpv4Addr or tgtUeIpv4Addr".into(),
+        );
+    }
+    let ours = af_trans_id(smo_id);
+    if let Some(t) = n.af_trans_id.as_deref().filter(|t| *t != ours) {
+        bad(
+            cause::MANDATORY_IE_INCORRECT,
+            "/afTransId",
+            format!("`{t}` is not this SMO's transaction (`{ours}`)"),
+        );
+    }
+    if let Some(uri) = &n.af_ack_uri {
+        if let Err(e) = callbacks.check("afAckUri", uri) {
+            bad(cause::MANDATORY_IE_INCORRECT, "/afAckUri", e.reason);
+        }
+    }
+    let (None, Some(from), Some(to), Some(ue)) = (first_cause, &n.source_dnai, &n.target_dnai, ue)
+    else {
+        return Err(InvalidNotification {
+            detail: params
+                .iter()
+                .map(|p| format!("{}: {}", p.param, p.reason.as_deref().unwrap_or("invalid")))
+                .collect::<Vec<_>>()
+                .join("; "),
+            cause: first_cause.unwrap_or(cause::MANDATORY_IE_MISSING),
+            invalid_params: params,
+        });
+    };
+    let mut ev = crate::negotiator::up_path_event(None, ue, from, to);
+    ev.dnai_chg_type = Some(n.dnai_chg_type.clone());
+    ev.source_ue_ipv4_addr = n.src_ue_ipv4_addr;
+    ev.target_ue_ipv4_addr = n.tgt_ue_ipv4_addr;
+    ev.source_tra_routing.clone_from(&n.source_traffic_route);
+    ev.target_tra_routing.clone_from(&n.target_traffic_route);
+    ev.gpsi.clone_from(&n.gpsi);
+    if ev.source_ue_ipv4_addr.is_none() {
+        ev.source_ue_ipv4_addr = Some(ue);
+    }
+    let ack = n.af_ack_uri.as_ref().map(|uri| AckRequest {
+        uri: uri.clone(),
+        af_trans_id: n.af_trans_id.clone(),
+    });
+    Ok((ev, ack))
 }
 
 fn ue_of(e: &model::nsmf_event_exposure::EventNotification) -> Option<Ipv4Addr> {

@@ -6,7 +6,8 @@
 //! * module: `GET {servedServiceNotifUri}?ueIpv4Addr=A` → 200 `Service` or 404;
 //!   `GET {getServiceNotifUri}` → `[Service]`; `POST {executeNotifUri}` `ExecuteRequest` → 200
 //!   `ExecuteReport`;
-//! * Location Registry: `GET {lrUrl}/lr/v1/ues/{ip}` → 200 `UeLocation` (its `dnai`) or 404.
+//! * Location Registry: `GET {lrUrl}/lr/v1/ues/{ip}` → 200 `UeLocation` (its `dnai`) or 404;
+//! * NEF: `POST {afAckUri}` `AfAckInfo` → 204 (TS 29.522).
 //!
 //! The negotiator applies the time limits of [`Timeouts`]; the client's own limit is only a
 //! backstop above the longest of them, so one client (one connection pool) serves every call.
@@ -187,6 +188,18 @@ impl Remote for HttpRemote {
             // checked.
             Err(e) => Err(ExecuteFailure::Unknown(sbi::error_chain(&e))),
         }
+    }
+
+    async fn acknowledge(
+        &self,
+        uri: &str,
+        body: &model::traffic_influence::AfAckInfo,
+    ) -> Result<u16, String> {
+        self.client
+            .send(reqwest::Method::POST, uri, Some(body))
+            .await
+            .map(|r| r.status().as_u16())
+            .map_err(|e| sbi::error_chain(&e))
     }
 }
 

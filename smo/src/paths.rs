@@ -3,6 +3,9 @@
 
 /// The SMF's callback (the `notifUri` of the SMO's subscription).
 pub const EVENT_NOTIFICATIONS: &str = "/event-signalling/v1/notifications";
+/// The NEF's callback (the `notificationDestination` of the SMO's traffic influence
+/// subscription, TS 29.522 `EventNotification`).
+pub const NEF_NOTIFICATIONS: &str = "/event-signalling/v1/nef-notifications";
 /// The relocation records.
 pub const AF_RELOCATIONS: &str = "/application-function/v1/relocations";
 /// The peer protocol (target side).

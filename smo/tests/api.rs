@@ -67,7 +67,9 @@ fn config(id: &str, dnai: &str, addr: SocketAddr, peers: Vec<PeerInfo>) -> SmoCo
         dnai: dnai.into(),
         api_addr,
         token: Some(TOKEN.into()),
+        subscribe_at: smo::config::SubscribeAt::Smf,
         smf_url: None,
+        nef: Default::default(),
         lr_url: None,
         notify_when: NotifyWhen::Late,
         peers,
@@ -1167,5 +1169,115 @@ async fn the_arrival_is_checked_and_installs_the_new_path_once_prepare_is_done()
         &post(&arrival("smo-x-2"), &body).await,
         StatusCode::CONFLICT,
         "ended",
+    );
+}
+
+// ----- the NEF's notifications (TS 29.522) and the acknowledgement -----
+
+type Acks = Arc<Mutex<Vec<Value>>>;
+
+async fn nef_ack(State(st): State<Acks>, sbi::Json(body): sbi::Json<Value>) -> StatusCode {
+    st.lock().expect("lock").push(body);
+    StatusCode::NO_CONTENT
+}
+
+#[tokio::test]
+async fn the_nefs_notifications_are_checked_and_acknowledged() {
+    let schemas = common::schemas();
+    let (x, _y) = two_smos().await;
+    let url = format!("{}/event-signalling/v1/nef-notifications", x.root);
+    // A NEF stand-in taking acknowledgements (127.0.0.1 is inside the SMO's own /24).
+    let acks: Acks = Arc::default();
+    let nef = bind().await;
+    let ack_uri = format!(
+        "http://{}/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1/acks/ack-1",
+        nef.local_addr().expect("addr")
+    );
+    let _nef = serve(
+        nef,
+        Router::new()
+            .route(
+                "/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1/acks/ack-1",
+                routing::post(nef_ack),
+            )
+            .with_state(acks.clone()),
+    )
+    .await;
+    let good = json!({
+        "afTransId": "smo-x-up-path-change",
+        "dnaiChgType": "EARLY",
+        "subscribedEvent": "UP_PATH_CHANGE",
+        "sourceDnai": "edge-x",
+        "targetDnai": "edge-y",
+        "srcUeIpv4Addr": "192.168.1.2",
+        "tgtUeIpv4Addr": "192.168.1.2",
+        "sourceTrafficRoute": {"dnai": "edge-x", "routeInfo": {"ipv4Addr": "10.90.0.2", "portNumber": 2152}},
+        "afAckUri": ack_uri,
+    });
+    schemas.check(names::TRAFFIC_INFLUENCE_NOTIFICATION, &good);
+    let a = post(&url, &good).await;
+    assert_eq!(a.status, StatusCode::NO_CONTENT, "{:?}", a.text);
+    // No module here serves the UE: nothing to move, acknowledged at once.
+    for _ in 0..200 {
+        if !acks.lock().expect("lock").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = acks.lock().expect("lock").clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    schemas.check(names::AF_ACK_INFO, &got[0]);
+    assert_eq!(
+        got[0],
+        json!({"afTransId": "smo-x-up-path-change", "ackResult": {"afStatus": "SUCCESS"}})
+    );
+
+    // Bad bodies: 400 naming every field.
+    let bad = |patch: Value| {
+        let mut b = good.clone();
+        for (k, v) in patch.as_object().expect("object") {
+            if v.is_null() {
+                b.as_object_mut().expect("object").remove(k);
+            } else {
+                b[k] = v.clone();
+            }
+        }
+        b
+    };
+    for (body, params) in [
+        (
+            bad(json!({"sourceDnai": null, "srcUeIpv4Addr": null, "tgtUeIpv4Addr": null})),
+            vec!["/sourceDnai", "/srcUeIpv4Addr"],
+        ),
+        (
+            bad(json!({"dnaiChgType": "EARLY_LATE", "subscribedEvent": "OTHER_EVENT"})),
+            vec!["/subscribedEvent", "/dnaiChgType"],
+        ),
+        (
+            bad(json!({"afAckUri": "http://192.0.2.7/acks/1"})),
+            vec!["/afAckUri"],
+        ),
+        (
+            bad(json!({"afTransId": "smo-y-up-path-change"})),
+            vec!["/afTransId"],
+        ),
+    ] {
+        let a = post(&url, &body).await;
+        let p = a.problem(StatusCode::BAD_REQUEST);
+        schemas.check(names::PROBLEM_DETAILS, &p);
+        let got: Vec<&str> = p["invalidParams"]
+            .as_array()
+            .expect("invalidParams")
+            .iter()
+            .filter_map(|i| i["param"].as_str())
+            .collect();
+        assert_eq!(got, params, "{body}: {p}");
+    }
+    let a = call(reqwest::Method::POST, &url, Some(TOKEN), Some("{not json")).await;
+    a.problem(StatusCode::BAD_REQUEST);
+    assert_eq!(
+        acks.lock().expect("lock").len(),
+        1,
+        "bad bodies acknowledge nothing"
     );
 }

@@ -12,11 +12,12 @@ use model::common::{DateTime, DnaiChangeType, RouteToLocation};
 use model::nsmf_event_exposure::EventNotification;
 use model::ran::TimelineStep;
 use model::smo::{
-    ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, PhaseTiming, RelocationControl, RelocationPhase, RelocationRecord, RelocationRole,
-    RelocationState, RelocationTrigger, RelocationType, ResourceRequirements, Service,
-    ServiceModule, ServiceModuleRegistration,
+    AfAckRecord, ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer,
+    PeerRelocationMessage, PeerResult, PhaseTiming, RelocationControl, RelocationPhase,
+    RelocationRecord, RelocationRole, RelocationState, RelocationTrigger, RelocationType,
+    ResourceRequirements, Service, ServiceModule, ServiceModuleRegistration,
 };
+use model::traffic_influence::AfResultStatus;
 use serde_json::{json, Value};
 use smo::store::HostedService;
 
@@ -125,6 +126,12 @@ fn record() -> RelocationRecord {
             redrives: 1,
             cancelled: false,
         },
+        af_ack: Some(AfAckRecord {
+            af_ack_uri: "http://10.100.0.10:8002/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1/acks/ack-1".into(),
+            af_status: Some(AfResultStatus::Success),
+            sent_us: Some(240_000),
+            answer: Some("204".into()),
+        }),
     }
 }
 
@@ -240,6 +247,7 @@ fn every_smo_type_matches_its_schema() {
         notification: notification(),
         service: service(),
         cause: Some("peer refused VALIDATE".into()),
+        path_held: true,
     };
     let answer = PeerRelocationAnswer {
         relocation_id: "smo-x-3".into(),

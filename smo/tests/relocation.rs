@@ -20,7 +20,9 @@ use model::smo::{
     RelocationType, ResourceRequirements, Service, ServiceArrival, ServiceModule,
     ServiceModuleRegistration,
 };
-use smo::config::{SmoConfig, Timeouts};
+use model::traffic_influence::{AfAckInfo, AfResultStatus};
+use smo::config::{SmoConfig, SubscribeAt, Timeouts};
+use smo::core::ack::AckRequest;
 use smo::core::{cookie_for, ExecuteFailure, Local, TargetContext, TargetRelocation, TargetStep};
 use smo::negotiator::{Clock, Negotiator, Remote};
 use smo::routing::fake::FakeProgrammer;
@@ -109,7 +111,9 @@ fn config(id: &str, dnai: &str, peers: Vec<PeerInfo>, capacity: ResourceRequirem
         dnai: Dnai::new(dnai),
         api_addr: SocketAddrV4::new(Ipv4Addr::new(10, 100, 0, 41), 8090),
         token: None,
+        subscribe_at: smo::config::SubscribeAt::Smf,
         smf_url: None,
+        nef: Default::default(),
         lr_url: None,
         notify_when: Default::default(),
         peers,
@@ -259,6 +263,20 @@ struct FakeRemote {
     target_down: Arc<AtomicBool>,
     /// The target's switch, slowed down by [`PeerFault::KillDuring`].
     target_flows: Arc<Mutex<Option<FakeProgrammer>>>,
+    /// Every acknowledgement sent, with what the switches had applied then.
+    acks: Arc<Mutex<Vec<Acked>>>,
+    /// This side's own switch, to note what it had applied at an acknowledgement.
+    own_flows: Arc<Mutex<Option<FakeProgrammer>>>,
+}
+
+/// One acknowledgement as the NEF got it, and the flow sets applied by then.
+#[derive(Debug, Clone)]
+struct Acked {
+    uri: String,
+    body: AfAckInfo,
+    own_labels: Vec<String>,
+    target_labels: Vec<String>,
+    service_still_at_source: bool,
 }
 
 impl FakeRemote {
@@ -271,7 +289,13 @@ impl FakeRemote {
             hangs: Arc::default(),
             target_down: Arc::default(),
             target_flows: Arc::default(),
+            acks: Arc::default(),
+            own_flows: Arc::default(),
         }
+    }
+
+    fn acks(&self) -> Vec<Acked> {
+        self.acks.lock().expect("acks").clone()
     }
 
     fn target_is_down(&self) -> bool {
@@ -467,6 +491,25 @@ impl Remote for FakeRemote {
             }
         }
     }
+
+    async fn acknowledge(&self, uri: &str, body: &AfAckInfo) -> Result<u16, String> {
+        let of = |f: &Arc<Mutex<Option<FakeProgrammer>>>| {
+            f.lock()
+                .expect("flows")
+                .as_ref()
+                .map(labels)
+                .unwrap_or_default()
+        };
+        let acked = Acked {
+            uri: uri.to_owned(),
+            body: body.clone(),
+            own_labels: of(&self.own_flows),
+            target_labels: of(&self.target_flows),
+            service_still_at_source: self.module.hosts("svc-1"),
+        };
+        self.acks.lock().expect("acks").push(acked);
+        Ok(204)
+    }
 }
 
 // ----- the world: a source and a target SMO -----
@@ -609,6 +652,7 @@ impl World {
         let remote = FakeRemote::new(survivors.module.clone());
         remote.add_peer(TARGET_ID, target.clone());
         *remote.target_flows.lock().expect("flows") = Some(survivors.target_flows.clone());
+        *remote.own_flows.lock().expect("flows") = Some(survivors.source_flows.clone());
         let source = source_smo(&survivors, remote.clone(), source_clock.clone());
         Self {
             source: Site {
@@ -1686,6 +1730,7 @@ fn message(id: &str, phase: Phase) -> PeerRelocationMessage {
         notification: event(UE, SOURCE_DNAI, TARGET_DNAI),
         service: service(1),
         cause: None,
+        path_held: false,
     }
 }
 
@@ -2345,4 +2390,218 @@ fn target_restart_during_its_new_path_flows_completes() {
     );
     assert_completed(&w, &record(&w, &id), 1);
     assert_eq!(w.module.executed(), 1);
+}
+
+// ----- the AF acknowledgement (NEF, afAckInd): make-before-break -----
+
+const ACK_URI: &str =
+    "http://10.100.0.10:8002/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1/acks/ack-1";
+
+fn ack_request() -> Option<AckRequest> {
+    Some(AckRequest {
+        uri: ACK_URI.into(),
+        af_trans_id: Some("smo-x-up-path-change".into()),
+    })
+}
+
+impl World {
+    /// The NEF's notification that UE `n` moved to the target DNAI, asking for an
+    /// acknowledgement; waits for the relocation to end and returns the source's record.
+    async fn relocate_held(&self, n: u8) -> RelocationRecord {
+        let id = self
+            .source
+            .smo
+            .on_af_notification(&event(ue(n), SOURCE_DNAI, TARGET_DNAI), ack_request())
+            .expect("a relocation starts");
+        self.source.smo.idle().await;
+        self.source.smo.relocation(&id).expect("recorded")
+    }
+}
+
+/// No flow set of either switch ever added a rule with the relocation's cookie.
+fn no_trombone_ever(w: &World, id: &str) {
+    for (side, f) in [("source", &w.source.flows), ("target", &w.target.flows)] {
+        for set in f.applied() {
+            assert!(
+                set.add.iter().all(|r| r.cookie != cookie_for(id)),
+                "{side} installed {} with the relocation's cookie (a trombone)",
+                set.label
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_path_switch_moves_the_service_without_a_trombone_and_acks_once_the_new_path_is_in()
+{
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    w.module
+        .arrive_at(w.target.smo.clone(), w.target.flows.clone());
+    let rec = w.relocate_held(1).await;
+    let id = rec.relocation_id.clone();
+    assert_completed(&w, &rec, 1);
+    assert_eq!(labels(&w.source.flows), ["service-up", "cleanup-source"]);
+    assert_eq!(labels(&w.target.flows), ["new-path-target"]);
+    no_trombone_ever(&w, &id);
+
+    let acks = w.source.remote.acks();
+    assert_eq!(acks.len(), 1, "{acks:#?}");
+    let a = &acks[0];
+    assert_eq!(a.uri, ACK_URI);
+    assert_eq!(a.body.ack_result.af_status, AfResultStatus::Success);
+    assert_eq!(a.body.af_trans_id.as_deref(), Some("smo-x-up-path-change"));
+    assert!(
+        !a.service_still_at_source,
+        "acknowledged before the service left"
+    );
+    assert_eq!(
+        a.target_labels,
+        ["new-path-target"],
+        "acknowledged before the target's new path was in"
+    );
+    assert_eq!(
+        a.own_labels,
+        ["service-up"],
+        "the acknowledgement comes before COMPLETE's cleanup"
+    );
+    let ack = rec.af_ack.as_ref().expect("the record notes the ack");
+    assert_eq!(ack.af_ack_uri, ACK_URI);
+    assert_eq!(ack.af_status, Some(AfResultStatus::Success));
+    assert_eq!(ack.answer.as_deref(), Some("204"));
+    assert!(
+        ack.sent_us >= Some(300_000),
+        "sent after the 300 ms migration: {ack:?}"
+    );
+    let t = w.target_record(&id);
+    assert_eq!(t.state, RelocationState::Completed);
+    assert_eq!(
+        t.phases
+            .iter()
+            .find(|p| p.phase == Phase::Prepare)
+            .map(|p| p.flow_install_us),
+        Some(None),
+        "no flows at the target's PREPARE"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_relocation_that_fails_acks_other_once_the_trombone_is_in() {
+    let dir = TempDir::new();
+    let w = World::new(
+        &dir,
+        Setup {
+            migration: Migration::Refused,
+            ..Setup::default()
+        },
+    )
+    .await;
+    let rec = w.relocate_held(1).await;
+    assert_failed(
+        &w,
+        &rec,
+        "service module could not migrate: checkpoint failed",
+        true,
+    );
+    // Before the failure, no trombone; FAILURE installs it on both sides (the UE reaches the
+    // service at the source over it once the SMF switched), and only then the ack goes.
+    assert_eq!(labels(&w.source.flows), ["service-up", "failure-source"]);
+    assert_eq!(labels(&w.target.flows), ["failure-target"]);
+    let acks = w.source.remote.acks();
+    assert_eq!(acks.len(), 1, "{acks:#?}");
+    assert_eq!(
+        acks[0].body.ack_result.af_status,
+        AfResultStatus::OtherReason
+    );
+    assert_eq!(acks[0].own_labels, ["service-up", "failure-source"]);
+    assert_eq!(acks[0].target_labels, ["failure-target"]);
+    assert!(acks[0].service_still_at_source);
+    let ack = rec.af_ack.as_ref().expect("noted");
+    assert_eq!(ack.af_status, Some(AfResultStatus::OtherReason));
+    assert_eq!(ack.answer.as_deref(), Some("204"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_an_ack_asked_the_nef_path_runs_the_thesis_procedure() {
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    let id = w
+        .source
+        .smo
+        .on_af_notification(&event(UE, SOURCE_DNAI, TARGET_DNAI), None)
+        .expect("started");
+    w.source.smo.idle().await;
+    let rec = w.source.smo.relocation(&id).expect("recorded");
+    assert_completed(&w, &rec, 1);
+    assert_eq!(rec.af_ack, None);
+    assert_eq!(
+        labels(&w.source.flows),
+        ["service-up", "trombone-source", "cleanup-source"]
+    );
+    assert!(w.source.remote.acks().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_that_move_nothing_here_are_acked_at_once() {
+    let dir = TempDir::new();
+    let w = World::new(&dir, Setup::default()).await;
+    // At the target SMO: the UE did not leave its edge.
+    assert_eq!(
+        w.target
+            .smo
+            .on_af_notification(&event(UE, SOURCE_DNAI, TARGET_DNAI), ack_request()),
+        None
+    );
+    // At the source, a UE no module serves.
+    let other = Ipv4Addr::new(192, 168, 1, 99);
+    w.source
+        .smo
+        .on_af_notification(&event(other, SOURCE_DNAI, TARGET_DNAI), ack_request())
+        .expect("looked up");
+    w.source.smo.idle().await;
+    wait_until("both acknowledged", || {
+        w.target.remote.acks().len() == 1 && w.source.remote.acks().len() == 1
+    })
+    .await;
+    for a in [&w.target.remote.acks()[0], &w.source.remote.acks()[0]] {
+        assert_eq!(a.body.ack_result.af_status, AfResultStatus::Success);
+    }
+    assert_eq!(w.module.executed(), 0);
+
+    // An SMO whose subscription says appReloInd false keeps the service and says so.
+    let fixed_dir = TempDir::new();
+    let mut cfg = config(
+        SOURCE_ID,
+        SOURCE_DNAI,
+        vec![peer(TARGET_ID, TARGET_DNAI, 0)],
+        CAPACITY,
+    );
+    cfg.subscribe_at = SubscribeAt::Nef;
+    cfg.nef.app_relo_ind = false;
+    let module = FakeModule::new(vec![service(1)], Migration::Succeeds(MIGRATION));
+    let remote = FakeRemote::new(module.clone());
+    let fixed = Negotiator::new(
+        &cfg,
+        remote.clone(),
+        FakeProgrammer::new(),
+        Store::open(fixed_dir.join("s")).expect("store"),
+        Clock::tokio(0),
+    )
+    .expect("negotiator");
+    fixed
+        .register(registration(RelocationType::Test, "10.100.1.41:9100"))
+        .expect("register");
+    assert_eq!(
+        fixed.on_af_notification(&event(UE, SOURCE_DNAI, TARGET_DNAI), ack_request()),
+        None,
+        "no relocation"
+    );
+    wait_until("acknowledged", || remote.acks().len() == 1).await;
+    assert_eq!(
+        remote.acks()[0].body.ack_result.af_status,
+        AfResultStatus::RelocNoAllowed
+    );
+    assert!(fixed.relocations().is_empty());
+    assert_eq!(module.executed(), 0);
+    assert!(remote.sent().is_empty(), "no peer asked");
 }

@@ -630,6 +630,7 @@ mod tests {
             execute: None,
             cause: None,
             control: Default::default(),
+            af_ack: None,
         }
     }
 

@@ -3,6 +3,7 @@
 
 use emu_5gc::iap::IapConfig;
 use emu_5gc::lr::LrConfig;
+use emu_5gc::nef::NefConfig;
 use emu_5gc::smf::{GnbSite, SmfConfig, UpfPeer};
 use emu_5gc::upf::UpfConfig;
 use emu_ran::gnb::{GnbConfig, GnbPeer};
@@ -28,6 +29,8 @@ pub use svcmod::daemon::ModuleConfig;
 pub const SMF_PORT: u16 = 8000;
 /// Port of the LR's SBI.
 pub const LR_PORT: u16 = 8001;
+/// Port of the NEF's SBI (TS 29.522 TrafficInfluence for the SMOs).
+pub const NEF_PORT: u16 = 8002;
 /// Port of each IAP's SBI (LR pushes).
 pub const IAP_PORT: u16 = 8010;
 /// PFCP.
@@ -226,10 +229,16 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
                     site: site_of(g),
                 })
                 .collect(),
-            callback_networks: sbi_networks,
+            callback_networks: sbi_networks.clone(),
             state_dir: Some(plan.state_dir.join("smf")),
             ack_timeout_ms: None,
         }),
+    ));
+    out.push(nf(
+        "nef",
+        "core",
+        "nef",
+        json(&nef_config(plan, &token, &smf_url, sbi_networks)),
     ));
     for (node, cfg) in smo_configs(plan, token.as_deref().unwrap_or_default(), &smf_url) {
         out.push(nf(&cfg.smo_id.clone(), &node, "smo", json(&cfg)));
@@ -306,6 +315,30 @@ pub fn launches(plan: &Plan, token: &str, opts: &LaunchOptions) -> Vec<Launch> {
     out
 }
 
+/// The NEF beside the SMF in the core: the SMOs are its AFs (`afId` = the SMO's id), their
+/// `notificationDestination`s are in the SBI segment.
+fn nef_config(
+    plan: &Plan,
+    token: &Option<String>,
+    smf_url: &str,
+    sbi_networks: Vec<ipnet::Ipv4Net>,
+) -> NefConfig {
+    NefConfig {
+        sbi_addr: SocketAddrV4::new(addr(plan, "core", "sbi"), NEF_PORT),
+        token: token.clone(),
+        smf_url: smf_url.to_owned(),
+        af_ids: plan.switches.iter().map(|sw| smo_name(&sw.node)).collect(),
+        callback_networks: sbi_networks,
+        state_dir: Some(plan.state_dir.join("nef")),
+    }
+}
+
+/// The NEF's base URL (`http://10.100.0.10:8002`): the SMOs' TrafficInfluence API root is
+/// `{nef_url}/3gpp-traffic-influence/v1/{smoId}/subscriptions`.
+pub fn nef_url(plan: &Plan) -> String {
+    format!("http://{}:{NEF_PORT}", addr(plan, "core", "sbi"))
+}
+
 /// The SMO of edge node `edge` (`edge-x` → `smo-x`).
 pub fn smo_name(edge: &str) -> String {
     format!("smo-{}", edge.strip_prefix("edge-").unwrap_or(edge))
@@ -379,6 +412,17 @@ pub fn smo_configs(plan: &Plan, token: &str, smf_url: &str) -> Vec<(String, SmoC
                 dnai: sw.dnai.as_str().into(),
                 api_addr: SocketAddrV4::new(addr(plan, &sw.node, "sbi"), SMO_PORT),
                 token: Some(token.to_owned()),
+                // At the NEF, the 3GPP way for an edge AF. With EARLY notifications the SMO
+                // acknowledges them (afAckInd): the SMF holds the path switch while the service
+                // moves, and no trombone is needed (make-before-break); with LATE ones (the
+                // thesis's timing) the path has switched already and the trombone carries the
+                // UE's traffic until the service arrived.
+                subscribe_at: smo::config::SubscribeAt::Nef,
+                nef: smo::config::NefSubscription {
+                    url: Some(nef_url(plan)),
+                    af_ack_ind: plan.notify == crate::scenario::Notify::Early,
+                    ..Default::default()
+                },
                 smf_url: Some(smf_url.to_owned()),
                 lr_url: Some(format!("http://{}:{LR_PORT}", addr(plan, "core", "sbi"))),
                 notify_when: plan.notify,
@@ -788,6 +832,7 @@ mod tests {
                 "iap-a",
                 "iap-b",
                 "smf",
+                "nef",
                 "smo-x",
                 "smo-y",
                 "svcmod-x",
@@ -814,6 +859,12 @@ mod tests {
         assert_eq!(smf["upfs"][1]["pfcp"], "10.100.0.22:8805");
         assert_eq!(smf["upfs"][1]["n3"], "10.30.0.102");
         assert_eq!(smf["upfs"][1]["n9"], "10.90.0.2");
+        let nef = cfg("nef");
+        assert_eq!(nef["sbiAddr"], "10.100.0.10:8002");
+        assert_eq!(nef["smfUrl"], "http://10.100.0.10:8000");
+        assert_eq!(nef["afIds"], serde_json::json!(["smo-x", "smo-y"]));
+        assert_eq!(nef["stateDir"], "/run/testbed/two-site/nef");
+        assert_eq!(nef_url(&plan), "http://10.100.0.10:8002");
         assert_eq!(cfg("upf-a")["pfcpAddr"], "10.100.0.21:8805");
         assert_eq!(cfg("iap-b")["sbiAddr"], "10.100.0.22:8010");
         assert_eq!(cfg("gnb-b")["radioAddr"], "10.10.0.2:4997");
@@ -828,6 +879,7 @@ mod tests {
             serde_json::json!(["10.100.0.0/24"])
         );
         assert_eq!(cfg("lr")["callbackNetworks"], smf["callbackNetworks"]);
+        assert_eq!(nef["callbackNetworks"], smf["callbackNetworks"]);
         let sbi: ipnet::Ipv4Net = "10.100.0.0/24".parse().expect("net");
         for n in ["iap-a", "iap-b"] {
             let a: SocketAddrV4 = serde_json::from_value(cfg(n)["sbiAddr"].clone()).expect(n);
@@ -853,6 +905,7 @@ mod tests {
             let ok = match l.bin {
                 "lr" => serde_json::from_value::<LrConfig>(c).is_ok(),
                 "smf" => serde_json::from_value::<SmfConfig>(c).is_ok(),
+                "nef" => serde_json::from_value::<NefConfig>(c).is_ok(),
                 "upf" => serde_json::from_value::<UpfConfig>(c).is_ok(),
                 "iap" => serde_json::from_value::<IapConfig>(c).is_ok(),
                 "gnb" => serde_json::from_value::<GnbConfig>(c).is_ok(),
@@ -891,6 +944,13 @@ mod tests {
         assert_eq!(x.token.as_deref(), Some("tok"));
         assert_eq!(x.smf_url.as_deref(), Some("http://10.100.0.10:8000"));
         assert_eq!(x.notify_when, NotifyWhen::Late);
+        assert_eq!(x.subscribe_at, smo::config::SubscribeAt::Nef);
+        assert_eq!(x.nef.url.as_deref(), Some("http://10.100.0.10:8002"));
+        assert!(
+            !x.nef.af_ack_ind,
+            "LATE: no acknowledgement (the trombone carries the UE)"
+        );
+        assert!(x.nef.app_relo_ind);
         assert_eq!(
             x.peers,
             [PeerInfo {
@@ -1020,6 +1080,10 @@ mod tests {
         assert!(!x.services[0].command.iter().any(|a| a.contains("ballast")));
         let smos = smo_configs(&plan, "tok", "http://10.100.0.20:8080");
         assert!(smos.iter().all(|(_, c)| c.notify_when == NotifyWhen::Early));
+        assert!(
+            smos.iter().all(|(_, c)| c.nef.af_ack_ind),
+            "EARLY: acknowledged, the path switch held while the service moves"
+        );
     }
 
     #[test]

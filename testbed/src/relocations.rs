@@ -274,6 +274,7 @@ mod tests {
             execute: None,
             cause: None,
             control: Default::default(),
+            af_ack: None,
         }
     }
 

@@ -993,6 +993,7 @@ pub(crate) mod tests {
             }),
             cause: None,
             control: Default::default(),
+            af_ack: None,
         }
     }
 

@@ -1,7 +1,8 @@
 //! Privileged end-to-end tests of the 5G stand-ins in the real topology: UE traffic through GTP-U
 //! (checked with tshark), a TCP stream and a 10 ms ping across Xn handovers with UPF relocation,
-//! UP_PATH_CH notifications to a subscriber in an edge cloud, and an SMF killed with SIGKILL during
-//! a path switch and after it.
+//! UP_PATH_CH notifications to a subscriber in an edge cloud, an SMF killed with SIGKILL during
+//! a path switch and after it, and an AF at the NEF whose acknowledgement the path switch waits
+//! for while the UE's downlink stays on the old path.
 //!
 //! `#[ignore]`d (a plain `cargo test` counts them as skipped); `scripts/test` runs them as root.
 
@@ -32,6 +33,33 @@ fn ok(mut c: Command) -> (bool, String) {
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// A tcpdump on bridge `bridge` of the fabric writing what `filter` selects to `pcap`; a second
+/// later, so that it captures from the start.
+fn capture(plan: &Plan, bridge: &str, pcap: &std::path::Path, filter: &str) -> std::process::Child {
+    let c = in_ns(
+        plan,
+        "fabric",
+        &[
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            bridge,
+            "-U",
+            "-w",
+        ],
+    )
+    .arg(pcap)
+    .arg(filter)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("tcpdump");
+    std::thread::sleep(Duration::from_secs(1));
+    c
 }
 
 /// Ends a tcpdump with SIGINT, so it writes out everything it captured.
@@ -90,34 +118,14 @@ fn ue_traffic_crosses_gtpu_and_a_stream_survives_handovers() {
         "ue0 has no PDU session address: {addr}"
     );
     let pcap = plan.state_dir.join("n3.pcap");
-    let mut capture = in_ns(
-        &plan,
-        "fabric",
-        &[
-            "tcpdump",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            "br-n3",
-            "-U",
-            "-w",
-        ],
-    )
-    .arg(&pcap)
-    .arg("udp port 2152")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("tcpdump");
-    std::thread::sleep(Duration::from_secs(1));
+    let mut n3_capture = capture(&plan, "br-n3", &pcap, "udp port 2152");
     assert!(
         reach(&plan, "ue1", "10.60.0.100"),
         "ue1 cannot reach the central DN"
     );
     assert!(reach(&plan, "ue1", "20.0.0.10"), "ue1 cannot reach edge X");
     std::thread::sleep(Duration::from_millis(300));
-    stop_capture(&mut capture);
+    stop_capture(&mut n3_capture);
     let decoded = stdout_of({
         let mut c = Command::new("tshark");
         c.arg("-r").arg(&pcap).args([
@@ -156,27 +164,7 @@ fn ue_traffic_crosses_gtpu_and_a_stream_survives_handovers() {
         .expect("stream");
     std::thread::sleep(Duration::from_secs(2));
     let n4 = plan.state_dir.join("n4.pcap");
-    let mut n4_capture = in_ns(
-        &plan,
-        "fabric",
-        &[
-            "tcpdump",
-            "-Z",
-            "root",
-            "--immediate-mode",
-            "-i",
-            "br-sbi",
-            "-U",
-            "-w",
-        ],
-    )
-    .arg(&n4)
-    .arg("udp port 8805")
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("tcpdump n4");
-    std::thread::sleep(Duration::from_secs(1));
+    let mut n4_capture = capture(&plan, "br-sbi", &n4, "udp port 8805");
     let to_b = handover(&plan, &token, "site-b");
     std::thread::sleep(Duration::from_millis(200));
     stop_capture(&mut n4_capture);
@@ -582,4 +570,298 @@ fn an_smf_killed_during_and_after_a_path_switch_comes_back_with_its_sessions_and
     );
     drop(guard);
     assert!(netkit::Netns::list_with_prefix("tbsk-").is_empty());
+}
+
+/// What the AF at the NEF saw: the TS 29.522 notification, when its acknowledgement went (host
+/// wall clock, µs) and the NEF's answer to it.
+struct AckedNotification {
+    body: serde_json::Value,
+    acked_at_unix_us: u64,
+    answer: Result<(), String>,
+}
+
+/// An AF in edge X (`afId` smo-x) subscribed at the NEF to EARLY `UP_PATH_CHANGE` with
+/// `afAckInd`: it answers each notification at once (204) and POSTs `AfAckInfo` SUCCESS to its
+/// `afAckUri` `delay` later. The subscription's 201 body comes back first.
+fn nef_af(
+    plan: &Plan,
+    token: &str,
+    delay: Duration,
+) -> (
+    serde_json::Value,
+    std::sync::mpsc::Receiver<AckedNotification>,
+) {
+    use axum::routing::post;
+
+    let edge = netkit::Netns::new(plan.netns("edge-x"));
+    let af = plan
+        .node("edge-x")
+        .and_then(|n| n.addr("sbi"))
+        .expect("edge-x sbi");
+    let nef = testbed::nf::nef_url(plan);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (created_tx, created_rx) = std::sync::mpsc::channel();
+    let tok = token.to_owned();
+    std::thread::spawn(move || {
+        edge.run_in(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("rt");
+            rt.block_on(async move {
+                let client = sbi::Client::new(Some(tok.clone()), Duration::from_secs(5));
+                let acker = client.clone();
+                let router = axum::Router::new().route(
+                    "/ti",
+                    post(move |sbi::Json(v): sbi::Json<serde_json::Value>| {
+                        let (tx, client) = (tx.clone(), acker.clone());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(delay).await;
+                            let ack = serde_json::json!({
+                                "afTransId": v["afTransId"],
+                                "ackResult": {"afStatus": "SUCCESS"}
+                            });
+                            let acked_at_unix_us = model::ran::unix_now_us();
+                            let answer = match v["afAckUri"].as_str() {
+                                Some(uri) => client
+                                    .post_no_content(uri, &ack)
+                                    .await
+                                    .map_err(|e| sbi::error_chain(&e)),
+                                None => Err("no afAckUri".into()),
+                            };
+                            let _ = tx.send(AckedNotification {
+                                body: v,
+                                acked_at_unix_us,
+                                answer,
+                            });
+                        });
+                        async { axum::http::StatusCode::NO_CONTENT }
+                    }),
+                );
+                let listener = tokio::net::TcpListener::bind((af, 9997))
+                    .await
+                    .expect("bind af");
+                let sub = serde_json::json!({
+                    "afAppId": "stream",
+                    "afTransId": "held-1",
+                    "anyUeInd": true,
+                    "subscribedEvents": ["UP_PATH_CHANGE"],
+                    "dnaiChgType": "EARLY",
+                    "notificationDestination": format!("http://{af}:9997/ti"),
+                    "afAckInd": true,
+                    "addrPreserInd": true,
+                    "appReloInd": true
+                });
+                let created: Result<serde_json::Value, _> = client
+                    .post(
+                        &format!("{nef}/3gpp-traffic-influence/v1/smo-x/subscriptions"),
+                        &sub,
+                    )
+                    .await;
+                let _ = created_tx.send(created.map_err(|e| sbi::error_chain(&e)));
+                let _ = sbi::serve(listener, router, Some(tok), std::future::pending()).await;
+            })
+        })
+        .expect("run in edge-x")
+    });
+    let created = created_rx
+        .recv_timeout(Duration::from_secs(15))
+        .expect("an answer from the nef")
+        .unwrap_or_else(|e| panic!("subscription at the nef: {e}"));
+    (created, rx)
+}
+
+/// Downlink G-PDUs on N3 in `pcap`: (host wall clock µs, outer source, outer destination), for
+/// destinations in `gnbs`.
+fn downlink_gpdus(
+    pcap: &std::path::Path,
+    gnbs: &[std::net::Ipv4Addr],
+) -> Vec<(u64, std::net::Ipv4Addr, std::net::Ipv4Addr)> {
+    let fields = stdout_of({
+        let mut c = Command::new("tshark");
+        c.arg("-r").arg(pcap).args([
+            "-d",
+            "udp.port==2152,gtp",
+            "-Y",
+            "gtp.message == 255",
+            "-T",
+            "fields",
+            "-E",
+            "occurrence=f",
+            "-e",
+            "frame.time_epoch",
+            "-e",
+            "ip.src",
+            "-e",
+            "ip.dst",
+        ]);
+        c
+    });
+    fields
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            let at: f64 = f.next()?.parse().ok()?;
+            let src = f.next()?.parse().ok()?;
+            let dst = f.next()?.parse().ok()?;
+            gnbs.contains(&dst).then_some(((at * 1e6) as u64, src, dst))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "privileged: needs root; run with --include-ignored as root"]
+fn a_path_switch_held_for_the_afs_acknowledgement_keeps_the_downlink_on_the_old_path() {
+    require_root();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (plan, token, guard) = common::up_with(
+        "ci-afack",
+        "tbak",
+        testbed::topo::UpOptions {
+            services: false,
+            ..Default::default()
+        },
+    );
+    let n3 = |node: &str| plan.node(node).and_then(|n| n.addr("n3")).expect(node);
+    let (upf_a, upf_b, gnb_a, gnb_b) = (n3("site-a"), n3("site-b"), n3("gnb-a"), n3("gnb-b"));
+    let schemas = model::schema::SchemaSet::load(model::schema::SchemaSet::default_dir())
+        .expect("3GPP schemas");
+    let check = |name: &str, v: &serde_json::Value| {
+        schemas
+            .validate(name, v)
+            .unwrap_or_else(|e| panic!("{v} does not match {name}: {e:?}"))
+    };
+    let (created, acks) = nef_af(&plan, &token, Duration::from_millis(1500));
+    check(model::schema::names::TRAFFIC_INFLU_SUB, &created);
+    assert_eq!(
+        created["self"],
+        format!(
+            "{}/3gpp-traffic-influence/v1/smo-x/subscriptions/sub-1",
+            testbed::nf::nef_url(&plan)
+        )
+    );
+
+    // A stream from the DN's probe server to the UE (its downlink enters at site A's IAP, like
+    // edge X's; edge X's own server is out of reach from site B without the SMOs' relocation
+    // flows), across the held switch, captured on N3.
+    let pcap = plan.state_dir.join("held-n3.pcap");
+    let mut n3_capture = capture(&plan, "br-n3", &pcap, "udp port 2152");
+    let stream = in_ns(&plan, "ue1", &[])
+        .arg(testbed::nf::bin_dir().join("tbprobe"))
+        .args(["stream", "10.60.0.100:5000", "--seconds", "7"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("stream");
+    std::thread::sleep(Duration::from_secs(2));
+    let report = handover(&plan, &token, "site-b");
+    let out = stream.wait_with_output().expect("stream output");
+    stop_capture(&mut n3_capture);
+    let stream_report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stream report: {e}: {out:?}"));
+    eprintln!(
+        "handover held for the af: {:#?}",
+        report
+            .timeline
+            .iter()
+            .map(|s| (s.step.as_str(), s.at_us, s.took_us))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        stream_report["intact"], true,
+        "the stream broke across the held switch: {stream_report}"
+    );
+
+    // The AF got a TS 29.522 notification with an afAckUri, and the NEF took its answer.
+    let acked = acks
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a notification at the af");
+    check(
+        model::schema::names::TRAFFIC_INFLUENCE_NOTIFICATION,
+        &acked.body,
+    );
+    assert_eq!(
+        (
+            &acked.body["dnaiChgType"],
+            &acked.body["sourceDnai"],
+            &acked.body["targetDnai"]
+        ),
+        (
+            &serde_json::json!("EARLY"),
+            &serde_json::json!("edge-x"),
+            &serde_json::json!("edge-y")
+        )
+    );
+    assert_eq!(acked.answer, Ok(()), "the acknowledgement was not taken");
+
+    // The hold is in the timeline and ended with the AF's SUCCESS, not with the 2 s limit.
+    let hold = report
+        .timeline
+        .iter()
+        .find(|s| s.step.starts_with("smf: hold for af acknowledgements"))
+        .unwrap_or_else(|| panic!("no hold in {:?}", report.timeline));
+    assert_eq!(
+        hold.step,
+        "smf: hold for af acknowledgements of the early notification (1 expected): sub-1 SUCCESS"
+    );
+    let held_from = hold.at_unix_us.expect("wall clock");
+    let held_until = held_from + hold.took_us;
+    assert!(
+        held_until >= acked.acked_at_unix_us,
+        "the hold ended before the ack was sent"
+    );
+    let switched = report
+        .timeline
+        .iter()
+        .find(|s| s.step.starts_with("smf: lr update"))
+        .and_then(|s| s.at_unix_us.map(|at| at + s.took_us))
+        .expect("the lr update in the timeline");
+    eprintln!(
+        "hold: {} ms (the af answered {} ms after its start)",
+        hold.took_us / 1000,
+        acked.acked_at_unix_us.saturating_sub(held_from) / 1000
+    );
+
+    // The downlink: from the old UPF (to the source gNB, which forwards over Xn) all through
+    // the hold, nothing from the new one; after the switch from the new UPF only.
+    let gpdus = downlink_gpdus(&pcap, &[gnb_a, gnb_b]);
+    let during: Vec<_> = gpdus
+        .iter()
+        .filter(|(at, _, _)| (held_from..held_until).contains(at))
+        .collect();
+    let old = during
+        .iter()
+        .filter(|(_, s, d)| (*s, *d) == (upf_a, gnb_a))
+        .count();
+    let new_during = during.iter().filter(|(_, s, _)| *s == upf_b).count();
+    let after: Vec<_> = gpdus
+        .iter()
+        .filter(|(at, _, _)| *at > switched + 200_000)
+        .collect();
+    let new_after = after
+        .iter()
+        .filter(|(_, s, d)| (*s, *d) == (upf_b, gnb_b))
+        .count();
+    let old_after = after.iter().filter(|(_, s, _)| *s == upf_a).count();
+    eprintln!(
+        "downlink g-pdus: during the hold {old} from the old upf, {new_during} from the new; \
+         after the switch {new_after} from the new, {old_after} from the old"
+    );
+    assert!(
+        old > 10,
+        "too little downlink on the old path during the hold: {old}"
+    );
+    assert_eq!(
+        new_during, 0,
+        "the new upf carried downlink during the hold"
+    );
+    assert!(
+        new_after > 10,
+        "too little downlink on the new path after: {new_after}"
+    );
+    assert_eq!(
+        old_after, 0,
+        "the old upf still carried downlink after the switch"
+    );
+    drop(guard);
+    assert!(netkit::Netns::list_with_prefix("tbak-").is_empty());
 }

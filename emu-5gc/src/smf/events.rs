@@ -11,6 +11,13 @@
 //!   otherwise ignored;
 //! * `notifUri`: an `http(s)` URI whose host is an IPv4 address in the SMF's callback networks
 //!   (its own SBI network unless configured), so the SMF never POSTs outside the deployment.
+//!
+//! Traffic controls (TS 29.512 `TrafficControlData`, put by the NEF on the N7 stand-in, see
+//! [`TrafficControls`]) subscribe to `UP_PATH_CH` too, through their `upPathChgEvent`: for any
+//! UE, one UE address or a GPSI (which matches no testbed UE); theirs are the notifications that
+//! may expect an AF acknowledgement (`afAckInd`). Of the rest of `TrafficControlData` the SMF
+//! keeps `routeToLocs`, `traffCorreInd` and `muteNotif`, and refuses what it cannot honour (flow
+//! status, redirection, steering policies and modes, multicast access control) with 400.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -21,7 +28,8 @@ use model::nsmf_event_exposure::{
     EventNotification, NotificationMethod, NsmfEventExposure, NsmfEventExposureNotification,
     SmfEvent, SubscriptionId,
 };
-use model::problem::{cause, InvalidParam};
+use model::problem::{cause, InvalidParam, InvalidParams, Refusal};
+use model::sm_policy::TrafficControlData;
 use sbi::CallbackNetworks;
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +45,8 @@ pub enum SubscriptionError {
     },
     #[error("no subscription {0}")]
     NotFound(SubscriptionId),
+    #[error("no traffic control {0}")]
+    NoTrafficControl(String),
 }
 
 /// Which notification of a path change: before (`EARLY`) or after (`LATE`) the new path is used.
@@ -113,9 +123,191 @@ pub struct UpPathChange {
 /// One notification to send.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Delivery {
+    /// The subscription (for a traffic control: its `tcId`).
     pub sub_id: SubscriptionId,
     pub notif_uri: String,
     pub body: NsmfEventExposureNotification,
+    /// The subscriber acknowledges it (the body gets an `ackUri`).
+    pub expects_ack: bool,
+}
+
+/// Which UEs a traffic control applies to (the N7 stand-in's query: `anyUeInd=true`,
+/// `ueIpv4Addr=A` or `gpsi=G`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UeScope {
+    AnyUe,
+    UeIpv4(Ipv4Addr),
+    /// The testbed's UEs have no GPSI: kept, never matches.
+    Gpsi(String),
+}
+
+impl UeScope {
+    fn matches(&self, ue: Ipv4Addr) -> bool {
+        match self {
+            UeScope::AnyUe => true,
+            UeScope::UeIpv4(a) => *a == ue,
+            UeScope::Gpsi(_) => false,
+        }
+    }
+}
+
+/// A traffic control as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StoredTrafficControl {
+    pub scope: UeScope,
+    pub data: TrafficControlData,
+}
+
+/// Checks that this SMF can honour traffic control `data` for `scope` and call its
+/// `notificationUri`; `tc_id` is the resource's id (it must be `data`'s `tcId`).
+pub fn validate_traffic_control(
+    tc_id: &str,
+    data: &TrafficControlData,
+    callbacks: &CallbackNetworks,
+) -> Result<(), SubscriptionError> {
+    let mut invalid = InvalidParams::new();
+    let mut bad = |c: &'static str, param: &str, reason: String| invalid.add(c, param, reason);
+    if data.tc_id != tc_id {
+        bad(
+            cause::MANDATORY_IE_INCORRECT,
+            "/tcId",
+            format!("tcId {} is not the resource's {tc_id}", data.tc_id),
+        );
+    }
+    let unsupported = [
+        ("/flowStatus", data.flow_status.is_some()),
+        ("/redirectInfo", data.redirect_info.is_some()),
+        ("/addRedirectInfo", !data.add_redirect_info.is_empty()),
+        (
+            "/trafficSteeringPolIdDl",
+            data.traffic_steering_pol_id_dl.is_some(),
+        ),
+        (
+            "/trafficSteeringPolIdUl",
+            data.traffic_steering_pol_id_ul.is_some(),
+        ),
+        ("/steerFun", data.steer_fun.is_some()),
+        ("/steerModeDl", data.steer_mode_dl.is_some()),
+        ("/steerModeUl", data.steer_mode_ul.is_some()),
+        ("/mulAccCtrl", data.mul_acc_ctrl.is_some()),
+    ];
+    for (param, present) in unsupported {
+        if present {
+            bad(
+                cause::OPTIONAL_IE_INCORRECT,
+                param,
+                "not supported by this smf".into(),
+            );
+        }
+    }
+    if let Some(e) = &data.up_path_chg_event {
+        if let Err(error) = callbacks.check(&e.notification_uri) {
+            bad(
+                cause::MANDATORY_IE_INCORRECT,
+                "/upPathChgEvent/notificationUri",
+                error.to_string(),
+            );
+        }
+        if matches!(e.dnai_chg_type, DnaiChangeType::Other(_)) {
+            bad(
+                cause::MANDATORY_IE_INCORRECT,
+                "/upPathChgEvent/dnaiChgType",
+                "dnaiChgType must be EARLY, LATE or EARLY_LATE".into(),
+            );
+        }
+    }
+    invalid.check().map_err(SubscriptionError::from)
+}
+
+/// The traffic controls, by `tcId`.
+#[derive(Debug, Default)]
+pub struct TrafficControls {
+    entries: BTreeMap<String, StoredTrafficControl>,
+}
+
+impl TrafficControls {
+    /// The traffic controls a restarted SMF had.
+    pub fn restore(entries: impl IntoIterator<Item = StoredTrafficControl>) -> Self {
+        Self {
+            entries: entries
+                .into_iter()
+                .map(|e| (e.data.tc_id.clone(), e))
+                .collect(),
+        }
+    }
+
+    /// Stores (or replaces) traffic control `tc_id`; whether it is new.
+    pub fn put(
+        &mut self,
+        tc_id: &str,
+        control: StoredTrafficControl,
+        callbacks: &CallbackNetworks,
+    ) -> Result<bool, SubscriptionError> {
+        validate_traffic_control(tc_id, &control.data, callbacks)?;
+        Ok(self.entries.insert(tc_id.to_owned(), control).is_none())
+    }
+
+    /// Traffic control `tc_id`.
+    pub fn get(&self, tc_id: &str) -> Result<&StoredTrafficControl, SubscriptionError> {
+        self.entries
+            .get(tc_id)
+            .ok_or_else(|| SubscriptionError::NoTrafficControl(tc_id.to_owned()))
+    }
+
+    /// Removes traffic control `tc_id`.
+    pub fn delete(&mut self, tc_id: &str) -> Result<(), SubscriptionError> {
+        self.entries
+            .remove(tc_id)
+            .map(drop)
+            .ok_or_else(|| SubscriptionError::NoTrafficControl(tc_id.to_owned()))
+    }
+
+    /// The `timing` notifications of `change` owed to `audience` by the traffic controls.
+    pub fn up_path_change(
+        &self,
+        timing: Timing,
+        audience: Audience,
+        change: &UpPathChange,
+        now: SystemTime,
+    ) -> Vec<Delivery> {
+        let supi = Supi::new(change.supi.as_str());
+        self.entries
+            .iter()
+            .filter_map(|(tc_id, c)| {
+                let e = c.data.up_path_chg_event.as_ref()?;
+                let wanted = c.scope.matches(change.ue_ipv4)
+                    && timing.wanted_by(&e.dnai_chg_type)
+                    && audience.includes(e.expects_ack());
+                wanted.then(|| Delivery {
+                    sub_id: SubscriptionId::new(tc_id.as_str()),
+                    notif_uri: e.notification_uri.clone(),
+                    body: NsmfEventExposureNotification::new(
+                        e.notif_corre_id.as_str(),
+                        vec![change.event(timing, &supi, DateTime::from(now))],
+                    ),
+                    expects_ack: e.expects_ack(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl UpPathChange {
+    /// The `UP_PATH_CH` event of this change, `timing` notification.
+    fn event(&self, timing: Timing, supi: &Supi, at: DateTime) -> EventNotification {
+        let mut event = EventNotification::up_path_change(
+            timing.change_type(),
+            self.ue_ipv4,
+            self.source.clone(),
+            self.target.clone(),
+            at,
+        );
+        event.supi = Some(supi.clone());
+        event.pdu_se_id = Some(self.pdu_session_id);
+        event
+    }
 }
 
 /// One subscription as the store keeps it: the subscription and the reports it has had.
@@ -150,12 +342,8 @@ pub fn validate(
     callbacks: &CallbackNetworks,
     now: SystemTime,
 ) -> Result<(), SubscriptionError> {
-    let mut params = Vec::new();
-    let mut first_cause = None;
-    let mut bad = |c: &'static str, param: String, reason: &str| {
-        first_cause.get_or_insert(c);
-        params.push(InvalidParam::new(param, reason));
-    };
+    let mut invalid = InvalidParams::new();
+    let mut bad = |c: &'static str, param: String, reason: &str| invalid.add(c, param, reason);
     if s.group_id.is_some() {
         bad(
             cause::OPTIONAL_IE_INCORRECT,
@@ -222,17 +410,16 @@ pub fn validate(
             "expiry is in the past",
         );
     }
-    match first_cause {
-        None => Ok(()),
-        Some(cause) => Err(SubscriptionError::Invalid {
-            detail: params
-                .iter()
-                .map(|p| format!("{}: {}", p.param, p.reason.as_deref().unwrap_or("invalid")))
-                .collect::<Vec<_>>()
-                .join("; "),
-            cause,
-            invalid_params: params,
-        }),
+    invalid.check().map_err(SubscriptionError::from)
+}
+
+impl From<Refusal> for SubscriptionError {
+    fn from(r: Refusal) -> Self {
+        SubscriptionError::Invalid {
+            detail: r.detail,
+            cause: r.cause,
+            invalid_params: r.invalid_params,
+        }
     }
 }
 
@@ -261,6 +448,11 @@ impl Subscriptions {
             }
         }
         subs
+    }
+
+    /// Where `notifUri`s (and traffic controls' `notificationUri`s) may point.
+    pub fn callbacks(&self) -> &CallbackNetworks {
+        &self.callbacks
     }
 
     /// The number of the last id handed out (`sub-N`).
@@ -377,20 +569,13 @@ impl Subscriptions {
             if !(ue_matches && session_matches && wanted && audience.includes(false)) {
                 continue;
             }
-            let mut event = EventNotification::up_path_change(
-                timing.change_type(),
-                change.ue_ipv4,
-                change.source.clone(),
-                change.target.clone(),
-                now_dt,
-            );
-            event.supi = Some(supi.clone());
+            let mut event = change.event(timing, &supi, now_dt);
             event.gpsi = s.gpsi.clone();
-            event.pdu_se_id = Some(change.pdu_session_id);
             deliveries.push(Delivery {
                 sub_id: id.clone(),
                 notif_uri: s.notif_uri.clone(),
                 body: NsmfEventExposureNotification::new(s.notif_id.clone(), vec![event]),
+                expects_ack: false,
             });
             e.reports += 1;
             let limit = match s.notif_method {

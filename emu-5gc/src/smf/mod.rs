@@ -11,9 +11,19 @@
 //! | `GET /nsmf-event-exposure/v1/subscriptions/{subId}` | | 200 `NsmfEventExposure` |
 //! | `PUT /nsmf-event-exposure/v1/subscriptions/{subId}` | `NsmfEventExposure` | 200 (replaced) |
 //! | `DELETE /nsmf-event-exposure/v1/subscriptions/{subId}` | | 204 |
+//! | `POST /nsmf-event-exposure/v1/acks/{ackId}` (an `ackUri`) | `AckOfNotify` | 204 |
+//! | `PUT /n7-lite/v1/traffic-controls/{tcId}?anyUeInd=true` (or `ueIpv4Addr=A`, `gpsi=G`) | `TrafficControlData` (TS 29.512) | 201 (200 replaced) + `Location` |
+//! | `GET /n7-lite/v1/traffic-controls/{tcId}` | | 200 `TrafficControlData` |
+//! | `DELETE /n7-lite/v1/traffic-controls/{tcId}` | | 204 |
 //!
-//! Errors are ProblemDetails: 400 (bad body, unsupported subscription: see [`events`]), 401, 404
-//! (unknown subscription or UE), 500 (`INSUFFICIENT_RESOURCES`, `SYSTEM_FAILURE`: a UPF refused),
+//! The N7 stand-in is where the NEF, standing in for the PCF, puts an AF's traffic influence:
+//! TS 29.512 traffic control data whose `upPathChgEvent` subscribes to `UP_PATH_CH` (to the NEF)
+//! and may ask for AF acknowledgements (`afAckInd`): those notifications carry an `ackUri`, and
+//! the path switch holds until the answers came or [`SmfConfig::ack_timeout`] passed.
+//!
+//! Errors are ProblemDetails: 400 (bad body, unsupported subscription or traffic control: see
+//! [`events`]), 401, 404 (unknown subscription, traffic control, UE, or an acknowledgement no
+//! switch waits for), 500 (`INSUFFICIENT_RESOURCES`, `SYSTEM_FAILURE`: a UPF refused),
 //! 502 (`LR_UPDATE_FAILED`), 504 (`UPF_NOT_RESPONDING`).
 //!
 //! Layout: [`session`] and [`events`] are the pure state (session table, allocation, PFCP
@@ -255,7 +265,7 @@ pub async fn run_on(
         while associated.recv().await.is_some() {}
     });
     let token = config.token.clone();
-    let smf = Arc::new(Smf::open(config, n4)?);
+    let smf = Arc::new(Smf::open(config, n4, api_root.clone())?);
     // Path switches a crash cut short are finished now (a retried request may come first).
     tasks.spawn({
         let smf = smf.clone();

@@ -10,19 +10,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use model::common::RouteToLocation;
-use model::nsmf_event_exposure::{NsmfEventExposure, SubscriptionId};
+use model::nsmf_event_exposure::{AckOfNotify, NsmfEventExposure, SubscriptionId, API_ROOT_PATH};
 use model::ran::lr::{self, UeLocation};
 use model::ran::n2::{
     PathSwitchAck, PathSwitchRequest, PduSessionSetupRequest, PduSessionSetupResponse,
 };
 use model::ran::unix_now_us;
+use model::sm_policy::TrafficControlData;
 use model::timeline::{us, Stopwatch};
+use model::traffic_influence::AfResultStatus;
 use sbi::Store;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use wire::pfcp::Cause;
 
-use super::events::{Audience, Owed, SubscriptionError, Subscriptions, Timing, UpPathChange};
+use super::events::{
+    Audience, Delivery, Owed, StoredTrafficControl, SubscriptionError, Subscriptions, Timing,
+    TrafficControls, UeScope, UpPathChange,
+};
 use super::n4::{N4Error, N4};
 use super::session::{self, AllocationError, Session, SessionTable, UpfTunnels, PDU_SESSION_ID};
 use super::store::{self, LastSwitch, UeRecord};
@@ -81,6 +86,33 @@ pub struct SmfCounters {
     pub pfcp_cleanup_failures: AtomicU64,
     /// Writes to the state directory that failed.
     pub store_failures: AtomicU64,
+    /// AF acknowledgements that said `SUCCESS`.
+    pub acks_succeeded: AtomicU64,
+    /// AF acknowledgements that said anything else.
+    pub acks_failed: AtomicU64,
+    /// Acknowledgements a hold's time limit passed without.
+    pub acks_missing: AtomicU64,
+}
+
+/// Why an acknowledgement (`AckOfNotify` to an `ackUri`) is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckError {
+    #[error("no acknowledgement {0} is awaited (unknown, or its hold is over)")]
+    NotAwaited(String),
+    #[error("acknowledgement {ack_id} is for notifId {expected}, not {got}")]
+    WrongNotifId {
+        ack_id: String,
+        expected: String,
+        got: String,
+    },
+}
+
+/// An acknowledgement a path switch waits for.
+#[derive(Debug)]
+struct PendingAck {
+    notif_id: String,
+    /// To the waiting switch: (ack id, `afStatus`).
+    to: tokio::sync::mpsc::UnboundedSender<(String, String)>,
 }
 
 /// What the SMF remembers of a UE's path switches besides its session.
@@ -102,7 +134,13 @@ pub struct Smf {
     store: Store,
     sessions: Mutex<SessionTable>,
     subscriptions: Mutex<Subscriptions>,
+    controls: Mutex<TrafficControls>,
     procedures: Mutex<HashMap<String, Procedures>>,
+    /// Acknowledgements awaited, by ack id (the last segment of the `ackUri`).
+    acks: Mutex<HashMap<String, PendingAck>>,
+    next_ack: AtomicU64,
+    /// `http://host:port` of the SMF's SBI (for `ackUri`s).
+    api_root: String,
     /// One procedure at a time per UE.
     ue_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// What happened.
@@ -110,16 +148,24 @@ pub struct Smf {
 }
 
 impl Smf {
-    /// An SMF speaking PFCP through `n4` that keeps nothing on disk.
-    pub fn new(config: SmfConfig, n4: Arc<N4>) -> Self {
-        Self::with_store(config, n4, Store::memory(), store::Restored::default())
+    /// An SMF speaking PFCP through `n4` that keeps nothing on disk; its SBI is at `api_root`
+    /// (`http://10.100.0.10:8000`).
+    pub fn new(config: SmfConfig, n4: Arc<N4>, api_root: String) -> Self {
+        Self::with_store(
+            config,
+            n4,
+            api_root,
+            Store::memory(),
+            store::Restored::default(),
+        )
     }
 
     /// An SMF with the state in `config.state_dir` (if any): what a previous run left there is
-    /// taken up (sessions, subscriptions, id counters, path switches to finish: [`Self::resume`]).
-    pub fn open(config: SmfConfig, n4: Arc<N4>) -> Result<Self, SmfError> {
+    /// taken up (sessions, subscriptions, traffic controls, id counters, path switches to
+    /// finish: [`Self::resume`]).
+    pub fn open(config: SmfConfig, n4: Arc<N4>, api_root: String) -> Result<Self, SmfError> {
         let Some(dir) = config.state_dir.clone() else {
-            return Ok(Self::new(config, n4));
+            return Ok(Self::new(config, n4, api_root));
         };
         let store_error = |e: sbi::StoreError| SmfError::Store(Box::new(e));
         let store = Store::open(&dir, &store::TABLES).map_err(store_error)?;
@@ -128,10 +174,16 @@ impl Smf {
             subscriptions = restored.subscriptions.len(),
             pending = restored.ues.iter().filter(|u| u.switch.is_some()).count(),
             "smf state loaded");
-        Ok(Self::with_store(config, n4, store, restored))
+        Ok(Self::with_store(config, n4, api_root, store, restored))
     }
 
-    fn with_store(config: SmfConfig, n4: Arc<N4>, store: Store, restored: store::Restored) -> Self {
+    fn with_store(
+        config: SmfConfig,
+        n4: Arc<N4>,
+        api_root: String,
+        store: Store,
+        restored: store::Restored,
+    ) -> Self {
         let callbacks =
             sbi::CallbackNetworks::or_own(&config.callback_networks, *config.sbi_addr.ip());
         let reserved: Vec<(String, UpfTunnels)> = restored
@@ -169,7 +221,11 @@ impl Smf {
                 restored.counters.last_subscription,
                 restored.subscriptions,
             )),
+            controls: Mutex::new(TrafficControls::restore(restored.traffic_controls)),
             procedures: Mutex::new(procedures),
+            acks: Mutex::new(HashMap::new()),
+            next_ack: AtomicU64::new(1),
+            api_root: api_root.trim_end_matches('/').to_owned(),
             ue_locks: Mutex::new(HashMap::new()),
             counters: SmfCounters::default(),
             config,
@@ -185,6 +241,14 @@ impl Smf {
         self.subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn controls(&self) -> std::sync::MutexGuard<'_, TrafficControls> {
+        self.controls.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn acks(&self) -> std::sync::MutexGuard<'_, HashMap<String, PendingAck>> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn procedures(&self) -> std::sync::MutexGuard<'_, HashMap<String, Procedures>> {
@@ -493,6 +557,8 @@ impl Smf {
             );
         }
         let change = self.change_of(&switch);
+        // Acknowledgements of this switch's notifications come in here.
+        let (ack_tx, mut ack_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut error: Option<ProcedureError> = None;
         let mut fail = |e: ProcedureError| {
             let detail = sbi::error_chain(&e);
@@ -512,7 +578,8 @@ impl Smf {
                 Command::Notify { timing, audience } => {
                     let awaiting = match &change {
                         Some(change) => {
-                            self.notify_step(&mut clock, timing, audience, change).await
+                            self.notify_step(&mut clock, timing, audience, change, &ack_tx)
+                                .await
                         }
                         None => BTreeMap::new(),
                     };
@@ -523,19 +590,18 @@ impl Smf {
                     deadline_unix_us,
                     awaiting,
                 } => {
-                    let began = Instant::now();
-                    let wait =
-                        Duration::from_micros(deadline_unix_us.saturating_sub(unix_now_us()));
-                    tokio::time::sleep(wait).await;
-                    clock.record(
-                        format!(
-                            "hold for af acknowledgements of the {} notification ({} expected)",
-                            timing.label(),
-                            awaiting.len()
-                        ),
-                        began,
+                    command = Some(
+                        self.hold(
+                            &mut switch,
+                            &mut clock,
+                            &earlier,
+                            (timing, deadline_unix_us, awaiting),
+                            &ack_tx,
+                            &mut ack_rx,
+                        )
+                        .await,
                     );
-                    Event::HoldExpired
+                    continue;
                 }
                 Command::Establish {
                     upf,
@@ -644,6 +710,117 @@ impl Smf {
         self.finish(switch, error)
     }
 
+    /// Waits for the acknowledgements a switch's notifications asked for, until every one came
+    /// or the deadline passed (the UE's downlink stays on the path it has meanwhile); records
+    /// the hold as a step; the command after it.
+    async fn hold(
+        &self,
+        switch: &mut PathSwitch,
+        clock: &mut Stopwatch,
+        earlier: &[model::ran::TimelineStep],
+        (timing, deadline_unix_us, awaiting): (Timing, u64, Vec<String>),
+        ack_tx: &tokio::sync::mpsc::UnboundedSender<(String, String)>,
+        ack_rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
+    ) -> Command {
+        let supi = switch.request.supi.clone();
+        let began = Instant::now();
+        // (Re)registered: after a restart the awaited ids are only on disk.
+        if let Some(hold) = &switch.hold {
+            let mut acks = self.acks();
+            for (ack_id, notif_id) in &hold.awaiting {
+                acks.insert(
+                    ack_id.clone(),
+                    PendingAck {
+                        notif_id: notif_id.clone(),
+                        to: ack_tx.clone(),
+                    },
+                );
+            }
+        }
+        tracing::info!(%supi, timing = timing.label(), expected = awaiting.len(),
+            "holding the path switch for af acknowledgements");
+        let deadline =
+            began + Duration::from_micros(deadline_unix_us.saturating_sub(unix_now_us()));
+        let next = loop {
+            tokio::select! {
+                Some((ack_id, af_status)) = ack_rx.recv() => {
+                    let next = switch.handle(unix_now_us(), Event::Acked { ack_id, af_status });
+                    switch.steps = earlier.iter().chain(clock.steps()).cloned().collect();
+                    self.save_ue(&supi, Some(switch));
+                    if let Some(next) = next {
+                        break next;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    // The monotonic clock says the time is up, whatever the wall clock says.
+                    let now = unix_now_us().max(deadline_unix_us);
+                    if let Some(next) = switch.handle(now, Event::HoldExpired) {
+                        break next;
+                    }
+                }
+            }
+        };
+        {
+            let mut acks = self.acks();
+            for ack_id in &awaiting {
+                acks.remove(ack_id);
+            }
+        }
+        let summary = match switch.holds.last() {
+            Some(h) => {
+                let missing = h.answers.iter().filter(|a| a.af_status.is_none()).count();
+                self.counters
+                    .acks_missing
+                    .fetch_add(missing as u64, Ordering::Relaxed);
+                if h.all_succeeded() {
+                    tracing::info!(%supi, answers = %h.summary(), "af acknowledged: path switch goes on");
+                } else {
+                    tracing::warn!(%supi, answers = %h.summary(),
+                        "af acknowledgements missing or not SUCCESS: path switch goes on anyway");
+                }
+                h.summary()
+            }
+            None => String::new(),
+        };
+        clock.record(
+            format!(
+                "hold for af acknowledgements of the {} notification ({} expected): {summary}",
+                timing.label(),
+                awaiting.len()
+            ),
+            began,
+        );
+        next
+    }
+
+    /// Takes an AF's acknowledgement (`POST {ackUri}` with `AckOfNotify`) to the switch that
+    /// waits for it.
+    pub fn acknowledge(&self, ack_id: &str, ack: &AckOfNotify) -> Result<(), AckError> {
+        let acks = self.acks();
+        let pending = acks
+            .get(ack_id)
+            .ok_or_else(|| AckError::NotAwaited(ack_id.to_owned()))?;
+        if pending.notif_id != ack.notif_id.as_str() {
+            return Err(AckError::WrongNotifId {
+                ack_id: ack_id.to_owned(),
+                expected: pending.notif_id.clone(),
+                got: ack.notif_id.to_string(),
+            });
+        }
+        let status = ack.ack_result.af_status.as_str().to_owned();
+        let counter = if ack.ack_result.af_status == AfResultStatus::Success {
+            &self.counters.acks_succeeded
+        } else {
+            &self.counters.acks_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(ack_id, notif_id = %ack.notif_id, af_status = %status, "af acknowledgement");
+        pending
+            .to
+            .send((ack_id.to_owned(), status))
+            .map_err(|_| AckError::NotAwaited(ack_id.to_owned()))
+    }
+
     /// Applies a finished switch: the new session (or the old one after a failure), the TEIDs
     /// that are free again, the answer kept for a repeated request.
     fn finish(
@@ -735,32 +912,63 @@ impl Smf {
     }
 
     /// Sends the `timing` notifications `audience` is owed and records the step; the ones that
-    /// expect an acknowledgement (ack id → `notifId`).
+    /// expect an acknowledgement get an `ackUri` (registered to `acks` before they go): those
+    /// (ack id → `notifId`).
     async fn notify_step(
         &self,
         clock: &mut Stopwatch,
         timing: Timing,
         audience: Audience,
         change: &UpPathChange,
+        acks: &tokio::sync::mpsc::UnboundedSender<(String, String)>,
     ) -> BTreeMap<String, String> {
+        let now = SystemTime::now();
         let owed = self
             .subscriptions()
-            .up_path_change(timing, audience, change, SystemTime::now());
+            .up_path_change(timing, audience, change, now);
         self.save_subscriptions(&owed);
-        if audience == Audience::AckExpected && owed.deliveries.is_empty() {
+        let mut deliveries = owed.deliveries;
+        deliveries.extend(
+            self.controls()
+                .up_path_change(timing, audience, change, now),
+        );
+        if audience == Audience::AckExpected && deliveries.is_empty() {
             return BTreeMap::new();
         }
+        let mut awaiting = BTreeMap::new();
+        for d in deliveries.iter_mut().filter(|d| d.expects_ack) {
+            let ack_id = format!(
+                "ack-{}-{}",
+                unix_now_us(),
+                self.next_ack.fetch_add(1, Ordering::Relaxed)
+            );
+            d.body.ack_uri = Some(format!("{}{API_ROOT_PATH}/acks/{ack_id}", self.api_root));
+            let notif_id = d.body.notif_id.to_string();
+            self.acks().insert(
+                ack_id.clone(),
+                PendingAck {
+                    notif_id: notif_id.clone(),
+                    to: acks.clone(),
+                },
+            );
+            awaiting.insert(ack_id, notif_id);
+        }
+        let expecting = if awaiting.is_empty() {
+            String::new()
+        } else {
+            format!(", {} expecting an acknowledgement", awaiting.len())
+        };
         let step = format!(
-            "{} up_path_ch notifications ({} subscriptions)",
+            "{} up_path_ch notifications ({} subscriptions{expecting})",
             timing.label(),
-            owed.deliveries.len()
+            deliveries.len()
         );
-        clock.time(step, self.notify(owed.deliveries)).await;
-        BTreeMap::new()
+        clock.time(step, self.notify(deliveries)).await;
+        awaiting
     }
 
     /// Sends every notification concurrently (1 s each at most) and waits for all of them.
-    async fn notify(&self, deliveries: Vec<super::events::Delivery>) {
+    async fn notify(&self, deliveries: Vec<Delivery>) {
         let mut sends = JoinSet::new();
         for d in deliveries {
             let client = self.notifier.clone();
@@ -848,6 +1056,37 @@ impl Smf {
         self.subscriptions().delete(id)?;
         self.persist(self.store.delete(store::SUBSCRIPTIONS, id.as_str()));
         tracing::info!(sub_id = %id, "event exposure subscription deleted");
+        Ok(())
+    }
+
+    /// Stores (or replaces) traffic control `tc_id` for `scope` (the N7 stand-in: what a PCF
+    /// would push); whether it is new.
+    pub fn put_traffic_control(
+        &self,
+        tc_id: &str,
+        scope: UeScope,
+        data: TrafficControlData,
+    ) -> Result<bool, SubscriptionError> {
+        let callbacks = self.subscriptions().callbacks().clone();
+        let control = StoredTrafficControl { scope, data };
+        let created = self.controls().put(tc_id, control.clone(), &callbacks)?;
+        self.persist(self.store.put(store::TRAFFIC_CONTROLS, tc_id, &control));
+        tracing::info!(tc_id, scope = ?control.scope, created,
+            ack = control.data.up_path_chg_event.as_ref().is_some_and(|e| e.expects_ack()),
+            "traffic control stored");
+        Ok(created)
+    }
+
+    /// Traffic control `tc_id`.
+    pub fn traffic_control(&self, tc_id: &str) -> Result<TrafficControlData, SubscriptionError> {
+        self.controls().get(tc_id).map(|c| c.data.clone())
+    }
+
+    /// Removes traffic control `tc_id`.
+    pub fn delete_traffic_control(&self, tc_id: &str) -> Result<(), SubscriptionError> {
+        self.controls().delete(tc_id)?;
+        self.persist(self.store.delete(store::TRAFFIC_CONTROLS, tc_id));
+        tracing::info!(tc_id, "traffic control removed");
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 //! STATE_DIR/ues/<supi>.json                   UeRecord: the PDU session, the path switch in
 //!                                              progress, the last one that completed
 //! STATE_DIR/subscriptions/<subId>.json        StoredSubscription (TS 29.508 body + reports)
+//! STATE_DIR/traffic-controls/<tcId>.json      StoredTrafficControl (TS 29.512 body + UE scope)
 //! STATE_DIR/meta/counters.json                Counters: last subscription id, SEID/TEID counters
 //! ```
 //!
@@ -16,7 +17,7 @@ use model::ran::n2::{PathSwitchAck, PathSwitchRequest};
 use sbi::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-use super::events::StoredSubscription;
+use super::events::{StoredSubscription, StoredTrafficControl};
 use super::session::{Allocations, Session};
 use super::switch::PathSwitch;
 
@@ -24,12 +25,14 @@ use super::switch::PathSwitch;
 pub const UES: &str = "ues";
 /// Table of [`StoredSubscription`]s, by subscription id.
 pub const SUBSCRIPTIONS: &str = "subscriptions";
+/// Table of [`StoredTrafficControl`]s, by `tcId`.
+pub const TRAFFIC_CONTROLS: &str = "traffic-controls";
 /// Table of the [`Counters`] (one item, [`COUNTERS`]).
 pub const META: &str = "meta";
 /// The id of the counters in [`META`].
 pub const COUNTERS: &str = "counters";
 /// Every table.
-pub const TABLES: [&str; 3] = [UES, SUBSCRIPTIONS, META];
+pub const TABLES: [&str; 4] = [UES, SUBSCRIPTIONS, TRAFFIC_CONTROLS, META];
 
 /// The last completed path switch of a UE and its answer: a repeated request gets it again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +67,7 @@ pub struct Counters {
 pub struct Restored {
     pub ues: Vec<UeRecord>,
     pub subscriptions: Vec<StoredSubscription>,
+    pub traffic_controls: Vec<StoredTrafficControl>,
     pub counters: Counters,
 }
 
@@ -72,6 +76,7 @@ pub fn load(store: &Store) -> Result<Restored, StoreError> {
     Ok(Restored {
         ues: store.all(UES)?,
         subscriptions: store.all(SUBSCRIPTIONS)?,
+        traffic_controls: store.all(TRAFFIC_CONTROLS)?,
         counters: store.get(META, COUNTERS)?.unwrap_or_default(),
     })
 }

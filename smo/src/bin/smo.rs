@@ -3,14 +3,14 @@
 //! Opens the store, connects to the edge's Open vSwitch bridge (a missing bridge is only a
 //! warning: the programmer connects again on first use), serves the API, resumes interrupted
 //! relocations, starts the reconciler (a round at once, then every `reconcile.period_ms`),
-//! subscribes to the SMF's `UP_PATH_CH` events, and on SIGTERM unsubscribes (best effort) and
-//! stops.
+//! subscribes to user-plane path changes (at the NEF, TS 29.522, or at the SMF, TS 29.508, as
+//! `subscribe_at` says), and on SIGTERM unsubscribes (best effort) and stops.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use smo::api;
-use smo::config::SmoConfig;
+use smo::config::{SmoConfig, SubscribeAt};
 use smo::events;
 use smo::http::HttpRemote;
 use smo::negotiator::{Clock, Negotiator};
@@ -83,32 +83,58 @@ async fn run(
     });
 
     let smf = sbi::Client::new(config.token.clone(), SMF_TIMEOUT);
-    let subscription = match &config.smf_url {
-        Some(smf_url) => {
-            let body = events::subscription(
-                &events::notif_id(&config.smo_id),
-                &events::notif_uri(&api_root),
-                config.notify_when,
-            );
-            let subscribed = tokio::select! {
-                r = events::subscribe(&smf, smf_url, &body, SUBSCRIBE_PATIENCE) => r,
-                () = shutdown.clone().wait() => {
-                    tracing::info!("stopped before the subscription was made");
-                    let _ = stop_server.send(());
-                    server.await??;
-                    return Ok(());
-                }
-            };
-            let location = subscribed
-                .map_err(|e| format!("cannot subscribe at {smf_url}: {}", sbi::error_chain(&e)))?;
-            tracing::info!(%location, when = ?config.notify_when, "subscribed to UP_PATH_CH");
-            Some(location)
-        }
-        None => {
-            tracing::info!("no smf_url: not subscribing (notifications may still be posted)");
-            None
+    let subscribing = async {
+        match (config.subscribe_at, &config.nef.url, &config.smf_url) {
+            (SubscribeAt::Nef, Some(nef_url), _) => {
+                let body = events::nef_subscription(
+                    &config.smo_id,
+                    &events::nef_notif_uri(&api_root),
+                    config.notify_when,
+                    &config.nef,
+                );
+                events::subscribe_nef(&smf, nef_url, &config.smo_id, &body, SUBSCRIBE_PATIENCE)
+                    .await
+                    .map(Some)
+                    .map_err(|e| {
+                        format!(
+                            "cannot subscribe at the nef {nef_url}: {}",
+                            sbi::error_chain(&e)
+                        )
+                    })
+            }
+            (SubscribeAt::Smf, _, Some(smf_url)) => {
+                let body = events::subscription(
+                    &events::notif_id(&config.smo_id),
+                    &events::notif_uri(&api_root),
+                    config.notify_when,
+                );
+                events::subscribe(&smf, smf_url, &body, SUBSCRIBE_PATIENCE)
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("cannot subscribe at {smf_url}: {}", sbi::error_chain(&e)))
+            }
+            (at, _, _) => {
+                tracing::info!(
+                    ?at,
+                    "no url to subscribe at: not subscribing (notifications may still be posted)"
+                );
+                Ok(None)
+            }
         }
     };
+    let subscription = tokio::select! {
+        r = subscribing => r?,
+        () = shutdown.clone().wait() => {
+            tracing::info!("stopped before the subscription was made");
+            let _ = stop_server.send(());
+            server.await??;
+            return Ok(());
+        }
+    };
+    if let Some(location) = &subscription {
+        tracing::info!(%location, at = ?config.subscribe_at, when = ?config.notify_when,
+            af_ack = config.nef.af_ack_ind, app_relo = config.nef.app_relo_ind, "subscribed to user-plane path changes");
+    }
 
     ready.ready();
     shutdown.wait().await;

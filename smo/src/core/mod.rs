@@ -16,6 +16,7 @@
 //! target confirmed the new path (its PROCEED to COMPLETE); the target answers a phase it saw
 //! before with the same answer, so every phase message is idempotent.
 
+pub mod ack;
 pub mod hints;
 pub mod reconcile;
 pub mod source;

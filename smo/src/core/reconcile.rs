@@ -473,6 +473,7 @@ mod tests {
             execute: None,
             cause: None,
             control: RelocationControl::default(),
+            af_ack: None,
         }
     }
 

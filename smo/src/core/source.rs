@@ -9,16 +9,18 @@
 //! service runs here either way). Before EXECUTE a peer that does not answer fails the
 //! relocation: the service never left, and FAILURE re-installs the trombone on both sides.
 
+use super::ack::{self, AckRequest};
 use super::{cookie_for, elapsed, note, Local};
 use crate::routing::rules::{self, ServiceAt};
 use crate::routing::{FlowReport, FlowSet};
 use model::common::Dnai;
 use model::nsmf_event_exposure::EventNotification;
 use model::smo::{
-    ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer, PeerRelocationMessage,
-    PeerResult, PhaseTiming, RelocationControl, RelocationPhase as Phase, RelocationRecord,
-    RelocationRole, RelocationState, Service, ServiceModule,
+    AfAckRecord, ExecuteReport, ExecuteRequest, PeerInfo, PeerRelocationAnswer,
+    PeerRelocationMessage, PeerResult, PhaseTiming, RelocationControl, RelocationPhase as Phase,
+    RelocationRecord, RelocationRole, RelocationState, Service, ServiceModule,
 };
+use model::traffic_influence::AfAckInfo;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 
@@ -55,6 +57,8 @@ pub enum SourceEvent {
     ServiceLocal(Result<bool, String>),
     /// The pause of [`SourceCommand::Wait`] is over.
     Waited,
+    /// Answer to [`SourceCommand::Acknowledge`]: the HTTP status, or why none came.
+    Acknowledged(Result<u16, String>),
 }
 
 /// What the source asks its driver to do.
@@ -86,8 +90,25 @@ pub enum SourceCommand {
         phase: Phase,
         why: String,
     },
+    /// POST `body` to `uri` (the notification's `afAckUri`), then feed
+    /// [`SourceEvent::Acknowledged`].
+    Acknowledge {
+        uri: String,
+        body: AfAckInfo,
+    },
     /// The relocation ended (see the record's state); persist it one last time.
     Done,
+}
+
+/// What follows the acknowledgement's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum AfterAck {
+    /// COMPLETE (the target confirmed the new path at EXECUTE).
+    Complete,
+    /// The record's COMPLETED (the target confirmed it at COMPLETE).
+    Completed,
+    /// The record's FAILED.
+    Failed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,6 +119,8 @@ enum Awaiting {
     ServiceLocal,
     /// The pause before the phase's message is sent again.
     Redrive(Phase),
+    /// The answer to the acknowledgement.
+    Ack(AfterAck),
     Nothing,
 }
 
@@ -123,6 +146,10 @@ pub struct SourceRelocation {
     attempts: u32,
     #[serde(default)]
     redrive_since_us: Option<u64>,
+    /// The acknowledgement the network waits for before it switches the UE's path
+    /// ([`ack`](super::ack)); `None` once sent.
+    #[serde(default)]
+    ack: Option<AckRequest>,
 }
 
 /// Peers that serve `target_dnai`, best (lowest cost, then id) first.
@@ -154,6 +181,9 @@ pub struct SourceStart {
     pub notified_unix_us: u64,
     /// What started it (a notification unless said otherwise).
     pub control: RelocationControl,
+    /// The acknowledgement the notification asked for: the network holds the UE's path switch
+    /// until it comes, so PREPARE installs no trombone (make-before-break).
+    pub ack: Option<AckRequest>,
 }
 
 impl SourceRelocation {
@@ -178,6 +208,12 @@ impl SourceRelocation {
             execute: None,
             cause: None,
             control: s.control,
+            af_ack: s.ack.as_ref().map(|a| AfAckRecord {
+                af_ack_uri: a.uri.clone(),
+                af_status: None,
+                sent_us: None,
+                answer: None,
+            }),
         };
         let mut m = Self {
             record,
@@ -193,6 +229,7 @@ impl SourceRelocation {
             migrated: false,
             attempts: 0,
             redrive_since_us: None,
+            ack: s.ack,
         };
         let cmds = if m.service_at().is_none() {
             let mac = m.record.service.mac_addr.clone();
@@ -253,6 +290,7 @@ impl SourceRelocation {
             Awaiting::Execute | Awaiting::ServiceLocal => self.check_local(),
             Awaiting::Peer(p) | Awaiting::Redrive(p) => self.call_peer(p, None),
             Awaiting::Flows(Phase::Complete) => self.apply(Phase::Complete, self.cleanup_set()),
+            Awaiting::Ack(after) => self.send_ack(now_us, after),
             Awaiting::Flows(_) => self.apply(Phase::Failure, self.failure_set()),
         }
     }
@@ -280,6 +318,9 @@ impl SourceRelocation {
                     self.check_local()
                 }
             },
+            (Awaiting::Ack(after), SourceEvent::Acknowledged(answer)) => {
+                self.on_ack(now_us, after, answer)
+            }
             (Awaiting::ServiceLocal, SourceEvent::ServiceLocal(result)) => match result {
                 Ok(false) => {
                     self.migrated = true;
@@ -349,6 +390,11 @@ impl SourceRelocation {
             (Phase::Initiate, Err(e)) => self.next_candidate(now_us, e),
             (Phase::Validate, Ok(_)) => {
                 self.next_phase(now_us, Phase::Prepare);
+                if self.path_held() {
+                    // The UE's traffic keeps the old path until the acknowledgement: no
+                    // trombone to carry it meanwhile.
+                    return self.call_peer(Phase::Prepare, None);
+                }
                 self.apply(Phase::Prepare, self.trombone_set("trombone-source"))
             }
             (Phase::Prepare, Ok(_)) => match self.record.target_module_address {
@@ -369,24 +415,23 @@ impl SourceRelocation {
             },
             (Phase::Validate | Phase::Prepare, Err(e)) => self.fail(now_us, e),
             (Phase::Execute, result) => {
+                let confirmed = result.is_ok();
                 if let Err(e) = result {
                     self.note(e);
                 }
-                self.next_phase(now_us, Phase::Complete);
-                self.apply(Phase::Complete, self.cleanup_set())
+                if confirmed && self.ack.is_some() {
+                    // The service runs at the target and its new path is in: the network may
+                    // switch the UE's path now.
+                    return self.send_ack(now_us, AfterAck::Complete);
+                }
+                self.complete(now_us)
             }
             // Only a PROCEED gets here (see above): the target confirmed the new path.
             (Phase::Complete, _) => {
-                self.end_phase(now_us);
-                self.record.state = RelocationState::Completed;
-                self.record.total_us = Some(elapsed(now_us, self.notified_us));
-                self.awaiting = Awaiting::Nothing;
-                vec![
-                    SourceCommand::ServiceMoved {
-                        service_id: self.record.service.service_id.clone(),
-                    },
-                    SourceCommand::Done,
-                ]
+                if self.ack.is_some() {
+                    return self.send_ack(now_us, AfterAck::Completed);
+                }
+                self.completed(now_us)
             }
             (Phase::Failure, result) => {
                 if let Err(e) = result {
@@ -395,6 +440,76 @@ impl SourceRelocation {
                 self.finish_failed(now_us)
             }
         }
+    }
+
+    /// Whether the network holds the UE's path switch for this relocation's acknowledgement.
+    pub fn path_held(&self) -> bool {
+        self.record.af_ack.is_some()
+    }
+
+    /// COMPLETE: the cleanup here, then the target's confirmation.
+    fn complete(&mut self, now_us: u64) -> Vec<SourceCommand> {
+        self.next_phase(now_us, Phase::Complete);
+        self.apply(Phase::Complete, self.cleanup_set())
+    }
+
+    /// POSTs the acknowledgement (its status from how the relocation went), then `after`.
+    fn send_ack(&mut self, now_us: u64, after: AfterAck) -> Vec<SourceCommand> {
+        let Some(req) = self.ack.clone() else {
+            return self.after_ack(now_us, after);
+        };
+        let status = ack::relocated(after != AfterAck::Failed);
+        let sent_us = elapsed(now_us, self.notified_us);
+        if let Some(r) = &mut self.record.af_ack {
+            r.af_status = Some(status.clone());
+            r.sent_us = Some(sent_us);
+        }
+        self.awaiting = Awaiting::Ack(after);
+        vec![SourceCommand::Acknowledge {
+            uri: req.uri.clone(),
+            body: req.body(status),
+        }]
+    }
+
+    /// The acknowledgement's answer: noted (a lost one is not retried: the network's hold ends
+    /// by itself), then on.
+    fn on_ack(
+        &mut self,
+        now_us: u64,
+        after: AfterAck,
+        answer: Result<u16, String>,
+    ) -> Vec<SourceCommand> {
+        self.ack = None;
+        let text = match answer {
+            Ok(status) => status.to_string(),
+            Err(e) => e,
+        };
+        if let Some(r) = &mut self.record.af_ack {
+            r.answer = Some(text);
+        }
+        self.after_ack(now_us, after)
+    }
+
+    fn after_ack(&mut self, now_us: u64, after: AfterAck) -> Vec<SourceCommand> {
+        match after {
+            AfterAck::Complete => self.complete(now_us),
+            AfterAck::Completed => self.completed(now_us),
+            AfterAck::Failed => self.failed(now_us),
+        }
+    }
+
+    /// The target confirmed the new path: COMPLETED.
+    fn completed(&mut self, now_us: u64) -> Vec<SourceCommand> {
+        self.end_phase(now_us);
+        self.record.state = RelocationState::Completed;
+        self.record.total_us = Some(elapsed(now_us, self.notified_us));
+        self.awaiting = Awaiting::Nothing;
+        vec![
+            SourceCommand::ServiceMoved {
+                service_id: self.record.service.service_id.clone(),
+            },
+            SourceCommand::Done,
+        ]
     }
 
     /// The message of `phase` got no answer (`why`): pause, then send it again; FAILURE gives up
@@ -457,7 +572,16 @@ impl SourceRelocation {
         self.apply(Phase::Failure, self.failure_set())
     }
 
+    /// FAILURE is over (its flows in, the target told or given up on): the acknowledgement,
+    /// if one is due, then FAILED.
     fn finish_failed(&mut self, now_us: u64) -> Vec<SourceCommand> {
+        if self.ack.is_some() {
+            return self.send_ack(now_us, AfterAck::Failed);
+        }
+        self.failed(now_us)
+    }
+
+    fn failed(&mut self, now_us: u64) -> Vec<SourceCommand> {
         self.end_phase(now_us);
         self.record.state = RelocationState::Failed;
         self.awaiting = Awaiting::Nothing;
@@ -498,6 +622,7 @@ impl SourceRelocation {
                 notification: self.notification.clone(),
                 service: self.record.service.clone(),
                 cause,
+                path_held: self.path_held(),
             },
         }]
     }
@@ -615,6 +740,7 @@ mod tests {
                 notified_us: 5,
                 notified_unix_us: 0,
                 control: RelocationControl::default(),
+                ack: None,
             },
         )
     }
@@ -832,6 +958,181 @@ mod tests {
                 .as_deref()
                 .is_some_and(|c| c.contains("given up after 60 s")),
             "{r:#?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+    use crate::routing::rules::EdgePorts;
+    use model::nsmf_event_exposure::SmfEvent;
+    use model::smo::{RelocationType, ResourceRequirements};
+    use model::traffic_influence::AfResultStatus;
+
+    fn held() -> (SourceRelocation, Vec<SourceCommand>) {
+        let at = model::common::DateTime::from_unix(0, 0).expect("epoch");
+        SourceRelocation::start(
+            0,
+            SourceStart {
+                relocation_id: "smo-x-1".into(),
+                local: Local {
+                    smo_id: "smo-x".into(),
+                    dnai: Dnai::new("edge-x"),
+                    api_root: "http://smo-x.invalid".into(),
+                    ports: EdgePorts::testbed(),
+                },
+                notification: EventNotification::new(SmfEvent::UpPathCh, at),
+                ue: Ipv4Addr::new(192, 168, 1, 2),
+                target_dnai: Dnai::new("edge-y"),
+                module: super::super::test_module("module-1", "10.0.1.1:9100"),
+                service: Service {
+                    service_id: "svc-1".into(),
+                    ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
+                    mac_addr: "02:00:00:00:00:0a".into(),
+                    ovs_port: "svc1".into(),
+                    relocation_type: RelocationType::Test,
+                    resource_requirements: ResourceRequirements::default(),
+                    ue_ipv4_addrs: Vec::new(),
+                },
+                candidates: vec![PeerInfo {
+                    smo_id: "smo-y".into(),
+                    dnai: Dnai::new("edge-y"),
+                    api_root: "http://smo-y.invalid".into(),
+                    cost: 0,
+                }],
+                notified_us: 0,
+                notified_unix_us: 0,
+                control: RelocationControl::default(),
+                ack: Some(AckRequest {
+                    uri: "http://nef.invalid/acks/ack-1".into(),
+                    af_trans_id: Some("t".into()),
+                }),
+            },
+        )
+    }
+
+    fn proceed(phase: Phase) -> SourceEvent {
+        SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            relocation_id: "smo-x-1".into(),
+            relocation_phase: phase,
+            result: PeerResult::Proceed,
+            cause: None,
+            target_module_address: (phase == Phase::Initiate)
+                .then(|| "10.0.1.2:9200".parse().expect("addr")),
+            took_us: 0,
+            flow_install_us: None,
+        }))
+    }
+
+    fn acks(cmds: &[SourceCommand]) -> AfResultStatus {
+        match cmds {
+            [SourceCommand::Acknowledge { uri, body }] => {
+                assert_eq!(uri, "http://nef.invalid/acks/ack-1");
+                assert_eq!(body.af_trans_id.as_deref(), Some("t"));
+                body.ack_result.af_status.clone()
+            }
+            other => panic!("expected the acknowledgement, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_held_relocation_skips_the_trombone_and_acks_between_execute_and_complete() {
+        let (mut m, cmds) = held();
+        assert!(m.path_held());
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::CallPeer { message, .. }] if message.path_held)
+        );
+        m.handle(10, proceed(Phase::Initiate));
+        // VALIDATE proceeds: PREPARE asks the target at once, no flows here.
+        let cmds = m.handle(20, proceed(Phase::Validate));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::CallPeer { message, .. }]
+                if message.relocation_phase == Phase::Prepare && message.path_held
+        ));
+        let cmds = m.handle(30, proceed(Phase::Prepare));
+        assert!(matches!(cmds.as_slice(), [SourceCommand::Execute { .. }]));
+        m.handle(300_030, SourceEvent::Executed(Ok(ExecuteReport::default())));
+        // The target confirmed the new path: the acknowledgement, before COMPLETE's cleanup.
+        let cmds = m.handle(300_040, proceed(Phase::Execute));
+        assert_eq!(acks(&cmds), AfResultStatus::Success);
+        let noted = m.record().af_ack.clone().expect("noted");
+        assert_eq!(
+            (noted.af_status, noted.sent_us, noted.answer),
+            (Some(AfResultStatus::Success), Some(300_040), None)
+        );
+        // A restart while it waits for the answer sends it again.
+        let mut restarted = m.clone();
+        assert_eq!(acks(&restarted.resume(300_050)), AfResultStatus::Success);
+        let cmds = m.handle(300_060, SourceEvent::Acknowledged(Ok(204)));
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "cleanup-source")
+        );
+        assert_eq!(
+            m.record().af_ack.as_ref().and_then(|a| a.answer.as_deref()),
+            Some("204")
+        );
+        m.handle(
+            300_070,
+            SourceEvent::Flows(Ok(FlowReport {
+                flow_mods: 2,
+                took: std::time::Duration::from_micros(10),
+            })),
+        );
+        let cmds = m.handle(300_080, proceed(Phase::Complete));
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::ServiceMoved { .. }, SourceCommand::Done]
+        ));
+        assert_eq!(m.record().state, RelocationState::Completed);
+    }
+
+    #[test]
+    fn a_held_relocation_that_fails_acks_other_after_failures_flows_and_a_lost_answer_is_noted() {
+        let (mut m, _) = held();
+        m.handle(10, proceed(Phase::Initiate));
+        // The target refuses VALIDATE: FAILURE's trombone here, then the target, then the ack.
+        let refused = SourceEvent::Peer(Ok(PeerRelocationAnswer {
+            result: PeerResult::Fail,
+            cause: Some("no room".into()),
+            ..match proceed(Phase::Validate) {
+                SourceEvent::Peer(Ok(a)) => a,
+                _ => unreachable!(),
+            }
+        }));
+        let cmds = m.handle(20, refused);
+        assert!(
+            matches!(cmds.as_slice(), [SourceCommand::ApplyFlows(s)] if s.label == "failure-source")
+        );
+        let cmds = m.handle(
+            30,
+            SourceEvent::Flows(Ok(FlowReport {
+                flow_mods: 2,
+                took: std::time::Duration::from_micros(10),
+            })),
+        );
+        assert!(matches!(
+            cmds.as_slice(),
+            [SourceCommand::CallPeer { message, .. }] if message.relocation_phase == Phase::Failure
+        ));
+        let cmds = m.handle(40, proceed(Phase::Failure));
+        assert_eq!(acks(&cmds), AfResultStatus::OtherReason);
+        assert_eq!(
+            m.record().state,
+            RelocationState::Running,
+            "FAILED after the ack"
+        );
+        let cmds = m.handle(
+            50,
+            SourceEvent::Acknowledged(Err("no answer within 1000 ms".into())),
+        );
+        assert_eq!(cmds, [SourceCommand::Done]);
+        let r = m.record();
+        assert_eq!(r.state, RelocationState::Failed);
+        assert_eq!(
+            r.af_ack.as_ref().and_then(|a| a.answer.as_deref()),
+            Some("no answer within 1000 ms")
         );
     }
 }

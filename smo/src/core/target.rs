@@ -95,6 +95,7 @@ impl TargetRelocation {
             execute: None,
             cause: None,
             control: Default::default(),
+            af_ack: None,
         };
         let mut m = Self {
             record,
@@ -233,6 +234,11 @@ impl TargetRelocation {
                     ))
                 };
                 TargetStep::Answer(self.answer_now(phase, now_us, result))
+            }
+            // The network holds the UE's path switch for the source's acknowledgement: the UE's
+            // traffic keeps the old path, no trombone to carry it (make-before-break).
+            Phase::Prepare if msg.path_held => {
+                TargetStep::Answer(self.answer_now(phase, now_us, Ok(())))
             }
             Phase::Prepare => self.begin_apply(phase, now_us, self.trombone_set("trombone-target")),
             Phase::Execute => {
@@ -519,6 +525,7 @@ mod tests {
                 ue_ipv4_addrs: Vec::new(),
             },
             cause: None,
+            path_held: false,
         }
     }
 

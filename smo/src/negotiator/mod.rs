@@ -5,6 +5,7 @@
 //! persisting every step in the [`Store`].
 
 use crate::config::{BadCallback, CallbackNetworks, SmoConfig, Timeouts};
+use crate::core::ack::{self, AckRequest, Unmoved};
 use crate::core::hints::{Hint, Hints, Queued};
 use crate::core::reconcile::{Ended, Policy};
 use crate::core::{
@@ -27,6 +28,8 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use model::traffic_influence::AfAckInfo;
 
 mod reconcile;
 
@@ -64,6 +67,18 @@ pub trait Remote: Send + Sync + 'static {
         module: &ServiceModule,
         req: &ExecuteRequest,
     ) -> impl Future<Output = Result<ExecuteReport, ExecuteFailure>> + Send;
+    /// POSTs an acknowledgement to a notification's `afAckUri`: the answer's status (2xx), or
+    /// why there was none (an error status is an `Err` naming it). Remotes of tests without a
+    /// network to acknowledge to keep this default, which says so.
+    fn acknowledge(
+        &self,
+        uri: &str,
+        body: &AfAckInfo,
+    ) -> impl Future<Output = Result<u16, String>> + Send {
+        let _ = body;
+        let uri = uri.to_owned();
+        async move { Err(format!("this remote cannot acknowledge to {uri}")) }
+    }
 }
 
 /// The negotiator's clock: µs, monotonic within a run; the wall clock in production (so
@@ -221,6 +236,8 @@ pub struct NotificationCounts {
 
 struct Inner<R, F> {
     local: Local,
+    /// Whether notifications may relocate services (`appReloInd`).
+    relocates: bool,
     peers: Vec<PeerInfo>,
     /// The reconciler's patience.
     policy: Policy,
@@ -330,6 +347,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         }
         Ok(Self {
             inner: Arc::new(Inner {
+                relocates: config.relocates(),
                 local: Local {
                     smo_id: config.smo_id.clone(),
                     dnai: config.dnai.clone(),
@@ -409,45 +427,107 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
     pub fn on_notification(&self, n: &NsmfEventExposureNotification) -> Vec<String> {
         let notified_us = self.inner.clock.now_us();
         let notified_unix_us = model::ran::unix_now_us();
-        let mut ids = Vec::new();
-        for ev in &n.event_notifs {
-            if ev.event != SmfEvent::UpPathCh {
-                continue;
-            }
-            let (Some(src), Some(dst)) = (&ev.source_dnai, &ev.target_dnai) else {
-                continue;
-            };
-            let Some(ue) = ev.source_ue_ipv4_addr.or(ev.target_ue_ipv4_addr) else {
-                continue;
-            };
-            {
-                let mut db = self.db();
-                if db.busy(ue) {
-                    self.queue(&mut db, ue, ev, notified_us);
-                    continue;
-                }
-                if src != &self.inner.local.dnai || dst == src {
-                    continue;
-                }
-                db.starting.insert(ue);
-            }
-            let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-            let id = format!("{}-{seq}", self.inner.local.smo_id);
-            ids.push(id.clone());
-            let this = self.clone();
-            let ev = ev.clone();
-            let task = TaskGuard::new(&self.inner.tasks);
-            tokio::spawn(async move {
-                let _task = task;
-                let start = Trigger {
-                    control: RelocationControl::default(),
-                    notified_us,
-                    notified_unix_us,
-                };
-                this.run_source(id, ev, ue, start).await;
-            });
+        n.event_notifs
+            .iter()
+            .filter_map(|ev| self.on_event(ev, None, notified_us, notified_unix_us))
+            .collect()
+    }
+
+    /// A path change the NEF notified (TS 29.522, as the SMF's event it stands for), with the
+    /// acknowledgement it asks for, if any: handled as [`Negotiator::on_notification`] handles
+    /// the SMF's events. A relocation it starts acknowledges when it is done
+    /// ([`crate::core::ack`]); a notification that starts none is acknowledged at once. Returns
+    /// the id of the relocation started.
+    pub fn on_af_notification(
+        &self,
+        ev: &EventNotification,
+        ack: Option<AckRequest>,
+    ) -> Option<String> {
+        let notified_us = self.inner.clock.now_us();
+        self.on_event(ev, ack, notified_us, model::ran::unix_now_us())
+    }
+
+    /// One `UP_PATH_CH` event (see [`Negotiator::on_notification`]).
+    fn on_event(
+        &self,
+        ev: &EventNotification,
+        ack: Option<AckRequest>,
+        notified_us: u64,
+        notified_unix_us: u64,
+    ) -> Option<String> {
+        if ev.event != SmfEvent::UpPathCh {
+            return None;
         }
-        ids
+        let (Some(src), Some(dst)) = (&ev.source_dnai, &ev.target_dnai) else {
+            return None;
+        };
+        let ue = ev.source_ue_ipv4_addr.or(ev.target_ue_ipv4_addr)?;
+        {
+            let mut db = self.db();
+            if db.busy(ue) {
+                self.queue(&mut db, ue, ev, notified_us);
+                drop(db);
+                self.acknowledge_now(ack, Unmoved::Queued);
+                return None;
+            }
+            if src != &self.inner.local.dnai || dst == src {
+                drop(db);
+                self.acknowledge_now(ack, Unmoved::NotFromHere);
+                return None;
+            }
+            if !self.inner.relocates {
+                drop(db);
+                tracing::info!(%ue, to = %dst, "relocation not allowed (appReloInd false): the service stays");
+                self.acknowledge_now(ack, Unmoved::NotAllowed);
+                return None;
+            }
+            db.starting.insert(ue);
+        }
+        let seq = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-{seq}", self.inner.local.smo_id);
+        let this = self.clone();
+        let ev = ev.clone();
+        let task = TaskGuard::new(&self.inner.tasks);
+        let relocation = id.clone();
+        tokio::spawn(async move {
+            let _task = task;
+            let start = Trigger {
+                control: RelocationControl::default(),
+                notified_us,
+                notified_unix_us,
+                ack,
+            };
+            this.run_source(relocation, ev, ue, start).await;
+        });
+        Some(id)
+    }
+
+    /// Acknowledges a notification that starts no relocation here (`why`), in the background.
+    fn acknowledge_now(&self, ack: Option<AckRequest>, why: Unmoved) {
+        let Some(req) = ack else {
+            return;
+        };
+        let status = ack::unmoved(why);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let r = this.acknowledge(&req.uri, &req.body(status.clone())).await;
+            match r {
+                Ok(code) => {
+                    tracing::info!(uri = %req.uri, af_status = %status, ?why, answer = code, "notification acknowledged")
+                }
+                Err(e) => {
+                    tracing::warn!(uri = %req.uri, af_status = %status, ?why, error = %e, "acknowledgement not taken")
+                }
+            }
+        });
+    }
+
+    /// One acknowledgement, within the peer time limit.
+    async fn acknowledge(&self, uri: &str, body: &AfAckInfo) -> Result<u16, String> {
+        let limit = self.inner.timeouts.peer_ms;
+        tokio::time::timeout(ms(limit), self.inner.remote.acknowledge(uri, body))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {limit} ms")))
     }
 
     /// Queues `ev` for `ue`, whose relocation runs here; asks a source relocation that has not
@@ -490,6 +570,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
         let found = self.find_serving_service(ue).await;
         let Some((module, service)) = found else {
             self.db().starting.remove(&ue);
+            self.acknowledge_now(start.ack.clone(), Unmoved::NothingServes);
             if start.control.trigger == RelocationTrigger::Notification {
                 self.inner.counters.skipped.fetch_add(1, Ordering::Relaxed);
             }
@@ -504,6 +585,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             if db.running_source_of(&service.service_id).is_some() {
                 // Another UE of the same service started its relocation first.
                 self.queue(&mut db, ue, &ev, start.notified_us);
+                self.acknowledge_now(start.ack.clone(), Unmoved::Queued);
                 None
             } else {
                 let (m, cmds) = SourceRelocation::start(
@@ -520,6 +602,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                         notified_us: start.notified_us,
                         notified_unix_us: start.notified_unix_us,
                         control: start.control,
+                        ack: start.ack.clone(),
                     },
                 );
                 db.order.push(id.clone());
@@ -617,6 +700,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
             },
             notified_us: self.inner.clock.now_us(),
             notified_unix_us: model::ran::unix_now_us(),
+            ack: None,
         };
         self.run_source(id, ev, ue, start).await;
     }
@@ -707,6 +791,17 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                         );
                         tokio::time::sleep(ms(pause)).await;
                         event = Some(SourceEvent::Waited);
+                    }
+                    SourceCommand::Acknowledge { uri, body } => {
+                        let r = self.acknowledge(&uri, &body).await;
+                        tracing::info!(
+                            relocation = %m.record().relocation_id,
+                            %uri,
+                            af_status = %body.ack_result.af_status,
+                            answer = ?r,
+                            "notification acknowledged"
+                        );
+                        event = Some(SourceEvent::Acknowledged(r));
                     }
                     SourceCommand::Done => {}
                 }
@@ -1059,12 +1154,14 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
 }
 
 /// When and how a source relocation starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Trigger {
     control: RelocationControl,
     /// When its notification (or re-evaluation) came: the driver's clock and the wall clock, µs.
     notified_us: u64,
     notified_unix_us: u64,
+    /// The acknowledgement its notification asked for.
+    ack: Option<AckRequest>,
 }
 
 /// An `UP_PATH_CH` event moving `ue` from `from` to `to`, for a relocation the SMO starts itself

@@ -194,6 +194,7 @@ impl<R: Remote, F: FlowProgrammer> Negotiator<R, F> {
                     },
                     notified_us: self.inner.clock.now_us(),
                     notified_unix_us: model::ran::unix_now_us(),
+                    ack: None,
                 };
                 let this = self.clone();
                 let ue = *ue;
