@@ -712,37 +712,39 @@ mod tests {
     }
 
     fn start(mac: &str, candidates: Vec<PeerInfo>) -> (SourceRelocation, Vec<SourceCommand>) {
+        SourceRelocation::start(7, spec(mac, candidates, 5))
+    }
+
+    /// The relocation the tests start: svc-1 of ue 192.168.1.2 from edge X to edge Y.
+    pub(super) fn spec(mac: &str, candidates: Vec<PeerInfo>, notified_us: u64) -> SourceStart {
         let at = model::common::DateTime::from_unix(0, 0).expect("epoch");
-        SourceRelocation::start(
-            7,
-            SourceStart {
-                relocation_id: "smo-x-1".into(),
-                local: Local {
-                    smo_id: "smo-x".into(),
-                    dnai: Dnai::new("edge-x"),
-                    api_root: "http://smo-x.invalid".into(),
-                    ports: EdgePorts::testbed(),
-                },
-                notification: EventNotification::new(SmfEvent::UpPathCh, at),
-                ue: Ipv4Addr::new(192, 168, 1, 2),
-                target_dnai: Dnai::new("edge-y"),
-                module: super::super::test_module("module-1", "10.0.1.1:9100"),
-                service: Service {
-                    service_id: "svc-1".into(),
-                    ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
-                    mac_addr: mac.into(),
-                    ovs_port: "svc1".into(),
-                    relocation_type: RelocationType::Test,
-                    resource_requirements: ResourceRequirements::default(),
-                    ue_ipv4_addrs: Vec::new(),
-                },
-                candidates,
-                notified_us: 5,
-                notified_unix_us: 0,
-                control: RelocationControl::default(),
-                ack: None,
+        SourceStart {
+            relocation_id: "smo-x-1".into(),
+            local: Local {
+                smo_id: "smo-x".into(),
+                dnai: Dnai::new("edge-x"),
+                api_root: "http://smo-x.invalid".into(),
+                ports: EdgePorts::testbed(),
             },
-        )
+            notification: EventNotification::new(SmfEvent::UpPathCh, at),
+            ue: Ipv4Addr::new(192, 168, 1, 2),
+            target_dnai: Dnai::new("edge-y"),
+            module: super::super::test_module("module-1", "10.0.1.1:9100"),
+            service: Service {
+                service_id: "svc-1".into(),
+                ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
+                mac_addr: mac.into(),
+                ovs_port: "svc1".into(),
+                relocation_type: RelocationType::Test,
+                resource_requirements: ResourceRequirements::default(),
+                ue_ipv4_addrs: Vec::new(),
+            },
+            candidates,
+            notified_us,
+            notified_unix_us: 0,
+            control: RelocationControl::default(),
+            ack: None,
+        }
     }
 
     #[test]
@@ -965,51 +967,21 @@ mod tests {
 #[cfg(test)]
 mod ack_tests {
     use super::*;
-    use crate::routing::rules::EdgePorts;
-    use model::nsmf_event_exposure::SmfEvent;
-    use model::smo::{RelocationType, ResourceRequirements};
     use model::traffic_influence::AfResultStatus;
 
     fn held() -> (SourceRelocation, Vec<SourceCommand>) {
-        let at = model::common::DateTime::from_unix(0, 0).expect("epoch");
-        SourceRelocation::start(
-            0,
-            SourceStart {
-                relocation_id: "smo-x-1".into(),
-                local: Local {
-                    smo_id: "smo-x".into(),
-                    dnai: Dnai::new("edge-x"),
-                    api_root: "http://smo-x.invalid".into(),
-                    ports: EdgePorts::testbed(),
-                },
-                notification: EventNotification::new(SmfEvent::UpPathCh, at),
-                ue: Ipv4Addr::new(192, 168, 1, 2),
-                target_dnai: Dnai::new("edge-y"),
-                module: super::super::test_module("module-1", "10.0.1.1:9100"),
-                service: Service {
-                    service_id: "svc-1".into(),
-                    ipv4_addr: Ipv4Addr::new(20, 0, 0, 10),
-                    mac_addr: "02:00:00:00:00:0a".into(),
-                    ovs_port: "svc1".into(),
-                    relocation_type: RelocationType::Test,
-                    resource_requirements: ResourceRequirements::default(),
-                    ue_ipv4_addrs: Vec::new(),
-                },
-                candidates: vec![PeerInfo {
-                    smo_id: "smo-y".into(),
-                    dnai: Dnai::new("edge-y"),
-                    api_root: "http://smo-y.invalid".into(),
-                    cost: 0,
-                }],
-                notified_us: 0,
-                notified_unix_us: 0,
-                control: RelocationControl::default(),
-                ack: Some(AckRequest {
-                    uri: "http://nef.invalid/acks/ack-1".into(),
-                    af_trans_id: Some("t".into()),
-                }),
-            },
-        )
+        let peer = PeerInfo {
+            smo_id: "smo-y".into(),
+            dnai: Dnai::new("edge-y"),
+            api_root: "http://smo-y.invalid".into(),
+            cost: 0,
+        };
+        let mut spec = super::tests::spec("02:00:00:00:00:0a", vec![peer], 0);
+        spec.ack = Some(AckRequest {
+            uri: "http://nef.invalid/acks/ack-1".into(),
+            af_trans_id: Some("t".into()),
+        });
+        SourceRelocation::start(0, spec)
     }
 
     fn proceed(phase: Phase) -> SourceEvent {
